@@ -1,1 +1,20 @@
+//! The ringlb configuration: model, parsing, validation and the endpoint [`Table`].
+//!
+//! Text (a ringlb YAML file, or CLI flags) goes through two layers: raw serde structs that
+//! accept anything shaped right, then validation into checked types ([`Config`], [`Service`],
+//! [`Backend`]) that collects *every* problem with its file, line, column and field path.
+//! Only checked types leave this crate. [`Table`] is the immutable snapshot the data plane
+//! reads; it is built here, off the hot path, and carries node-wide counters across rebuilds.
+//!
+//! This crate never opens a data-plane socket and never depends on an async runtime.
+#![forbid(unsafe_code)]
 
+mod error;
+mod model;
+mod raw;
+mod table;
+
+pub use error::{ConfigError, Problem};
+pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
+pub use raw::{parse_yaml, parse_yaml_file};
+pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};

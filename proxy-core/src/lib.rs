@@ -1,1 +1,204 @@
+//! The ringlb data plane: workers, listeners, accept loops, connect with retry and the relay.
+//!
+//! [`Proxy::start`] binds one `SO_REUSEPORT` listener per frontend per worker, then runs each
+//! worker as its own monoio runtime on its own named thread (io_uring with the ring flags that
+//! make it pay, or epoll). Workers read the current [`config::Table`] with one `ArcSwap::load`
+//! per new connection and never block on a lock. [`Proxy::shutdown`] stops accepting at once and
+//! lets open connections finish until a deadline.
+//!
+//! This crate owns all data-plane I/O. It never parses files and knows nothing of Kubernetes.
 
+mod connect;
+pub mod demo;
+mod driver;
+mod error;
+mod listener;
+mod pool;
+mod relay;
+mod sys;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use config::{FrontendKey, Protocol, Table};
+use tokio_util::sync::CancellationToken;
+
+pub use driver::{IoDriver, IoDriverKind};
+pub use error::ProxyError;
+pub use sys::raise_nofile_limit;
+
+/// Relay buffer size: large buffers decide bulk throughput (see `shared/notes`), and a
+/// connection only holds one while bytes are in flight.
+pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
+
+/// How the data plane runs.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Worker threads (each one runtime, one listener per frontend).
+    pub workers: usize,
+    /// Which I/O driver the workers use.
+    pub io_driver: IoDriver,
+    /// Allow another process to join our `SO_REUSEPORT` groups (off: a taken port is an error).
+    pub share_ports: bool,
+    /// Relay buffer size in bytes.
+    pub buffer_size: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            io_driver: IoDriver::Auto,
+            share_ports: false,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+        }
+    }
+}
+
+/// A frontend the proxy listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundFrontend {
+    /// The frontend as configured (its port may be 0).
+    pub key: FrontendKey,
+    /// The address actually bound.
+    pub local_addr: SocketAddr,
+}
+
+/// What happened during [`Proxy::shutdown`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Workers that finished all their connections before the deadline.
+    pub workers_drained: usize,
+    /// Workers still serving connections at the deadline.
+    pub workers_cut: usize,
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Proxy {
+    frontends: Vec<BoundFrontend>,
+    drivers: Vec<IoDriverKind>,
+    shutdown: CancellationToken,
+    done_rx: mpsc::Receiver<usize>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Binds every TCP frontend of the current table and starts the workers. Returns once every
+    /// worker runs its accept loops, so connections are served from then on.
+    pub fn start(table: Arc<ArcSwap<Table>>, options: &ProxyOptions) -> Result<Proxy, ProxyError> {
+        let workers = options.workers.max(1);
+        let snapshot = table.load_full();
+        let mut groups = Vec::new();
+        for svc in snapshot.services() {
+            if svc.service.protocol != Protocol::Tcp {
+                return Err(ProxyError::Unsupported(format!(
+                    "service {}: only tcp services are served by this version",
+                    svc.service.name
+                )));
+            }
+            for addr in &svc.service.listen {
+                let key = FrontendKey {
+                    protocol: Protocol::Tcp,
+                    addr: *addr,
+                };
+                groups.push(listener::bind_group(key, workers, options.share_ports)?);
+            }
+        }
+        let frontends = groups
+            .iter()
+            .map(|g| BoundFrontend {
+                key: g.key,
+                local_addr: g.local_addr,
+            })
+            .collect();
+
+        let shutdown = CancellationToken::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(workers);
+        for id in 0..workers {
+            let listeners = groups
+                .iter_mut()
+                .map(|g| (g.key, g.sockets.pop().expect("one socket per worker")))
+                .collect();
+            let ctx = worker::WorkerStart {
+                id,
+                table: Arc::clone(&table),
+                listeners,
+                driver: options.io_driver,
+                buffer_size: options.buffer_size,
+                shutdown: shutdown.clone(),
+                ready: ready_tx.clone(),
+                done: done_tx.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("ringlb-worker-{id}"))
+                .spawn(move || worker::run(ctx))
+                .map_err(ProxyError::Spawn)?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut drivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(kind)) => drivers.push(kind),
+                Ok(Err(e)) => {
+                    shutdown.cancel();
+                    return Err(e);
+                }
+                Err(_) => {
+                    shutdown.cancel();
+                    return Err(ProxyError::WorkerDied);
+                }
+            }
+        }
+        Ok(Proxy {
+            frontends,
+            drivers,
+            shutdown,
+            done_rx,
+            threads,
+        })
+    }
+
+    /// Frontends with the addresses actually bound.
+    pub fn frontends(&self) -> &[BoundFrontend] {
+        &self.frontends
+    }
+
+    /// The I/O driver each worker ended up with.
+    pub fn drivers(&self) -> &[IoDriverKind] {
+        &self.drivers
+    }
+
+    /// Stops accepting on every worker at once, then waits up to `drain_timeout` for open
+    /// connections to finish. Connections still open at the deadline are left to process exit.
+    pub fn shutdown(self, drain_timeout: Duration) -> DrainReport {
+        self.shutdown.cancel();
+        let deadline = Instant::now() + drain_timeout;
+        let total = self.threads.len();
+        let mut drained = 0;
+        while drained < total {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(left) {
+                Ok(_) => drained += 1,
+                Err(_) => break,
+            }
+        }
+        if drained == total {
+            for t in self.threads {
+                let _ = t.join();
+            }
+        }
+        DrainReport {
+            workers_drained: drained,
+            workers_cut: total - drained,
+        }
+    }
+}

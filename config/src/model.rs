@@ -1,0 +1,110 @@
+//! Checked configuration types: everything here has been validated.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use balancers::SchedulerConfig;
+
+/// A whole validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Services, in file order; names are unique.
+    pub services: Vec<Service>,
+}
+
+/// Transport protocol of a service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP: each accepted connection is relayed to one backend.
+    #[default]
+    Tcp,
+    /// UDP: each client flow is relayed to one backend.
+    Udp,
+}
+
+impl Protocol {
+    /// Lower-case name as written in configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One load-balanced service: frontends, backends and how to pick between them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Unique name (used in logs and metrics).
+    pub name: String,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Local addresses to listen on (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// Backends in configuration order (at least one).
+    pub backends: Vec<Backend>,
+    /// Scheduler and its flags.
+    pub scheduler: SchedulerConfig,
+    /// Deadline for one connect attempt to a backend.
+    pub connect_timeout: Duration,
+    /// A connection with no bytes moving in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Backends tried per client connection before the client is reset.
+    pub max_connect_attempts: NonZeroU32,
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative weight; 0 takes no new connections (quiesced).
+    pub weight: u32,
+}
+
+/// Defaults applied to fields a service leaves out. They follow common L4 proxy practice:
+/// a 5 s connect deadline (HAProxy's and Envoy's usual `connect` timeout), a one-hour idle
+/// timeout (Envoy's TCP proxy default, long enough for database and SSH sessions), and three
+/// connect attempts (the first pick plus two other backends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceDefaults;
+
+impl ServiceDefaults {
+    /// Default connect deadline per attempt.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default idle timeout.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Default connect attempts per client connection.
+    pub const MAX_CONNECT_ATTEMPTS: NonZeroU32 = NonZeroU32::new(3).unwrap();
+    /// Default backend weight.
+    pub const WEIGHT: u32 = 1;
+}
+
+impl Service {
+    /// A service with the defaults of [`ServiceDefaults`], as quick mode builds it from flags.
+    pub fn with_defaults(
+        name: impl Into<String>,
+        protocol: Protocol,
+        listen: Vec<SocketAddr>,
+        backends: Vec<Backend>,
+        scheduler: SchedulerConfig,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            protocol,
+            listen,
+            backends,
+            scheduler,
+            connect_timeout: ServiceDefaults::CONNECT_TIMEOUT,
+            idle_timeout: ServiceDefaults::IDLE_TIMEOUT,
+            max_connect_attempts: ServiceDefaults::MAX_CONNECT_ATTEMPTS,
+        }
+    }
+}

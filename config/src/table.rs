@@ -1,0 +1,148 @@
+//! The immutable endpoint table that workers read, and its builder.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use balancers::{BackendSpec, BackendState, Scheduler};
+
+use crate::model::{Config, Protocol, Service};
+
+/// What a worker looks a new connection up by: the protocol and the local address it hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The local (listen) address.
+    pub addr: SocketAddr,
+}
+
+/// Node-wide counters of one service, carried across table rebuilds by service name.
+///
+/// All counters are monotonic except `active`.
+#[derive(Debug, Default)]
+pub struct ServiceCounters {
+    /// Client connections accepted.
+    pub accepted: AtomicU64,
+    /// Client connections currently open.
+    pub active: AtomicU64,
+    /// Connect attempts to backends (first tries and retries).
+    pub connect_attempts: AtomicU64,
+    /// Connect attempts after a failed one (retries).
+    pub connect_retries: AtomicU64,
+    /// Client connections reset because every attempt failed.
+    pub connect_failed: AtomicU64,
+    /// Client connections reset because no backend was eligible.
+    pub no_backend: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Bytes relayed client to backend.
+    pub bytes_to_backend: AtomicU64,
+    /// Bytes relayed backend to client.
+    pub bytes_to_client: AtomicU64,
+}
+
+/// One backend as workers see it.
+#[derive(Debug)]
+pub struct BackendEntry {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Configured weight.
+    pub weight: u32,
+}
+
+/// One service in the table: its checked config, scheduler and shared state.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    /// The validated service definition.
+    pub service: Service,
+    /// `None` when the service has no backend (connections are refused).
+    pub scheduler: Option<Scheduler>,
+    /// Backends, aligned with `states` and with the scheduler's indices.
+    pub backends: Vec<BackendEntry>,
+    /// Node-wide per-backend state, aligned with `backends`.
+    pub states: Vec<Arc<BackendState>>,
+    /// Node-wide service counters.
+    pub counters: Arc<ServiceCounters>,
+}
+
+/// An immutable snapshot of every service; swapped whole, never mutated.
+#[derive(Debug, Default)]
+pub struct Table {
+    version: u64,
+    services: Vec<Arc<ServiceEntry>>,
+    frontends: HashMap<FrontendKey, Arc<ServiceEntry>>,
+}
+
+impl Table {
+    /// Builds the table for `config`. Counters and backend state of services and backends
+    /// that also exist in `previous` (same service name; same backend address) are carried
+    /// over, so load counts and statistics survive the swap.
+    pub fn build(config: &Config, previous: Option<&Table>) -> Table {
+        let prev: HashMap<&str, &Arc<ServiceEntry>> = previous
+            .map(|t| t.services.iter().map(|s| (s.service.name.as_str(), s)).collect())
+            .unwrap_or_default();
+        let mut services = Vec::with_capacity(config.services.len());
+        let mut frontends = HashMap::new();
+        for svc in &config.services {
+            let old = prev.get(svc.name.as_str()).copied();
+            let entry = Arc::new(build_service(svc, old));
+            for addr in &svc.listen {
+                let key = FrontendKey {
+                    protocol: svc.protocol,
+                    addr: *addr,
+                };
+                frontends.insert(key, Arc::clone(&entry));
+            }
+            services.push(entry);
+        }
+        Table {
+            version: previous.map_or(1, |t| t.version + 1),
+            services,
+            frontends,
+        }
+    }
+
+    /// The service behind a frontend.
+    #[inline]
+    pub fn lookup(&self, key: &FrontendKey) -> Option<&Arc<ServiceEntry>> {
+        self.frontends.get(key)
+    }
+
+    /// All services, in configuration order.
+    pub fn services(&self) -> &[Arc<ServiceEntry>] {
+        &self.services
+    }
+
+    /// Increases by one with every rebuild.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry {
+    let old_states: HashMap<SocketAddr, &Arc<BackendState>> = old
+        .map(|o| o.backends.iter().map(|b| b.address).zip(o.states.iter()).collect())
+        .unwrap_or_default();
+    let backends: Vec<BackendEntry> = svc
+        .backends
+        .iter()
+        .map(|b| BackendEntry {
+            address: b.address,
+            weight: b.weight,
+        })
+        .collect();
+    let states = backends
+        .iter()
+        .map(|b| old_states.get(&b.address).map_or_else(Default::default, |s| Arc::clone(s)))
+        .collect();
+    let specs: Vec<BackendSpec> = backends.iter().map(|b| BackendSpec { weight: b.weight }).collect();
+    ServiceEntry {
+        service: svc.clone(),
+        scheduler: Scheduler::build(&svc.scheduler, &specs).ok(),
+        backends,
+        states,
+        counters: old.map_or_else(Default::default, |o| Arc::clone(&o.counters)),
+    }
+}

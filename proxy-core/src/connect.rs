@@ -1,0 +1,68 @@
+//! Connecting to a backend with a deadline, retrying the next one on failure.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use balancers::{ConnectionGuard, Flow};
+use config::ServiceEntry;
+use monoio::net::TcpStream;
+
+/// A connected backend.
+pub(crate) struct Upstream {
+    pub(crate) stream: TcpStream,
+    /// Index of the backend in the service's table entry.
+    pub(crate) backend: usize,
+    /// Counts the connection as active on the backend until dropped.
+    pub(crate) guard: ConnectionGuard,
+}
+
+/// Why no backend could be connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectFailure {
+    /// No backend was eligible (none configured, or all quiesced).
+    NoBackend,
+    /// Every attempt failed (refused, timed out, unreachable).
+    AllFailed,
+}
+
+/// Picks a backend and connects, trying the next eligible backend after a failure, up to the
+/// service's `max_connect_attempts` and never the first pick twice.
+///
+/// Every connect error is retryable here: nothing of the client's has been sent yet (the
+/// relay starts only after this returns), so no byte can be duplicated.
+///
+/// # Cancel safety
+/// Dropping the future drops a pending connect, which closes its socket; nothing is lost.
+pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstream, ConnectFailure> {
+    let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
+    let first = scheduler.pick(flow, &entry.states).ok_or(ConnectFailure::NoBackend)?;
+    let svc = &entry.service;
+    let mut idx = first;
+    for attempt in 1..=svc.max_connect_attempts.get() {
+        entry.counters.connect_attempts.fetch_add(1, Relaxed);
+        if attempt > 1 {
+            entry.counters.connect_retries.fetch_add(1, Relaxed);
+        }
+        let addr = entry.backends[idx].address;
+        match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(Upstream {
+                    stream,
+                    backend: idx,
+                    guard: entry.states[idx].connect(),
+                });
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(service = %svc.name, backend = %addr, attempt, error = %e, "connect failed");
+            }
+            Err(_) => {
+                tracing::debug!(service = %svc.name, backend = %addr, attempt, timeout = ?svc.connect_timeout, "connect timed out");
+            }
+        }
+        match scheduler.next_after(idx, &entry.states) {
+            Some(next) if next != first => idx = next,
+            _ => break,
+        }
+    }
+    Err(ConnectFailure::AllFailed)
+}

@@ -1,0 +1,79 @@
+//! Binding one `SO_REUSEPORT` listener per worker for a frontend.
+
+use std::io;
+use std::net::SocketAddr;
+
+use config::FrontendKey;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::ProxyError;
+
+/// Kernel accept queue length asked for (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// The sockets of one frontend, one per worker, all bound to the same address.
+pub(crate) struct ListenGroup {
+    pub(crate) key: FrontendKey,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) sockets: Vec<std::net::TcpListener>,
+}
+
+/// Binds `workers` listening sockets on `key.addr` in one `SO_REUSEPORT` group.
+///
+/// `SO_REUSEPORT` lets any socket of the same user join the group, so a second ringlb would
+/// silently split traffic with us. Unless `share` is set, a probe bind *without* the option
+/// first checks that nobody listens there (it fails against any bound listener, ours included,
+/// so a second instance started later fails in the same way).
+pub(crate) fn bind_group(key: FrontendKey, workers: usize, share: bool) -> Result<ListenGroup, ProxyError> {
+    let addr = key.addr;
+    let err = |source: io::Error| {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            ProxyError::AddressInUse { addr }
+        } else {
+            ProxyError::Bind { addr, source }
+        }
+    };
+    if !share && addr.port() != 0 {
+        let probe = new_socket(addr, false).map_err(err)?;
+        probe.bind(&addr.into()).map_err(err)?;
+        drop(probe);
+    }
+    let first = listen(addr).map_err(err)?;
+    let local_addr = first
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| err(io::Error::other("bound address is not an IP address")))?;
+    let mut sockets = vec![first.into()];
+    for _ in 1..workers {
+        sockets.push(listen(local_addr).map_err(err)?.into());
+    }
+    Ok(ListenGroup {
+        key,
+        local_addr,
+        sockets,
+    })
+}
+
+fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]:80` must not also take `0.0.0.0:80`; each family is configured on its own.
+        socket.set_only_v6(true)?;
+    }
+    Ok(socket)
+}
+
+fn listen(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = new_socket(addr, true)?;
+    // monoio's `from_std` keeps the blocking flag as it is; an epoll worker needs O_NONBLOCK.
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
+}

@@ -1,0 +1,174 @@
+//! The TCP relay: both directions at once, half-close forwarded, idle timeout, pooled buffers.
+//!
+//! Each direction waits for readability *without* a buffer, then reads into a buffer taken
+//! from the worker's pool, writes it all out and gives the buffer back. So a connection with
+//! nothing in flight holds no relay buffer at all, and a busy one uses a large buffer. While a
+//! read fills the whole buffer, the next read follows at once (more is likely queued).
+
+use std::cell::{Cell, UnsafeCell};
+use std::io;
+use std::net::Shutdown;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::pool::BufferPool;
+use crate::sys::{set_reset_on_close, with_socket};
+
+/// How a relayed connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RelayEnd {
+    /// Both directions reached end of stream.
+    Closed,
+    /// No byte moved in either direction for the idle timeout; both sides were closed.
+    IdleTimeout,
+    /// A socket failed (typically a reset); the other side was reset too.
+    Error,
+}
+
+/// Bytes relayed and how it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RelayOutcome {
+    pub(crate) to_backend: u64,
+    pub(crate) to_client: u64,
+    pub(crate) end: RelayEnd,
+}
+
+/// Shared access to the stream behind split halves, for readiness waits and socket options.
+#[derive(Clone)]
+struct Peer(Rc<UnsafeCell<TcpStream>>);
+
+impl Peer {
+    fn stream(&self) -> &TcpStream {
+        // SAFETY: monoio's `into_split` shares one `TcpStream` between its halves through this
+        // `Rc<UnsafeCell<_>>` and marks `TcpStream` as `Split`: read-side and write-side
+        // operations are independent and only clone the descriptor. Everything runs on this
+        // worker thread, and the operations used through this reference (`readable`,
+        // `as_raw_fd`) only read the descriptor, which nothing ever changes.
+        unsafe { &*self.0.get() }
+    }
+
+    /// Stops both directions of the socket (wakes pending reads with end of stream and
+    /// pending writes with an error); sends a FIN.
+    fn shutdown_both(&self) {
+        let _ = with_socket(self.stream(), |s| s.shutdown(Shutdown::Both));
+    }
+
+    /// Wakes pending reads without sending anything to the peer.
+    fn shutdown_read(&self) {
+        let _ = with_socket(self.stream(), |s| s.shutdown(Shutdown::Read));
+    }
+}
+
+/// Relays `client` ↔ `server` until both directions end, the idle timeout passes, or a socket
+/// fails. Half-close is forwarded: end of stream from one side becomes `shutdown(Write)` on the
+/// other while the opposite direction keeps flowing.
+pub(crate) async fn relay(client: TcpStream, server: TcpStream, idle: Duration, pool: &BufferPool) -> RelayOutcome {
+    let last_activity = Cell::new(Instant::now());
+    let (mut client_rd, mut client_wr) = client.into_split();
+    let (mut server_rd, mut server_wr) = server.into_split();
+    let client_peer = Peer(Rc::clone(&client_rd.0));
+    let server_peer = Peer(Rc::clone(&server_rd.0));
+
+    let up = copy_one_way(&mut client_rd, &client_peer, &mut server_wr, &server_peer, pool, &last_activity);
+    let down = copy_one_way(&mut server_rd, &server_peer, &mut client_wr, &client_peer, pool, &last_activity);
+    let mut both = pin!(async { monoio::join!(up, down) });
+    let mut idle_expired = false;
+    let (up, down) = monoio::select! {
+        r = &mut both => r,
+        () = idle_watch(idle, &last_activity) => {
+            idle_expired = true;
+            client_peer.shutdown_both();
+            server_peer.shutdown_both();
+            both.await
+        }
+    };
+    let end = if idle_expired {
+        RelayEnd::IdleTimeout
+    } else if up.failed || down.failed {
+        RelayEnd::Error
+    } else {
+        RelayEnd::Closed
+    };
+    RelayOutcome {
+        to_backend: up.bytes,
+        to_client: down.bytes,
+        end,
+    }
+}
+
+/// Result of one direction.
+struct OneWay {
+    bytes: u64,
+    failed: bool,
+}
+
+/// Copies `src` → `dst` until end of stream (then `shutdown(Write)` on `dst`) or an error
+/// (then `dst` is set to reset on close and both sockets stop reading, which ends the other
+/// direction too).
+async fn copy_one_way(
+    src: &mut OwnedReadHalf<TcpStream>,
+    src_peer: &Peer,
+    dst: &mut OwnedWriteHalf<TcpStream>,
+    dst_peer: &Peer,
+    pool: &BufferPool,
+    last_activity: &Cell<Instant>,
+) -> OneWay {
+    let mut bytes = 0u64;
+    let mut wait_readable = true;
+    let fail = |bytes| {
+        set_reset_on_close(dst_peer.stream());
+        src_peer.shutdown_read();
+        dst_peer.shutdown_read();
+        OneWay { bytes, failed: true }
+    };
+    loop {
+        // Not relaxed: on epoll a stale "readable" flag would make the read below park with a
+        // pooled buffer; the check costs one poll(2) there and nothing extra on io_uring.
+        if wait_readable && src_peer.stream().readable(false).await.is_err() {
+            return fail(bytes);
+        }
+        let (res, buf) = src.read(pool.take()).await;
+        let n = match res {
+            Ok(0) => {
+                pool.put(buf);
+                let _ = dst.shutdown().await;
+                return OneWay { bytes, failed: false };
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool.put(buf);
+                wait_readable = true;
+                continue;
+            }
+            Err(_) => {
+                pool.put(buf);
+                return fail(bytes);
+            }
+        };
+        let full = n == buf.capacity();
+        let (res, buf) = dst.write_all(buf).await;
+        pool.put(buf);
+        if res.is_err() {
+            return fail(bytes);
+        }
+        bytes += n as u64;
+        last_activity.set(Instant::now());
+        wait_readable = !full;
+    }
+}
+
+/// Completes once no byte has moved for `idle` (per `last_activity`).
+async fn idle_watch(idle: Duration, last_activity: &Cell<Instant>) {
+    loop {
+        let deadline = last_activity.get() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        monoio::time::sleep_until(deadline).await;
+    }
+}

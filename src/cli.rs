@@ -1,0 +1,152 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use balancers::SchedulerKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use proxy_core::IoDriver;
+
+/// ringlb: an io_uring L4 (TCP) load balancer with IPVS-style schedulers.
+#[derive(Debug, Parser)]
+#[command(name = "ringlb", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing env-filter syntax, e.g. `info`, `debug`, `proxy_core=debug`);
+    /// the RINGLB_LOG environment variable is used when this is not given.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: either one service from flags (--listen/--to) or every service of a config file.
+    Run(RunArgs),
+    /// Validate a config file and print what would be served (exit 0 valid, 1 invalid).
+    Check {
+        /// ringlb YAML config file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Start local demo backends and ringlb in front of them from an embedded config, send a
+    /// burst of traffic, print the spread and latency, then keep serving until Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// ringlb YAML config file (several services).
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "to"], required_unless_present = "listen")]
+    pub config: Option<PathBuf>,
+
+    /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", requires = "to")]
+    pub listen: Option<SocketAddr>,
+
+    /// Quick mode: backends, comma-separated IP:port list.
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',', num_args = 1.., requires = "listen")]
+    pub to: Vec<SocketAddr>,
+
+    /// Quick mode: protocol.
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+
+    /// Quick mode: scheduler.
+    #[arg(long, default_value = "rr", value_parser = parse_scheduler)]
+    pub scheduler: SchedulerKind,
+
+    /// Quick mode: deadline of one connect attempt to a backend.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// Quick mode: close a connection after this long with no byte in either direction.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+
+    /// Quick mode: backends tried per client connection before the client is reset.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub max_connect_attempts: u32,
+
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DataPlaneArgs {
+    /// Worker threads, each its own runtime and listeners (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// I/O driver: io_uring when available (auto), io_uring or fail (uring), or epoll.
+    #[arg(long, value_enum, default_value_t = DriverArg::Auto)]
+    pub io_driver: DriverArg,
+
+    /// On SIGTERM/SIGINT, how long open connections may keep going before exit.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Join another process's SO_REUSEPORT group on a listen port on purpose (e.g. a zero
+    /// downtime restart). Without it a taken port is an error.
+    #[arg(long)]
+    pub share_port: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Frontend address of the demo (port 0: free ports for ringlb and the demo backends).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Requests in the burst (one new connection each).
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub requests: u32,
+
+    /// Requests in flight at once during the burst.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Exit after the burst instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DriverArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+impl From<DriverArg> for IoDriver {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Auto => IoDriver::Auto,
+            DriverArg::Uring => IoDriver::Uring,
+            DriverArg::Epoll => IoDriver::Epoll,
+        }
+    }
+}
+
+fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
+    s.parse().map_err(|e: balancers::UnknownScheduler| e.to_string())
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be greater than zero".into()),
+        Err(e) => Err(format!("{e} (examples: 500ms, 5s, 1h)")),
+    }
+}

@@ -1,0 +1,274 @@
+//! Test support: start the `ringlb` binary, wait for its readiness lines, and small backends.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long anything in a test may take before the test fails instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A running `ringlb` process, killed on drop if still running.
+pub struct Ringlb {
+    child: Child,
+    /// Frontend addresses from the `listening ...` lines, in order.
+    pub addrs: Vec<SocketAddr>,
+    /// The `ready ...` line.
+    pub ready: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Receiver<String>,
+}
+
+/// How a `ringlb` start failed.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+pub fn ringlb_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
+    cmd.args(args).env("RINGLB_LOG", "info");
+    cmd
+}
+
+impl Ringlb {
+    /// Starts `ringlb ARGS` and waits until it prints `ready`.
+    pub fn start(args: &[&str]) -> Ringlb {
+        match Self::try_start(args) {
+            Ok(r) => r,
+            Err(f) => panic!("ringlb {args:?} failed to start ({}): {}", f.status, f.stderr),
+        }
+    }
+
+    /// Starts `ringlb ARGS`; `Err` when it exits before printing `ready`.
+    pub fn try_start(args: &[&str]) -> Result<Ringlb, StartFailure> {
+        let mut child = ringlb_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr piped");
+        let sink = Arc::clone(&stderr);
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let (tx, stdout) = mpsc::channel();
+        let out_pipe = child.stdout.take().expect("stdout piped");
+        thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addrs = Vec::new();
+        let ready;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with("ready") => {
+                    ready = line;
+                    break;
+                }
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening ").and_then(|l| l.split("addr=").nth(1)) {
+                        addrs.push(addr.trim().parse().expect("listening addr parses"));
+                    }
+                }
+                Err(_) => {
+                    let status = wait_timeout(&mut child, PATIENCE).unwrap_or_else(|| {
+                        let _ = child.kill();
+                        child.wait().expect("wait")
+                    });
+                    // Give the stderr reader a moment to drain what the process wrote.
+                    let text = drain_text(&stderr);
+                    return Err(StartFailure { status, stderr: text });
+                }
+            }
+        }
+        Ok(Ringlb {
+            child,
+            addrs,
+            ready,
+            stderr,
+            stdout,
+        })
+    }
+
+    /// The first frontend address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with the PID of the child this test started and owns.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit (panics after `PATIENCE`).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_timeout(&mut self.child, PATIENCE).expect("ringlb did not exit in time")
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stdout lines after the readiness lines.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.try_iter().collect()
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn drain_text(text: &Arc<Mutex<String>>) -> String {
+    // The reader thread ends at EOF, right after the process exit; poll briefly for it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = text.lock().unwrap().clone();
+    while Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        let now = text.lock().unwrap().clone();
+        if now == last && !now.is_empty() {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Waits up to `limit` for `child` to exit.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Quick-mode `ringlb run` on a free loopback port with `driver`, in front of `backends`.
+pub fn quick(driver: &str, backends: &[SocketAddr], extra: &[&str]) -> Ringlb {
+    let to = backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--to", &to, "--io-driver", driver, "--workers", "2"];
+    args.extend_from_slice(extra);
+    let proxy = Ringlb::start(&args);
+    let want = if driver == "uring" { "driver=io_uring" } else { "driver=epoll" };
+    assert!(proxy.ready.contains(want), "asked for {driver}, got: {}", proxy.ready);
+    proxy
+}
+
+/// Raises this test process's open-file limit (1,000-connection tests hold several thousand).
+pub fn raise_nofile() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// An address on which nothing listens: connecting to it is refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// Spawns `handler` for every connection accepted on a fresh loopback listener.
+pub fn serve<F>(handler: F) -> SocketAddr
+where
+    F: Fn(TcpStream) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let h = Arc::clone(&handler);
+            thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || h(stream))
+                .expect("spawn handler");
+        }
+    });
+    addr
+}
+
+/// An echo backend: returns every byte, and on end of stream half-closes its side.
+pub fn echo_server() -> SocketAddr {
+    serve(|mut s| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// A backend that answers every connection with its `name` and closes.
+pub fn name_server(name: &'static str) -> SocketAddr {
+    serve(move |mut s| {
+        let _ = s.write_all(name.as_bytes());
+        let _ = s.shutdown(Shutdown::Write);
+        let mut sink = [0u8; 64];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    })
+}
+
+/// Connects with the test's patience as read/write timeouts.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.set_write_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in a pattern.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
