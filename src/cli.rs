@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use balancers::SchedulerKind;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use proxy_core::IoDriver;
 
 /// ringlb: an io_uring L4 (TCP) load balancer with IPVS-style schedulers.
@@ -37,9 +37,10 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "listen"])))]
 pub struct RunArgs {
     /// ringlb YAML config file (several services).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "to"], required_unless_present = "listen")]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "to"])]
     pub config: Option<PathBuf>,
 
     /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
@@ -140,7 +141,8 @@ impl From<DriverArg> for IoDriver {
 }
 
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
-    s.parse().map_err(|e: balancers::UnknownScheduler| e.to_string())
+    s.parse()
+        .map_err(|e: balancers::UnknownScheduler| e.to_string())
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {

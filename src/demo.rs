@@ -24,15 +24,30 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for (b, addr) in svc.backends.iter_mut().zip(&backends.addrs) {
         b.address = *addr;
     }
-    println!("demo backends: {}", backends.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    println!(
+        "demo backends: {}",
+        backends
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 
     let mut burst_result = Ok(());
     serve(config, &args.data_plane, |proxy| {
         let target = proxy.frontends()[0].local_addr;
-        println!("sending {} requests ({} at a time) through ringlb at {target} ...", args.requests, args.concurrency);
-        burst_result = demo::burst(target, args.requests as usize, usize::from(args.concurrency))
-            .map(|report| print_report(&report))
-            .context("demo burst failed");
+        println!(
+            "sending {} requests ({} at a time) through ringlb at {target} ...",
+            args.requests, args.concurrency
+        );
+        burst_result = demo::burst(
+            target,
+            args.requests as usize,
+            usize::from(args.concurrency),
+        )
+        .map(|report| print_report(&report))
+        .context("demo burst failed");
         if args.once {
             // Ends the serve loop exactly like Ctrl-C would.
             signal_hook::low_level::raise(signal_hook::consts::SIGTERM).ok();
@@ -48,7 +63,10 @@ fn print_report(r: &demo::BurstReport) {
     println!("\nconnections per backend (scheduler rr):");
     for (name, n) in &r.per_backend {
         let pct = 100.0 * *n as f64 / total.max(1) as f64;
-        println!("  {name:<10} {n:>7}  {pct:5.1}%  {}", "#".repeat((pct / 2.0).round() as usize));
+        println!(
+            "  {name:<10} {n:>7}  {pct:5.1}%  {}",
+            "#".repeat((pct / 2.0).round() as usize)
+        );
     }
     println!("  failed     {:>7}", r.failed);
     let h = &r.latency_us;

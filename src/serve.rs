@@ -36,43 +36,59 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
         .iter()
         .map(|&address| Backend { address, weight: 1 })
         .collect();
-    let scheduler = SchedulerConfig {
-        kind: args.scheduler,
-        ..SchedulerConfig::default()
-    };
-    let mut service = Service::with_defaults("default", Protocol::Tcp, vec![listen], backends, scheduler);
+    let mut scheduler = SchedulerConfig::default();
+    scheduler.kind = args.scheduler;
+    let mut service =
+        Service::with_defaults("default", Protocol::Tcp, vec![listen], backends, scheduler);
     service.connect_timeout = args.connect_timeout;
     service.idle_timeout = args.idle_timeout;
-    service.max_connect_attempts = NonZeroU32::new(args.max_connect_attempts).context("--max-connect-attempts must be at least 1")?;
-    Ok(Config { services: vec![service] })
+    service.max_connect_attempts = NonZeroU32::new(args.max_connect_attempts)
+        .context("--max-connect-attempts must be at least 1")?;
+    Ok(Config {
+        services: vec![service],
+    })
 }
 
 /// Starts the data plane for `config`, calls `on_ready` once every listener is bound, then
 /// serves until SIGTERM or SIGINT and drains.
-pub fn serve(config: Config, dp: &DataPlaneArgs, on_ready: impl FnOnce(&Proxy)) -> anyhow::Result<()> {
+pub fn serve(
+    mut config: Config,
+    dp: &DataPlaneArgs,
+    on_ready: impl FnOnce(&Proxy),
+) -> anyhow::Result<()> {
     match proxy_core::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     // Registered before the workers start so that an early signal is not lost.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
-    let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
     let options = ProxyOptions {
-        workers: dp.workers.map_or_else(|| ProxyOptions::default().workers, usize::from),
+        workers: dp
+            .workers
+            .map_or_else(|| ProxyOptions::default().workers, usize::from),
         io_driver: dp.io_driver.into(),
         share_ports: dp.share_port,
         ..ProxyOptions::default()
     };
-    let proxy = Proxy::start(Arc::clone(&table), &options)?;
+    let listeners = proxy_core::bind(&mut config, &options)?;
+    let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
+    let proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
     announce(&proxy, &table.load());
     on_ready(&proxy);
 
     let signal = signals.forever().next().unwrap_or(SIGTERM);
-    let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+    let name = if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    };
     tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
     let report = proxy.shutdown(dp.drain_timeout);
     if report.workers_cut > 0 {
-        tracing::warn!(workers = report.workers_cut, "drain timeout reached with connections still open; closing them");
+        tracing::warn!(
+            workers = report.workers_cut,
+            "drain timeout reached with connections still open; closing them"
+        );
     }
     for svc in table.load().services() {
         let c = &svc.counters;
@@ -96,11 +112,25 @@ pub fn serve(config: Config, dp: &DataPlaneArgs, on_ready: impl FnOnce(&Proxy)) 
 fn announce(proxy: &Proxy, table: &Table) {
     let mut out = std::io::stdout().lock();
     for f in proxy.frontends() {
-        let name = table.lookup(&f.key).map_or("?", |s| s.service.name.as_str());
-        let _ = writeln!(out, "listening service={name} proto={} addr={}", f.key.protocol, f.local_addr);
+        let name = table
+            .lookup(&f.key)
+            .map_or("?", |s| s.service.name.as_str());
+        let _ = writeln!(
+            out,
+            "listening service={name} proto={} addr={}",
+            f.key.protocol, f.local_addr
+        );
     }
-    let driver = proxy.drivers().first().map(ToString::to_string).unwrap_or_default();
-    let _ = writeln!(out, "ready workers={} driver={driver}", proxy.drivers().len());
+    let driver = proxy
+        .drivers()
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "ready workers={} driver={driver}",
+        proxy.drivers().len()
+    );
     let _ = out.flush();
     tracing::info!(workers = proxy.drivers().len(), %driver, frontends = proxy.frontends().len(), "ringlb ready");
 }
@@ -110,13 +140,21 @@ pub fn check(path: &Path) -> ExitCode {
     match config::parse_yaml_file(path) {
         Ok(config) => {
             print!("{}", describe(&config));
-            println!("{}: OK ({} services)", path.display(), config.services.len());
+            println!(
+                "{}: OK ({} services)",
+                path.display(),
+                config.services.len()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             let n = e.problems().len().max(1);
-            eprintln!("{}: invalid ({n} problem{})", path.display(), if n == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: invalid ({n} problem{})",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }

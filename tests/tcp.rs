@@ -66,7 +66,12 @@ fn client_half_close_keeps_backend_to_client_flowing(driver: &str) {
     s.read_to_end(&mut back).unwrap();
     let mut want = b"request".to_vec();
     want.extend(payload(1 << 20, 7));
-    assert!(back == want, "client got {} bytes after its half-close, want {}", back.len(), want.len());
+    assert!(
+        back == want,
+        "client got {} bytes after its half-close, want {}",
+        back.len(),
+        want.len()
+    );
 }
 
 fn backend_half_close_keeps_client_to_backend_flowing(driver: &str) {
@@ -86,23 +91,39 @@ fn backend_half_close_keeps_client_to_backend_flowing(driver: &str) {
     let data = payload(2 << 20, 9);
     s.write_all(&data).unwrap(); // the other direction still flows
     s.shutdown(Shutdown::Write).unwrap();
-    let got = rx.recv_timeout(PATIENCE).expect("backend saw the end of the upload");
-    assert!(got == data, "backend got {} bytes, want {}", got.len(), data.len());
+    let got = rx
+        .recv_timeout(PATIENCE)
+        .expect("backend saw the end of the upload");
+    assert!(
+        got == data,
+        "backend got {} bytes, want {}",
+        got.len(),
+        data.len()
+    );
 }
 
 fn thousand_concurrent_connections_stay_intact(driver: &str) {
     raise_nofile();
     let proxy = quick(driver, &[echo_server(), echo_server()], &[]);
     let mut conns: Vec<(TcpStream, Vec<u8>)> = (0..1000u64)
-        .map(|i| (connect(proxy.addr()), payload(1024 + (i as usize % 7) * 100, i + 1)))
+        .map(|i| {
+            (
+                connect(proxy.addr()),
+                payload(1024 + (i as usize % 7) * 100, i + 1),
+            )
+        })
         .collect();
     for (s, data) in &mut conns {
         s.write_all(data).unwrap();
     }
     for (i, (s, data)) in conns.iter_mut().enumerate() {
         let mut back = vec![0u8; data.len()];
-        s.read_exact(&mut back).unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert!(back == *data, "connection {i} got foreign or corrupted bytes");
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert!(
+            back == *data,
+            "connection {i} got foreign or corrupted bytes"
+        );
     }
 }
 
@@ -114,25 +135,42 @@ fn retry_lands_on_the_live_backend(driver: &str) {
     for i in 0..10 {
         let mut s = connect(proxy.addr());
         let mut got = String::new();
-        s.read_to_string(&mut got).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        s.read_to_string(&mut got)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
         assert_eq!(got, "live", "connection {i}");
     }
 }
 
 fn all_backends_dead_resets_the_client(driver: &str) {
-    let proxy = quick(driver, &[refused_addr(), refused_addr()], &["--connect-timeout", "2s"]);
+    let proxy = quick(
+        driver,
+        &[refused_addr(), refused_addr()],
+        &["--connect-timeout", "2s"],
+    );
     let started = Instant::now();
     let mut s = connect(proxy.addr());
     let mut buf = [0u8; 16];
-    let err = s.read(&mut buf).expect_err("the client must see a reset, not data or a clean EOF");
+    let err = s
+        .read(&mut buf)
+        .expect_err("the client must see a reset, not data or a clean EOF");
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "reset took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "reset took {:?}",
+        started.elapsed()
+    );
 }
 
 fn connect_timeout_moves_on_to_the_next_backend(driver: &str) {
     // A listener whose accept queue is full drops new SYNs: connecting to it times out.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let black_hole = sock.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
@@ -145,8 +183,17 @@ fn connect_timeout_moves_on_to_the_next_backend(driver: &str) {
     // One worker, so round robin's first pick is the black hole for the first connection.
     let to = format!("{black_hole},{live}");
     let proxy = Ringlb::start(&[
-        "run", "--listen", "127.0.0.1:0", "--to", &to, "--io-driver", driver, "--workers", "1",
-        "--connect-timeout", "300ms",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--io-driver",
+        driver,
+        "--workers",
+        "1",
+        "--connect-timeout",
+        "300ms",
     ]);
     let started = Instant::now();
     let mut s = connect(proxy.addr());
@@ -154,7 +201,10 @@ fn connect_timeout_moves_on_to_the_next_backend(driver: &str) {
     s.read_to_string(&mut got).unwrap();
     assert_eq!(got, "live");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(250), "the first attempt should have waited for its deadline, took {took:?}");
+    assert!(
+        took >= Duration::from_millis(250),
+        "the first attempt should have waited for its deadline, took {took:?}"
+    );
 }
 
 fn idle_timeout_closes_both_sides(driver: &str) {
@@ -165,7 +215,8 @@ fn idle_timeout_closes_both_sides(driver: &str) {
         s.write_all(&buf[..n]).unwrap();
         let started = Instant::now();
         let rest = s.read(&mut buf); // must end because ringlb closed the backend side
-        tx.send((rest.map_err(|e| e.kind()), started.elapsed())).unwrap();
+        tx.send((rest.map_err(|e| e.kind()), started.elapsed()))
+            .unwrap();
     });
     let proxy = quick(driver, &[backend], &["--idle-timeout", "400ms"]);
     let mut s = connect(proxy.addr());
@@ -176,7 +227,10 @@ fn idle_timeout_closes_both_sides(driver: &str) {
     let n = s.read(&mut buf).expect("client side closed cleanly");
     let waited = quiet_since.elapsed();
     assert_eq!(n, 0, "client side must be closed by the idle timeout");
-    assert!(waited >= Duration::from_millis(300), "closed after only {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "closed after only {waited:?}"
+    );
     let (backend_end, _) = rx.recv_timeout(PATIENCE).expect("backend side closed");
     assert_eq!(backend_end, Ok(0), "backend side must see end of stream");
 }
@@ -199,7 +253,10 @@ fn sigterm_drains_in_flight_and_refuses_new(driver: &str) {
             Err(e) => panic!("unexpected connect error: {e}"),
             Ok(c) => drop(c), // accepted by a listener not yet closed; try again
         }
-        assert!(Instant::now() < deadline, "listener still accepting after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting after SIGTERM"
+        );
         thread::yield_now();
     }
     // The connection opened before the signal still works to the end.
@@ -208,7 +265,12 @@ fn sigterm_drains_in_flight_and_refuses_new(driver: &str) {
     s.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
-    assert!(rest == second, "in-flight transfer cut short: {} of {} bytes", rest.len(), second.len());
+    assert!(
+        rest == second,
+        "in-flight transfer cut short: {} of {} bytes",
+        rest.len(),
+        second.len()
+    );
     let status = proxy.wait_exit();
     assert!(status.success(), "exit after drain: {status}");
 }

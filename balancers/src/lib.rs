@@ -121,7 +121,11 @@ impl Scheduler {
 
     /// The backend to try after `failed` could not be connected to: the next eligible one in
     /// list order, never `failed` itself. `None` when there is no other eligible backend.
-    pub fn next_after(&self, failed: usize, states: &[std::sync::Arc<BackendState>]) -> Option<usize> {
+    pub fn next_after(
+        &self,
+        failed: usize,
+        states: &[std::sync::Arc<BackendState>],
+    ) -> Option<usize> {
         let n = states.len();
         (1..n)
             .map(|step| (failed + step) % n)

@@ -28,12 +28,17 @@ impl RoundRobin {
     pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
         let n = self.weights.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let found = (0..n).map(|k| (start + k) % n).find(|&i| self.eligible(i, states))?;
+        let found = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| self.eligible(i, states))?;
         if found != start {
             // Skip over the ineligible run so the next pick starts after `found`.
-            let _ = self
-                .cursor
-                .compare_exchange(start + 1, found + 1, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.cursor.compare_exchange(
+                start + 1,
+                found + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
         Some(found)
     }

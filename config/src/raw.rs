@@ -69,6 +69,9 @@ pub fn parse_yaml(source_name: &str, text: &str) -> Result<Config, ConfigError> 
     };
     let mut v = Validator::default();
     let config = v.config(raw);
+    // Report in document order (validation visits some fields out of order).
+    v.problems
+        .sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
     match config {
         Some(config) if v.problems.is_empty() => Ok(config),
         _ => Err(invalid(v.problems)),
@@ -88,7 +91,14 @@ fn syntax_problem(e: &serde_saphyr::Error) -> Problem {
     let loc = e.location();
     // The rendered message repeats the location; keep only its first line of text.
     let msg = e.to_string();
-    let reason = msg.lines().next().unwrap_or("invalid YAML").trim().to_owned();
+    let first = msg.lines().next().unwrap_or("invalid YAML").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop serde-saphyr's own "line L column C: " prefix: the location is printed in front.
+    let reason = match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, rest)) => rest,
+        None => first,
+    }
+    .to_owned();
     Problem {
         line: loc.map(|l| l.line()),
         column: loc.map(|l| l.column()),
@@ -128,27 +138,52 @@ impl Validator {
         let mut out = Vec::new();
         for (i, s) in services.value.into_iter().enumerate() {
             let path = format!("services[{i}]");
-            let Some(svc) = self.service(&path, s) else { continue };
-            if let Some(first) = names.insert(svc.name.clone(), i) {
-                self.problems.push(Problem {
-                    path: format!("{path}.name"),
-                    ..root_problem(&format!(
-                        "duplicate service name {:?} (also services[{first}])",
-                        svc.name
-                    ))
-                });
-            }
-            for (j, addr) in svc.listen.iter().enumerate() {
-                if let Some(first) = listens.insert((svc.protocol, *addr), i) {
-                    self.problems.push(Problem {
-                        path: format!("{path}.listen[{j}]"),
-                        ..root_problem(&format!(
-                            "{} {addr} is already a frontend of services[{first}]",
-                            svc.protocol
-                        ))
-                    });
+            if let Some(name) = &s.value.name {
+                if let Some(first) = names.insert(name.value.clone(), i) {
+                    self.at(
+                        name,
+                        format!("{path}.name"),
+                        format!(
+                            "duplicate service name {:?} (also services[{first}])",
+                            name.value
+                        ),
+                    );
                 }
             }
+            let protocol = match s
+                .value
+                .protocol
+                .as_ref()
+                .map(|p| p.value.to_ascii_lowercase())
+            {
+                Some(p) if p == "udp" => Protocol::Udp,
+                _ => Protocol::Tcp,
+            };
+            for (j, l) in s
+                .value
+                .listen
+                .iter()
+                .flat_map(|l| l.value.iter())
+                .enumerate()
+            {
+                // Port 0 asks the kernel for a free port: two of those never collide.
+                let Ok(addr) = l.value.trim().parse::<SocketAddr>() else {
+                    continue;
+                };
+                if addr.port() == 0 {
+                    continue;
+                }
+                if let Some(first) = listens.insert((protocol, addr), i) {
+                    self.at(
+                        l,
+                        format!("{path}.listen[{j}]"),
+                        format!("{protocol} {addr} is already a frontend of services[{first}]"),
+                    );
+                }
+            }
+            let Some(svc) = self.service(&path, s) else {
+                continue;
+            };
             out.push(svc);
         }
         Some(Config { services: out })
@@ -166,7 +201,14 @@ impl Validator {
         let name = match r.name {
             Some(n) if valid_name(&n.value) => Some(n.value),
             Some(n) => {
-                self.at(&n, format!("{path}.name"), format!("invalid name {:?}: use 1 to 63 letters, digits, '-', '_' or '.'", n.value));
+                self.at(
+                    &n,
+                    format!("{path}.name"),
+                    format!(
+                        "invalid name {:?}: use 1 to 63 letters, digits, '-', '_' or '.'",
+                        n.value
+                    ),
+                );
                 None
             }
             None => {
@@ -179,15 +221,27 @@ impl Validator {
             Some(p) => match p.value.to_ascii_lowercase().as_str() {
                 "tcp" => Some(Protocol::Tcp),
                 "udp" => {
-                    self.at(&p, format!("{path}.protocol"), "udp services are not supported by this version yet (tcp only)");
+                    self.at(
+                        &p,
+                        format!("{path}.protocol"),
+                        "udp services are not supported by this version yet (tcp only)",
+                    );
                     None
                 }
                 "sctp" => {
-                    self.at(&p, format!("{path}.protocol"), "SCTP is not supported (tcp or udp)");
+                    self.at(
+                        &p,
+                        format!("{path}.protocol"),
+                        "SCTP is not supported (tcp or udp)",
+                    );
                     None
                 }
                 other => {
-                    self.at(&p, format!("{path}.protocol"), format!("unknown protocol {other:?} (tcp or udp)"));
+                    self.at(
+                        &p,
+                        format!("{path}.protocol"),
+                        format!("unknown protocol {other:?} (tcp or udp)"),
+                    );
                     None
                 }
             },
@@ -199,7 +253,11 @@ impl Validator {
             }
             Some(l) => {
                 if l.value.is_empty() {
-                    self.at(&l, format!("{path}.listen"), "list at least one address to listen on");
+                    self.at(
+                        &l,
+                        format!("{path}.listen"),
+                        "list at least one address to listen on",
+                    );
                 }
                 let addrs: Vec<_> = l
                     .value
@@ -239,15 +297,26 @@ impl Validator {
                 }
             },
         };
-        let connect_timeout =
-            self.duration(r.connect_timeout, format!("{path}.connect_timeout"), ServiceDefaults::CONNECT_TIMEOUT);
-        let idle_timeout = self.duration(r.idle_timeout, format!("{path}.idle_timeout"), ServiceDefaults::IDLE_TIMEOUT);
+        let connect_timeout = self.duration(
+            r.connect_timeout,
+            format!("{path}.connect_timeout"),
+            ServiceDefaults::CONNECT_TIMEOUT,
+        );
+        let idle_timeout = self.duration(
+            r.idle_timeout,
+            format!("{path}.idle_timeout"),
+            ServiceDefaults::IDLE_TIMEOUT,
+        );
         let max_connect_attempts = match r.max_connect_attempts {
             None => Some(ServiceDefaults::MAX_CONNECT_ATTEMPTS),
             Some(n) => match u32::try_from(n.value).ok().and_then(NonZeroU32::new) {
                 Some(v) if i64::from(v.get()) <= MAX_ATTEMPTS => Some(v),
                 _ => {
-                    self.at(&n, format!("{path}.max_connect_attempts"), format!("must be between 1 and {MAX_ATTEMPTS}, got {}", n.value));
+                    self.at(
+                        &n,
+                        format!("{path}.max_connect_attempts"),
+                        format!("must be between 1 and {MAX_ATTEMPTS}, got {}", n.value),
+                    );
                     None
                 }
             },
@@ -283,7 +352,11 @@ impl Validator {
             None => Some(ServiceDefaults::WEIGHT),
             Some(w) if (0..=MAX_WEIGHT).contains(&w.value) => u32::try_from(w.value).ok(),
             Some(w) => {
-                self.at(&w, format!("{path}.weight"), format!("must be between 0 and {MAX_WEIGHT}, got {}", w.value));
+                self.at(
+                    &w,
+                    format!("{path}.weight"),
+                    format!("must be between 0 and {MAX_WEIGHT}, got {}", w.value),
+                );
                 None
             }
         };
@@ -297,13 +370,22 @@ impl Validator {
         match s.value.trim().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.at(s, path, format!("{:?} is not an IP:port address (IPv6 as [::1]:80)", s.value));
+                self.at(
+                    s,
+                    path,
+                    format!("{:?} is not an IP:port address (IPv6 as [::1]:80)", s.value),
+                );
                 None
             }
         }
     }
 
-    fn duration(&mut self, raw: Option<Spanned<String>>, path: String, default: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        raw: Option<Spanned<String>>,
+        path: String,
+        default: Duration,
+    ) -> Option<Duration> {
         let Some(s) = raw else { return Some(default) };
         match humantime::parse_duration(s.value.trim()) {
             Ok(d) if !d.is_zero() => Some(d),
@@ -312,7 +394,14 @@ impl Validator {
                 None
             }
             Err(e) => {
-                self.at(&s, path, format!("{:?} is not a duration such as 500ms, 5s or 1h: {e}", s.value));
+                self.at(
+                    &s,
+                    path,
+                    format!(
+                        "{:?} is not a duration such as 500ms, 5s or 1h: {e}",
+                        s.value
+                    ),
+                );
                 None
             }
         }

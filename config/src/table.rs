@@ -81,7 +81,12 @@ impl Table {
     /// over, so load counts and statistics survive the swap.
     pub fn build(config: &Config, previous: Option<&Table>) -> Table {
         let prev: HashMap<&str, &Arc<ServiceEntry>> = previous
-            .map(|t| t.services.iter().map(|s| (s.service.name.as_str(), s)).collect())
+            .map(|t| {
+                t.services
+                    .iter()
+                    .map(|s| (s.service.name.as_str(), s))
+                    .collect()
+            })
             .unwrap_or_default();
         let mut services = Vec::with_capacity(config.services.len());
         let mut frontends = HashMap::new();
@@ -123,7 +128,13 @@ impl Table {
 
 fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry {
     let old_states: HashMap<SocketAddr, &Arc<BackendState>> = old
-        .map(|o| o.backends.iter().map(|b| b.address).zip(o.states.iter()).collect())
+        .map(|o| {
+            o.backends
+                .iter()
+                .map(|b| b.address)
+                .zip(o.states.iter())
+                .collect()
+        })
         .unwrap_or_default();
     let backends: Vec<BackendEntry> = svc
         .backends
@@ -135,9 +146,16 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
         .collect();
     let states = backends
         .iter()
-        .map(|b| old_states.get(&b.address).map_or_else(Default::default, |s| Arc::clone(s)))
+        .map(|b| {
+            old_states
+                .get(&b.address)
+                .map_or_else(Default::default, |s| Arc::clone(s))
+        })
         .collect();
-    let specs: Vec<BackendSpec> = backends.iter().map(|b| BackendSpec { weight: b.weight }).collect();
+    let specs: Vec<BackendSpec> = backends
+        .iter()
+        .map(|b| BackendSpec { weight: b.weight })
+        .collect();
     ServiceEntry {
         service: svc.clone(),
         scheduler: Scheduler::build(&svc.scheduler, &specs).ok(),

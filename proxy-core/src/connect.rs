@@ -34,7 +34,9 @@ pub(crate) enum ConnectFailure {
 /// Dropping the future drops a pending connect, which closes its socket; nothing is lost.
 pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
-    let first = scheduler.pick(flow, &entry.states).ok_or(ConnectFailure::NoBackend)?;
+    let first = scheduler
+        .pick(flow, &entry.states)
+        .ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {

@@ -36,7 +36,9 @@ pub fn start_backends(addrs: &[SocketAddr]) -> io::Result<DemoBackends> {
     std::thread::Builder::new()
         .name("demo-backends".into())
         .spawn(move || {
-            let Ok((mut rt, _)) = driver::build(IoDriver::Auto) else { return };
+            let Ok((mut rt, _)) = driver::build(IoDriver::Auto) else {
+                return;
+            };
             rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for (i, l) in listeners.into_iter().enumerate() {
@@ -52,7 +54,9 @@ pub fn start_backends(addrs: &[SocketAddr]) -> io::Result<DemoBackends> {
 }
 
 async fn serve_backend(l: std::net::TcpListener, name: Rc<str>) {
-    let Ok(listener) = TcpListener::from_std(l) else { return };
+    let Ok(listener) = TcpListener::from_std(l) else {
+        return;
+    };
     loop {
         if let Ok((stream, _)) = listener.accept().await {
             monoio::spawn(backend_conn(stream, Rc::clone(&name)));
@@ -98,9 +102,11 @@ async fn backend_conn(mut stream: TcpStream, name: Rc<str>) {
 }
 
 fn looks_like_http(buf: &[u8]) -> bool {
-    ["GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH "]
-        .iter()
-        .any(|m| buf.starts_with(m.as_bytes()))
+    [
+        "GET ", "HEAD ", "POST ", "PUT ", "DELETE ", "OPTIONS ", "PATCH ",
+    ]
+    .iter()
+    .any(|m| buf.starts_with(m.as_bytes()))
 }
 
 /// What a burst measured.
@@ -120,11 +126,15 @@ pub struct BurstReport {
 /// `concurrency` in flight, and measures each one.
 pub fn burst(target: SocketAddr, requests: usize, concurrency: usize) -> io::Result<BurstReport> {
     let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new().name("demo-client".into()).spawn(move || {
-        let result = driver::build(IoDriver::Auto).map(|(mut rt, _)| rt.block_on(run_burst(target, requests, concurrency)));
-        let _ = tx.send(result);
-    })?;
-    rx.recv().map_err(|_| io::Error::other("demo client thread died"))?
+    std::thread::Builder::new()
+        .name("demo-client".into())
+        .spawn(move || {
+            let result = driver::build(IoDriver::Auto)
+                .map(|(mut rt, _)| rt.block_on(run_burst(target, requests, concurrency)));
+            let _ = tx.send(result);
+        })?;
+    rx.recv()
+        .map_err(|_| io::Error::other("demo client thread died"))?
 }
 
 async fn run_burst(target: SocketAddr, requests: usize, concurrency: usize) -> BurstReport {
@@ -147,7 +157,8 @@ async fn run_burst(target: SocketAddr, requests: usize, concurrency: usize) -> B
             }
         }));
     }
-    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+    let mut latency_us =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
     let mut per_backend = std::collections::BTreeMap::<String, u64>::new();
     let mut failed = 0;
     for t in tasks {

@@ -26,7 +26,9 @@ impl FromStr for IoDriver {
             "auto" => Ok(IoDriver::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(IoDriver::Uring),
             "epoll" | "legacy" => Ok(IoDriver::Epoll),
-            other => Err(format!("unknown I/O driver {other:?} (auto, uring or epoll)")),
+            other => Err(format!(
+                "unknown I/O driver {other:?} (auto, uring or epoll)"
+            )),
         }
     }
 }
@@ -67,7 +69,9 @@ pub(crate) fn build(driver: IoDriver) -> std::io::Result<(WorkerRuntime, IoDrive
             if monoio::utils::detect_uring() {
                 match uring() {
                     Ok(rt) => return Ok(rt),
-                    Err(e) => tracing::warn!(error = %e, "io_uring unavailable, falling back to epoll"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring unavailable, falling back to epoll")
+                    }
                 }
             }
             Ok((epoll()?, IoDriverKind::Epoll))
@@ -76,7 +80,10 @@ pub(crate) fn build(driver: IoDriver) -> std::io::Result<(WorkerRuntime, IoDrive
 }
 
 fn epoll() -> std::io::Result<WorkerRuntime> {
-    Ok(RuntimeBuilder::<LegacyDriver>::new().enable_timer().build()?.into())
+    Ok(RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()?
+        .into())
 }
 
 /// Tries the ring flags from best to plainest. Without COOP_TASKRUN every completion interrupts
@@ -93,7 +100,9 @@ fn uring() -> std::io::Result<(WorkerRuntime, IoDriverKind)> {
         let mut urb = io_uring::IoUring::builder();
         match kind {
             IoDriverKind::UringDeferTaskrun => {
-                urb.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+                urb.setup_coop_taskrun()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun();
             }
             IoDriverKind::UringCoopTaskrun => {
                 urb.setup_coop_taskrun().setup_single_issuer();

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use config::{FrontendKey, Protocol, Table};
+use config::{Config, FrontendKey, Protocol, Table};
 use tokio_util::sync::CancellationToken;
 
 pub use driver::{IoDriver, IoDriverKind};
@@ -63,7 +63,7 @@ impl Default for ProxyOptions {
 /// A frontend the proxy listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BoundFrontend {
-    /// The frontend as configured (its port may be 0).
+    /// The frontend (with the port actually bound).
     pub key: FrontendKey,
     /// The address actually bound.
     pub local_addr: SocketAddr,
@@ -78,6 +78,35 @@ pub struct DrainReport {
     pub workers_cut: usize,
 }
 
+/// Listening sockets for every frontend of a configuration, one per worker, not yet served.
+#[derive(Debug)]
+pub struct Listeners {
+    workers: usize,
+    groups: Vec<listener::ListenGroup>,
+}
+
+/// Binds every TCP frontend of `config`, `options.workers` sockets each, and rewrites listen
+/// addresses with port 0 to the port the kernel picked, so the table built from `config`
+/// afterwards names the real frontends. Fails on the first address that cannot be bound.
+pub fn bind(config: &mut Config, options: &ProxyOptions) -> Result<Listeners, ProxyError> {
+    let workers = options.workers.max(1);
+    let mut groups = Vec::new();
+    for svc in &mut config.services {
+        if svc.protocol != Protocol::Tcp {
+            return Err(ProxyError::Unsupported(format!(
+                "service {}: only tcp services are served by this version",
+                svc.name
+            )));
+        }
+        for addr in &mut svc.listen {
+            let group = listener::bind_group(*addr, workers, options.share_ports)?;
+            *addr = group.local_addr;
+            groups.push(group);
+        }
+    }
+    Ok(Listeners { workers, groups })
+}
+
 /// A running data plane.
 #[derive(Debug)]
 pub struct Proxy {
@@ -89,27 +118,17 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every TCP frontend of the current table and starts the workers. Returns once every
-    /// worker runs its accept loops, so connections are served from then on.
-    pub fn start(table: Arc<ArcSwap<Table>>, options: &ProxyOptions) -> Result<Proxy, ProxyError> {
-        let workers = options.workers.max(1);
-        let snapshot = table.load_full();
-        let mut groups = Vec::new();
-        for svc in snapshot.services() {
-            if svc.service.protocol != Protocol::Tcp {
-                return Err(ProxyError::Unsupported(format!(
-                    "service {}: only tcp services are served by this version",
-                    svc.service.name
-                )));
-            }
-            for addr in &svc.service.listen {
-                let key = FrontendKey {
-                    protocol: Protocol::Tcp,
-                    addr: *addr,
-                };
-                groups.push(listener::bind_group(key, workers, options.share_ports)?);
-            }
-        }
+    /// Starts the workers on listeners bound by [`bind`] for the services of `table`. Returns
+    /// once every worker runs its accept loops, so connections are served from then on.
+    pub fn start(
+        table: Arc<ArcSwap<Table>>,
+        listeners: Listeners,
+        options: &ProxyOptions,
+    ) -> Result<Proxy, ProxyError> {
+        let Listeners {
+            workers,
+            mut groups,
+        } = listeners;
         let frontends = groups
             .iter()
             .map(|g| BoundFrontend {

@@ -12,6 +12,7 @@ use crate::ProxyError;
 const BACKLOG: i32 = 4096;
 
 /// The sockets of one frontend, one per worker, all bound to the same address.
+#[derive(Debug)]
 pub(crate) struct ListenGroup {
     pub(crate) key: FrontendKey,
     pub(crate) local_addr: SocketAddr,
@@ -24,8 +25,11 @@ pub(crate) struct ListenGroup {
 /// silently split traffic with us. Unless `share` is set, a probe bind *without* the option
 /// first checks that nobody listens there (it fails against any bound listener, ours included,
 /// so a second instance started later fails in the same way).
-pub(crate) fn bind_group(key: FrontendKey, workers: usize, share: bool) -> Result<ListenGroup, ProxyError> {
-    let addr = key.addr;
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    workers: usize,
+    share: bool,
+) -> Result<ListenGroup, ProxyError> {
     let err = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse {
             ProxyError::AddressInUse { addr }
@@ -49,7 +53,10 @@ pub(crate) fn bind_group(key: FrontendKey, workers: usize, share: bool) -> Resul
         sockets.push(listen(local_addr).map_err(err)?.into());
     }
     Ok(ListenGroup {
-        key,
+        key: FrontendKey {
+            protocol: config::Protocol::Tcp,
+            addr: local_addr,
+        },
         local_addr,
         sockets,
     })

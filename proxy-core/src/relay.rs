@@ -12,7 +12,9 @@ use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
@@ -67,15 +69,34 @@ impl Peer {
 /// Relays `client` ↔ `server` until both directions end, the idle timeout passes, or a socket
 /// fails. Half-close is forwarded: end of stream from one side becomes `shutdown(Write)` on the
 /// other while the opposite direction keeps flowing.
-pub(crate) async fn relay(client: TcpStream, server: TcpStream, idle: Duration, pool: &BufferPool) -> RelayOutcome {
+pub(crate) async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+    pool: &BufferPool,
+) -> RelayOutcome {
     let last_activity = Cell::new(Instant::now());
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let client_peer = Peer(Rc::clone(&client_rd.0));
     let server_peer = Peer(Rc::clone(&server_rd.0));
 
-    let up = copy_one_way(&mut client_rd, &client_peer, &mut server_wr, &server_peer, pool, &last_activity);
-    let down = copy_one_way(&mut server_rd, &server_peer, &mut client_wr, &client_peer, pool, &last_activity);
+    let up = copy_one_way(
+        &mut client_rd,
+        &client_peer,
+        &mut server_wr,
+        &server_peer,
+        pool,
+        &last_activity,
+    );
+    let down = copy_one_way(
+        &mut server_rd,
+        &server_peer,
+        &mut client_wr,
+        &client_peer,
+        pool,
+        &last_activity,
+    );
     let mut both = pin!(async { monoio::join!(up, down) });
     let mut idle_expired = false;
     let (up, down) = monoio::select! {
@@ -124,7 +145,10 @@ async fn copy_one_way(
         set_reset_on_close(dst_peer.stream());
         src_peer.shutdown_read();
         dst_peer.shutdown_read();
-        OneWay { bytes, failed: true }
+        OneWay {
+            bytes,
+            failed: true,
+        }
     };
     loop {
         // Not relaxed: on epoll a stale "readable" flag would make the read below park with a
@@ -137,7 +161,10 @@ async fn copy_one_way(
             Ok(0) => {
                 pool.put(buf);
                 let _ = dst.shutdown().await;
-                return OneWay { bytes, failed: false };
+                return OneWay {
+                    bytes,
+                    failed: false,
+                };
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -105,7 +105,12 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     });
     let canceller = Canceller::new();
     for (key, listener) in bound {
-        monoio::spawn(accept_loop(listener, key, Rc::clone(&worker), canceller.handle()));
+        monoio::spawn(accept_loop(
+            listener,
+            key,
+            Rc::clone(&worker),
+            canceller.handle(),
+        ));
     }
 
     shutdown.cancelled().await;
@@ -126,7 +131,12 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
 /// # Cancel safety
 /// Uses cancelable accept: cancelling through `cancel` either fails the pending accept or lets
 /// it complete; no accepted connection is dropped unseen.
-async fn accept_loop(listener: TcpListener, key: FrontendKey, worker: Rc<Worker>, cancel: CancelHandle) {
+async fn accept_loop(
+    listener: TcpListener,
+    key: FrontendKey,
+    worker: Rc<Worker>,
+    cancel: CancelHandle,
+) {
     loop {
         match listener.cancelable_accept(cancel.clone()).await {
             Ok((stream, peer)) => {
@@ -200,9 +210,19 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         }
     };
     let backend = entry.backends[upstream.backend].address;
-    let outcome = relay(client, upstream.stream, entry.service.idle_timeout, &worker.pool).await;
-    counters.bytes_to_backend.fetch_add(outcome.to_backend, Relaxed);
-    counters.bytes_to_client.fetch_add(outcome.to_client, Relaxed);
+    let outcome = relay(
+        client,
+        upstream.stream,
+        entry.service.idle_timeout,
+        &worker.pool,
+    )
+    .await;
+    counters
+        .bytes_to_backend
+        .fetch_add(outcome.to_backend, Relaxed);
+    counters
+        .bytes_to_client
+        .fetch_add(outcome.to_client, Relaxed);
     if outcome.end == RelayEnd::IdleTimeout {
         counters.idle_timeouts.fetch_add(1, Relaxed);
     }

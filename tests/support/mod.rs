@@ -41,7 +41,10 @@ impl Ringlb {
     pub fn start(args: &[&str]) -> Ringlb {
         match Self::try_start(args) {
             Ok(r) => r,
-            Err(f) => panic!("ringlb {args:?} failed to start ({}): {}", f.status, f.stderr),
+            Err(f) => panic!(
+                "ringlb {args:?} failed to start ({}): {}",
+                f.status, f.stderr
+            ),
         }
     }
 
@@ -62,7 +65,9 @@ impl Ringlb {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, stdout) = mpsc::channel();
@@ -85,7 +90,10 @@ impl Ringlb {
                     break;
                 }
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("listening ").and_then(|l| l.split("addr=").nth(1)) {
+                    if let Some(addr) = line
+                        .strip_prefix("listening ")
+                        .and_then(|l| l.split("addr=").nth(1))
+                    {
                         addrs.push(addr.trim().parse().expect("listening addr parses"));
                     }
                 }
@@ -96,7 +104,10 @@ impl Ringlb {
                     });
                     // Give the stderr reader a moment to drain what the process wrote.
                     let text = drain_text(&stderr);
-                    return Err(StartFailure { status, stderr: text });
+                    return Err(StartFailure {
+                        status,
+                        stderr: text,
+                    });
                 }
             }
         }
@@ -181,12 +192,34 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 /// Quick-mode `ringlb run` on a free loopback port with `driver`, in front of `backends`.
 pub fn quick(driver: &str, backends: &[SocketAddr], extra: &[&str]) -> Ringlb {
-    let to = backends.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-    let mut args = vec!["run", "--listen", "127.0.0.1:0", "--to", &to, "--io-driver", driver, "--workers", "2"];
+    let to = backends
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args = vec![
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "--io-driver",
+        driver,
+        "--workers",
+        "2",
+    ];
     args.extend_from_slice(extra);
     let proxy = Ringlb::start(&args);
-    let want = if driver == "uring" { "driver=io_uring" } else { "driver=epoll" };
-    assert!(proxy.ready.contains(want), "asked for {driver}, got: {}", proxy.ready);
+    let want = if driver == "uring" {
+        "driver=io_uring"
+    } else {
+        "driver=epoll"
+    };
+    assert!(
+        proxy.ready.contains(want),
+        "asked for {driver}, got: {}",
+        proxy.ready
+    );
     proxy
 }
 

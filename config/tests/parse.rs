@@ -1,0 +1,82 @@
+//! The ringlb YAML format: checked values, defaults, located errors, and the table builder.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use config::{parse_yaml, FrontendKey, Protocol, ServiceDefaults, Table};
+
+const TWO: &str = "\
+services:
+  - name: web
+    listen: [\"127.0.0.1:8080\", \"[::1]:8080\"]
+    connect_timeout: 250ms
+    idle_timeout: 2m
+    max_connect_attempts: 5
+    backends:
+      - address: 10.0.0.1:80
+        weight: 3
+      - address: \"[fd00::2]:80\"
+  - name: db
+    listen: [\"127.0.0.1:5432\"]
+    backends: [{address: 10.0.0.9:5432}]
+";
+
+#[test]
+fn parses_values_and_applies_defaults() {
+    let c = parse_yaml("two.yaml", TWO).unwrap();
+    let web = &c.services[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.protocol, Protocol::Tcp);
+    assert_eq!(web.listen, vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()]);
+    assert_eq!(web.connect_timeout, Duration::from_millis(250));
+    assert_eq!(web.idle_timeout, Duration::from_secs(120));
+    assert_eq!(web.max_connect_attempts.get(), 5);
+    assert_eq!(web.backends[0].weight, 3);
+    assert_eq!(web.backends[1].weight, ServiceDefaults::WEIGHT);
+    let db = &c.services[1];
+    assert_eq!(db.connect_timeout, ServiceDefaults::CONNECT_TIMEOUT);
+    assert_eq!(db.idle_timeout, ServiceDefaults::IDLE_TIMEOUT);
+    assert_eq!(db.max_connect_attempts, ServiceDefaults::MAX_CONNECT_ATTEMPTS);
+}
+
+#[test]
+fn reports_every_problem_with_line_column_and_path() {
+    let text = "services:\n  - name: a\n    listen: [\"nope\"]\n    backends: [{address: 1.2.3.4:80, weight: 70000}]\n";
+    let err = parse_yaml("bad.yaml", text).unwrap_err();
+    let problems = err.problems();
+    assert_eq!(problems.len(), 2, "{err}");
+    assert_eq!((problems[0].line, problems[0].column), (Some(3), Some(14)));
+    assert_eq!(problems[0].path, "services[0].listen[0]");
+    assert_eq!(problems[1].path, "services[0].backends[0].weight");
+    assert_eq!(problems[1].line, Some(4));
+    let text = err.to_string();
+    assert!(text.starts_with("bad.yaml:3:14: services[0].listen[0]: \"nope\" is not an IP:port address"), "{text}");
+}
+
+#[test]
+fn table_maps_frontends_and_carries_state_across_rebuilds() {
+    let c = parse_yaml("two.yaml", TWO).unwrap();
+    let t1 = Table::build(&c, None);
+    assert_eq!(t1.version(), 1);
+    let key = FrontendKey {
+        protocol: Protocol::Tcp,
+        addr: "[::1]:8080".parse().unwrap(),
+    };
+    let web = Arc::clone(t1.lookup(&key).expect("frontend maps to web"));
+    assert_eq!(web.service.name, "web");
+    let guard = web.states[0].connect();
+    web.counters.accepted.fetch_add(7, Relaxed);
+
+    // Rebuild with the first backend kept, the second removed and a new one added.
+    let changed = TWO.replace("\"[fd00::2]:80\"", "10.0.0.3:80");
+    let t2 = Table::build(&parse_yaml("two.yaml", &changed).unwrap(), Some(&t1));
+    assert_eq!(t2.version(), 2);
+    let web2 = t2.lookup(&key).unwrap();
+    assert!(Arc::ptr_eq(&web.states[0], &web2.states[0]), "same backend keeps its state");
+    assert_eq!(web2.states[0].active(), 1, "the open connection is still counted");
+    assert_eq!(web2.states[1].active(), 0, "a new backend starts empty");
+    assert_eq!(web2.counters.accepted.load(Relaxed), 7, "service counters survive the swap");
+    drop(guard);
+    assert_eq!(web2.states[0].active(), 0);
+}

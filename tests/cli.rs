@@ -1,0 +1,254 @@
+//! The command line: `check` on fixtures, bad input, exit codes, the demo.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use support::*;
+
+fn fixtures(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/config")
+        .join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn check(path: &Path) -> (i32, String, String) {
+    let out = ringlb_command(&["check", "--config", path.to_str().unwrap()])
+        .output()
+        .expect("run ringlb check");
+    (
+        out.status.code().expect("exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_every_valid_fixture() {
+    let files = fixtures("valid");
+    assert!(files.len() >= 3, "valid fixtures missing: {files:?}");
+    for f in files {
+        let (code, stdout, stderr) = check(&f);
+        assert_eq!(code, 0, "{}: {stderr}", f.display());
+        assert!(stdout.contains("OK ("), "{}: {stdout}", f.display());
+        assert!(
+            stdout.contains("service "),
+            "check prints what would be served: {stdout}"
+        );
+    }
+}
+
+/// Each invalid fixture states in `# expect: ...` lines what `check` must print.
+#[test]
+fn check_rejects_every_invalid_fixture_with_located_errors() {
+    let files = fixtures("invalid");
+    assert!(files.len() >= 8, "invalid fixtures missing: {files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let expects: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expects.is_empty(),
+            "{} has no '# expect:' line",
+            f.display()
+        );
+        let (code, _, stderr) = check(&f);
+        assert_eq!(code, 1, "{} must be rejected: {stderr}", f.display());
+        for e in expects {
+            assert!(
+                stderr.contains(e),
+                "{}: expected {e:?} in:\n{stderr}",
+                f.display()
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_runtime_error() {
+    let (code, _, stderr) = check(Path::new("/nonexistent/ringlb.yaml"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("/nonexistent/ringlb.yaml: cannot read"),
+        "{stderr}"
+    );
+    let out = ringlb_command(&["run", "--config", "/nonexistent/ringlb.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ringlb.yaml: cannot read"));
+}
+
+#[test]
+fn usage_errors_exit_2_with_one_clear_line() {
+    for (args, needle) in [
+        (vec!["run", "--bogus"], "--bogus"),
+        (
+            vec!["run", "--listen", "127.0.0.1:x", "--to", "127.0.0.1:1"],
+            "invalid value '127.0.0.1:x' for '--listen",
+        ),
+        (
+            vec!["run", "--listen", "127.0.0.1:0", "--to", "nope"],
+            "invalid value 'nope' for '--to",
+        ),
+        (vec!["run", "--listen", "127.0.0.1:0"], "--to"),
+        (vec!["run", "--listen", "127.0.0.1:0", "--to"], "--to"),
+        (
+            vec![
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:1",
+                "--scheduler",
+                "fastest",
+            ],
+            "unknown scheduler",
+        ),
+        (
+            vec![
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:1",
+                "--io-driver",
+                "kqueue",
+            ],
+            "kqueue",
+        ),
+        (vec!["run"], "--listen"),
+    ] {
+        let out = ringlb_command(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_runtime_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = Ringlb::try_start(&["run", "--listen", &addr, "--to", "127.0.0.1:1"])
+        .err()
+        .expect("must fail");
+    assert_eq!(err.status.code(), Some(1), "{}", err.stderr);
+    assert!(
+        err.stderr
+            .contains(&format!("cannot listen on {addr}: address already in use")),
+        "{}",
+        err.stderr
+    );
+}
+
+#[test]
+fn a_second_ringlb_does_not_silently_share_the_port() {
+    let first = Ringlb::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:1",
+        "--workers",
+        "2",
+    ]);
+    let addr = first.addr().to_string();
+    let err = Ringlb::try_start(&["run", "--listen", &addr, "--to", "127.0.0.1:1"])
+        .err()
+        .expect("second must fail");
+    assert_eq!(err.status.code(), Some(1));
+    assert!(
+        err.stderr.contains("address already in use"),
+        "{}",
+        err.stderr
+    );
+    // ... unless asked to.
+    let shared = Ringlb::start(&[
+        "run",
+        "--listen",
+        &addr,
+        "--to",
+        "127.0.0.1:1",
+        "--share-port",
+    ]);
+    assert_eq!(shared.addr(), first.addr());
+}
+
+#[test]
+fn demo_runs_a_burst_through_ringlb_and_exits_with_once() {
+    let out = ringlb_command(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--once",
+        "--requests",
+        "300",
+        "--concurrency",
+        "8",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["backend-1", "backend-2", "backend-3"] {
+        // Round robin over 3 backends: 100 each.
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains(" 100 "), "uneven spread: {line}");
+    }
+    assert!(stdout.contains("failed           0"), "{stdout}");
+    assert!(stdout.contains("p99"), "{stdout}");
+}
+
+#[test]
+fn run_with_a_config_file_serves_every_service() {
+    let web = name_server("web");
+    let db1 = name_server("db-1");
+    let db2 = name_server("db-2");
+    let yaml = format!(
+        "services:\n  - name: web\n    listen: [\"127.0.0.1:0\"]\n    backends: [{{address: \"{web}\"}}]\n  \
+         - name: db\n    listen: [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n    scheduler: rr\n    \
+         backends: [{{address: \"{db1}\"}}, {{address: \"{db2}\", weight: 2}}]\n"
+    );
+    let path = std::env::temp_dir().join(format!("ringlb-cli-test-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(proxy.addrs.len(), 3, "three frontends: {:?}", proxy.addrs);
+    let answer = |addr| {
+        let mut s = connect(addr);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+        got
+    };
+    assert_eq!(answer(proxy.addrs[0]), "web");
+    let mut db: Vec<String> = (0..4).map(|i| answer(proxy.addrs[1 + i % 2])).collect();
+    db.sort();
+    assert_eq!(
+        db,
+        ["db-1", "db-1", "db-2", "db-2"],
+        "rr over both db backends from both frontends"
+    );
+}
