@@ -12,6 +12,7 @@ mod connect;
 pub mod demo;
 mod driver;
 mod error;
+mod idle;
 mod listener;
 mod pool;
 mod relay;

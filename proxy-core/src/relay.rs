@@ -5,10 +5,9 @@
 //! nothing in flight holds no relay buffer at all, and a busy one uses a large buffer. While a
 //! read fills the whole buffer, the next read follows at once (more is likely queued).
 
-use std::cell::{Cell, UnsafeCell};
+use std::cell::UnsafeCell;
 use std::io;
 use std::net::Shutdown;
-use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -16,8 +15,8 @@ use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use monoio::time::Instant;
 
+use crate::idle::{Activity, Close, IdleTimers};
 use crate::pool::BufferPool;
 use crate::sys::{set_reset_on_close, with_socket};
 
@@ -66,28 +65,49 @@ impl Peer {
     }
 }
 
-/// Relays `client` ↔ `server` until both directions end, the idle timeout passes, or a socket
-/// fails. Half-close is forwarded: end of stream from one side becomes `shutdown(Write)` on the
-/// other while the opposite direction keeps flowing.
+/// The two sockets of a relayed connection, closed together by the idle timeout.
+pub(crate) struct PeerPair {
+    client: Peer,
+    server: Peer,
+}
+
+impl Close for PeerPair {
+    fn close(&self) {
+        self.client.shutdown_both();
+        self.server.shutdown_both();
+    }
+}
+
+/// Relays `client` ↔ `server` until both directions end, the idle timeout passes (the worker's
+/// [`IdleTimers`] then closes both sockets), or a socket fails. Half-close is forwarded: end of
+/// stream from one side becomes `shutdown(Write)` on the other while the opposite direction
+/// keeps flowing.
 pub(crate) async fn relay(
     client: TcpStream,
     server: TcpStream,
     idle: Duration,
     pool: &BufferPool,
+    timers: &IdleTimers<PeerPair>,
 ) -> RelayOutcome {
-    let last_activity = Cell::new(Instant::now());
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
     let client_peer = Peer(Rc::clone(&client_rd.0));
     let server_peer = Peer(Rc::clone(&server_rd.0));
-
+    let activity = Rc::new(Activity::new(
+        idle,
+        PeerPair {
+            client: client_peer.clone(),
+            server: server_peer.clone(),
+        },
+    ));
+    timers.insert(&activity);
     let up = copy_one_way(
         &mut client_rd,
         &client_peer,
         &mut server_wr,
         &server_peer,
         pool,
-        &last_activity,
+        &activity,
     );
     let down = copy_one_way(
         &mut server_rd,
@@ -95,20 +115,11 @@ pub(crate) async fn relay(
         &mut client_wr,
         &client_peer,
         pool,
-        &last_activity,
+        &activity,
     );
-    let mut both = pin!(async { monoio::join!(up, down) });
-    let mut idle_expired = false;
-    let (up, down) = monoio::select! {
-        r = &mut both => r,
-        () = idle_watch(idle, &last_activity) => {
-            idle_expired = true;
-            client_peer.shutdown_both();
-            server_peer.shutdown_both();
-            both.await
-        }
-    };
-    let end = if idle_expired {
+    let (up, down) = monoio::join!(up, down);
+    timers.remove(&activity);
+    let end = if activity.expired() {
         RelayEnd::IdleTimeout
     } else if up.failed || down.failed {
         RelayEnd::Error
@@ -131,71 +142,94 @@ struct OneWay {
 /// Copies `src` → `dst` until end of stream (then `shutdown(Write)` on `dst`) or an error
 /// (then `dst` is set to reset on close and both sockets stop reading, which ends the other
 /// direction too).
+///
+/// The future of this function is what an idle connection keeps in memory (twice), so the
+/// read-and-write step lives in its own boxed future that exists only while bytes move.
 async fn copy_one_way(
     src: &mut OwnedReadHalf<TcpStream>,
     src_peer: &Peer,
     dst: &mut OwnedWriteHalf<TcpStream>,
     dst_peer: &Peer,
     pool: &BufferPool,
-    last_activity: &Cell<Instant>,
+    activity: &Activity<PeerPair>,
 ) -> OneWay {
     let mut bytes = 0u64;
     let mut wait_readable = true;
-    let fail = |bytes| {
-        set_reset_on_close(dst_peer.stream());
-        src_peer.shutdown_read();
-        dst_peer.shutdown_read();
-        OneWay {
-            bytes,
-            failed: true,
-        }
-    };
     loop {
-        // Not relaxed: on epoll a stale "readable" flag would make the read below park with a
-        // pooled buffer; the check costs one poll(2) there and nothing extra on io_uring.
-        if wait_readable && src_peer.stream().readable(false).await.is_err() {
-            return fail(bytes);
-        }
-        let (res, buf) = src.read(pool.take()).await;
-        let n = match res {
-            Ok(0) => {
-                pool.put(buf);
-                let _ = dst.shutdown().await;
+        // Not relaxed: on epoll a stale "readable" flag would make the read park with a pooled
+        // buffer; the check costs one poll(2) there and nothing extra on io_uring.
+        let step = if wait_readable && src_peer.stream().readable(false).await.is_err() {
+            Step::Failed
+        } else {
+            Box::pin(move_once(src, dst, pool)).await
+        };
+        match step {
+            Step::Moved { n, filled } => {
+                bytes += n as u64;
+                activity.touch();
+                // A full buffer means more is likely queued: read again without waiting.
+                wait_readable = !filled;
+            }
+            Step::Spurious => wait_readable = true,
+            Step::Eof => {
                 return OneWay {
                     bytes,
                     failed: false,
+                }
+            }
+            Step::Failed => {
+                set_reset_on_close(dst_peer.stream());
+                src_peer.shutdown_read();
+                dst_peer.shutdown_read();
+                return OneWay {
+                    bytes,
+                    failed: true,
                 };
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                pool.put(buf);
-                wait_readable = true;
-                continue;
-            }
-            Err(_) => {
-                pool.put(buf);
-                return fail(bytes);
-            }
-        };
-        let full = n == buf.capacity();
-        let (res, buf) = dst.write_all(buf).await;
-        pool.put(buf);
-        if res.is_err() {
-            return fail(bytes);
         }
-        bytes += n as u64;
-        last_activity.set(Instant::now());
-        wait_readable = !full;
     }
 }
 
-/// Completes once no byte has moved for `idle` (per `last_activity`).
-async fn idle_watch(idle: Duration, last_activity: &Cell<Instant>) {
-    loop {
-        let deadline = last_activity.get() + idle;
-        if Instant::now() >= deadline {
-            return;
+/// What one read-and-write step did.
+enum Step {
+    /// `n` bytes relayed; `filled` when the read filled the whole buffer.
+    Moved { n: usize, filled: bool },
+    /// The socket was not readable after all.
+    Spurious,
+    /// End of stream, forwarded as `shutdown(Write)`.
+    Eof,
+    /// A read or write failed.
+    Failed,
+}
+
+/// Reads once into a pooled buffer and writes all of it; the buffer goes back to the pool.
+async fn move_once(
+    src: &mut OwnedReadHalf<TcpStream>,
+    dst: &mut OwnedWriteHalf<TcpStream>,
+    pool: &BufferPool,
+) -> Step {
+    let (res, buf) = src.read(pool.take()).await;
+    let n = match res {
+        Ok(0) => {
+            pool.put(buf);
+            let _ = dst.shutdown().await;
+            return Step::Eof;
         }
-        monoio::time::sleep_until(deadline).await;
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            pool.put(buf);
+            return Step::Spurious;
+        }
+        Err(_) => {
+            pool.put(buf);
+            return Step::Failed;
+        }
+    };
+    let filled = n == buf.capacity();
+    let (res, buf) = dst.write_all(buf).await;
+    pool.put(buf);
+    match res {
+        Ok(_) => Step::Moved { n, filled },
+        Err(_) => Step::Failed,
     }
 }

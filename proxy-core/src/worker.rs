@@ -9,16 +9,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use balancers::Flow;
 use config::{FrontendKey, ServiceEntry, Table};
-use monoio::io::{CancelHandle, Canceller};
 use monoio::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{connect, ConnectFailure};
 use crate::driver::{self, IoDriver, IoDriverKind};
+use crate::idle::IdleTimers;
 use crate::pool::BufferPool;
-use crate::relay::{relay, RelayEnd};
-use crate::sys::set_reset_on_close;
+use crate::relay::{relay, PeerPair, RelayEnd};
+use crate::sys::{set_reset_on_close, with_socket};
 use crate::ProxyError;
 
 /// Free relay buffers a worker keeps for reuse.
@@ -44,6 +44,7 @@ pub(crate) struct WorkerStart {
 struct Worker {
     table: Arc<ArcSwap<Table>>,
     pool: BufferPool,
+    idle: IdleTimers<PeerPair>,
     open: Cell<usize>,
     stopping: Cell<bool>,
 }
@@ -66,7 +67,9 @@ pub(crate) fn run(start: WorkerStart) {
             return;
         }
     };
+    let id = start.id;
     rt.block_on(worker_main(start, kind));
+    tracing::debug!(worker = id, "worker thread exiting");
 }
 
 async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
@@ -100,24 +103,29 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let worker = Rc::new(Worker {
         table,
         pool: BufferPool::new(buffer_size, POOL_KEEP),
+        idle: IdleTimers::new(),
         open: Cell::new(0),
         stopping: Cell::new(false),
     });
-    let canceller = Canceller::new();
+    let sweeper = Rc::clone(&worker);
+    monoio::spawn(async move { sweeper.idle.run().await });
+    let mut listeners = Vec::with_capacity(bound.len());
     for (key, listener) in bound {
-        monoio::spawn(accept_loop(
-            listener,
-            key,
-            Rc::clone(&worker),
-            canceller.handle(),
-        ));
+        let listener = Rc::new(listener);
+        listeners.push(Rc::clone(&listener));
+        monoio::spawn(accept_loop(listener, key, Rc::clone(&worker)));
     }
 
     shutdown.cancelled().await;
-    // Cancel (rather than drop) the pending accepts so that a connection the kernel already
-    // handed to an in-flight accept is not lost; each loop then drops its listener.
+    tracing::debug!(worker = id, "worker stopping");
     worker.stopping.set(true);
-    canceller.cancel();
+    // shutdown(2) on a listening socket refuses new connections at once and wakes a pending
+    // accept with an error, on io_uring and epoll alike. (Cancelling the in-flight accept
+    // through io_uring's AsyncCancel instead can hit a newer operation that reused the same
+    // slot, since monoio keys cancellation by slot index.)
+    for listener in listeners {
+        let _ = with_socket(&*listener, |s| s.shutdown(std::net::Shutdown::Both));
+    }
     while worker.open.get() > 0 {
         monoio::time::sleep(DRAIN_POLL).await;
     }
@@ -125,21 +133,20 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let _ = done.send(id);
 }
 
-/// Accepts until cancelled. Never returns on an accept error: resource exhaustion backs off,
-/// anything else (an aborted handshake) is skipped.
+/// Accepts until the worker stops. Never returns on an accept error: resource exhaustion
+/// backs off, anything else (an aborted handshake) is skipped.
 ///
 /// # Cancel safety
-/// Uses cancelable accept: cancelling through `cancel` either fails the pending accept or lets
-/// it complete; no accepted connection is dropped unseen.
-async fn accept_loop(
-    listener: TcpListener,
-    key: FrontendKey,
-    worker: Rc<Worker>,
-    cancel: CancelHandle,
-) {
+/// Not raced against anything: the worker stops it by shutting the listening socket down,
+/// which completes the pending accept with an error.
+async fn accept_loop(listener: Rc<TcpListener>, key: FrontendKey, worker: Rc<Worker>) {
     loop {
-        match listener.cancelable_accept(cancel.clone()).await {
+        match listener.accept().await {
             Ok((stream, peer)) => {
+                if worker.stopping.get() {
+                    set_reset_on_close(&stream);
+                    break;
+                }
                 monoio::spawn(serve(stream, peer, key, Rc::clone(&worker)));
             }
             Err(_) if worker.stopping.get() => break,
@@ -197,7 +204,9 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         client: peer,
         dest: key.addr,
     };
-    let upstream = match connect(&entry, &flow).await {
+    // Boxed: the connect step is short-lived and must not widen the future every open
+    // connection keeps for its whole life.
+    let upstream = match Box::pin(connect(&entry, &flow)).await {
         Ok(u) => u,
         Err(failure) => {
             match failure {
@@ -215,6 +224,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         upstream.stream,
         entry.service.idle_timeout,
         &worker.pool,
+        &worker.idle,
     )
     .await;
     counters

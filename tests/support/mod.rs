@@ -32,7 +32,10 @@ pub struct StartFailure {
 
 pub fn ringlb_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
-    cmd.args(args).env("RINGLB_LOG", "info");
+    cmd.args(args).env(
+        "RINGLB_LOG",
+        std::env::var("RINGLB_TEST_LOG").unwrap_or_else(|_| "info".into()),
+    );
     cmd
 }
 

@@ -1,0 +1,241 @@
+//! Idle timeouts of one worker's connections, kept in one ordered map instead of one timer per
+//! connection.
+//!
+//! A monoio timer future is 640 bytes, and every open connection would carry one for its whole
+//! life. Here a connection registers an [`Activity`] record (its last-activity time, its idle
+//! timeout and a way to close it); the worker's [`IdleTimers::run`] task sleeps until the
+//! earliest deadline, closes connections that really were idle that long, and re-files the
+//! others at `last activity + timeout`. So the relay only stores a timestamp per read, and the
+//! map is touched once per connection and at most once per idle period.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use monoio::time::Instant;
+
+/// How the timer map closes an idle connection.
+pub(crate) trait Close {
+    /// Stops both directions (both peers see end of stream).
+    fn close(&self);
+}
+
+/// One connection's activity, shared by its relay (which updates `last`) and the timers.
+pub(crate) struct Activity<C> {
+    last: Cell<Instant>,
+    idle: Duration,
+    closer: C,
+    expired: Cell<bool>,
+    key: Cell<Key>,
+}
+
+type Key = (Instant, u64);
+
+impl<C: Close> Activity<C> {
+    pub(crate) fn new(idle: Duration, closer: C) -> Self {
+        let now = Instant::now();
+        Self {
+            last: Cell::new(now),
+            idle,
+            closer,
+            expired: Cell::new(false),
+            key: Cell::new((now, 0)),
+        }
+    }
+
+    /// Records that bytes moved now.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        self.last.set(Instant::now());
+    }
+
+    /// Whether the idle timeout closed the connection.
+    pub(crate) fn expired(&self) -> bool {
+        self.expired.get()
+    }
+}
+
+/// The idle deadlines of one worker's connections.
+pub(crate) struct IdleTimers<C> {
+    entries: RefCell<BTreeMap<Key, Rc<Activity<C>>>>,
+    next_id: Cell<u64>,
+    /// When the sweeper plans to wake next (`None`: it waits for a registration).
+    planned: Cell<Option<Instant>>,
+    notified: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl<C: Close> IdleTimers<C> {
+    pub(crate) fn new() -> Self {
+        Self {
+            entries: RefCell::new(BTreeMap::new()),
+            next_id: Cell::new(0),
+            planned: Cell::new(None),
+            notified: Cell::new(false),
+            waker: Cell::new(None),
+        }
+    }
+
+    /// Starts watching `activity`; call [`Self::remove`] when the connection ends.
+    pub(crate) fn insert(&self, activity: &Rc<Activity<C>>) {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let key = (activity.last.get() + activity.idle, id);
+        activity.key.set(key);
+        self.entries.borrow_mut().insert(key, Rc::clone(activity));
+        if self.planned.get().is_none_or(|p| key.0 < p) {
+            self.notified.set(true);
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Stops watching `activity` (a no-op when it already expired).
+    pub(crate) fn remove(&self, activity: &Activity<C>) {
+        self.entries.borrow_mut().remove(&activity.key.get());
+    }
+
+    /// Connections being watched.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    /// Closes every connection idle for its whole timeout by `now`; re-files the others.
+    fn expire(&self, now: Instant) {
+        let mut entries = self.entries.borrow_mut();
+        while let Some(entry) = entries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, id), activity) = entry.remove_entry();
+            let due = activity.last.get() + activity.idle;
+            if due <= now {
+                activity.expired.set(true);
+                activity.closer.close();
+            } else {
+                activity.key.set((due, id));
+                entries.insert((due, id), activity);
+            }
+        }
+    }
+
+    /// The sweeper: runs for the life of the worker.
+    ///
+    /// # Cancel safety
+    /// Dropping it stops idle timeouts; no connection state is lost.
+    pub(crate) async fn run(&self) {
+        loop {
+            self.expire(Instant::now());
+            let next = self.entries.borrow().keys().next().map(|k| k.0);
+            self.planned.set(next);
+            match next {
+                Some(deadline) => {
+                    monoio::select! {
+                        () = monoio::time::sleep_until(deadline) => {}
+                        () = self.notified() => {}
+                    }
+                }
+                None => self.notified().await,
+            }
+        }
+    }
+
+    /// Completes once [`Self::insert`] filed a deadline earlier than the planned wake-up.
+    async fn notified(&self) {
+        poll_fn(|cx| {
+            if self.notified.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Flag(Rc<Cell<u32>>);
+
+    impl Close for Flag {
+        fn close(&self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    fn runtime() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn closes_only_what_stayed_idle_and_forgets_removed_connections() {
+        runtime().block_on(async {
+            let timers = Rc::new(IdleTimers::new());
+            let sweeper = monoio::spawn({
+                let t = Rc::clone(&timers);
+                async move { t.run().await }
+            });
+            let quiet = Flag::default();
+            let busy = Flag::default();
+            let gone = Flag::default();
+            let ms = Duration::from_millis;
+            let a_quiet = Rc::new(Activity::new(ms(60), quiet.clone()));
+            let a_busy = Rc::new(Activity::new(ms(60), busy.clone()));
+            let a_gone = Rc::new(Activity::new(ms(30), gone.clone()));
+            for a in [&a_quiet, &a_busy, &a_gone] {
+                timers.insert(a);
+            }
+            timers.remove(&a_gone);
+            let start = Instant::now();
+            while start.elapsed() < ms(150) {
+                a_busy.touch();
+                monoio::time::sleep(ms(10)).await;
+            }
+            assert_eq!(quiet.0.get(), 1, "the quiet connection is closed once");
+            assert!(a_quiet.expired());
+            assert_eq!(busy.0.get(), 0, "activity keeps a connection open");
+            assert_eq!(gone.0.get(), 0, "a removed connection is never closed");
+            assert_eq!(timers.len(), 1, "only the busy connection is still watched");
+            drop(sweeper);
+        });
+    }
+
+    #[test]
+    fn an_earlier_deadline_wakes_the_sleeping_sweeper() {
+        runtime().block_on(async {
+            let timers = Rc::new(IdleTimers::new());
+            let long = Rc::new(Activity::new(Duration::from_secs(3600), Flag::default()));
+            timers.insert(&long);
+            let sweeper = monoio::spawn({
+                let t = Rc::clone(&timers);
+                async move { t.run().await }
+            });
+            monoio::time::sleep(Duration::from_millis(5)).await; // sweeper now sleeps for an hour
+            let short = Flag::default();
+            let a_short = Rc::new(Activity::new(Duration::from_millis(20), short.clone()));
+            timers.insert(&a_short);
+            let start = Instant::now();
+            while short.0.get() == 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "short timeout never fired"
+                );
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(start.elapsed() >= Duration::from_millis(20));
+            drop(sweeper);
+        });
+    }
+}
