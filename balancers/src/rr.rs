@@ -1,45 +1,43 @@
 //! `rr`: round robin, as `net/netfilter/ipvs/ip_vs_rr.c`.
+//!
+//! The cursor walks the backend list circularly from the last pick and returns the next backend
+//! with `weight > 0` that is not overloaded. Weight is only an on/off switch.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::{BackendSpec, BackendState, Flow};
+use crate::cycle::Cycle;
+use crate::{eligible, BackendSpec, BackendState, Flow};
 
 /// Circular over the backends whose weight is above zero; weight is otherwise ignored.
+///
+/// Concurrency: a lock-free shared cursor (see the `cycle` module docs in the source).
 #[derive(Debug)]
 pub struct RoundRobin {
     weights: Box<[u32]>,
-    cursor: AtomicUsize,
+    cycle: Cycle,
 }
 
 impl RoundRobin {
     pub(crate) fn new(backends: &[BackendSpec]) -> Self {
+        let order = backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.weight > 0)
+            .map(|(i, _)| i as u32)
+            .collect();
         Self {
             weights: backends.iter().map(|b| b.weight).collect(),
-            cursor: AtomicUsize::new(0),
+            cycle: Cycle::new(order),
         }
     }
 
-    pub(crate) fn eligible(&self, i: usize, _states: &[Arc<BackendState>]) -> bool {
-        self.weights[i] > 0
+    pub(crate) fn weights(&self) -> &[u32] {
+        &self.weights
     }
 
     #[inline]
     pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
-        let n = self.weights.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-        let found = (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.eligible(i, states))?;
-        if found != start {
-            // Skip over the ineligible run so the next pick starts after `found`.
-            let _ = self.cursor.compare_exchange(
-                start + 1,
-                found + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
-        Some(found)
+        self.cycle
+            .next(|i| eligible(self.weights[i], states.get(i)))
     }
 }

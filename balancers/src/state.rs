@@ -1,51 +1,313 @@
-//! Node-wide per-backend state shared by all workers.
+//! Node-wide per-backend state shared by all workers: connection counters and the overload flag.
+//!
+//! See the crate docs for what "active" and "inactive" mean for TCP and UDP.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Live counters of one backend, shared by every worker of the node.
 ///
-/// "Active" is a proxied TCP connection that is established to the backend and not yet
-/// closed; the table builder carries one `BackendState` per backend identity across table
-/// swaps, so counts stay right when the table changes under open connections.
+/// The table builder keeps one `BackendState` per backend identity and carries it across table
+/// swaps, so counts (and the overload flag) stay right when the table changes under open
+/// connections. The two counters (active up to 2^31 - 1, inactive up to 2^32 - 1) and the
+/// overload flag share one relaxed `AtomicU64`, so a scheduler reads a consistent snapshot of a
+/// backend with a single load and a connection moves between active and inactive atomically;
+/// like IPVS, no lock is taken.
+///
+/// # Overload (IPVS `u_threshold` / `l_threshold`)
+///
+/// With `max_connections = Some(u)` (u > 0) the backend becomes *overloaded* when a new
+/// connection brings `active + inactive` to `u` or more (checked when a connection is counted,
+/// like `ip_vs_bind_dest`), and stops being overloaded when a released connection brings the
+/// total below 3/4 of `u` (`total * 4 < u * 3`, like `ip_vs_unbind_dest` with `l_threshold == 0`).
+/// An overloaded backend is not eligible for new connections. `None` or `Some(0)` means no limit
+/// (IPVS: threshold 0). Under concurrency the flag may lag a racing release by one connection;
+/// it never stays set once the backend drains to zero.
 #[derive(Debug, Default)]
 pub struct BackendState {
-    active: AtomicU32,
-    inactive: AtomicU32,
+    /// Packed so that the least-connection schedulers read everything with one load:
+    /// bit 63 overloaded, bits 32..63 active (31 bits), bits 0..32 inactive.
+    word: AtomicU64,
+    /// Upper threshold; 0 = no limit.
+    upper: AtomicU32,
+}
+
+const OVERLOADED: u64 = 1 << 63;
+const ACTIVE_ONE: u64 = 1 << 32;
+const ACTIVE_MASK: u64 = (OVERLOADED - 1) & !(ACTIVE_ONE - 1);
+const INACTIVE_MASK: u64 = ACTIVE_ONE - 1;
+
+/// One consistent snapshot of a [`BackendState`] (a single atomic load).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot(u64);
+
+impl Snapshot {
+    #[inline]
+    pub(crate) fn active(self) -> u32 {
+        ((self.0 & ACTIVE_MASK) >> 32) as u32
+    }
+
+    #[inline]
+    pub(crate) fn inactive(self) -> u32 {
+        (self.0 & INACTIVE_MASK) as u32
+    }
+
+    #[inline]
+    pub(crate) fn overloaded(self) -> bool {
+        self.0 & OVERLOADED != 0
+    }
+
+    /// `active * 256 + inactive`.
+    #[inline]
+    pub(crate) fn overhead(self) -> u64 {
+        (u64::from(self.active()) << 8) + u64::from(self.inactive())
+    }
+
+    fn total(self) -> u64 {
+        u64::from(self.active()) + u64::from(self.inactive())
+    }
 }
 
 impl BackendState {
-    /// Connections currently open to this backend.
+    /// A fresh state with the given connection limit (see the type docs).
+    pub fn new(max_connections: Option<u32>) -> Self {
+        Self {
+            upper: AtomicU32::new(max_connections.unwrap_or(0)),
+            ..Self::default()
+        }
+    }
+
+    #[inline]
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        Snapshot(self.word.load(Ordering::Relaxed))
+    }
+
+    /// Connections counted as active (see the crate docs).
     #[inline]
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.snapshot().active()
     }
 
-    /// Connections to this backend that are closing or idle (IPVS "inactive").
+    /// Connections counted as inactive (IPVS `inactconns`: connecting, half-closed, UDP).
     #[inline]
     pub fn inactive(&self) -> u32 {
-        self.inactive.load(Ordering::Relaxed)
+        self.snapshot().inactive()
     }
 
-    /// Counts one new active connection until the returned guard is dropped.
+    /// IPVS connection overhead: `active * 256 + inactive` (`ip_vs_dest_conn_overhead`).
+    #[inline]
+    pub fn overhead(&self) -> u64 {
+        self.snapshot().overhead()
+    }
+
+    /// Whether the backend is over its connection limit (IPVS `IP_VS_DEST_F_OVERLOAD`).
+    #[inline]
+    pub fn is_overloaded(&self) -> bool {
+        self.snapshot().overloaded()
+    }
+
+    /// The connection limit (IPVS upper threshold), `None` when unlimited.
+    pub fn max_connections(&self) -> Option<u32> {
+        match self.upper.load(Ordering::Relaxed) {
+            0 => None,
+            u => Some(u),
+        }
+    }
+
+    /// Changes the connection limit, e.g. when a new table carries this state over.
+    ///
+    /// As `__ip_vs_update_dest`: removing the limit or raising it clears the overload flag;
+    /// lowering it takes effect at the next counted connection.
+    pub fn set_max_connections(&self, max_connections: Option<u32>) {
+        let new = max_connections.unwrap_or(0);
+        let old = self.upper.swap(new, Ordering::Relaxed);
+        if new == 0 || new > old {
+            self.word.fetch_and(!OVERLOADED, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one new TCP connection whose connect to the backend **succeeded**: it starts
+    /// active. Dropping the guard releases it.
     #[inline]
     pub fn connect(self: &Arc<Self>) -> ConnectionGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        self.open(true)
+    }
+
+    /// Counts one new TCP connection whose connect to the backend is still **in progress**
+    /// (IPVS `SYN_RECV`): it starts inactive; call [`ConnectionGuard::set_active`] once the
+    /// connect succeeded.
+    #[inline]
+    pub fn connecting(self: &Arc<Self>) -> ConnectionGuard {
+        self.open(false)
+    }
+
+    /// Counts one new UDP flow. IPVS counts UDP connections as inactive, so the guard starts
+    /// (and normally stays) inactive.
+    #[inline]
+    pub fn udp_flow(self: &Arc<Self>) -> ConnectionGuard {
+        self.open(false)
+    }
+
+    /// Test hook: sets the counters and the flag directly.
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, active: u32, inactive: u32, overloaded: bool) {
+        let o = if overloaded { OVERLOADED } else { 0 };
+        let w = o | (u64::from(active & 0x7fff_ffff) << 32) | u64::from(inactive);
+        self.word.store(w, Ordering::Relaxed);
+    }
+
+    fn open(self: &Arc<Self>, active: bool) -> ConnectionGuard {
+        let inc = if active { ACTIVE_ONE } else { 1 };
+        let now = Snapshot(
+            self.word
+                .fetch_add(inc, Ordering::Relaxed)
+                .wrapping_add(inc),
+        );
+        let upper = self.upper.load(Ordering::Relaxed);
+        if upper != 0 && now.total() >= u64::from(upper) && !now.overloaded() {
+            self.word.fetch_or(OVERLOADED, Ordering::Relaxed);
+        }
         ConnectionGuard {
             state: Arc::clone(self),
+            active,
+        }
+    }
+
+    fn release(&self, active: bool) {
+        let dec = if active { ACTIVE_ONE } else { 1 };
+        let prev = Snapshot(self.word.fetch_sub(dec, Ordering::Relaxed));
+        debug_assert!(
+            if active {
+                prev.active() > 0
+            } else {
+                prev.inactive() > 0
+            },
+            "connection count underflow"
+        );
+        let now = Snapshot(prev.0.wrapping_sub(dec));
+        let upper = u64::from(self.upper.load(Ordering::Relaxed));
+        // `ip_vs_unbind_dest` with l_threshold == 0: below 3/4 of the upper threshold.
+        if now.overloaded() && (upper == 0 || now.total() * 4 < upper * 3) {
+            self.word.fetch_and(!OVERLOADED, Ordering::Relaxed);
         }
     }
 }
 
-/// Holds one active connection on a [`BackendState`]; dropping it releases the count.
+/// Holds one counted connection on a [`BackendState`]; dropping it releases the count.
+///
+/// The guard knows whether it is currently counted as active or inactive, so the data plane can
+/// move it with [`set_inactive`](Self::set_inactive) (first FIN / half-close) and
+/// [`set_active`](Self::set_active) (connect succeeded) without double counting.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     state: Arc<BackendState>,
+    active: bool,
+}
+
+impl ConnectionGuard {
+    /// Whether this connection is currently counted as active.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The backend state this guard counts on.
+    #[inline]
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.state
+    }
+
+    /// Moves the connection from active to inactive (idempotent). Call when one direction has
+    /// finished (EOF/half-close), like IPVS leaving `ESTABLISHED`.
+    #[inline]
+    pub fn set_inactive(&mut self) {
+        if self.active {
+            // One atomic step: inactive + 1, active - 1 (active >= 1, so no borrow).
+            self.state
+                .word
+                .fetch_add(1u64.wrapping_sub(ACTIVE_ONE), Ordering::Relaxed);
+            self.active = false;
+        }
+    }
+
+    /// Moves the connection from inactive to active (idempotent). Call when the connect to the
+    /// backend succeeded, like IPVS entering `ESTABLISHED`.
+    #[inline]
+    pub fn set_active(&mut self) {
+        if !self.active {
+            // One atomic step: active + 1, inactive - 1 (inactive >= 1, so no borrow).
+            self.state
+                .word
+                .fetch_add(ACTIVE_ONE.wrapping_sub(1), Ordering::Relaxed);
+            self.active = true;
+        }
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let prev = self.state.active.fetch_sub(1, Ordering::Relaxed);
-        debug_assert!(prev > 0, "active connection count underflow");
+        self.state.release(self.active);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_moves_between_counters_and_releases() {
+        let s = Arc::new(BackendState::default());
+        let mut g = s.connecting();
+        assert_eq!((s.active(), s.inactive()), (0, 1));
+        g.set_active();
+        g.set_active();
+        assert_eq!((s.active(), s.inactive()), (1, 0));
+        g.set_inactive();
+        g.set_inactive();
+        assert_eq!((s.active(), s.inactive()), (0, 1));
+        assert_eq!(s.overhead(), 1);
+        let a = s.connect();
+        assert!(a.is_active());
+        assert_eq!(s.overhead(), 257);
+        drop(g);
+        drop(a);
+        assert_eq!((s.active(), s.inactive()), (0, 0));
+        let u = s.udp_flow();
+        assert!(!u.is_active());
+        assert_eq!(s.inactive(), 1);
+    }
+
+    #[test]
+    fn overload_hysteresis_is_upper_then_three_quarters() {
+        let s = Arc::new(BackendState::new(Some(8)));
+        let mut guards: Vec<_> = (0..7).map(|_| s.connect()).collect();
+        assert!(!s.is_overloaded(), "7 < 8");
+        guards.push(s.udp_flow());
+        assert!(s.is_overloaded(), "active + inactive reached 8");
+        // 8 -> 7 -> 6: 6*4 = 24 == 8*3, still overloaded; 5*4 = 20 < 24 clears.
+        guards.pop();
+        guards.pop();
+        assert!(s.is_overloaded(), "6 is not below 3/4 of 8");
+        guards.pop();
+        assert!(!s.is_overloaded(), "5 is below 3/4 of 8");
+        guards.push(s.connect());
+        assert!(
+            !s.is_overloaded(),
+            "back at 6: flag only set at the upper threshold"
+        );
+    }
+
+    #[test]
+    fn raising_or_removing_the_limit_clears_overload() {
+        let s = Arc::new(BackendState::new(Some(1)));
+        let _g = s.connect();
+        assert!(s.is_overloaded());
+        s.set_max_connections(Some(1));
+        assert!(s.is_overloaded(), "same limit keeps the flag");
+        s.set_max_connections(Some(4));
+        assert!(!s.is_overloaded());
+        assert_eq!(s.max_connections(), Some(4));
+        s.set_max_connections(Some(0));
+        assert_eq!(s.max_connections(), None);
     }
 }

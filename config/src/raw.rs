@@ -290,7 +290,7 @@ impl Validator {
         let scheduler = match r.scheduler {
             None => Some(SchedulerConfig::default()),
             Some(s) => match s.value.parse::<SchedulerKind>() {
-                Ok(kind) => Some(SchedulerConfig { kind }),
+                Ok(kind) => Some(SchedulerConfig::new(kind)),
                 Err(e) => {
                     self.at(&s, format!("{path}.scheduler"), e.to_string());
                     None

@@ -154,7 +154,7 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
         .collect();
     let specs: Vec<BackendSpec> = backends
         .iter()
-        .map(|b| BackendSpec { weight: b.weight })
+        .map(|b| BackendSpec::new(b.weight).with_addr(b.address))
         .collect();
     ServiceEntry {
         service: svc.clone(),

@@ -28,7 +28,13 @@ fn parses_values_and_applies_defaults() {
     let web = &c.services[0];
     assert_eq!(web.name, "web");
     assert_eq!(web.protocol, Protocol::Tcp);
-    assert_eq!(web.listen, vec!["127.0.0.1:8080".parse().unwrap(), "[::1]:8080".parse().unwrap()]);
+    assert_eq!(
+        web.listen,
+        vec![
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::1]:8080".parse().unwrap()
+        ]
+    );
     assert_eq!(web.connect_timeout, Duration::from_millis(250));
     assert_eq!(web.idle_timeout, Duration::from_secs(120));
     assert_eq!(web.max_connect_attempts.get(), 5);
@@ -37,7 +43,10 @@ fn parses_values_and_applies_defaults() {
     let db = &c.services[1];
     assert_eq!(db.connect_timeout, ServiceDefaults::CONNECT_TIMEOUT);
     assert_eq!(db.idle_timeout, ServiceDefaults::IDLE_TIMEOUT);
-    assert_eq!(db.max_connect_attempts, ServiceDefaults::MAX_CONNECT_ATTEMPTS);
+    assert_eq!(
+        db.max_connect_attempts,
+        ServiceDefaults::MAX_CONNECT_ATTEMPTS
+    );
 }
 
 #[test]
@@ -51,7 +60,12 @@ fn reports_every_problem_with_line_column_and_path() {
     assert_eq!(problems[1].path, "services[0].backends[0].weight");
     assert_eq!(problems[1].line, Some(4));
     let text = err.to_string();
-    assert!(text.starts_with("bad.yaml:3:14: services[0].listen[0]: \"nope\" is not an IP:port address"), "{text}");
+    assert!(
+        text.starts_with(
+            "bad.yaml:3:14: services[0].listen[0]: \"nope\" is not an IP:port address"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -73,10 +87,21 @@ fn table_maps_frontends_and_carries_state_across_rebuilds() {
     let t2 = Table::build(&parse_yaml("two.yaml", &changed).unwrap(), Some(&t1));
     assert_eq!(t2.version(), 2);
     let web2 = t2.lookup(&key).unwrap();
-    assert!(Arc::ptr_eq(&web.states[0], &web2.states[0]), "same backend keeps its state");
-    assert_eq!(web2.states[0].active(), 1, "the open connection is still counted");
+    assert!(
+        Arc::ptr_eq(&web.states[0], &web2.states[0]),
+        "same backend keeps its state"
+    );
+    assert_eq!(
+        web2.states[0].active(),
+        1,
+        "the open connection is still counted"
+    );
     assert_eq!(web2.states[1].active(), 0, "a new backend starts empty");
-    assert_eq!(web2.counters.accepted.load(Relaxed), 7, "service counters survive the swap");
+    assert_eq!(
+        web2.counters.accepted.load(Relaxed),
+        7,
+        "service counters survive the swap"
+    );
     drop(guard);
     assert_eq!(web2.states[0].active(), 0);
 }
