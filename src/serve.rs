@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
-use config::{Backend, Config, Protocol, Service, Table};
+use config::{Backend, Config, Protocol, Service, ServiceDefaults, Table};
 use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -34,7 +34,7 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     let backends = args
         .to
         .iter()
-        .map(|&address| Backend { address, weight: 1 })
+        .map(|&address| Backend::new(address, ServiceDefaults::WEIGHT))
         .collect();
     let mut scheduler = SchedulerConfig::default();
     scheduler.kind = args.scheduler;
@@ -165,12 +165,30 @@ fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     for svc in &config.services {
+        let sc = &svc.scheduler;
+        let flags: Vec<&str> = [
+            (sc.sh_fallback, "sh-fallback"),
+            (sc.sh_port, "sh-port"),
+            (sc.mh_fallback, "mh-fallback"),
+            (sc.mh_port, "mh-port"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let _ = write!(
+            s,
+            "service {} ({}): scheduler {}",
+            svc.name, svc.protocol, sc.kind
+        );
+        if !flags.is_empty() {
+            let _ = write!(s, " [{}]", flags.join(","));
+        }
+        if let Some(t) = svc.session_affinity {
+            let _ = write!(s, ", client_ip affinity {}", humantime::format_duration(t));
+        }
         let _ = writeln!(
             s,
-            "service {} ({}): scheduler {}, connect_timeout {}, idle_timeout {}, max_connect_attempts {}",
-            svc.name,
-            svc.protocol,
-            svc.scheduler.kind,
+            ", connect_timeout {}, idle_timeout {}, max_connect_attempts {}",
             humantime::format_duration(svc.connect_timeout),
             humantime::format_duration(svc.idle_timeout),
             svc.max_connect_attempts
@@ -179,7 +197,11 @@ fn describe(config: &Config) -> String {
             let _ = writeln!(s, "  listen  {l}");
         }
         for b in &svc.backends {
-            let _ = writeln!(s, "  backend {} weight {}", b.address, b.weight);
+            let _ = write!(s, "  backend {} weight {}", b.address, b.weight);
+            if let Some(m) = b.max_connections {
+                let _ = write!(s, " max_connections {m}");
+            }
+            let _ = writeln!(s);
         }
     }
     s

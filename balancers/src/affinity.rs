@@ -203,6 +203,30 @@ impl Affinity {
         Some(b)
     }
 
+    /// A new table with the same timeout and capacity holding the live entries of this one,
+    /// each moved to backend `remap(old)`; entries whose backend maps to `None` are dropped.
+    ///
+    /// The table builder calls this when a service's backend list changes, so that clients stay
+    /// pinned to the same backend (by identity) although its index moved.
+    pub fn remapped(&self, now: Instant, remap: impl Fn(usize) -> Option<usize>) -> Affinity {
+        let next = Affinity {
+            timeout: self.timeout,
+            shard_cap: self.shard_cap,
+            hasher: self.hasher.clone(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        };
+        for (old, new) in self.shards.iter().zip(next.shards.iter()) {
+            let old = old.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut new = new.lock().unwrap_or_else(PoisonError::into_inner);
+            for (client, e) in old.map.iter().filter(|(_, e)| e.expires > now) {
+                if let Some(backend) = remap(e.backend) {
+                    new.insert(*client, backend, e.expires, now, self.shard_cap);
+                }
+            }
+        }
+        next
+    }
+
     /// Removes the entry of `client`.
     pub fn forget(&self, client: IpAddr) {
         self.shard(&client).map.remove(&client);

@@ -154,3 +154,38 @@ fn memory_is_bounded_and_expired_entries_are_reclaimed() {
     a.sweep(later + Duration::from_secs(5));
     assert!(a.is_empty());
 }
+
+#[test]
+fn remapped_keeps_clients_on_the_same_backend_identity() {
+    let a = Affinity::new(60, cap(64)).unwrap();
+    let t0 = Instant::now();
+    // Backends [A, B, C]; clients pinned to A, B and C.
+    for (k, b) in [(1, 0), (2, 1), (3, 2)] {
+        a.record(ip(k), b, t0);
+    }
+    // New list [C, A]: B was removed, A moved to 1, C to 0.
+    let moved = a.remapped(t0, |old| match old {
+        0 => Some(1),
+        2 => Some(0),
+        _ => None,
+    });
+    let t1 = t0 + Duration::from_secs(1);
+    assert_eq!(moved.lookup(ip(1), t1, |_| true), Some(1));
+    assert_eq!(
+        moved.lookup(ip(2), t1, |_| true),
+        None,
+        "removed backend's clients are unpinned"
+    );
+    assert_eq!(moved.lookup(ip(3), t1, |_| true), Some(0));
+    assert_eq!(moved.timeout(), a.timeout());
+    // Expiry is carried, not restarted: the entry for client 1 was re-armed at t1 above, the
+    // one for client 3 too; an entry never looked up keeps its original deadline.
+    let b = Affinity::new(10, cap(64)).unwrap();
+    b.record(ip(9), 0, t0);
+    let b2 = b.remapped(t0 + Duration::from_secs(5), Some);
+    assert_eq!(
+        b2.lookup(ip(9), t0 + Duration::from_secs(10), |_| true),
+        None,
+        "deadline kept"
+    );
+}

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use balancers::SchedulerConfig;
+use balancers::{BackendSpec, SchedulerConfig};
 
 /// A whole validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +58,9 @@ pub struct Service {
     pub idle_timeout: Duration,
     /// Backends tried per client connection before the client is reset.
     pub max_connect_attempts: NonZeroU32,
+    /// ClientIP session affinity: a client IP keeps its backend for this long after its last
+    /// new connection (`None`: no affinity).
+    pub session_affinity: Option<Duration>,
 }
 
 /// One backend of a service.
@@ -67,6 +70,27 @@ pub struct Backend {
     pub address: SocketAddr,
     /// Relative weight; 0 takes no new connections (quiesced).
     pub weight: u32,
+    /// Connection limit (IPVS upper threshold): at this many connections the backend takes no
+    /// new ones until it drops below three quarters of it. `None`: unlimited.
+    pub max_connections: Option<u32>,
+}
+
+impl Backend {
+    /// A backend with `weight` and no connection limit.
+    pub fn new(address: SocketAddr, weight: u32) -> Self {
+        Self {
+            address,
+            weight,
+            max_connections: None,
+        }
+    }
+
+    /// What the scheduler sees of this backend.
+    pub fn spec(&self) -> BackendSpec {
+        BackendSpec::new(self.weight)
+            .with_addr(self.address)
+            .with_max_connections(self.max_connections)
+    }
 }
 
 /// Defaults applied to fields a service leaves out. They follow common L4 proxy practice:
@@ -85,6 +109,10 @@ impl ServiceDefaults {
     pub const MAX_CONNECT_ATTEMPTS: NonZeroU32 = NonZeroU32::new(3).unwrap();
     /// Default backend weight.
     pub const WEIGHT: u32 = 1;
+    /// Default ClientIP affinity timeout: 3 hours, as Kubernetes.
+    pub const AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+    /// Longest ClientIP affinity timeout (one day, as Kubernetes validates).
+    pub const MAX_AFFINITY_TIMEOUT: Duration = Duration::from_secs(86_400);
 }
 
 impl Service {
@@ -105,6 +133,7 @@ impl Service {
             connect_timeout: ServiceDefaults::CONNECT_TIMEOUT,
             idle_timeout: ServiceDefaults::IDLE_TIMEOUT,
             max_connect_attempts: ServiceDefaults::MAX_CONNECT_ATTEMPTS,
+            session_affinity: None,
         }
     }
 }

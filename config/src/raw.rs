@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
-use balancers::{SchedulerConfig, SchedulerKind};
+use balancers::{Scheduler, SchedulerConfig, SchedulerKind, MH_TABLE_SIZES};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -38,6 +38,10 @@ struct RawService {
     connect_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     max_connect_attempts: Option<Spanned<i64>>,
+    scheduler_flags: Option<Spanned<Vec<Spanned<String>>>>,
+    mh_table_size: Option<Spanned<i64>>,
+    session_affinity: Option<Spanned<String>>,
+    session_affinity_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +49,7 @@ struct RawService {
 struct RawBackend {
     address: Option<Spanned<String>>,
     weight: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 /// Reads and validates a ringlb YAML file.
@@ -287,6 +292,7 @@ impl Validator {
                 (list.len() == n && n > 0).then_some(list)
             }
         };
+        let scheduler_at = r.scheduler.as_ref().map_or(at, |s| s.referenced);
         let scheduler = match r.scheduler {
             None => Some(SchedulerConfig::default()),
             Some(s) => match s.value.parse::<SchedulerKind>() {
@@ -297,6 +303,10 @@ impl Validator {
                 }
             },
         };
+        let scheduler = scheduler
+            .and_then(|sc| self.scheduler_options(path, sc, r.scheduler_flags, r.mh_table_size));
+        let session_affinity =
+            self.session_affinity(path, r.session_affinity, r.session_affinity_timeout);
         let connect_timeout = self.duration(
             r.connect_timeout,
             format!("{path}.connect_timeout"),
@@ -330,7 +340,9 @@ impl Validator {
             connect_timeout: connect_timeout?,
             idle_timeout: idle_timeout?,
             max_connect_attempts: max_connect_attempts?,
+            session_affinity: session_affinity?,
         })
+        .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }
 
     fn backend(&mut self, path: &str, raw: Spanned<RawBackend>) -> Option<Backend> {
@@ -360,10 +372,175 @@ impl Validator {
                 None
             }
         };
+        let max_connections = match r.max_connections {
+            None => Some(None),
+            Some(m) => match u32::try_from(m.value) {
+                Ok(0) => Some(None),
+                Ok(v) => Some(Some(v)),
+                Err(_) => {
+                    self.at(
+                        &m,
+                        format!("{path}.max_connections"),
+                        format!(
+                            "must be between 0 (no limit) and {}, got {}",
+                            u32::MAX,
+                            m.value
+                        ),
+                    );
+                    None
+                }
+            },
+        };
         Some(Backend {
             address: address?,
             weight: weight?,
+            max_connections: max_connections?,
         })
+    }
+
+    /// `scheduler_flags` and `mh_table_size`, which only apply to the scheduler they name.
+    fn scheduler_options(
+        &mut self,
+        path: &str,
+        mut sc: SchedulerConfig,
+        flags: Option<Spanned<Vec<Spanned<String>>>>,
+        table_size: Option<Spanned<i64>>,
+    ) -> Option<SchedulerConfig> {
+        let mut ok = true;
+        for (j, f) in flags.iter().flat_map(|f| f.value.iter()).enumerate() {
+            let (owner, flag) = match f.value.as_str() {
+                "sh-fallback" => (SchedulerKind::Sh, &mut sc.sh_fallback),
+                "sh-port" => (SchedulerKind::Sh, &mut sc.sh_port),
+                "mh-fallback" => (SchedulerKind::Mh, &mut sc.mh_fallback),
+                "mh-port" => (SchedulerKind::Mh, &mut sc.mh_port),
+                other => {
+                    self.at(
+                        f,
+                        format!("{path}.scheduler_flags[{j}]"),
+                        format!(
+                            "unknown flag {other:?} (sh-fallback, sh-port, mh-fallback, mh-port)"
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if owner != sc.kind {
+                self.at(
+                    f,
+                    format!("{path}.scheduler_flags[{j}]"),
+                    format!(
+                        "{} only applies to scheduler {owner}, not {}",
+                        f.value, sc.kind
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            *flag = true;
+        }
+        if let Some(t) = table_size {
+            match u32::try_from(t.value) {
+                Ok(v) if sc.kind == SchedulerKind::Mh && MH_TABLE_SIZES.contains(&v) => {
+                    sc.mh_table_size = v
+                }
+                _ if sc.kind != SchedulerKind::Mh => {
+                    self.at(
+                        &t,
+                        format!("{path}.mh_table_size"),
+                        format!("only applies to scheduler mh, not {}", sc.kind),
+                    );
+                    ok = false;
+                }
+                _ => {
+                    self.at(
+                        &t,
+                        format!("{path}.mh_table_size"),
+                        format!(
+                            "must be one of the primes {MH_TABLE_SIZES:?}, got {}",
+                            t.value
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(sc)
+    }
+
+    /// `session_affinity` (none or client_ip) and its timeout.
+    fn session_affinity(
+        &mut self,
+        path: &str,
+        kind: Option<Spanned<String>>,
+        timeout: Option<Spanned<String>>,
+    ) -> Option<Option<Duration>> {
+        let client_ip = match &kind {
+            None => false,
+            Some(k) => match k.value.as_str() {
+                "none" | "None" => false,
+                "client_ip" | "ClientIP" => true,
+                other => {
+                    self.at(
+                        k,
+                        format!("{path}.session_affinity"),
+                        format!("unknown session affinity {other:?} (none or client_ip)"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let Some(t) = timeout else {
+            return Some(client_ip.then_some(ServiceDefaults::AFFINITY_TIMEOUT));
+        };
+        if !client_ip {
+            self.at(
+                &t,
+                format!("{path}.session_affinity_timeout"),
+                "only applies with session_affinity: client_ip",
+            );
+            return None;
+        }
+        let d = self.duration(
+            Some(t.clone()),
+            format!("{path}.session_affinity_timeout"),
+            ServiceDefaults::AFFINITY_TIMEOUT,
+        )?;
+        if d.subsec_nanos() != 0 || d > ServiceDefaults::MAX_AFFINITY_TIMEOUT {
+            self.at(
+                &t,
+                format!("{path}.session_affinity_timeout"),
+                "must be whole seconds between 1s and 24h (as Kubernetes validates)",
+            );
+            return None;
+        }
+        Some(Some(d))
+    }
+
+    /// Refuses a service whose scheduler cannot be built from its backends (for example more
+    /// `mh` backends than table slots, or a `wrr` cycle too long).
+    fn schedulable(
+        &mut self,
+        path: &str,
+        at: serde_saphyr::Location,
+        svc: Service,
+    ) -> Option<Service> {
+        let specs: Vec<_> = svc.backends.iter().map(Backend::spec).collect();
+        match Scheduler::build(&svc.scheduler, &specs) {
+            Ok(_) => Some(svc),
+            Err(e) => {
+                self.problems.push(Problem {
+                    line: Some(at.line()),
+                    column: Some(at.column()),
+                    path: format!("{path}.scheduler"),
+                    reason: format!(
+                        "scheduler {} cannot serve these backends: {e}",
+                        svc.scheduler.kind
+                    ),
+                });
+                None
+            }
+        }
     }
 
     fn socket_addr(&mut self, s: &Spanned<String>, path: String) -> Option<SocketAddr> {

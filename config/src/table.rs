@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use balancers::{BackendSpec, BackendState, Scheduler};
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
+use balancers::{Affinity, BackendSpec, BackendState, Scheduler, DEFAULT_AFFINITY_CAPACITY};
 
 use crate::model::{Config, Protocol, Service};
 
@@ -65,6 +68,8 @@ pub struct ServiceEntry {
     pub states: Vec<Arc<BackendState>>,
     /// Node-wide service counters.
     pub counters: Arc<ServiceCounters>,
+    /// ClientIP session affinity (node-wide: shared by every worker), when configured.
+    pub affinity: Option<Arc<Affinity>>,
 }
 
 /// An immutable snapshot of every service; swapped whole, never mutated.
@@ -144,23 +149,59 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
             weight: b.weight,
         })
         .collect();
-    let states = backends
+    let states = svc
+        .backends
         .iter()
-        .map(|b| {
-            old_states
-                .get(&b.address)
-                .map_or_else(Default::default, |s| Arc::clone(s))
+        .map(|b| match old_states.get(&b.address) {
+            Some(s) => {
+                s.set_max_connections(b.max_connections);
+                Arc::clone(s)
+            }
+            None => Arc::new(BackendState::new(b.max_connections)),
         })
         .collect();
-    let specs: Vec<BackendSpec> = backends
-        .iter()
-        .map(|b| BackendSpec::new(b.weight).with_addr(b.address))
-        .collect();
+    let specs: Vec<BackendSpec> = svc.backends.iter().map(|b| b.spec()).collect();
     ServiceEntry {
         service: svc.clone(),
         scheduler: Scheduler::build(&svc.scheduler, &specs).ok(),
+        affinity: svc
+            .session_affinity
+            .map(|timeout| affinity_for(timeout, &backends, old)),
         backends,
         states,
         counters: old.map_or_else(Default::default, |o| Arc::clone(&o.counters)),
     }
+}
+
+/// The affinity table of a service: the previous one when neither the timeout nor the backend
+/// list changed, else a copy whose entries follow their backend to its new index (clients of a
+/// removed backend lose their pin), else a new empty one.
+fn affinity_for(
+    timeout: std::time::Duration,
+    backends: &[BackendEntry],
+    old: Option<&Arc<ServiceEntry>>,
+) -> Arc<Affinity> {
+    let previous = old.and_then(|o| Some((o.affinity.as_ref()?, o)));
+    if let Some((aff, o)) = previous.filter(|(aff, _)| aff.timeout() == timeout) {
+        let same = o.backends.len() == backends.len()
+            && o.backends
+                .iter()
+                .zip(backends)
+                .all(|(a, b)| a.address == b.address);
+        if same {
+            return Arc::clone(aff);
+        }
+        let index: HashMap<SocketAddr, usize> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.address, i))
+            .collect();
+        return Arc::new(aff.remapped(Instant::now(), |i| {
+            index.get(&o.backends[i].address).copied()
+        }));
+    }
+    let secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX);
+    let capacity = NonZeroUsize::new(DEFAULT_AFFINITY_CAPACITY).expect("non-zero constant");
+    // Validation keeps the timeout within 1 s..=24 h, which Affinity accepts.
+    Arc::new(Affinity::new(secs, capacity).unwrap_or_default())
 }

@@ -105,3 +105,55 @@ fn table_maps_frontends_and_carries_state_across_rebuilds() {
     drop(guard);
     assert_eq!(web2.states[0].active(), 0);
 }
+
+#[test]
+fn affinity_and_limits_follow_backends_across_rebuilds() {
+    let yaml = |backends: &str| {
+        format!(
+            "services:\n  - name: s\n    listen: [\"127.0.0.1:1\"]\n    session_affinity: client_ip\n    \
+             backends: [{backends}]\n"
+        )
+    };
+    let t1 = Table::build(
+        &parse_yaml(
+            "a.yaml",
+            &yaml("{address: 10.0.0.1:80}, {address: 10.0.0.2:80, max_connections: 2}"),
+        )
+        .unwrap(),
+        None,
+    );
+    let s1 = &t1.services()[0];
+    let aff = s1.affinity.as_ref().expect("affinity configured");
+    assert_eq!(aff.timeout(), ServiceDefaults::AFFINITY_TIMEOUT);
+    let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let now = std::time::Instant::now();
+    aff.record(client, 1, now);
+    assert_eq!(s1.states[1].max_connections(), Some(2));
+
+    // Same backends: the very same table is kept.
+    let t2 = Table::build(
+        &parse_yaml(
+            "a.yaml",
+            &yaml("{address: 10.0.0.1:80}, {address: 10.0.0.2:80, max_connections: 5}"),
+        )
+        .unwrap(),
+        Some(&t1),
+    );
+    assert!(Arc::ptr_eq(
+        aff,
+        t2.services()[0].affinity.as_ref().unwrap()
+    ));
+    assert_eq!(
+        t2.services()[0].states[1].max_connections(),
+        Some(5),
+        "limit updated in place"
+    );
+
+    // The first backend removed: the client follows 10.0.0.2 to index 0.
+    let t3 = Table::build(
+        &parse_yaml("a.yaml", &yaml("{address: 10.0.0.2:80}")).unwrap(),
+        Some(&t2),
+    );
+    let aff3 = t3.services()[0].affinity.as_ref().unwrap();
+    assert_eq!(aff3.lookup(client, now, |_| true), Some(0));
+}

@@ -24,7 +24,8 @@ pub(crate) enum ConnectFailure {
     AllFailed,
 }
 
-/// Picks a backend and connects, trying the next eligible backend after a failure, up to the
+/// Picks a backend (the client's pinned one first when the service has ClientIP affinity) and
+/// connects, trying the next eligible backend after a failure, up to the
 /// service's `max_connect_attempts` and never the first pick twice.
 ///
 /// Every connect error is retryable here: nothing of the client's has been sent yet (the
@@ -34,9 +35,18 @@ pub(crate) enum ConnectFailure {
 /// Dropping the future drops a pending connect, which closes its socket; nothing is lost.
 pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
-    let first = scheduler
-        .pick(flow, &entry.states)
-        .ok_or(ConnectFailure::NoBackend)?;
+    let states = &entry.states;
+    let pick = || scheduler.pick(flow, states);
+    let first = match &entry.affinity {
+        Some(affinity) => affinity.resolve(
+            flow.client.ip(),
+            std::time::Instant::now(),
+            |i| scheduler.is_eligible(i, states),
+            pick,
+        ),
+        None => pick(),
+    }
+    .ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {
@@ -45,13 +55,22 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
             entry.counters.connect_retries.fetch_add(1, Relaxed);
         }
         let addr = entry.backends[idx].address;
+        // Counted as inactive while connecting (IPVS: not yet established), active once up.
+        let mut guard = states[idx].connecting();
         match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                guard.set_active();
+                if idx != first {
+                    if let Some(affinity) = &entry.affinity {
+                        // The pinned backend failed: pin the client to the one that answered.
+                        affinity.record(flow.client.ip(), idx, std::time::Instant::now());
+                    }
+                }
                 return Ok(Upstream {
                     stream,
                     backend: idx,
-                    guard: entry.states[idx].connect(),
+                    guard,
                 });
             }
             Ok(Err(e)) => {
@@ -61,7 +80,7 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
                 tracing::debug!(service = %svc.name, backend = %addr, attempt, timeout = ?svc.connect_timeout, "connect timed out");
             }
         }
-        match scheduler.next_after(idx, &entry.states) {
+        match scheduler.next_after(idx, states) {
             Some(next) if next != first => idx = next,
             _ => break,
         }

@@ -88,6 +88,7 @@ pub(crate) async fn relay(
     idle: Duration,
     pool: &BufferPool,
     timers: &IdleTimers<PeerPair>,
+    on_half_close: &dyn Fn(),
 ) -> RelayOutcome {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
@@ -101,13 +102,17 @@ pub(crate) async fn relay(
         },
     ));
     timers.insert(&activity);
+    let ends = Ends {
+        activity: &activity,
+        on_half_close,
+    };
     let up = copy_one_way(
         &mut client_rd,
         &client_peer,
         &mut server_wr,
         &server_peer,
         pool,
-        &activity,
+        &ends,
     );
     let down = copy_one_way(
         &mut server_rd,
@@ -115,7 +120,7 @@ pub(crate) async fn relay(
         &mut client_wr,
         &client_peer,
         pool,
-        &activity,
+        &ends,
     );
     let (up, down) = monoio::join!(up, down);
     timers.remove(&activity);
@@ -131,6 +136,13 @@ pub(crate) async fn relay(
         to_client: down.bytes,
         end,
     }
+}
+
+/// What both directions of a connection report to.
+struct Ends<'a> {
+    activity: &'a Activity<PeerPair>,
+    /// Called once per direction that reaches end of stream.
+    on_half_close: &'a dyn Fn(),
 }
 
 /// Result of one direction.
@@ -151,7 +163,7 @@ async fn copy_one_way(
     dst: &mut OwnedWriteHalf<TcpStream>,
     dst_peer: &Peer,
     pool: &BufferPool,
-    activity: &Activity<PeerPair>,
+    ends: &Ends<'_>,
 ) -> OneWay {
     let mut bytes = 0u64;
     let mut wait_readable = true;
@@ -166,16 +178,17 @@ async fn copy_one_way(
         match step {
             Step::Moved { n, filled } => {
                 bytes += n as u64;
-                activity.touch();
+                ends.activity.touch();
                 // A full buffer means more is likely queued: read again without waiting.
                 wait_readable = !filled;
             }
             Step::Spurious => wait_readable = true,
             Step::Eof => {
+                (ends.on_half_close)();
                 return OneWay {
                     bytes,
                     failed: false,
-                }
+                };
             }
             Step::Failed => {
                 set_reset_on_close(dst_peer.stream());

@@ -219,12 +219,16 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         }
     };
     let backend = entry.backends[upstream.backend].address;
+    // IPVS counts a connection as inactive once it starts closing (the first half-close).
+    let guard = std::cell::RefCell::new(upstream.guard);
+    let half_closed = || guard.borrow_mut().set_inactive();
     let outcome = relay(
         client,
         upstream.stream,
         entry.service.idle_timeout,
         &worker.pool,
         &worker.idle,
+        &half_closed,
     )
     .await;
     counters
@@ -241,5 +245,5 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
-    drop(upstream.guard);
+    drop(guard);
 }

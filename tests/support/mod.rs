@@ -308,3 +308,63 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A backend that sends `name` and a newline, then echoes until end of stream, then half-closes.
+pub fn named_echo(name: &'static str) -> SocketAddr {
+    serve(move |mut s| {
+        if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// A backend that answers exactly `accepts` connections with `name`, then closes its listener
+/// (later connections are refused).
+pub fn name_server_for(name: &'static str, accepts: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for _ in 0..accepts {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let _ = s.write_all(name.as_bytes());
+        }
+    });
+    addr
+}
+
+/// Connects from `source` (a loopback address) to `addr`.
+pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    sock.connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s
+}
+
+/// Reads the first line (a backend's name) from `s`.
+pub fn read_name(s: &mut TcpStream) -> String {
+    let mut name = Vec::new();
+    let mut byte = [0u8; 1];
+    while s.read(&mut byte).expect("read backend name") == 1 && byte[0] != b'\n' {
+        name.push(byte[0]);
+    }
+    String::from_utf8(name).unwrap()
+}
+
+/// Writes a config file for this test process and returns its path.
+pub fn write_config(tag: &str, yaml: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ringlb-test-{}-{tag}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
