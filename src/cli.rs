@@ -106,7 +106,7 @@ pub struct DemoArgs {
     pub requests: u32,
 
     /// Requests in flight at once during the burst.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Exit after the burst instead of serving until Ctrl-C.

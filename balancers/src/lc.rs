@@ -26,17 +26,22 @@ impl LeastConnection {
 
     #[inline]
     pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
-        let mut least: Option<(usize, u64)> = None;
+        // Branch-free body (ineligible backends get the key u64::MAX, which no real overhead
+        // reaches: at most 2^31 * 256 + 2^32): ties keep the earlier backend through `<`.
+        let mut best = u64::MAX;
+        let mut best_i = 0;
         for (i, (&w, s)) in self.weights.iter().zip(states).enumerate() {
             let snap = s.snapshot();
-            if snap.overloaded() || w == 0 {
-                continue;
-            }
-            let doh = snap.overhead();
-            if least.is_none_or(|(_, loh)| doh < loh) {
-                least = Some((i, doh));
+            let key = if snap.overloaded() || w == 0 {
+                u64::MAX
+            } else {
+                snap.overhead()
+            };
+            if key < best {
+                best = key;
+                best_i = i;
             }
         }
-        least.map(|(i, _)| i)
+        (best != u64::MAX).then_some(best_i)
     }
 }
