@@ -31,12 +31,7 @@ impl LeastConnection {
         let mut best = u64::MAX;
         let mut best_i = 0;
         for (i, (&w, s)) in self.weights.iter().zip(states).enumerate() {
-            let snap = s.snapshot();
-            let key = if snap.overloaded() || w == 0 {
-                u64::MAX
-            } else {
-                snap.overhead()
-            };
+            let key = s.snapshot().lc_key(w);
             if key < best {
                 best = key;
                 best_i = i;

@@ -6,8 +6,21 @@
 
 use std::sync::Arc;
 
-use crate::sed::sed_overhead;
+use crate::state::Snapshot;
+use crate::wlc::least_weighted;
 use crate::{BackendSpec, BackendState, Flow};
+
+/// The `nq` cost: 0 for a backend with no active connection, else `sed`'s `active + 1`.
+///
+/// Run through `least_weighted`, this is the kernel's `nq` exactly: the first eligible backend
+/// with cost 0 replaces any earlier least (`loh * dw > 0`) and is never replaced itself
+/// (`0 * dw > doh * lw` is false), and without an idle backend it is `sed`. Computed without a
+/// branch, so the scan does not return early; the answer is the same.
+#[inline]
+fn nq_cost(s: Snapshot) -> u64 {
+    let active = u64::from(s.active());
+    (active + 1) * u64::from(active != 0)
+}
 
 /// Never queue (IPVS `nq`).
 #[derive(Debug)]
@@ -28,21 +41,6 @@ impl NeverQueue {
 
     #[inline]
     pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
-        let mut least: Option<(usize, u64, u64)> = None;
-        for (i, (&w, s)) in self.weights.iter().zip(states).enumerate() {
-            let snap = s.snapshot();
-            if snap.overloaded() || w == 0 {
-                continue;
-            }
-            if snap.active() == 0 {
-                return Some(i);
-            }
-            let doh = sed_overhead(snap);
-            let dw = u64::from(w);
-            if least.is_none_or(|(_, lw, loh)| loh * dw > doh * lw) {
-                least = Some((i, dw, doh));
-            }
-        }
-        least.map(|(i, _, _)| i)
+        least_weighted(&self.weights, states, nq_cost)
     }
 }

@@ -57,6 +57,15 @@ impl Snapshot {
         self.0 & OVERLOADED != 0
     }
 
+    /// `active * 256 + inactive`, or `u64::MAX` when overloaded or `weight` is 0: the `lc`
+    /// key, computed without branches (a real overhead is below 2^40).
+    #[inline]
+    pub(crate) fn lc_key(self, weight: u32) -> u64 {
+        let overhead = ((self.0 & ACTIVE_MASK) >> 24) + (self.0 & INACTIVE_MASK);
+        let ineligible = (self.0 >> 63) | u64::from(weight == 0);
+        overhead | ineligible.wrapping_neg()
+    }
+
     /// `active * 256 + inactive`.
     #[inline]
     pub(crate) fn overhead(self) -> u64 {

@@ -17,34 +17,29 @@ pub struct WeightedLeastConnection {
     weights: Box<[u32]>,
 }
 
-/// The kernel loop shared by `wlc` and `sed`: seed with the first eligible backend, then replace
-/// it whenever `cost(least) / w(least) > cost(d) / w(d)`.
+/// The kernel loop shared by `wlc` and `sed`: the first eligible backend seeds `least`, then
+/// any later one replaces it when `cost(least) / w(least) > cost(d) / w(d)` (cross-multiplied).
+///
+/// Written without branches on the data: an ineligible backend gets weight 0, which can never
+/// win the comparison (`loh * 0 > doh * lw` is false), and the seed is a virtual backend of
+/// weight 0 and cost 1 that the first eligible backend always beats (`1 * dw > doh * 0`).
+/// Products stay below 2^57 (cost < 2^41, weight < 2^16).
 #[inline]
 pub(crate) fn least_weighted(
     weights: &[u32],
     states: &[Arc<BackendState>],
     cost: impl Fn(Snapshot) -> u64,
 ) -> Option<usize> {
-    let mut it = weights.iter().zip(states).enumerate();
-    let (mut least, mut lw, mut loh) = loop {
-        let (i, (&w, s)) = it.next()?;
+    let (mut least, mut lw, mut loh) = (usize::MAX, 0u64, 1u64);
+    for (i, (&w, s)) in weights.iter().zip(states).enumerate() {
         let snap = s.snapshot();
-        if !snap.overloaded() && w > 0 {
-            break (i, u64::from(w), cost(snap));
-        }
-    };
-    for (i, (&w, s)) in it {
-        let snap = s.snapshot();
-        if snap.overloaded() {
-            continue;
-        }
+        let dw = if snap.overloaded() { 0 } else { u64::from(w) };
         let doh = cost(snap);
-        let dw = u64::from(w);
         if loh * dw > doh * lw {
             (least, lw, loh) = (i, dw, doh);
         }
     }
-    Some(least)
+    (least != usize::MAX).then_some(least)
 }
 
 impl WeightedLeastConnection {
