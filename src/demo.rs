@@ -35,7 +35,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     let mut burst_result = Ok(());
-    serve(config, &args.data_plane, |proxy| {
+    serve(config, None, &args.data_plane, |proxy| {
         let target = proxy.frontends()[0].local_addr;
         println!(
             "sending {} requests ({} at a time) through ringlb at {target} ...",

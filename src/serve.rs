@@ -5,14 +5,15 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
 use config::{Backend, Config, Protocol, Service, ServiceDefaults, Table};
 use proxy_core::{Proxy, ProxyOptions};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::cli::{DataPlaneArgs, Proto, RunArgs};
@@ -24,7 +25,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, Some(listen)) => quick_config(listen, &args)?,
         (None, None) => bail!("give --config FILE, or --listen ADDR with --to ADDR[,ADDR...]"),
     };
-    serve(config, &args.data_plane, |_| {})
+    serve(config, args.config.as_deref(), &args.data_plane, |_| {})
 }
 
 fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<Config> {
@@ -49,10 +50,25 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     })
 }
 
+/// What the control loop reacts to.
+enum Control {
+    /// Read the config file again (SIGHUP, or the file changed).
+    Reload(&'static str),
+    /// Stop accepting and drain (SIGTERM, SIGINT).
+    Stop(i32),
+}
+
+/// Events arriving this soon after a reload trigger are folded into one reload (an editor's
+/// save is several file system events).
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
+
 /// Starts the data plane for `config`, calls `on_ready` once every listener is bound, then
-/// serves until SIGTERM or SIGINT and drains.
+/// serves until SIGTERM or SIGINT and drains. With a `source` file, SIGHUP and every change to
+/// the file reload it: a valid new config takes effect at once without disturbing established
+/// connections; an invalid one is reported and the last good one keeps serving.
 pub fn serve(
     mut config: Config,
+    source: Option<&Path>,
     dp: &DataPlaneArgs,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
@@ -61,7 +77,34 @@ pub fn serve(
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
     // Registered before the workers start so that an early signal is not lost.
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let (control_tx, control_rx) = mpsc::channel();
+    let signal_tx = control_tx.clone();
+    std::thread::Builder::new()
+        .name("ringlb-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let event = if signal == SIGHUP {
+                    Control::Reload("SIGHUP")
+                } else {
+                    Control::Stop(signal)
+                };
+                if signal_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    let _watch = match source.filter(|_| !dp.no_watch) {
+        Some(path) => {
+            let tx = control_tx.clone();
+            Some(config::FileWatch::new(path, move || {
+                let _ = tx.send(Control::Reload("file changed"));
+            })?)
+        }
+        None => None,
+    };
     let options = ProxyOptions {
         workers: dp
             .workers
@@ -70,19 +113,80 @@ pub fn serve(
         share_ports: dp.share_port,
         ..ProxyOptions::default()
     };
+    let mut last_good = config.clone();
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
-    let proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
+    let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
     announce(&proxy, &table.load());
     on_ready(&proxy);
 
-    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    let mut reload_failures = 0u64;
+    let signal = loop {
+        let why = match control_rx.recv() {
+            Ok(Control::Reload(why)) => why,
+            Ok(Control::Stop(signal)) => break signal,
+            Err(_) => break SIGTERM,
+        };
+        // Fold the burst of events of one save into one reload; a stop request wins.
+        let mut stop = None;
+        while let Ok(event) = control_rx.recv_timeout(RELOAD_SETTLE) {
+            if let Control::Stop(signal) = event {
+                stop = Some(signal);
+                break;
+            }
+        }
+        if let Some(signal) = stop {
+            break signal;
+        }
+        let Some(path) = source else {
+            tracing::info!(
+                trigger = why,
+                "nothing to reload: ringlb runs from command-line flags"
+            );
+            continue;
+        };
+        match config::parse_yaml_file(path) {
+            Ok(new) if new == last_good => tracing::debug!(trigger = why, "config unchanged"),
+            Ok(new) => match proxy.reload(new.clone(), dp.backend_drain_timeout) {
+                Ok(report) => {
+                    last_good = new;
+                    announce_line(&format!("reloaded version={}", report.version));
+                    tracing::info!(
+                        trigger = why,
+                        version = report.version,
+                        added = ?report.added,
+                        removed = ?report.removed,
+                        "config reloaded"
+                    );
+                }
+                Err(e) => {
+                    reload_failures += 1;
+                    tracing::error!(
+                        trigger = why,
+                        failures = reload_failures,
+                        "reload failed, the last good config keeps serving: {e}"
+                    );
+                    announce_line(&format!("reload-failed failures={reload_failures}"));
+                }
+            },
+            Err(e) => {
+                reload_failures += 1;
+                tracing::error!(
+                    trigger = why,
+                    failures = reload_failures,
+                    "reload failed, the last good config keeps serving:\n{e}"
+                );
+                announce_line(&format!("reload-failed failures={reload_failures}"));
+            }
+        }
+    };
     let name = if signal == SIGINT {
         "SIGINT"
     } else {
         "SIGTERM"
     };
     tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
+    let table = proxy.table();
     let report = proxy.shutdown(dp.drain_timeout);
     if report.workers_cut > 0 {
         tracing::warn!(
@@ -90,7 +194,7 @@ pub fn serve(
             "drain timeout reached with connections still open; closing them"
         );
     }
-    for svc in table.load().services() {
+    for svc in table.services() {
         let c = &svc.counters;
         tracing::info!(
             service = %svc.service.name,
@@ -133,6 +237,13 @@ fn announce(proxy: &Proxy, table: &Table) {
     );
     let _ = out.flush();
     tracing::info!(workers = proxy.drivers().len(), %driver, frontends = proxy.frontends().len(), "ringlb ready");
+}
+
+/// One line on stdout for scripts and tests (`reloaded version=N`, `reload-failed ...`).
+fn announce_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// `ringlb check`: exit 0 and a summary when valid, exit 1 and every problem when not.

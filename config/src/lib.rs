@@ -13,8 +13,12 @@ mod error;
 mod model;
 mod raw;
 mod table;
+#[cfg(feature = "watch")]
+mod watch;
 
 pub use error::{ConfigError, Problem};
 pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
 pub use raw::{parse_yaml, parse_yaml_file};
 pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};
+#[cfg(feature = "watch")]
+pub use watch::{FileWatch, WatchError};

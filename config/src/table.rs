@@ -81,9 +81,10 @@ pub struct Table {
 }
 
 impl Table {
-    /// Builds the table for `config`. Counters and backend state of services and backends
-    /// that also exist in `previous` (same service name; same backend address) are carried
-    /// over, so load counts and statistics survive the swap.
+    /// Builds the table for `config`. A service equal to its namesake in `previous` keeps its
+    /// entry as it is; for a changed one, counters and backend state of backends that also
+    /// exist in `previous` (same service name; same backend address) are carried over, so load
+    /// counts and statistics survive the swap.
     pub fn build(config: &Config, previous: Option<&Table>) -> Table {
         let prev: HashMap<&str, &Arc<ServiceEntry>> = previous
             .map(|t| {
@@ -97,7 +98,11 @@ impl Table {
         let mut frontends = HashMap::new();
         for svc in &config.services {
             let old = prev.get(svc.name.as_str()).copied();
-            let entry = Arc::new(build_service(svc, old));
+            // An unchanged service keeps its entry: scheduler, state and affinity as they are.
+            let entry = match old {
+                Some(o) if o.service == *svc => Arc::clone(o),
+                _ => Arc::new(build_service(svc, old)),
+            };
             for addr in &svc.listen {
                 let key = FrontendKey {
                     protocol: svc.protocol,
@@ -123,6 +128,11 @@ impl Table {
     /// All services, in configuration order.
     pub fn services(&self) -> &[Arc<ServiceEntry>] {
         &self.services
+    }
+
+    /// The state of every backend of every service (by identity; see [`BackendState`]).
+    pub fn backend_states(&self) -> impl Iterator<Item = &Arc<BackendState>> {
+        self.services.iter().flat_map(|s| s.states.iter())
     }
 
     /// Increases by one with every rebuild.

@@ -29,6 +29,8 @@ pub(crate) struct Activity<C> {
     idle: Duration,
     closer: C,
     expired: Cell<bool>,
+    /// A deadline set from outside (a removed backend's drain), closing even a busy connection.
+    close_at: Cell<Option<Instant>>,
     key: Cell<Key>,
 }
 
@@ -42,6 +44,7 @@ impl<C: Close> Activity<C> {
             idle,
             closer,
             expired: Cell::new(false),
+            close_at: Cell::new(None),
             key: Cell::new((now, 0)),
         }
     }
@@ -52,9 +55,15 @@ impl<C: Close> Activity<C> {
         self.last.set(Instant::now());
     }
 
-    /// Whether the idle timeout closed the connection.
+    /// Whether the idle timeout (or a drain deadline) closed the connection.
     pub(crate) fn expired(&self) -> bool {
         self.expired.get()
+    }
+
+    /// The time this connection is closed at, active or not.
+    fn due(&self) -> Instant {
+        let idle_due = self.last.get() + self.idle;
+        self.close_at.get().map_or(idle_due, |t| t.min(idle_due))
     }
 }
 
@@ -86,7 +95,12 @@ impl<C: Close> IdleTimers<C> {
         let key = (activity.last.get() + activity.idle, id);
         activity.key.set(key);
         self.entries.borrow_mut().insert(key, Rc::clone(activity));
-        if self.planned.get().is_none_or(|p| key.0 < p) {
+        self.wake_if_before(key.0);
+    }
+
+    /// Wakes the sweeper when `deadline` comes before its planned wake-up.
+    fn wake_if_before(&self, deadline: Instant) {
+        if self.planned.get().is_none_or(|p| deadline < p) {
             self.notified.set(true);
             if let Some(w) = self.waker.take() {
                 w.wake();
@@ -97,6 +111,30 @@ impl<C: Close> IdleTimers<C> {
     /// Stops watching `activity` (a no-op when it already expired).
     pub(crate) fn remove(&self, activity: &Activity<C>) {
         self.entries.borrow_mut().remove(&activity.key.get());
+    }
+
+    /// Closes the connections whose closer matches `pred` at `at` at the latest, however busy
+    /// they are (a removed backend's drain deadline).
+    pub(crate) fn close_matching(&self, at: Instant, pred: impl Fn(&C) -> bool) {
+        let mut entries = self.entries.borrow_mut();
+        let keys: Vec<Key> = entries
+            .iter()
+            .filter(|(_, a)| pred(&a.closer))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(activity) = entries.remove(&key) else {
+                continue;
+            };
+            activity
+                .close_at
+                .set(Some(activity.close_at.get().map_or(at, |t| t.min(at))));
+            let new_key = (activity.due(), key.1);
+            activity.key.set(new_key);
+            entries.insert(new_key, activity);
+        }
+        drop(entries);
+        self.wake_if_before(at);
     }
 
     /// Connections being watched.
@@ -113,7 +151,7 @@ impl<C: Close> IdleTimers<C> {
                 break;
             }
             let ((_, id), activity) = entry.remove_entry();
-            let due = activity.last.get() + activity.idle;
+            let due = activity.due();
             if due <= now {
                 activity.expired.set(true);
                 activity.closer.close();

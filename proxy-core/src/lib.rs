@@ -19,6 +19,7 @@ mod relay;
 mod sys;
 mod worker;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -84,6 +85,7 @@ pub struct DrainReport {
 pub struct Listeners {
     workers: usize,
     groups: Vec<listener::ListenGroup>,
+    resolved: HashMap<(String, SocketAddr), SocketAddr>,
 }
 
 /// Binds every TCP frontend of `config`, `options.workers` sockets each, and rewrites listen
@@ -91,27 +93,75 @@ pub struct Listeners {
 /// afterwards names the real frontends. Fails on the first address that cannot be bound.
 pub fn bind(config: &mut Config, options: &ProxyOptions) -> Result<Listeners, ProxyError> {
     let workers = options.workers.max(1);
-    let mut groups = Vec::new();
-    for svc in &mut config.services {
-        if svc.protocol != Protocol::Tcp {
-            return Err(ProxyError::Unsupported(format!(
-                "service {}: only tcp services are served by this version",
-                svc.name
-            )));
+    let mut listeners = Listeners {
+        workers,
+        groups: Vec::new(),
+        resolved: HashMap::new(),
+    };
+    listeners.bind_new(config, &HashSet::new(), options.share_ports)?;
+    Ok(listeners)
+}
+
+impl Listeners {
+    /// Binds every frontend of `config` not in `existing`, rewriting port-0 addresses to the
+    /// bound port (one a previous bind already resolved for the same service keeps its port).
+    fn bind_new(
+        &mut self,
+        config: &mut Config,
+        existing: &HashSet<FrontendKey>,
+        share: bool,
+    ) -> Result<(), ProxyError> {
+        for svc in &mut config.services {
+            if svc.protocol != Protocol::Tcp {
+                return Err(ProxyError::Unsupported(format!(
+                    "service {}: only tcp services are served by this version",
+                    svc.name
+                )));
+            }
+            for addr in &mut svc.listen {
+                let configured = (svc.name.clone(), *addr);
+                if let Some(bound) = self.resolved.get(&configured) {
+                    *addr = *bound;
+                }
+                let key = FrontendKey {
+                    protocol: Protocol::Tcp,
+                    addr: *addr,
+                };
+                if existing.contains(&key) || self.groups.iter().any(|g| g.key == key) {
+                    continue;
+                }
+                let group = listener::bind_group(*addr, self.workers, share)?;
+                if configured.1.port() == 0 {
+                    self.resolved.insert(configured, group.local_addr);
+                }
+                *addr = group.local_addr;
+                self.groups.push(group);
+            }
         }
-        for addr in &mut svc.listen {
-            let group = listener::bind_group(*addr, workers, options.share_ports)?;
-            *addr = group.local_addr;
-            groups.push(group);
-        }
+        Ok(())
     }
-    Ok(Listeners { workers, groups })
+}
+
+/// What a [`Proxy::reload`] changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// The new table's version.
+    pub version: u64,
+    /// Frontends that started listening.
+    pub added: Vec<SocketAddr>,
+    /// Frontends that stopped listening (their open connections go on).
+    pub removed: Vec<SocketAddr>,
 }
 
 /// A running data plane.
 #[derive(Debug)]
 pub struct Proxy {
+    table: Arc<ArcSwap<Table>>,
     frontends: Vec<BoundFrontend>,
+    resolved: HashMap<(String, SocketAddr), SocketAddr>,
+    workers: usize,
+    share_ports: bool,
+    commands: Vec<flume::Sender<worker::Command>>,
     drivers: Vec<IoDriverKind>,
     shutdown: CancellationToken,
     done_rx: mpsc::Receiver<usize>,
@@ -129,6 +179,7 @@ impl Proxy {
         let Listeners {
             workers,
             mut groups,
+            resolved,
         } = listeners;
         let frontends = groups
             .iter()
@@ -142,7 +193,10 @@ impl Proxy {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(workers);
+        let mut commands = Vec::with_capacity(workers);
         for id in 0..workers {
+            let (command_tx, command_rx) = flume::unbounded();
+            commands.push(command_tx);
             let listeners = groups
                 .iter_mut()
                 .map(|g| (g.key, g.sockets.pop().expect("one socket per worker")))
@@ -156,6 +210,7 @@ impl Proxy {
                 shutdown: shutdown.clone(),
                 ready: ready_tx.clone(),
                 done: done_tx.clone(),
+                commands: command_rx,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{id}"))
@@ -179,12 +234,86 @@ impl Proxy {
             }
         }
         Ok(Proxy {
+            table,
             frontends,
+            resolved,
+            workers,
+            share_ports: options.share_ports,
+            commands,
             drivers,
             shutdown,
             done_rx,
             threads,
         })
+    }
+
+    /// Applies a new configuration without disturbing established connections: binds the
+    /// frontends it adds (a failure changes nothing), publishes the new table with one atomic
+    /// swap, then has every worker start accepting on the new frontends and stop on the removed
+    /// ones. Connections keep the backend they have; those to a backend that left the table are
+    /// closed `backend_drain` after the swap, or run until they end when it is `None`.
+    pub fn reload(
+        &mut self,
+        mut config: Config,
+        backend_drain: Option<Duration>,
+    ) -> Result<ReloadReport, ProxyError> {
+        let existing: HashSet<FrontendKey> = self.frontends.iter().map(|f| f.key).collect();
+        let mut fresh = Listeners {
+            workers: self.workers,
+            groups: Vec::new(),
+            resolved: self.resolved.clone(),
+        };
+        fresh.bind_new(&mut config, &existing, self.share_ports)?;
+        let wanted: HashSet<FrontendKey> = config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.listen.iter().map(|&addr| FrontendKey {
+                    protocol: s.protocol,
+                    addr,
+                })
+            })
+            .collect();
+
+        let old = self.table.load_full();
+        let table = Arc::new(Table::build(&config, Some(&old)));
+        self.table.store(Arc::clone(&table));
+
+        let added: Vec<SocketAddr> = fresh.groups.iter().map(|g| g.local_addr).collect();
+        for mut group in fresh.groups {
+            for tx in &self.commands {
+                let socket = group.sockets.pop().expect("one socket per worker");
+                let _ = tx.send(worker::Command::Listen(group.key, socket));
+            }
+            self.frontends.push(BoundFrontend {
+                key: group.key,
+                local_addr: group.local_addr,
+            });
+        }
+        let removed: Vec<SocketAddr> = existing.difference(&wanted).map(|k| k.addr).collect();
+        for key in existing.difference(&wanted) {
+            for tx in &self.commands {
+                let _ = tx.send(worker::Command::Unlisten(*key));
+            }
+        }
+        self.frontends.retain(|f| wanted.contains(&f.key));
+        for tx in &self.commands {
+            let _ = tx.send(worker::Command::BackendsRemoved {
+                table: Arc::clone(&table),
+                deadline: backend_drain,
+            });
+        }
+        self.resolved = fresh.resolved;
+        Ok(ReloadReport {
+            version: table.version(),
+            added,
+            removed,
+        })
+    }
+
+    /// The current table.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
     }
 
     /// Frontends with the addresses actually bound.

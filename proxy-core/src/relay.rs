@@ -9,6 +9,9 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use balancers::BackendState;
 use std::time::Duration;
 
 use monoio::io::{
@@ -69,6 +72,14 @@ impl Peer {
 pub(crate) struct PeerPair {
     client: Peer,
     server: Peer,
+    backend: Arc<BackendState>,
+}
+
+impl PeerPair {
+    /// The backend this connection is relayed to (by identity).
+    pub(crate) fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
+    }
 }
 
 impl Close for PeerPair {
@@ -85,6 +96,7 @@ impl Close for PeerPair {
 pub(crate) async fn relay(
     client: TcpStream,
     server: TcpStream,
+    backend: Arc<BackendState>,
     idle: Duration,
     pool: &BufferPool,
     timers: &IdleTimers<PeerPair>,
@@ -99,6 +111,7 @@ pub(crate) async fn relay(
         PeerPair {
             client: client_peer.clone(),
             server: server_peer.clone(),
+            backend,
         },
     ));
     timers.insert(&activity);

@@ -1,6 +1,7 @@
 //! One worker: a monoio runtime on its own thread, its listeners and accept loops.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -38,6 +39,39 @@ pub(crate) struct WorkerStart {
     pub(crate) shutdown: CancellationToken,
     pub(crate) ready: mpsc::Sender<Result<IoDriverKind, ProxyError>>,
     pub(crate) done: mpsc::Sender<usize>,
+    pub(crate) commands: flume::Receiver<Command>,
+}
+
+/// What the control plane asks of a running worker.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Serve a new frontend with this worker's socket of its group.
+    Listen(FrontendKey, std::net::TcpListener),
+    /// Stop accepting on a frontend; its open connections go on.
+    Unlisten(FrontendKey),
+    /// The table was swapped: open connections to backends that are not in `table` are closed
+    /// at `deadline` (`None`: they may run until they end).
+    BackendsRemoved {
+        table: Arc<Table>,
+        deadline: Option<Duration>,
+    },
+}
+
+/// One frontend's listening socket on this worker.
+struct Frontend {
+    listener: Rc<TcpListener>,
+    closed: Rc<Cell<bool>>,
+}
+
+impl Frontend {
+    /// Refuses new connections at once and ends the accept loop. shutdown(2) on a listening
+    /// socket wakes a pending accept with an error, on io_uring and epoll alike. (Cancelling
+    /// the in-flight accept through io_uring's AsyncCancel instead can hit a newer operation
+    /// that reused the same slot, since monoio keys cancellation by slot index.)
+    fn close(&self) {
+        self.closed.set(true);
+        let _ = with_socket(&*self.listener, |s| s.shutdown(std::net::Shutdown::Both));
+    }
 }
 
 /// Per-worker state shared by the worker's tasks (single thread: plain `Cell`/`Rc`).
@@ -47,6 +81,61 @@ struct Worker {
     idle: IdleTimers<PeerPair>,
     open: Cell<usize>,
     stopping: Cell<bool>,
+    frontends: RefCell<HashMap<FrontendKey, Frontend>>,
+}
+
+impl Worker {
+    /// Starts accepting on `listener` (converted on this thread so it registers here).
+    fn listen(
+        self: &Rc<Self>,
+        key: FrontendKey,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        let listener = Rc::new(TcpListener::from_std(listener)?);
+        let closed = Rc::new(Cell::new(false));
+        monoio::spawn(accept_loop(
+            Rc::clone(&listener),
+            key,
+            Rc::clone(&closed),
+            Rc::clone(self),
+        ));
+        if let Some(old) = self
+            .frontends
+            .borrow_mut()
+            .insert(key, Frontend { listener, closed })
+        {
+            old.close();
+        }
+        Ok(())
+    }
+
+    fn unlisten(&self, key: &FrontendKey) {
+        if let Some(f) = self.frontends.borrow_mut().remove(key) {
+            f.close();
+        }
+    }
+
+    async fn commands(self: Rc<Self>, rx: flume::Receiver<Command>) {
+        while let Ok(cmd) = rx.recv_async().await {
+            match cmd {
+                Command::Listen(key, listener) => {
+                    if let Err(e) = self.listen(key, listener) {
+                        tracing::error!(frontend = %key.addr, error = %e, "cannot serve the new frontend");
+                    }
+                }
+                Command::Unlisten(key) => self.unlisten(&key),
+                Command::BackendsRemoved { table, deadline } => {
+                    let live: HashSet<*const balancers::BackendState> =
+                        table.backend_states().map(Arc::as_ptr).collect();
+                    let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
+                    if deadline.is_some() {
+                        self.idle
+                            .close_matching(at, |c| !live.contains(&Arc::as_ptr(c.backend())));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Thread body of worker `start.id`.
@@ -81,50 +170,38 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         shutdown,
         ready,
         done,
+        commands,
         ..
     } = start;
-    let mut bound = Vec::with_capacity(listeners.len());
-    for (key, std_listener) in listeners {
-        // Converted here so the descriptor registers with this thread's driver.
-        match TcpListener::from_std(std_listener) {
-            Ok(l) => bound.push((key, l)),
-            Err(source) => {
-                let _ = ready.send(Err(ProxyError::Bind {
-                    addr: key.addr,
-                    source,
-                }));
-                return;
-            }
-        }
-    }
-    let _ = ready.send(Ok(kind));
-    tracing::debug!(worker = id, driver = %kind, "worker running");
-
     let worker = Rc::new(Worker {
         table,
         pool: BufferPool::new(buffer_size, POOL_KEEP),
         idle: IdleTimers::new(),
         open: Cell::new(0),
         stopping: Cell::new(false),
+        frontends: RefCell::new(HashMap::new()),
     });
+    for (key, std_listener) in listeners {
+        // Converted here so the descriptor registers with this thread's driver.
+        if let Err(source) = worker.listen(key, std_listener) {
+            let _ = ready.send(Err(ProxyError::Bind {
+                addr: key.addr,
+                source,
+            }));
+            return;
+        }
+    }
+    let _ = ready.send(Ok(kind));
+    tracing::debug!(worker = id, driver = %kind, "worker running");
     let sweeper = Rc::clone(&worker);
     monoio::spawn(async move { sweeper.idle.run().await });
-    let mut listeners = Vec::with_capacity(bound.len());
-    for (key, listener) in bound {
-        let listener = Rc::new(listener);
-        listeners.push(Rc::clone(&listener));
-        monoio::spawn(accept_loop(listener, key, Rc::clone(&worker)));
-    }
+    monoio::spawn(Rc::clone(&worker).commands(commands));
 
     shutdown.cancelled().await;
     tracing::debug!(worker = id, "worker stopping");
     worker.stopping.set(true);
-    // shutdown(2) on a listening socket refuses new connections at once and wakes a pending
-    // accept with an error, on io_uring and epoll alike. (Cancelling the in-flight accept
-    // through io_uring's AsyncCancel instead can hit a newer operation that reused the same
-    // slot, since monoio keys cancellation by slot index.)
-    for listener in listeners {
-        let _ = with_socket(&*listener, |s| s.shutdown(std::net::Shutdown::Both));
+    for (_, frontend) in worker.frontends.borrow_mut().drain() {
+        frontend.close();
     }
     while worker.open.get() > 0 {
         monoio::time::sleep(DRAIN_POLL).await;
@@ -133,23 +210,28 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let _ = done.send(id);
 }
 
-/// Accepts until the worker stops. Never returns on an accept error: resource exhaustion
+/// Accepts until the frontend is closed (removed, or the worker stops). Never returns on an accept error: resource exhaustion
 /// backs off, anything else (an aborted handshake) is skipped.
 ///
 /// # Cancel safety
 /// Not raced against anything: the worker stops it by shutting the listening socket down,
 /// which completes the pending accept with an error.
-async fn accept_loop(listener: Rc<TcpListener>, key: FrontendKey, worker: Rc<Worker>) {
+async fn accept_loop(
+    listener: Rc<TcpListener>,
+    key: FrontendKey,
+    closed: Rc<Cell<bool>>,
+    worker: Rc<Worker>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if worker.stopping.get() {
+                if closed.get() {
                     set_reset_on_close(&stream);
                     break;
                 }
                 monoio::spawn(serve(stream, peer, key, Rc::clone(&worker)));
             }
-            Err(_) if worker.stopping.get() => break,
+            Err(_) if closed.get() => break,
             Err(e) if is_resource_exhaustion(&e) => {
                 tracing::warn!(frontend = %key.addr, error = %e, "accept: out of resources, backing off");
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
@@ -225,6 +307,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
     let outcome = relay(
         client,
         upstream.stream,
+        Arc::clone(&entry.states[upstream.backend]),
         entry.service.idle_timeout,
         &worker.pool,
         &worker.idle,

@@ -149,9 +149,37 @@ impl Ringlb {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until stderr contains `text` (the log is read by another thread).
+    pub fn wait_stderr(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} never logged:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Stdout lines after the readiness lines.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.try_iter().collect()
+    }
+
+    /// Waits for the next stdout line that starts with `prefix` (skipping others).
+    pub fn wait_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .stdout
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no {prefix:?} line from ringlb; stderr:\n{}", self.stderr()),
+            }
+        }
     }
 }
 
