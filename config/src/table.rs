@@ -119,6 +119,54 @@ impl Table {
         }
     }
 
+    /// A new table with `upserts` added or replacing their namesakes and the services named in
+    /// `removals` gone; everything else is shared with `self`. This is the incremental path
+    /// (one watch event, one service): it costs a copy of the top-level index plus the changed
+    /// services, not a rebuild of the world. State is carried as in [`Table::build`].
+    pub fn apply(&self, upserts: &[Service], removals: &[&str]) -> Table {
+        let mut services = self.services.clone();
+        let mut frontends = self.frontends.clone();
+        let unmap = |frontends: &mut HashMap<FrontendKey, Arc<ServiceEntry>>, svc: &Service| {
+            for addr in &svc.listen {
+                frontends.remove(&FrontendKey {
+                    protocol: svc.protocol,
+                    addr: *addr,
+                });
+            }
+        };
+        services.retain(|s| {
+            let keep = !removals.contains(&s.service.name.as_str());
+            if !keep {
+                unmap(&mut frontends, &s.service);
+            }
+            keep
+        });
+        for svc in upserts {
+            let at = services.iter().position(|s| s.service.name == svc.name);
+            let old = at.map(|i| Arc::clone(&services[i]));
+            if let Some(o) = &old {
+                unmap(&mut frontends, &o.service);
+            }
+            let entry = Arc::new(build_service(svc, old.as_ref()));
+            for addr in &svc.listen {
+                let key = FrontendKey {
+                    protocol: svc.protocol,
+                    addr: *addr,
+                };
+                frontends.insert(key, Arc::clone(&entry));
+            }
+            match at {
+                Some(i) => services[i] = entry,
+                None => services.push(entry),
+            }
+        }
+        Table {
+            version: self.version + 1,
+            services,
+            frontends,
+        }
+    }
+
     /// The service behind a frontend.
     #[inline]
     pub fn lookup(&self, key: &FrontendKey) -> Option<&Arc<ServiceEntry>> {

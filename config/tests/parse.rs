@@ -157,3 +157,29 @@ fn affinity_and_limits_follow_backends_across_rebuilds() {
     let aff3 = t3.services()[0].affinity.as_ref().unwrap();
     assert_eq!(aff3.lookup(client, now, |_| true), Some(0));
 }
+
+#[test]
+fn apply_changes_one_service_and_shares_the_rest() {
+    let c = parse_yaml("two.yaml", TWO).unwrap();
+    let t1 = Table::build(&c, None);
+    let mut web = c.services[0].clone();
+    web.backends.truncate(1);
+    let t2 = t1.apply(&[web], &["db"]);
+    assert_eq!(t2.version(), 2);
+    assert_eq!(t2.services().len(), 1);
+    assert_eq!(t2.services()[0].backends.len(), 1);
+    assert!(
+        Arc::ptr_eq(&t1.services()[0].states[0], &t2.services()[0].states[0]),
+        "state carried"
+    );
+    let db = FrontendKey {
+        protocol: Protocol::Tcp,
+        addr: "127.0.0.1:5432".parse().unwrap(),
+    };
+    assert!(
+        t1.lookup(&db).is_some() && t2.lookup(&db).is_none(),
+        "removed service's frontend is gone"
+    );
+    let t3 = t2.apply(&[c.services[1].clone()], &[]);
+    assert!(t3.lookup(&db).is_some(), "added back");
+}

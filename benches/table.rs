@@ -1,0 +1,67 @@
+//! Table build at scale: 10,000 services × 10 endpoints, in full and after a one-endpoint
+//! change (the new table is what workers see after one `ArcSwap::store`). Inputs are built
+//! before timing.
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use balancers::SchedulerConfig;
+use config::{Backend, Config, Protocol, Service, Table};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const SERVICES: usize = 10_000;
+const ENDPOINTS: usize = 10;
+
+fn config() -> Config {
+    let services = (0..SERVICES)
+        .map(|i| {
+            let vip = SocketAddr::new(Ipv4Addr::new(10, 96, (i >> 8) as u8, i as u8).into(), 80);
+            let backends = (0..ENDPOINTS)
+                .map(|j| {
+                    let n = i * ENDPOINTS + j;
+                    Backend::new(
+                        SocketAddr::new(
+                            Ipv4Addr::new(10, 244, (n >> 8) as u8, n as u8).into(),
+                            8080,
+                        ),
+                        1,
+                    )
+                })
+                .collect();
+            Service::with_defaults(
+                format!("svc-{i}"),
+                Protocol::Tcp,
+                vec![vip],
+                backends,
+                SchedulerConfig::default(),
+            )
+        })
+        .collect();
+    Config { services }
+}
+
+fn bench_table(c: &mut Criterion) {
+    let base = config();
+    let mut changed = base.clone();
+    changed.services[SERVICES / 2].backends[3]
+        .address
+        .set_port(9090);
+    let previous = Table::build(&base, None);
+
+    let mut g = c.benchmark_group("table");
+    g.sample_size(10);
+    g.bench_function("full build 10k services x 10 endpoints", |b| {
+        b.iter(|| black_box(Table::build(black_box(&base), None)))
+    });
+    g.bench_function("rebuild after one endpoint change", |b| {
+        b.iter(|| black_box(Table::build(black_box(&changed), Some(&previous))))
+    });
+    let one = changed.services[SERVICES / 2].clone();
+    g.bench_function("apply one changed service (incremental)", |b| {
+        b.iter(|| black_box(previous.apply(black_box(std::slice::from_ref(&one)), &[])))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_table);
+criterion_main!(benches);
