@@ -72,7 +72,23 @@ pub struct RunArgs {
     pub max_connect_attempts: u32,
 
     #[command(flatten)]
+    pub reload: ReloadArgs,
+
+    #[command(flatten)]
     pub data_plane: DataPlaneArgs,
+}
+
+/// How a config file is reloaded.
+#[derive(Debug, Default, Args)]
+pub struct ReloadArgs {
+    /// With --config: reload only on SIGHUP, not whenever the file changes.
+    #[arg(long)]
+    pub no_watch: bool,
+
+    /// After a reload removed a backend, close its open connections this long after the
+    /// reload (default: let them run until they end or reach their idle timeout).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub backend_drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -88,15 +104,6 @@ pub struct DataPlaneArgs {
     /// On SIGTERM/SIGINT, how long open connections may keep going before exit.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-
-    /// With --config: reload only on SIGHUP, not whenever the file changes.
-    #[arg(long)]
-    pub no_watch: bool,
-
-    /// After a reload removed a backend, close its open connections this long after the
-    /// reload (default: let them run until they end or reach their idle timeout).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub backend_drain_timeout: Option<Duration>,
 
     /// Join another process's SO_REUSEPORT group on a listen port on purpose (e.g. a zero
     /// downtime restart). Without it a taken port is an error.

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use proxy_core::demo;
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, ReloadArgs};
 use crate::serve::serve;
 
 const DEMO_CONFIG: &str = include_str!("demo.yaml");
@@ -35,26 +35,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     let mut burst_result = Ok(());
-    serve(config, None, &args.data_plane, |proxy| {
-        let target = proxy.frontends()[0].local_addr;
-        println!(
-            "sending {} requests ({} at a time) through ringlb at {target} ...",
-            args.requests, args.concurrency
-        );
-        burst_result = demo::burst(
-            target,
-            args.requests as usize,
-            usize::from(args.concurrency),
-        )
-        .map(|report| print_report(&report))
-        .context("demo burst failed");
-        if args.once {
-            // Ends the serve loop exactly like Ctrl-C would.
-            signal_hook::low_level::raise(signal_hook::consts::SIGTERM).ok();
-        } else {
-            println!("\nringlb keeps serving; try:\n  curl http://{target}/\n  echo hello | nc -q1 {} {}\nCtrl-C to stop.", target.ip(), target.port());
-        }
-    })?;
+    serve(
+        config,
+        None,
+        &ReloadArgs::default(),
+        &args.data_plane,
+        |proxy| {
+            let target = proxy.frontends()[0].local_addr;
+            println!(
+                "sending {} requests ({} at a time) through ringlb at {target} ...",
+                args.requests, args.concurrency
+            );
+            burst_result = demo::burst(
+                target,
+                args.requests as usize,
+                usize::from(args.concurrency),
+            )
+            .map(|report| print_report(&report))
+            .context("demo burst failed");
+            if args.once {
+                // Ends the serve loop exactly like Ctrl-C would.
+                signal_hook::low_level::raise(signal_hook::consts::SIGTERM).ok();
+            } else {
+                println!("\nringlb keeps serving; try:\n  curl http://{target}/\n  echo hello | nc -q1 {} {}\nCtrl-C to stop.", target.ip(), target.port());
+            }
+        },
+    )?;
     burst_result
 }
 

@@ -16,7 +16,7 @@ use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::cli::{DataPlaneArgs, Proto, RunArgs};
+use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -25,7 +25,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, Some(listen)) => quick_config(listen, &args)?,
         (None, None) => bail!("give --config FILE, or --listen ADDR with --to ADDR[,ADDR...]"),
     };
-    serve(config, args.config.as_deref(), &args.data_plane, |_| {})
+    serve(
+        config,
+        args.config.as_deref(),
+        &args.reload,
+        &args.data_plane,
+        |_| {},
+    )
 }
 
 fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<Config> {
@@ -69,6 +75,7 @@ const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 pub fn serve(
     mut config: Config,
     source: Option<&Path>,
+    reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
@@ -96,7 +103,7 @@ pub fn serve(
             }
         })
         .context("cannot start the signal thread")?;
-    let _watch = match source.filter(|_| !dp.no_watch) {
+    let _watch = match source.filter(|_| !reload.no_watch) {
         Some(path) => {
             let tx = control_tx.clone();
             Some(config::FileWatch::new(path, move || {
@@ -147,7 +154,7 @@ pub fn serve(
         };
         match config::parse_yaml_file(path) {
             Ok(new) if new == last_good => tracing::debug!(trigger = why, "config unchanged"),
-            Ok(new) => match proxy.reload(new.clone(), dp.backend_drain_timeout) {
+            Ok(new) => match proxy.reload(new.clone(), reload.backend_drain_timeout) {
                 Ok(report) => {
                     last_good = new;
                     announce_line(&format!("reloaded version={}", report.version));
