@@ -25,11 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve: either one service from flags (--listen/--to) or every service of a config file.
     Run(RunArgs),
-    /// Validate a config file and print what would be served (exit 0 valid, 1 invalid).
+    /// Validate a config and print what would be served (exit 0 valid, 1 invalid).
     Check {
-        /// ringlb YAML config file.
-        #[arg(long, short = 'c', value_name = "FILE")]
+        /// A ringlb YAML file, or Kubernetes manifests (a file or a directory).
+        #[arg(long, short = 'c', value_name = "PATH")]
         config: PathBuf,
+
+        /// Node addresses for Kubernetes NodePorts (as for `run`).
+        #[arg(long = "node-address", value_name = "IP", value_delimiter = ',')]
+        node_addresses: Vec<std::net::IpAddr>,
     },
     /// Start local demo backends and ringlb in front of them from an embedded config, send a
     /// burst of traffic, print the spread and latency, then keep serving until Ctrl-C.
@@ -39,9 +43,20 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["config", "listen"])))]
 pub struct RunArgs {
-    /// ringlb YAML config file (several services).
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["listen", "to"])]
+    /// Config: a ringlb YAML file, or Kubernetes Service/Endpoints/EndpointSlice manifests (a
+    /// file or a directory of them).
+    #[arg(long, short = 'c', value_name = "PATH", conflicts_with_all = ["listen", "to"])]
     pub config: Option<PathBuf>,
+
+    /// Node addresses on which Kubernetes NodePort and LoadBalancer services listen at their
+    /// nodePort (repeat, or comma-separate).
+    #[arg(
+        long = "node-address",
+        value_name = "IP",
+        value_delimiter = ',',
+        requires = "config"
+    )]
+    pub node_addresses: Vec<std::net::IpAddr>,
 
     /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", requires = "to")]

@@ -18,7 +18,10 @@ fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     let result = match cli.command {
         Command::Run(args) => serve::run(args),
-        Command::Check { config } => return serve::check(&config),
+        Command::Check {
+            config,
+            node_addresses,
+        } => return serve::check(&config, &node_addresses),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -21,17 +21,19 @@ use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = match (&args.config, args.listen) {
-        (Some(path), _) => config::parse_yaml_file(path)?,
+        (Some(path), _) => {
+            let loaded = config::load(path, &args.node_addresses)?;
+            report_not_proxied(&loaded.not_proxied);
+            loaded.config
+        }
         (None, Some(listen)) => quick_config(listen, &args)?,
         (None, None) => bail!("give --config FILE, or --listen ADDR with --to ADDR[,ADDR...]"),
     };
-    serve(
-        config,
-        args.config.as_deref(),
-        &args.reload,
-        &args.data_plane,
-        |_| {},
-    )
+    let source = args.config.as_deref().map(|path| Source {
+        path,
+        node_addresses: &args.node_addresses,
+    });
+    serve(config, source, &args.reload, &args.data_plane, |_| {})
 }
 
 fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<Config> {
@@ -56,6 +58,22 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     })
 }
 
+/// Where a config comes from, for reloads.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    /// A ringlb YAML file, or Kubernetes manifests (file or directory).
+    pub path: &'a Path,
+    /// Where Kubernetes NodePorts listen.
+    pub node_addresses: &'a [std::net::IpAddr],
+}
+
+/// Logs the Kubernetes Services and ports that are valid but not proxied.
+fn report_not_proxied(list: &[config::k8s::NotProxied]) {
+    for np in list {
+        tracing::info!(service = %np.name, "not proxied: {}", np.reason);
+    }
+}
+
 /// What the control loop reacts to.
 enum Control {
     /// Read the config file again (SIGHUP, or the file changed).
@@ -74,7 +92,7 @@ const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 /// connections; an invalid one is reported and the last good one keeps serving.
 pub fn serve(
     mut config: Config,
-    source: Option<&Path>,
+    source: Option<Source<'_>>,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     on_ready: impl FnOnce(&Proxy),
@@ -104,9 +122,9 @@ pub fn serve(
         })
         .context("cannot start the signal thread")?;
     let _watch = match source.filter(|_| !reload.no_watch) {
-        Some(path) => {
+        Some(src) => {
             let tx = control_tx.clone();
-            Some(config::FileWatch::new(path, move || {
+            Some(config::FileWatch::new(src.path, move || {
                 let _ = tx.send(Control::Reload("file changed"));
             })?)
         }
@@ -120,6 +138,9 @@ pub fn serve(
         share_ports: dp.share_port,
         ..ProxyOptions::default()
     };
+    if config.services.is_empty() {
+        tracing::warn!("the config has no service to serve; waiting for a change to it");
+    }
     let mut last_good = config.clone();
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
@@ -145,14 +166,14 @@ pub fn serve(
         if let Some(signal) = stop {
             break signal;
         }
-        let Some(path) = source else {
+        let Some(src) = source else {
             tracing::info!(
                 trigger = why,
                 "nothing to reload: ringlb runs from command-line flags"
             );
             continue;
         };
-        match config::parse_yaml_file(path) {
+        match config::load(src.path, src.node_addresses).map(|l| l.config) {
             Ok(new) if new == last_good => tracing::debug!(trigger = why, "config unchanged"),
             Ok(new) => match proxy.reload(new.clone(), reload.backend_drain_timeout) {
                 Ok(report) => {
@@ -254,14 +275,21 @@ fn announce_line(line: &str) {
 }
 
 /// `ringlb check`: exit 0 and a summary when valid, exit 1 and every problem when not.
-pub fn check(path: &Path) -> ExitCode {
-    match config::parse_yaml_file(path) {
-        Ok(config) => {
-            print!("{}", describe(&config));
+pub fn check(path: &Path, node_addresses: &[std::net::IpAddr]) -> ExitCode {
+    match config::load(path, node_addresses) {
+        Ok(loaded) => {
+            print!("{}", describe(&loaded.config));
+            for np in &loaded.not_proxied {
+                println!("not proxied {}: {}", np.name, np.reason);
+            }
+            let format = match loaded.format {
+                config::Format::Ringlb => "ringlb YAML",
+                config::Format::Kubernetes => "Kubernetes manifests",
+            };
             println!(
-                "{}: OK ({} services)",
+                "{}: OK ({format}, {} services)",
                 path.display(),
-                config.services.len()
+                loaded.config.services.len()
             );
             ExitCode::SUCCESS
         }

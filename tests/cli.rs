@@ -252,3 +252,51 @@ fn run_with_a_config_file_serves_every_service() {
         "rr over both db backends from both frontends"
     );
 }
+
+#[test]
+fn check_reads_kubernetes_manifests_and_lists_what_is_not_proxied() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/k8s/valid");
+    let out = ringlb_command(&[
+        "check",
+        "--config",
+        dir.to_str().unwrap(),
+        "--node-address",
+        "127.0.0.1",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK (Kubernetes manifests,"), "{stdout}");
+    assert!(
+        stdout.contains("DNS only"),
+        "headless and ExternalName services are reported: {stdout}"
+    );
+    let bad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/k8s/invalid/sctp.yaml");
+    let (code, _, stderr) = check(&bad);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("SCTP is not supported"), "{stderr}");
+}
+
+/// The README's config examples stay valid.
+#[test]
+fn every_yaml_example_of_the_readme_passes_check() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```yaml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 2, "README yaml examples not found");
+    for (i, block) in blocks.iter().enumerate() {
+        let path = write_config(&format!("readme-{i}"), block);
+        let (code, _, stderr) = check(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(code, 0, "README yaml block {i}:\n{block}\n{stderr}");
+    }
+}

@@ -10,8 +10,10 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod k8s;
 mod model;
 mod raw;
+mod source;
 mod table;
 #[cfg(feature = "watch")]
 mod watch;
@@ -19,6 +21,7 @@ mod watch;
 pub use error::{ConfigError, Problem};
 pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
 pub use raw::{parse_yaml, parse_yaml_file};
+pub use source::{load, Format, Loaded};
 pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};
 #[cfg(feature = "watch")]
 pub use watch::{FileWatch, WatchError};

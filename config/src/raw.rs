@@ -92,7 +92,8 @@ fn root_problem(reason: &str) -> Problem {
     }
 }
 
-fn syntax_problem(e: &serde_saphyr::Error) -> Problem {
+/// A YAML syntax or type error as a located [`Problem`].
+pub(crate) fn syntax_problem(e: &serde_saphyr::Error) -> Problem {
     let loc = e.location();
     // The rendered message repeats the location; keep only its first line of text.
     let msg = e.to_string();

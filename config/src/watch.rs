@@ -15,7 +15,8 @@ pub struct WatchError {
     pub source: notify::Error,
 }
 
-/// Calls back whenever a file may have changed, for as long as it is alive.
+/// Calls back whenever a file (or a YAML file of a directory) may have changed, for as long
+/// as it is alive.
 ///
 /// The parent directory is watched rather than the file, because editors and config
 /// management tools replace a file by renaming a new one over it, which ends a watch on the
@@ -40,7 +41,13 @@ impl FileWatch {
             source,
         };
         let path = std::path::absolute(path).map_err(|e| err(notify::Error::io(e)))?;
-        let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+        // A directory of manifests: any YAML file in it counts.
+        let whole_dir = path.is_dir();
+        let dir = if whole_dir {
+            path.clone()
+        } else {
+            path.parent().unwrap_or(Path::new("/")).to_owned()
+        };
         let name = path.file_name().map(ToOwned::to_owned);
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| {
             let Ok(event) = res else { return };
