@@ -2,12 +2,37 @@
 //! change (the new table is what workers see after one `ArcSwap::store`). Inputs are built
 //! before timing.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 use balancers::SchedulerConfig;
 use config::{Backend, Config, Protocol, Service, Table};
 use criterion::{criterion_group, criterion_main, Criterion};
+
+/// Counts live heap bytes, to report what a table holds.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates every call to the system allocator unchanged; only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `dealloc` is passed on as is.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 const SERVICES: usize = 10_000;
 const ENDPOINTS: usize = 10;
@@ -46,7 +71,14 @@ fn bench_table(c: &mut Criterion) {
     changed.services[SERVICES / 2].backends[3]
         .address
         .set_port(9090);
+    let before = LIVE.load(Ordering::Relaxed);
     let previous = Table::build(&base, None);
+    let bytes = LIVE.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "table of {SERVICES} services x {ENDPOINTS} endpoints holds {:.1} MiB of heap ({} bytes per service)",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes / SERVICES as isize
+    );
 
     let mut g = c.benchmark_group("table");
     g.sample_size(10);
