@@ -55,6 +55,11 @@ impl<C: Close> Activity<C> {
         self.last.set(Instant::now());
     }
 
+    /// What closes the connection (and whatever else the relay keeps with it).
+    pub(crate) fn closer(&self) -> &C {
+        &self.closer
+    }
+
     /// Whether the idle timeout (or a drain deadline) closed the connection.
     pub(crate) fn expired(&self) -> bool {
         self.expired.get()

@@ -5,13 +5,13 @@
 //! nothing in flight holds no relay buffer at all, and a busy one uses a large buffer. While a
 //! read fills the whole buffer, the next read follows at once (more is likely queued).
 
-use std::cell::UnsafeCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use balancers::BackendState;
+use balancers::{BackendState, ConnectionGuard};
 use std::time::Duration;
 
 use monoio::io::{
@@ -68,17 +68,18 @@ impl Peer {
     }
 }
 
-/// The two sockets of a relayed connection, closed together by the idle timeout.
+/// The two sockets of a relayed connection, closed together by the idle timeout, and the
+/// backend's count of it.
 pub(crate) struct PeerPair {
     client: Peer,
     server: Peer,
-    backend: Arc<BackendState>,
+    guard: RefCell<ConnectionGuard>,
 }
 
 impl PeerPair {
-    /// The backend this connection is relayed to (by identity).
-    pub(crate) fn backend(&self) -> &Arc<BackendState> {
-        &self.backend
+    /// Identity of the backend this connection is relayed to.
+    pub(crate) fn backend(&self) -> *const BackendState {
+        Arc::as_ptr(self.guard.borrow().state())
     }
 }
 
@@ -96,11 +97,10 @@ impl Close for PeerPair {
 pub(crate) async fn relay(
     client: TcpStream,
     server: TcpStream,
-    backend: Arc<BackendState>,
+    guard: ConnectionGuard,
     idle: Duration,
     pool: &BufferPool,
     timers: &IdleTimers<PeerPair>,
-    on_half_close: &dyn Fn(),
 ) -> RelayOutcome {
     let (mut client_rd, mut client_wr) = client.into_split();
     let (mut server_rd, mut server_wr) = server.into_split();
@@ -111,21 +111,17 @@ pub(crate) async fn relay(
         PeerPair {
             client: client_peer.clone(),
             server: server_peer.clone(),
-            backend,
+            guard: RefCell::new(guard),
         },
     ));
     timers.insert(&activity);
-    let ends = Ends {
-        activity: &activity,
-        on_half_close,
-    };
     let up = copy_one_way(
         &mut client_rd,
         &client_peer,
         &mut server_wr,
         &server_peer,
         pool,
-        &ends,
+        &activity,
     );
     let down = copy_one_way(
         &mut server_rd,
@@ -133,7 +129,7 @@ pub(crate) async fn relay(
         &mut client_wr,
         &client_peer,
         pool,
-        &ends,
+        &activity,
     );
     let (up, down) = monoio::join!(up, down);
     timers.remove(&activity);
@@ -149,13 +145,6 @@ pub(crate) async fn relay(
         to_client: down.bytes,
         end,
     }
-}
-
-/// What both directions of a connection report to.
-struct Ends<'a> {
-    activity: &'a Activity<PeerPair>,
-    /// Called once per direction that reaches end of stream.
-    on_half_close: &'a dyn Fn(),
 }
 
 /// Result of one direction.
@@ -176,7 +165,7 @@ async fn copy_one_way(
     dst: &mut OwnedWriteHalf<TcpStream>,
     dst_peer: &Peer,
     pool: &BufferPool,
-    ends: &Ends<'_>,
+    activity: &Activity<PeerPair>,
 ) -> OneWay {
     let mut bytes = 0u64;
     let mut wait_readable = true;
@@ -191,13 +180,14 @@ async fn copy_one_way(
         match step {
             Step::Moved { n, filled } => {
                 bytes += n as u64;
-                ends.activity.touch();
+                activity.touch();
                 // A full buffer means more is likely queued: read again without waiting.
                 wait_readable = !filled;
             }
             Step::Spurious => wait_readable = true,
             Step::Eof => {
-                (ends.on_half_close)();
+                // IPVS counts a connection as inactive once it starts closing.
+                activity.closer().guard.borrow_mut().set_inactive();
                 return OneWay {
                     bytes,
                     failed: false,

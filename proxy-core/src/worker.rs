@@ -130,7 +130,7 @@ impl Worker {
                     let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
                     if deadline.is_some() {
                         self.idle
-                            .close_matching(at, |c| !live.contains(&Arc::as_ptr(c.backend())));
+                            .close_matching(at, |c| !live.contains(&c.backend()));
                     }
                 }
             }
@@ -301,17 +301,13 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         }
     };
     let backend = entry.backends[upstream.backend].address;
-    // IPVS counts a connection as inactive once it starts closing (the first half-close).
-    let guard = std::cell::RefCell::new(upstream.guard);
-    let half_closed = || guard.borrow_mut().set_inactive();
     let outcome = relay(
         client,
         upstream.stream,
-        Arc::clone(&entry.states[upstream.backend]),
+        upstream.guard,
         entry.service.idle_timeout,
         &worker.pool,
         &worker.idle,
-        &half_closed,
     )
     .await;
     counters
@@ -328,5 +324,4 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
-    drop(guard);
 }
