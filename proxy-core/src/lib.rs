@@ -6,6 +6,8 @@
 //! per new connection and never block on a lock. [`Proxy::shutdown`] stops accepting at once and
 //! lets open connections finish until a deadline.
 //!
+//! `LIFECYCLE.md` beside this file follows one TCP connection from accept to close.
+//!
 //! This crate owns all data-plane I/O. It never parses files and knows nothing of Kubernetes.
 
 mod connect;
