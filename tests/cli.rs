@@ -237,12 +237,6 @@ fn run_with_a_config_file_serves_every_service() {
     let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
     std::fs::remove_file(&path).unwrap();
     assert_eq!(proxy.addrs.len(), 3, "three frontends: {:?}", proxy.addrs);
-    let answer = |addr| {
-        let mut s = connect(addr);
-        let mut got = String::new();
-        std::io::Read::read_to_string(&mut s, &mut got).unwrap();
-        got
-    };
     assert_eq!(answer(proxy.addrs[0]), "web");
     let mut db: Vec<String> = (0..4).map(|i| answer(proxy.addrs[1 + i % 2])).collect();
     db.sort();

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 
 use support::*;
@@ -78,12 +77,6 @@ fn a_selector_less_service_serves_on_cluster_external_and_node_addresses_and_fol
         "cluster IP and external IP at port, node address at nodePort"
     );
 
-    let answer = |addr: SocketAddr| {
-        let mut s = connect(addr);
-        let mut name = String::new();
-        s.read_to_string(&mut name).unwrap();
-        name
-    };
     let mut names: Vec<String> = (0..4).map(|_| answer(cluster)).collect();
     names.sort();
     assert_eq!(

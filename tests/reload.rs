@@ -139,12 +139,7 @@ fn a_bad_edit_is_reported_and_the_last_good_config_keeps_serving() {
     };
     std::fs::write(&path, good(a)).unwrap();
     let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
-    let answer = || {
-        let mut s = connect(proxy.addr());
-        let mut name = String::new();
-        s.read_to_string(&mut name).unwrap();
-        name
-    };
+    let answer = || support::answer(proxy.addr());
     assert_eq!(answer(), "a");
     replace_file(&path, "services:\n  - name: s\n    listen: [\"127.0.0.1:0\"]\n    backends: [{address: \"nowhere\"}]\n");
     proxy.wait_line("reload-failed");

@@ -113,12 +113,7 @@ fn affinity_never_sends_a_client_to_a_backend_that_stopped_answering() {
     );
     let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
     std::fs::remove_file(&path).unwrap();
-    let answer = || {
-        let mut s = connect(proxy.addr());
-        let mut name = String::new();
-        s.read_to_string(&mut name).unwrap();
-        name
-    };
+    let answer = || support::answer(proxy.addr());
     assert_eq!(answer(), "a", "first client pinned to a by round robin");
     for i in 0..5 {
         assert_eq!(

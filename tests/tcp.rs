@@ -133,11 +133,7 @@ fn retry_lands_on_the_live_backend(driver: &str) {
     let proxy = quick(driver, &[dead, live], &[]);
     // Round robin starts half of these on the dead backend; every one must reach the live one.
     for i in 0..10 {
-        let mut s = connect(proxy.addr());
-        let mut got = String::new();
-        s.read_to_string(&mut got)
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert_eq!(got, "live", "connection {i}");
+        assert_eq!(answer(proxy.addr()), "live", "connection {i}");
     }
 }
 
@@ -181,25 +177,14 @@ fn connect_timeout_moves_on_to_the_next_backend(driver: &str) {
     }
     let live = name_server("live");
     // One worker, so round robin's first pick is the black hole for the first connection.
-    let to = format!("{black_hole},{live}");
-    let proxy = Ringlb::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &to,
-        "--io-driver",
+    let proxy = quick_with_workers(
         driver,
-        "--workers",
-        "1",
-        "--connect-timeout",
-        "300ms",
-    ]);
+        1,
+        &[black_hole, live],
+        &["--connect-timeout", "300ms"],
+    );
     let started = Instant::now();
-    let mut s = connect(proxy.addr());
-    let mut got = String::new();
-    s.read_to_string(&mut got).unwrap();
-    assert_eq!(got, "live");
+    assert_eq!(answer(proxy.addr()), "live");
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(250),

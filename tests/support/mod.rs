@@ -221,13 +221,25 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Quick-mode `ringlb run` on a free loopback port with `driver`, in front of `backends`.
+/// Quick-mode `ringlb run` on a free loopback port with `driver` and 2 workers, in front of
+/// `backends`.
 pub fn quick(driver: &str, backends: &[SocketAddr], extra: &[&str]) -> Ringlb {
+    quick_with_workers(driver, 2, backends, extra)
+}
+
+/// As [`quick`] with `workers` workers.
+pub fn quick_with_workers(
+    driver: &str,
+    workers: u16,
+    backends: &[SocketAddr],
+    extra: &[&str],
+) -> Ringlb {
     let to = backends
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    let workers = workers.to_string();
     let mut args = vec![
         "run",
         "--listen",
@@ -237,7 +249,7 @@ pub fn quick(driver: &str, backends: &[SocketAddr], extra: &[&str]) -> Ringlb {
         "--io-driver",
         driver,
         "--workers",
-        "2",
+        &workers,
     ];
     args.extend_from_slice(extra);
     let proxy = Ringlb::start(&args);
@@ -378,6 +390,15 @@ pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(PATIENCE)).unwrap();
     s
+}
+
+/// Opens a connection to `addr` and returns everything it answers until end of stream.
+pub fn answer(addr: SocketAddr) -> String {
+    let mut s = connect(addr);
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("reading the answer of {addr}: {e}"));
+    text
 }
 
 /// Reads the first line (a backend's name) from `s`.
