@@ -41,14 +41,11 @@ mod affinity;
 mod cycle;
 mod dh;
 mod hash;
-mod lc;
+mod least;
 mod mh;
-mod nq;
 mod rr;
-mod sed;
 mod sh;
 mod state;
-mod wlc;
 mod wrr;
 
 #[cfg(test)]
@@ -57,19 +54,18 @@ mod tests;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use least::Cost;
+
 pub use affinity::{
     Affinity, AffinityError, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TIMEOUT_SECS,
     MAX_AFFINITY_TIMEOUT_SECS,
 };
 pub use dh::DestinationHashing;
-pub use lc::LeastConnection;
+pub use least::LeastLoad;
 pub use mh::{Maglev, DEFAULT_MH_TABLE_SIZE, MH_TABLE_SIZES};
-pub use nq::NeverQueue;
 pub use rr::RoundRobin;
-pub use sed::ShortestExpectedDelay;
 pub use sh::{SourceHashing, HASH_TABLE_SIZE};
 pub use state::{BackendState, ConnectionGuard};
-pub use wlc::WeightedLeastConnection;
 pub use wrr::{WeightedRoundRobin, MAX_WRR_CYCLE};
 
 /// Largest backend weight accepted (ipvsadm's range is 0..=65535). It keeps the `u64`
@@ -300,17 +296,17 @@ pub enum Scheduler {
     /// `wrr`
     Wrr(WeightedRoundRobin),
     /// `lc`
-    Lc(LeastConnection),
+    Lc(LeastLoad),
     /// `wlc`
-    Wlc(WeightedLeastConnection),
+    Wlc(LeastLoad),
     /// `sh`
     Sh(SourceHashing),
     /// `dh`
     Dh(DestinationHashing),
     /// `sed`
-    Sed(ShortestExpectedDelay),
+    Sed(LeastLoad),
     /// `nq`
-    Nq(NeverQueue),
+    Nq(LeastLoad),
     /// `mh`
     Mh(Maglev),
 }
@@ -341,16 +337,16 @@ impl Scheduler {
         Ok(match config.kind {
             SchedulerKind::Rr => Scheduler::Rr(RoundRobin::new(backends)),
             SchedulerKind::Wrr => Scheduler::Wrr(WeightedRoundRobin::new(backends)?),
-            SchedulerKind::Lc => Scheduler::Lc(LeastConnection::new(backends)),
-            SchedulerKind::Wlc => Scheduler::Wlc(WeightedLeastConnection::new(backends)),
+            SchedulerKind::Lc => Scheduler::Lc(LeastLoad::new(backends, Cost::Lc)),
+            SchedulerKind::Wlc => Scheduler::Wlc(LeastLoad::new(backends, Cost::Wlc)),
             SchedulerKind::Sh => Scheduler::Sh(SourceHashing::new(
                 backends,
                 config.sh_fallback,
                 config.sh_port,
             )),
             SchedulerKind::Dh => Scheduler::Dh(DestinationHashing::new(backends)),
-            SchedulerKind::Sed => Scheduler::Sed(ShortestExpectedDelay::new(backends)),
-            SchedulerKind::Nq => Scheduler::Nq(NeverQueue::new(backends)),
+            SchedulerKind::Sed => Scheduler::Sed(LeastLoad::new(backends, Cost::Sed)),
+            SchedulerKind::Nq => Scheduler::Nq(LeastLoad::new(backends, Cost::Nq)),
             SchedulerKind::Mh => Scheduler::Mh(Maglev::new(
                 backends,
                 config.mh_table_size,
