@@ -192,7 +192,7 @@ fn a_second_ringlb_does_not_silently_share_the_port() {
 
 #[test]
 fn demo_runs_a_burst_through_ringlb_and_exits_with_once() {
-    let out = ringlb_command(&[
+    let stdout = run_ok(&[
         "demo",
         "--listen",
         "127.0.0.1:0",
@@ -201,15 +201,7 @@ fn demo_runs_a_burst_through_ringlb_and_exits_with_once() {
         "300",
         "--concurrency",
         "8",
-    ])
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     for name in ["backend-1", "backend-2", "backend-3"] {
         // Round robin over 3 backends: 100 each.
         let line = stdout
@@ -250,21 +242,13 @@ fn run_with_a_config_file_serves_every_service() {
 #[test]
 fn check_reads_kubernetes_manifests_and_lists_what_is_not_proxied() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/k8s/valid");
-    let out = ringlb_command(&[
+    let stdout = run_ok(&[
         "check",
         "--config",
         dir.to_str().unwrap(),
         "--node-address",
         "127.0.0.1",
-    ])
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ]);
     assert!(stdout.contains("OK (Kubernetes manifests,"), "{stdout}");
     assert!(
         stdout.contains("DNS only"),

@@ -3,9 +3,29 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 
 use support::*;
+
+/// ringlb in front of `a` and `b` with ClientIP affinity (`extra` adds service keys).
+fn sticky(tag: &str, a: SocketAddr, b: SocketAddr, extra: &str, workers: &str) -> Ringlb {
+    let path = write_config(
+        tag,
+        &format!(
+            "services:\n  - name: sticky\n    listen: [\"127.0.0.1:0\"]\n    session_affinity: client_ip\n{extra}    \
+             backends: [{{address: \"{a}\"}}, {{address: \"{b}\"}}]\n"
+        ),
+    );
+    let proxy = Ringlb::start(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--workers",
+        workers,
+    ]);
+    std::fs::remove_file(&path).unwrap();
+    proxy
+}
 
 /// Closes `s` the way a client ends cleanly, and waits until ringlb has closed its side too.
 fn close(mut s: TcpStream) {
@@ -70,15 +90,7 @@ fn lc_sends_new_connections_to_the_backend_with_fewer_open_ones() {
 fn client_ip_affinity_sticks_across_workers_and_moves_off_a_dead_backend() {
     let a = name_server_for("a", 1_000);
     let b = name_server_for("b", 1_000);
-    let path = write_config(
-        "affinity",
-        &format!(
-            "services:\n  - name: sticky\n    listen: [\"127.0.0.1:0\"]\n    session_affinity: client_ip\n    \
-             session_affinity_timeout: 1h\n    backends: [{{address: \"{a}\"}}, {{address: \"{b}\"}}]\n"
-        ),
-    );
-    let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "2"]);
-    std::fs::remove_file(&path).unwrap();
+    let proxy = sticky("affinity", a, b, "    session_affinity_timeout: 1h\n", "2");
     let answer = |client: u8| {
         let mut s = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, client)), proxy.addr());
         let mut name = String::new();
@@ -104,15 +116,7 @@ fn affinity_never_sends_a_client_to_a_backend_that_stopped_answering() {
     // `a` answers once and then refuses; `b` always answers.
     let a = name_server_for("a", 1);
     let b = name_server_for("b", 1_000);
-    let path = write_config(
-        "affinity-dead",
-        &format!(
-            "services:\n  - name: sticky\n    listen: [\"127.0.0.1:0\"]\n    session_affinity: client_ip\n    \
-             backends: [{{address: \"{a}\"}}, {{address: \"{b}\"}}]\n"
-        ),
-    );
-    let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
-    std::fs::remove_file(&path).unwrap();
+    let proxy = sticky("affinity-dead", a, b, "", "1");
     let answer = || support::answer(proxy.addr());
     assert_eq!(answer(), "a", "first client pinned to a by round robin");
     for i in 0..5 {

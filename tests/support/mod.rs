@@ -221,6 +221,18 @@ pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Runs `ringlb ARGS` to its end, asserts it succeeded and returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = ringlb_command(args).output().expect("run ringlb");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ringlb {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Quick-mode `ringlb run` on a free loopback port with `driver` and 2 workers, in front of
 /// `backends`.
 pub fn quick(driver: &str, backends: &[SocketAddr], extra: &[&str]) -> Ringlb {
