@@ -56,24 +56,59 @@ impl LeastLoad {
     }
 }
 
+/// Independent running minima kept by a scan. One minimum would chain every comparison on the
+/// one before (compare, then conditional move, then the next compare), so a scan of 256
+/// backends ran at the latency of that chain; four lanes over interleaved backends
+/// (`i % LANES`) run in parallel and are merged at the end.
+const LANES: usize = 4;
+
+/// Calls `visit(lane, i, weight, state)` for every backend, backend `i` in lane `i % LANES`,
+/// so that each lane sees its indices in increasing order. The lane loop is unrolled, which
+/// keeps each lane's minimum in registers.
+#[inline(always)]
+fn for_each_lane(
+    weights: &[u32],
+    states: &[Arc<BackendState>],
+    mut visit: impl FnMut(usize, usize, u32, Snapshot),
+) {
+    let mut ws = weights.chunks_exact(LANES);
+    let mut ss = states.chunks_exact(LANES);
+    let mut base = 0;
+    for (w, s) in ws.by_ref().zip(ss.by_ref()) {
+        for lane in 0..LANES {
+            visit(lane, base + lane, w[lane], s[lane].snapshot());
+        }
+        base += LANES;
+    }
+    for (lane, (&w, s)) in ws.remainder().iter().zip(ss.remainder()).enumerate() {
+        visit(lane, base + lane, w, s.snapshot());
+    }
+}
+
 /// `lc`, branch-free: ineligible backends get the key u64::MAX, which no real overhead reaches
-/// (at most 2^31 * 256 + 2^32); ties keep the earlier backend through `<`.
+/// (at most 2^31 * 256 + 2^32); ties keep the earlier backend: `<` within a lane (indices
+/// increase), the lower index across lanes.
 #[inline]
 fn least_overhead(weights: &[u32], states: &[Arc<BackendState>]) -> Option<usize> {
-    let mut best = u64::MAX;
-    let mut best_i = 0;
-    for (i, (&w, s)) in weights.iter().zip(states).enumerate() {
-        let key = s.snapshot().lc_key(w);
-        if key < best {
-            best = key;
-            best_i = i;
+    let mut best = [u64::MAX; LANES];
+    let mut best_i = [usize::MAX; LANES];
+    for_each_lane(weights, states, |lane, i, w, snap| {
+        let key = snap.lc_key(w);
+        if key < best[lane] {
+            best[lane] = key;
+            best_i[lane] = i;
         }
-    }
-    (best != u64::MAX).then_some(best_i)
+    });
+    let (key, i) = best.into_iter().zip(best_i).min()?;
+    (key != u64::MAX).then_some(i)
 }
+
+/// The least-so-far of the kernel loop: index, weight, cost.
+type Least = (usize, u64, u64);
 
 /// The kernel loop of `wlc`, `sed` and `nq`: the first eligible backend seeds `least`, then any
 /// later one replaces it when `cost(least) / w(least) > cost(d) / w(d)` (cross-multiplied).
+/// That picks the first backend of least ratio, which is what the lanes compute and merge.
 ///
 /// Written without branches on the data: an ineligible backend gets weight 0, which can never
 /// win the comparison (`loh * 0 > doh * lw` is false), and the seed is a virtual backend of
@@ -84,16 +119,28 @@ fn least_weighted(
     states: &[Arc<BackendState>],
     cost: impl Fn(Snapshot) -> u64,
 ) -> Option<usize> {
-    let (mut least, mut lw, mut loh) = (usize::MAX, 0u64, 1u64);
-    for (i, (&w, s)) in weights.iter().zip(states).enumerate() {
-        let snap = s.snapshot();
-        let dw = if snap.overloaded() { 0 } else { u64::from(w) };
+    const SEED: Least = (usize::MAX, 0, 1);
+    let mut least = [SEED.0; LANES];
+    let mut lw = [SEED.1; LANES];
+    let mut loh = [SEED.2; LANES];
+    for_each_lane(weights, states, |lane, i, w, snap| {
+        let dw = u64::from(w) & !snap.overloaded_mask();
         let doh = cost(snap);
-        if loh * dw > doh * lw {
-            (least, lw, loh) = (i, dw, doh);
+        if loh[lane] * dw > doh * lw[lane] {
+            (least[lane], lw[lane], loh[lane]) = (i, dw, doh);
         }
-    }
-    (least != usize::MAX).then_some(least)
+    });
+    let merged = (0..LANES).fold(SEED, |l, k| {
+        let d = (least[k], lw[k], loh[k]);
+        let (lhs, rhs) = (l.2 * d.1, d.2 * l.1);
+        // An equal ratio goes to the lower index; `d.1 > 0` keeps an empty lane out.
+        if lhs > rhs || (lhs == rhs && d.1 > 0 && d.0 < l.0) {
+            d
+        } else {
+            l
+        }
+    });
+    (merged.0 != usize::MAX).then_some(merged.0)
 }
 
 /// `ip_vs_sed_dest_overhead`: active connections plus the incoming one.

@@ -62,8 +62,13 @@ impl Snapshot {
     #[inline]
     pub(crate) fn lc_key(self, weight: u32) -> u64 {
         let overhead = ((self.0 & ACTIVE_MASK) >> 24) + (self.0 & INACTIVE_MASK);
-        let ineligible = (self.0 >> 63) | u64::from(weight == 0);
-        overhead | ineligible.wrapping_neg()
+        overhead | self.overloaded_mask() | u64::from(weight == 0).wrapping_neg()
+    }
+
+    /// All ones when overloaded, else 0 (bit 63 spread by an arithmetic shift, no branch).
+    #[inline]
+    pub(crate) fn overloaded_mask(self) -> u64 {
+        ((self.0 as i64) >> 63) as u64
     }
 
     /// `active * 256 + inactive`.

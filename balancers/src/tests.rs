@@ -220,7 +220,7 @@ proptest! {
     }
 
     #[test]
-    fn lc_wlc_sed_nq_match_definitions(bs in backends()) {
+    fn lc_wlc_sed_nq_match_definitions(bs in prop::collection::vec(backend(), 1..=13)) {
         let st = states(&bs);
         let f = flow(Ipv4Addr::LOCALHOST.into(), 1, Ipv4Addr::LOCALHOST.into());
         let lc = bs.iter().enumerate().filter(|(_, b)| ok(b)).min_by_key(|(_, b)| overhead(b)).map(|(i, _)| i);
