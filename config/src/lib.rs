@@ -12,6 +12,7 @@
 mod error;
 pub mod k8s;
 mod model;
+mod names;
 mod raw;
 mod source;
 mod table;
@@ -20,6 +21,7 @@ mod watch;
 
 pub use error::{ConfigError, Problem};
 pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
+pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};
 pub use raw::{parse_yaml, parse_yaml_file};
 pub use source::{load, Format, Loaded};
 pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};

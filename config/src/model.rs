@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use balancers::{BackendSpec, SchedulerConfig};
 
+use crate::names::Target;
+
 /// A whole validated configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -48,8 +50,13 @@ pub struct Service {
     pub protocol: Protocol,
     /// Local addresses to listen on (at least one).
     pub listen: Vec<SocketAddr>,
-    /// Backends in configuration order (at least one).
+    /// Backends in configuration order, IP addresses only: what the table serves. With
+    /// DNS-named backends this is [`Service::targets`] expanded with the latest answers (see
+    /// [`Service::expand`]), and may be empty while no name has resolved.
     pub backends: Vec<Backend>,
+    /// The backend list as written when at least one entry is a DNS name; empty when every
+    /// backend is an IP address (then `backends` is the list as written).
+    pub targets: Vec<Target>,
     /// Scheduler and its flags.
     pub scheduler: SchedulerConfig,
     /// Deadline for one connect attempt to a backend.
@@ -129,6 +136,7 @@ impl Service {
             protocol,
             listen,
             backends,
+            targets: Vec::new(),
             scheduler,
             connect_timeout: ServiceDefaults::CONNECT_TIMEOUT,
             idle_timeout: ServiceDefaults::IDLE_TIMEOUT,

@@ -9,12 +9,13 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
-use balancers::{Scheduler, SchedulerConfig, SchedulerKind, MH_TABLE_SIZES};
+use balancers::{BackendSpec, Scheduler, SchedulerConfig, SchedulerKind, MH_TABLE_SIZES};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::error::{ConfigError, Problem};
 use crate::model::{Backend, Config, Protocol, Service, ServiceDefaults};
+use crate::names::{BackendAddress, DnsConfig, Target};
 
 /// Largest accepted backend weight.
 const MAX_WEIGHT: i64 = 65_535;
@@ -25,6 +26,17 @@ const MAX_ATTEMPTS: i64 = 32;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     services: Option<Spanned<Vec<Spanned<RawService>>>>,
+    dns: Option<Spanned<RawDns>>,
+}
+
+/// The top-level `dns:` key: how DNS-named backends are resolved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    nameservers: Option<Spanned<Vec<Spanned<String>>>>,
+    min_ttl: Option<Spanned<String>>,
+    max_ttl: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +75,14 @@ pub fn parse_yaml_file(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates ringlb YAML text; `source_name` (usually the file name) prefixes every error.
 pub fn parse_yaml(source_name: &str, text: &str) -> Result<Config, ConfigError> {
+    parse_yaml_with_dns(source_name, text).map(|(config, _)| config)
+}
+
+/// As [`parse_yaml`], with the `dns:` settings (defaults when the key is absent).
+pub(crate) fn parse_yaml_with_dns(
+    source_name: &str,
+    text: &str,
+) -> Result<(Config, DnsConfig), ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         source_name: source_name.to_owned(),
         problems,
@@ -73,12 +93,13 @@ pub fn parse_yaml(source_name: &str, text: &str) -> Result<Config, ConfigError> 
         Err(e) => return Err(invalid(vec![syntax_problem(&e)])),
     };
     let mut v = Validator::default();
-    let config = v.config(raw);
+    let dns = v.dns(raw.dns);
+    let config = v.config(raw.services);
     // Report in document order (validation visits some fields out of order).
     v.problems
         .sort_by_key(|p| (p.line.unwrap_or(0), p.column.unwrap_or(0)));
-    match config {
-        Some(config) if v.problems.is_empty() => Ok(config),
+    match (config, dns) {
+        (Some(config), Some(dns)) if v.problems.is_empty() => Ok((config, dns)),
         _ => Err(invalid(v.problems)),
     }
 }
@@ -128,8 +149,8 @@ impl Validator {
         });
     }
 
-    fn config(&mut self, raw: RawConfig) -> Option<Config> {
-        let Some(services) = raw.services else {
+    fn config(&mut self, services: Option<Spanned<Vec<Spanned<RawService>>>>) -> Option<Config> {
+        let Some(services) = services else {
             self.problems.push(Problem {
                 path: "services".into(),
                 ..root_problem("required: list at least one service")
@@ -290,7 +311,7 @@ impl Validator {
                     .enumerate()
                     .filter_map(|(j, be)| self.backend(&format!("{path}.backends[{j}]"), be))
                     .collect();
-                (list.len() == n && n > 0).then_some(list)
+                (list.len() == n && n > 0).then(|| Target::split(list))
             }
         };
         let scheduler_at = r.scheduler.as_ref().map_or(at, |s| s.referenced);
@@ -332,11 +353,13 @@ impl Validator {
                 }
             },
         };
+        let (backends, targets) = backends?;
         Some(Service {
             name: name?,
             protocol: protocol?,
             listen: listen?,
-            backends: backends?,
+            backends,
+            targets,
             scheduler: scheduler?,
             connect_timeout: connect_timeout?,
             idle_timeout: idle_timeout?,
@@ -346,11 +369,17 @@ impl Validator {
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }
 
-    fn backend(&mut self, path: &str, raw: Spanned<RawBackend>) -> Option<Backend> {
+    fn backend(&mut self, path: &str, raw: Spanned<RawBackend>) -> Option<Target> {
         let at = raw.referenced;
         let r = raw.value;
         let address = match r.address {
-            Some(a) => self.socket_addr(&a, format!("{path}.address")),
+            Some(a) => match BackendAddress::parse(&a.value) {
+                Ok(address) => Some(address),
+                Err(reason) => {
+                    self.at(&a, format!("{path}.address"), reason);
+                    None
+                }
+            },
             None => {
                 self.problems.push(Problem {
                     line: Some(at.line()),
@@ -392,7 +421,7 @@ impl Validator {
                 }
             },
         };
-        Some(Backend {
+        Some(Target {
             address: address?,
             weight: weight?,
             max_connections: max_connections?,
@@ -526,7 +555,15 @@ impl Validator {
         at: serde_saphyr::Location,
         svc: Service,
     ) -> Option<Service> {
-        let specs: Vec<_> = svc.backends.iter().map(Backend::spec).collect();
+        let mut specs: Vec<_> = svc.backends.iter().map(Backend::spec).collect();
+        if !svc.targets.is_empty() {
+            // Names resolve later: check the list as written, one backend per entry.
+            specs = svc
+                .targets
+                .iter()
+                .map(|t| BackendSpec::new(t.weight).with_max_connections(t.max_connections))
+                .collect();
+        }
         match Scheduler::build(&svc.scheduler, &specs) {
             Ok(_) => Some(svc),
             Err(e) => {
@@ -542,6 +579,72 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// The `dns:` settings; defaults when absent.
+    fn dns(&mut self, raw: Option<Spanned<RawDns>>) -> Option<DnsConfig> {
+        let Some(raw) = raw else {
+            return Some(DnsConfig::default());
+        };
+        let r = raw.value;
+        let mut nameservers = Vec::new();
+        let mut ok = true;
+        let listed = r.nameservers.iter().flat_map(|n| n.value.iter());
+        for (j, ns) in listed.enumerate() {
+            // A bare IP means the standard port 53, as in resolv.conf.
+            let text = ns.value.trim();
+            match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => nameservers.push(SocketAddr::new(ip, 53)),
+                Err(_) => match self.socket_addr(ns, format!("dns.nameservers[{j}]")) {
+                    Some(addr) => nameservers.push(addr),
+                    None => ok = false,
+                },
+            }
+        }
+        if let Some(list) = r.nameservers.as_ref().filter(|l| l.value.is_empty()) {
+            self.at(
+                list,
+                "dns.nameservers",
+                "list at least one name server, or leave the key out to use /etc/resolv.conf",
+            );
+            ok = false;
+        }
+        let d = DnsConfig::default();
+        let min_ttl = self.duration(r.min_ttl.clone(), "dns.min_ttl".into(), d.min_ttl);
+        let max_ttl = self.duration(r.max_ttl.clone(), "dns.max_ttl".into(), d.max_ttl);
+        let timeout = self.duration(r.timeout.clone(), "dns.timeout".into(), d.timeout);
+        if let (Some(min), Some(t)) = (min_ttl, &r.min_ttl) {
+            if min < DnsConfig::MIN_TTL {
+                self.at(t, "dns.min_ttl", "must be at least 1s");
+                ok = false;
+            }
+        }
+        if let (Some(min), Some(max), Some(t)) = (min_ttl, max_ttl, &r.max_ttl) {
+            if max < min {
+                self.at(
+                    t,
+                    "dns.max_ttl",
+                    format!(
+                        "must not be below min_ttl ({})",
+                        humantime::format_duration(min)
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if let (Some(timeout), Some(t)) = (timeout, &r.timeout) {
+            if timeout > DnsConfig::MAX_TIMEOUT {
+                self.at(t, "dns.timeout", "must be at most 30s");
+                ok = false;
+            }
+        }
+        let config = DnsConfig {
+            nameservers,
+            min_ttl: min_ttl?,
+            max_ttl: max_ttl?,
+            timeout: timeout?,
+        };
+        ok.then_some(config)
     }
 
     fn socket_addr(&mut self, s: &Spanned<String>, path: String) -> Option<SocketAddr> {

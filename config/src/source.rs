@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::error::ConfigError;
 use crate::k8s::{self, NotProxied, NotProxiedReason, StandaloneOptions};
 use crate::model::{Config, Protocol};
+use crate::names::DnsConfig;
 
 /// The formats a configuration path can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct Loaded {
     pub format: Format,
     /// Kubernetes Services and ports that are valid but not proxied, with why.
     pub not_proxied: Vec<NotProxied>,
+    /// How DNS-named backends are resolved (the `dns:` key of ringlb YAML; defaults otherwise).
+    pub dns: DnsConfig,
 }
 
 /// Reads `path`: a directory of manifests, a manifest file (a document with `apiVersion:` or
@@ -42,10 +45,13 @@ pub fn load(path: &Path, node_addresses: &[IpAddr]) -> Result<Loaded, ConfigErro
             source,
         })?;
         if !looks_like_manifests(&text) {
+            let (config, dns) =
+                crate::raw::parse_yaml_with_dns(&path.display().to_string(), &text)?;
             return Ok(Loaded {
-                config: crate::parse_yaml(&path.display().to_string(), &text)?,
+                config,
                 format: Format::Ringlb,
                 not_proxied: Vec::new(),
+                dns,
             });
         }
     }
@@ -66,6 +72,7 @@ pub fn load(path: &Path, node_addresses: &[IpAddr]) -> Result<Loaded, ConfigErro
         config,
         format: Format::Kubernetes,
         not_proxied,
+        dns: DnsConfig::default(),
     })
 }
 
