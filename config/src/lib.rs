@@ -6,7 +6,12 @@
 //! Only checked types leave this crate. [`Table`] is the immutable snapshot the data plane
 //! reads; it is built here, off the hot path, and carries node-wide counters across rebuilds.
 //!
-//! This crate never opens a data-plane socket and never depends on an async runtime.
+//! Backends may be DNS names ([`BackendAddress::Name`]): with the `dns` feature, `DnsWatch`
+//! resolves them on their TTL on a thread of its own, and [`Config::expand`] turns the answers
+//! into IP backends.
+//!
+//! This crate never opens a data-plane socket. Its only async runtime is the `dns` feature's
+//! current-thread tokio runtime on the `ringlb-dns` thread; the data plane never sees it.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -14,6 +19,8 @@ pub mod k8s;
 mod model;
 mod names;
 mod raw;
+#[cfg(feature = "dns")]
+mod resolver;
 mod source;
 mod table;
 #[cfg(feature = "watch")]
@@ -23,6 +30,8 @@ pub use error::{ConfigError, Problem};
 pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
 pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};
 pub use raw::{parse_yaml, parse_yaml_file};
+#[cfg(feature = "dns")]
+pub use resolver::{DnsError, DnsWatch};
 pub use source::{load, Format, Loaded};
 pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};
 #[cfg(feature = "watch")]
