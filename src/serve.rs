@@ -11,7 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
-use config::{Backend, Config, Protocol, Service, ServiceDefaults, Table};
+use config::{
+    Backend, BackendAddress, Config, DnsConfig, DnsWatch, Protocol, Service, ServiceDefaults,
+    Table, Target,
+};
 use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -20,10 +23,12 @@ use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut dns = DnsConfig::default();
     let config = match (&args.config, args.listen) {
         (Some(path), _) => {
             let loaded = config::load(path, &args.node_addresses)?;
             report_not_proxied(&loaded.not_proxied);
+            dns = loaded.dns;
             loaded.config
         }
         (None, Some(listen)) => quick_config(listen, &args)?,
@@ -32,6 +37,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let source = args.config.as_deref().map(|path| Source {
         path,
         node_addresses: &args.node_addresses,
+        dns: &dns,
     });
     serve(config, source, &args.reload, &args.data_plane, |_| {})
 }
@@ -65,6 +71,8 @@ pub struct Source<'a> {
     pub path: &'a Path,
     /// Where Kubernetes NodePorts listen.
     pub node_addresses: &'a [std::net::IpAddr],
+    /// The `dns:` settings of the config as first loaded (reloads read them again).
+    pub dns: &'a DnsConfig,
 }
 
 /// Logs the Kubernetes Services and ports that are valid but not proxied.
@@ -80,6 +88,52 @@ enum Control {
     Reload(&'static str),
     /// Stop accepting and drain (SIGTERM, SIGINT).
     Stop(i32),
+    /// The addresses of a DNS-named backend changed.
+    Resolved,
+}
+
+/// DNS-named backends: the watch, started by the first config that names a host, and where
+/// it reports changes.
+struct Names {
+    watch: Option<DnsWatch>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Names {
+    /// Follows the host names of `config` (as written) with `dns`, waits briefly for the first
+    /// answers of names new to it, and returns `config` expanded with the answers known now. A
+    /// name without an answer is logged; its backends are left out until it resolves.
+    fn follow(&mut self, config: &Config, dns: &DnsConfig) -> anyhow::Result<Config> {
+        let names = config.host_names();
+        if names.is_empty() && self.watch.is_none() {
+            return Ok(config.clone());
+        }
+        let watch = match &mut self.watch {
+            Some(watch) => watch,
+            None => {
+                let tx = self.control.clone();
+                self.watch.insert(DnsWatch::start(move || {
+                    let _ = tx.send(Control::Resolved);
+                })?)
+            }
+        };
+        // A and AAAA are asked at once; allow one retry after a lost query.
+        let wait = dns.timeout * 2 + Duration::from_secs(1);
+        watch.sync(dns, names.clone(), wait)?;
+        let answers = watch.answers();
+        for name in names.iter().filter(|n| !answers.contains_key(*n)) {
+            tracing::warn!(%name, "DNS name not resolved yet: its backends are left out until it resolves");
+        }
+        Ok(config.expand(&answers))
+    }
+
+    /// `config` (as written) expanded with the latest answers.
+    fn expand(&self, config: &Config) -> Config {
+        match &self.watch {
+            Some(watch) => config.expand(&watch.answers()),
+            None => config.clone(),
+        }
+    }
 }
 
 /// Events arriving this soon after a reload trigger are folded into one reload (an editor's
@@ -141,7 +195,16 @@ pub fn serve(
     if config.services.is_empty() {
         tracing::warn!("the config has no service to serve; waiting for a change to it");
     }
+    // `last_good` is the config as written; `serving` is it expanded with DNS answers, before
+    // port-0 frontends are bound (reloads compare and bind again from there).
     let mut last_good = config.clone();
+    let mut dns = source.map(|s| s.dns.clone()).unwrap_or_default();
+    let mut names = Names {
+        watch: None,
+        control: control_tx.clone(),
+    };
+    config = names.follow(&last_good, &dns)?;
+    let mut serving = config.clone();
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
@@ -150,22 +213,51 @@ pub fn serve(
 
     let mut reload_failures = 0u64;
     let signal = loop {
-        let why = match control_rx.recv() {
-            Ok(Control::Reload(why)) => why,
+        let mut why = match control_rx.recv() {
+            Ok(Control::Reload(why)) => Some(why),
+            Ok(Control::Resolved) => None,
             Ok(Control::Stop(signal)) => break signal,
             Err(_) => break SIGTERM,
         };
         // Fold the burst of events of one save into one reload; a stop request wins.
         let mut stop = None;
         while let Ok(event) = control_rx.recv_timeout(RELOAD_SETTLE) {
-            if let Control::Stop(signal) = event {
-                stop = Some(signal);
-                break;
+            match event {
+                Control::Stop(signal) => {
+                    stop = Some(signal);
+                    break;
+                }
+                Control::Reload(w) => why = Some(w),
+                Control::Resolved => {}
             }
         }
         if let Some(signal) = stop {
             break signal;
         }
+        let Some(why) = why else {
+            // DNS answers changed: the same path as a reload, so only services whose
+            // addresses changed are rebuilt and removed addresses drain like removed backends.
+            let expanded = names.expand(&last_good);
+            if expanded != serving {
+                let changed: Vec<&str> = expanded
+                    .services
+                    .iter()
+                    .filter(|s| !serving.services.contains(s))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                match proxy.reload(expanded.clone(), reload.backend_drain_timeout) {
+                    Ok(report) => {
+                        announce_line(&format!("resolved version={}", report.version));
+                        tracing::info!(version = report.version, services = ?changed, "DNS answers changed; services rebuilt");
+                        serving = expanded;
+                    }
+                    Err(e) => tracing::error!(
+                        "new DNS answers not applied, the current backends keep serving: {e}"
+                    ),
+                }
+            }
+            continue;
+        };
         let Some(src) = source else {
             tracing::info!(
                 trigger = why,
@@ -173,11 +265,18 @@ pub fn serve(
             );
             continue;
         };
-        match config::load(src.path, src.node_addresses).map(|l| l.config) {
-            Ok(new) if new == last_good => tracing::debug!(trigger = why, "config unchanged"),
-            Ok(new) => match proxy.reload(new.clone(), reload.backend_drain_timeout) {
-                Ok(report) => {
-                    last_good = new;
+        match config::load(src.path, src.node_addresses) {
+            Ok(new) if new.config == last_good && new.dns == dns => {
+                tracing::debug!(trigger = why, "config unchanged")
+            }
+            Ok(new) => match names.follow(&new.config, &new.dns).and_then(|expanded| {
+                let report = proxy.reload(expanded.clone(), reload.backend_drain_timeout)?;
+                Ok((report, expanded))
+            }) {
+                Ok((report, expanded)) => {
+                    last_good = new.config;
+                    dns = new.dns;
+                    serving = expanded;
                     announce_line(&format!("reloaded version={}", report.version));
                     tracing::info!(
                         trigger = why,
@@ -192,9 +291,13 @@ pub fn serve(
                     tracing::error!(
                         trigger = why,
                         failures = reload_failures,
-                        "reload failed, the last good config keeps serving: {e}"
+                        "reload failed, the last good config keeps serving: {e:#}"
                     );
                     announce_line(&format!("reload-failed failures={reload_failures}"));
+                    // Follow the names of the config that keeps serving again.
+                    if let Err(e) = names.follow(&last_good, &dns) {
+                        tracing::error!("DNS names of the serving config: {e:#}");
+                    }
                 }
             },
             Err(e) => {
@@ -279,6 +382,24 @@ pub fn check(path: &Path, node_addresses: &[std::net::IpAddr]) -> ExitCode {
     match config::load(path, node_addresses) {
         Ok(loaded) => {
             print!("{}", describe(&loaded.config));
+            let names = loaded.config.host_names().len();
+            if names > 0 {
+                let d = &loaded.dns;
+                let servers = if d.nameservers.is_empty() {
+                    "the system's (/etc/resolv.conf)".to_owned()
+                } else {
+                    let list: Vec<String> = d.nameservers.iter().map(ToString::to_string).collect();
+                    list.join(", ")
+                };
+                println!(
+                    "dns: {names} name{} resolved at run time by {servers}, TTL clamped to {}..{}, \
+                     timeout {}",
+                    if names == 1 { "" } else { "s" },
+                    humantime::format_duration(d.min_ttl),
+                    humantime::format_duration(d.max_ttl),
+                    humantime::format_duration(d.timeout)
+                );
+            }
             for np in &loaded.not_proxied {
                 println!("not proxied {}: {}", np.name, np.reason);
             }
@@ -342,10 +463,24 @@ fn describe(config: &Config) -> String {
         for l in &svc.listen {
             let _ = writeln!(s, "  listen  {l}");
         }
-        for b in &svc.backends {
-            let _ = write!(s, "  backend {} weight {}", b.address, b.weight);
-            if let Some(m) = b.max_connections {
+        // The list as written: what a DNS name resolves to is only known at run time.
+        let written: Vec<Target> = if svc.targets.is_empty() {
+            let ip = |b: &Backend| Target {
+                address: BackendAddress::Ip(b.address),
+                weight: b.weight,
+                max_connections: b.max_connections,
+            };
+            svc.backends.iter().map(ip).collect()
+        } else {
+            svc.targets.clone()
+        };
+        for t in &written {
+            let _ = write!(s, "  backend {} weight {}", t.address, t.weight);
+            if let Some(m) = t.max_connections {
                 let _ = write!(s, " max_connections {m}");
+            }
+            if matches!(t.address, BackendAddress::Name(..)) {
+                let _ = write!(s, " (DNS name: one backend per A/AAAA address)");
             }
             let _ = writeln!(s);
         }
