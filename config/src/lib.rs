@@ -27,9 +27,9 @@ mod table;
 mod watch;
 
 pub use error::{ConfigError, Problem};
-pub use model::{Backend, Config, Protocol, Service, ServiceDefaults};
+pub use model::{Admin, Backend, Config, Protocol, Service, ServiceDefaults};
 pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};
-pub use raw::{parse_yaml, parse_yaml_file};
+pub use raw::{parse_admin, parse_yaml, parse_yaml_file};
 #[cfg(feature = "dns")]
 pub use resolver::{DnsError, DnsWatch};
 pub use source::{load, Format, Loaded};

@@ -1,6 +1,6 @@
 //! Checked configuration types: everything here has been validated.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -143,5 +143,53 @@ impl Service {
             max_connect_attempts: ServiceDefaults::MAX_CONNECT_ATTEMPTS,
             session_affinity: None,
         }
+    }
+}
+
+/// Where the admin HTTP API listens: the top-level `admin:` key of ringlb YAML, and
+/// `ringlb run --admin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// No admin listener (`off`).
+    Off,
+    /// Listen on this address (port 0: a free port).
+    Listen(SocketAddr),
+}
+
+impl Admin {
+    /// Where the admin API listens when a config file does not say: loopback only, so nothing
+    /// is exposed on other interfaces unless asked; 9901 is Envoy's customary admin port.
+    pub const DEFAULT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+
+    /// Parses `off` or an `IP:port` address (IPv6 as `[::1]:9901`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Admin> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Some(Admin::Off);
+        }
+        s.parse().ok().map(Admin::Listen)
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::Admin;
+
+    #[test]
+    fn admin_is_off_or_an_address() {
+        assert_eq!(Admin::parse("off"), Some(Admin::Off));
+        assert_eq!(Admin::parse(" OFF "), Some(Admin::Off));
+        assert_eq!(
+            Admin::parse("127.0.0.1:0"),
+            Some(Admin::Listen("127.0.0.1:0".parse().unwrap()))
+        );
+        assert_eq!(
+            Admin::parse("[::1]:9901"),
+            Some(Admin::Listen("[::1]:9901".parse().unwrap()))
+        );
+        for bad in ["", "on", "false", "localhost:9901", "9901", "127.0.0.1"] {
+            assert_eq!(Admin::parse(bad), None, "{bad:?}");
+        }
+        assert!(Admin::DEFAULT.ip().is_loopback());
     }
 }

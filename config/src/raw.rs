@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::error::{ConfigError, Problem};
-use crate::model::{Backend, Config, Protocol, Service, ServiceDefaults};
+use crate::model::{Admin, Backend, Config, Protocol, Service, ServiceDefaults};
 use crate::names::{BackendAddress, DnsConfig, Target};
 
 /// Largest accepted backend weight.
@@ -27,6 +27,8 @@ const MAX_ATTEMPTS: i64 = 32;
 struct RawConfig {
     services: Option<Spanned<Vec<Spanned<RawService>>>>,
     dns: Option<Spanned<RawDns>>,
+    /// `off` or the admin API's `IP:port`; read by [`parse_admin`], checked here.
+    admin: Option<Spanned<String>>,
 }
 
 /// The top-level `dns:` key: how DNS-named backends are resolved.
@@ -93,6 +95,9 @@ pub(crate) fn parse_yaml_with_dns(
         Err(e) => return Err(invalid(vec![syntax_problem(&e)])),
     };
     let mut v = Validator::default();
+    if let Some(admin) = &raw.admin {
+        v.admin(admin);
+    }
     let dns = v.dns(raw.dns);
     let config = v.config(raw.services);
     // Report in document order (validation visits some fields out of order).
@@ -689,9 +694,80 @@ impl Validator {
     }
 }
 
+/// The top-level `admin:` key alone; the rest of the document is skipped.
+#[derive(Debug, Deserialize)]
+struct RawAdminOnly {
+    admin: Option<String>,
+}
+
+/// The `admin:` key of ringlb YAML text: `Ok(None)` when the key is absent. Only the key is
+/// read: [`parse_yaml`] validates the whole text, this key included, with locations.
+pub fn parse_admin(source_name: &str, text: &str) -> Result<Option<Admin>, ConfigError> {
+    let invalid = |problem| ConfigError::Invalid {
+        source_name: source_name.to_owned(),
+        problems: vec![problem],
+    };
+    let raw: Option<RawAdminOnly> =
+        serde_saphyr::from_str(text).map_err(|e| invalid(syntax_problem(&e)))?;
+    let Some(value) = raw.and_then(|r| r.admin) else {
+        return Ok(None);
+    };
+    match Admin::parse(&value) {
+        Some(admin) => Ok(Some(admin)),
+        None => Err(invalid(Problem {
+            path: "admin".into(),
+            ..root_problem(&admin_reason(&value))
+        })),
+    }
+}
+
+fn admin_reason(value: &str) -> String {
+    format!("{value:?} is neither off nor an IP:port address (IPv6 as [::1]:9901)")
+}
+
+impl Validator {
+    /// The top-level `admin:` key: `off` or an `IP:port` address.
+    fn admin(&mut self, raw: &Spanned<String>) {
+        if Admin::parse(&raw.value).is_none() {
+            self.at(raw, "admin", admin_reason(&raw.value));
+        }
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     (1..=63).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::{parse_admin, parse_yaml};
+    use crate::model::Admin;
+
+    const SERVICES: &str = "services:\n  - {name: web, listen: [\"127.0.0.1:80\"], backends: [{address: \"127.0.0.1:81\"}]}\n";
+
+    #[test]
+    fn the_admin_key_is_read_alone_and_validated_with_the_rest() {
+        assert_eq!(parse_admin("t.yaml", SERVICES).unwrap(), None);
+        for (value, want) in [
+            ("off", Admin::Off),
+            (
+                "\"[::1]:9901\"",
+                Admin::Listen("[::1]:9901".parse().unwrap()),
+            ),
+        ] {
+            let text = format!("admin: {value}\n{SERVICES}");
+            assert!(parse_yaml("t.yaml", &text).is_ok(), "{text}");
+            assert_eq!(parse_admin("t.yaml", &text).unwrap(), Some(want));
+        }
+        let text = format!("{SERVICES}admin: nope\n");
+        let err = parse_yaml("t.yaml", &text).unwrap_err().to_string();
+        assert!(
+            err.contains("t.yaml:3:8: admin: \"nope\" is neither off nor an IP:port"),
+            "{err}"
+        );
+        assert!(parse_admin("t.yaml", &text).is_err());
+    }
 }
