@@ -86,6 +86,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub max_connect_attempts: u32,
 
+    /// Admin HTTP API (/metrics, /healthz, /readyz, /config, /stats): IP:port, or off.
+    /// Default: the config's `admin:` key, else 127.0.0.1:9901 with --config; off in quick mode.
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_admin)]
+    pub admin: Option<config::Admin>,
+
     #[command(flatten)]
     pub reload: ReloadArgs,
 
@@ -174,6 +179,11 @@ impl From<DriverArg> for IoDriver {
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
         .map_err(|e: balancers::UnknownScheduler| e.to_string())
+}
+
+fn parse_admin(s: &str) -> Result<config::Admin, String> {
+    config::Admin::parse(s)
+        .ok_or_else(|| "expected off or an IP:port address (IPv6 as [::1]:9901)".to_owned())
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {

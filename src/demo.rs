@@ -40,6 +40,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None,
         &ReloadArgs::default(),
         &args.data_plane,
+        None,
         |proxy| {
             let target = proxy.frontends()[0].local_addr;
             println!(

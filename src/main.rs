@@ -2,6 +2,7 @@
 //!
 //! Protocol logic lives in `proxy-core`; scheduling in `balancers`; parsing in `config`.
 
+mod admin;
 mod cli;
 mod demo;
 mod serve;

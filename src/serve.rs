@@ -19,15 +19,18 @@ use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::admin::{self, AdminBind, AdminServer, AdminState};
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut admin_key = None;
     let mut dns = DnsConfig::default();
     let config = match (&args.config, args.listen) {
         (Some(path), _) => {
             let loaded = config::load(path, &args.node_addresses)?;
             report_not_proxied(&loaded.not_proxied);
+            admin_key = admin_key_of(path, loaded.format)?;
             dns = loaded.dns;
             loaded.config
         }
@@ -39,7 +42,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         node_addresses: &args.node_addresses,
         dns: &dns,
     });
-    serve(config, source, &args.reload, &args.data_plane, |_| {})
+    let admin = admin_bind(&args, admin_key);
+    serve(
+        config,
+        source,
+        &args.reload,
+        &args.data_plane,
+        admin,
+        |_| {},
+    )
+}
+
+/// Where the admin API listens: `--admin`, else the config file's `admin:` key, else
+/// [`config::Admin::DEFAULT`] with `--config`; in quick mode only where `--admin` says.
+fn admin_bind(args: &RunArgs, admin_key: Option<config::Admin>) -> Option<AdminBind> {
+    let (setting, explicit) = match (args.admin.or(admin_key), &args.config) {
+        (Some(setting), _) => (setting, true),
+        (None, Some(_)) => (config::Admin::Listen(config::Admin::DEFAULT), false),
+        (None, None) => return None,
+    };
+    match setting {
+        config::Admin::Off => None,
+        config::Admin::Listen(addr) => Some(AdminBind { addr, explicit }),
+    }
+}
+
+/// The `admin:` key of a ringlb YAML file; Kubernetes manifests have none.
+fn admin_key_of(path: &Path, format: config::Format) -> anyhow::Result<Option<config::Admin>> {
+    if format != config::Format::Ringlb {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(config::parse_admin(&path.display().to_string(), &text)?)
 }
 
 fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<Config> {
@@ -149,6 +184,7 @@ pub fn serve(
     source: Option<Source<'_>>,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
+    admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
     match proxy_core::raise_nofile_limit() {
@@ -184,6 +220,11 @@ pub fn serve(
         }
         None => None,
     };
+    // Before the data plane: a taken admin port fails before any worker starts.
+    let admin_listener = match admin {
+        Some(bind) => admin::bind(bind)?,
+        None => None,
+    };
     let options = ProxyOptions {
         workers: dp
             .workers
@@ -207,12 +248,24 @@ pub fn serve(
     let mut serving = config.clone();
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
+    let admin_state = Arc::new(AdminState::new(Arc::clone(&table)));
+    let admin_server = admin_listener
+        .map(|listener| AdminServer::start(listener, Arc::clone(&admin_state)))
+        .transpose()?;
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
+    admin_state.set_ready();
     announce(&proxy, &table.load());
+    if let Some(server) = &admin_server {
+        announce_line(&format!("admin addr={}", server.local_addr()));
+        tracing::info!(addr = %server.local_addr(), "admin API listening");
+    }
     on_ready(&proxy);
 
-    let mut reload_failures = 0u64;
     let signal = loop {
+        // Every table swap (reload, DNS change) happens in one turn of this loop.
+        admin_state
+            .telemetry
+            .table_published(proxy.table().version());
         let mut why = match control_rx.recv() {
             Ok(Control::Reload(why)) => Some(why),
             Ok(Control::Resolved) => None,
@@ -277,6 +330,7 @@ pub fn serve(
                     last_good = new.config;
                     dns = new.dns;
                     serving = expanded;
+                    admin_state.telemetry.reload_succeeded();
                     announce_line(&format!("reloaded version={}", report.version));
                     tracing::info!(
                         trigger = why,
@@ -287,7 +341,7 @@ pub fn serve(
                     );
                 }
                 Err(e) => {
-                    reload_failures += 1;
+                    let reload_failures = admin_state.telemetry.reload_failed();
                     tracing::error!(
                         trigger = why,
                         failures = reload_failures,
@@ -301,7 +355,7 @@ pub fn serve(
                 }
             },
             Err(e) => {
-                reload_failures += 1;
+                let reload_failures = admin_state.telemetry.reload_failed();
                 tracing::error!(
                     trigger = why,
                     failures = reload_failures,
@@ -316,6 +370,7 @@ pub fn serve(
     } else {
         "SIGTERM"
     };
+    admin_state.set_draining();
     tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
     let table = proxy.table();
     let report = proxy.shutdown(dp.drain_timeout);
@@ -338,6 +393,9 @@ pub fn serve(
             bytes_to_client = c.bytes_to_client.load(Relaxed),
             "service totals"
         );
+    }
+    if let Some(server) = admin_server {
+        server.stop();
     }
     Ok(())
 }

@@ -1,0 +1,391 @@
+//! The admin HTTP API: `/healthz`, `/readyz`, `/config`, `/stats` and `/metrics`.
+//!
+//! It runs on the control plane: one thread (`ringlb-admin`) with a current-thread tokio
+//! runtime serving HTTP/1.1 through hyper. Every answer is computed from the live [`Table`] and
+//! the control plane's own [`Telemetry`] when it is asked for; nothing here touches a data-plane
+//! socket or adds work to the data plane. Only `GET` (and `HEAD`) are served.
+
+mod exposition;
+mod views;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use config::Table;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::oneshot;
+
+use self::exposition::TableSeries;
+use self::views::{ConfigView, StatsView};
+
+/// Where the admin API is to listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminBind {
+    /// The address (port 0: a free one).
+    pub addr: SocketAddr,
+    /// Asked for with `--admin` or the `admin:` key: a taken address is a startup error. The
+    /// default address, when taken, only gets a warning and ringlb runs without the admin API,
+    /// so several ringlb processes started from config files can run side by side.
+    pub explicit: bool,
+}
+
+/// Binds the admin listener before anything else starts, so that a taken port fails early.
+/// `Ok(None)` when the default address is taken (see [`AdminBind::explicit`]).
+pub fn bind(bind: AdminBind) -> anyhow::Result<Option<std::net::TcpListener>> {
+    match std::net::TcpListener::bind(bind.addr) {
+        Ok(listener) => {
+            if !bind.addr.ip().is_loopback() {
+                tracing::info!(addr = %bind.addr, "the admin API listens beyond loopback: /config shows every frontend and backend");
+            }
+            Ok(Some(listener))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse && !bind.explicit => {
+            tracing::warn!(
+                addr = %bind.addr,
+                "the default admin address is in use (another ringlb?); running without the admin API. Set --admin ADDR or `admin:` in the config (`off` to disable)"
+            );
+            Ok(None)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen for the admin API on {}: address already in use (choose another with --admin ADDR or `admin:`, or `off`)",
+            bind.addr
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot listen for the admin API on {}", bind.addr)),
+    }
+}
+
+/// Where the process is in its life, for `/readyz`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    /// Before the table is loaded and every listener bound.
+    Starting = 0,
+    /// Serving.
+    Ready = 1,
+    /// Stopped accepting; open connections finish.
+    Draining = 2,
+}
+
+/// What the control plane counts itself: reloads and table swaps.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    reloads_succeeded: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// The table version whose publication time is `swapped_at_ms`.
+    swapped_version: AtomicU64,
+    /// Unix time in milliseconds.
+    swapped_at_ms: AtomicU64,
+}
+
+impl Telemetry {
+    /// Counts a reload that made a new table live.
+    pub fn reload_succeeded(&self) {
+        self.reloads_succeeded.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a reload that changed nothing because it failed; returns the failures so far.
+    pub fn reload_failed(&self) -> u64 {
+        self.reloads_failed.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Records now as the time the table `version` was published, unless that version was
+    /// already seen. The control loop calls it after every event it handled, so each swap
+    /// (reload, DNS change) is timed by the loop iteration that made it.
+    pub fn table_published(&self, version: u64) {
+        if self.swapped_version.swap(version, Relaxed) != version {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+            self.swapped_at_ms.store(ms, Relaxed);
+        }
+    }
+
+    fn last_swap_unix_seconds(&self) -> f64 {
+        self.swapped_at_ms.load(Relaxed) as f64 / 1000.0
+    }
+}
+
+/// What the admin API reads: the live table, the phase and the control plane's counters.
+#[derive(Debug)]
+pub struct AdminState {
+    table: Arc<ArcSwap<Table>>,
+    phase: AtomicU8,
+    /// Reloads and table swaps.
+    pub telemetry: Telemetry,
+}
+
+impl AdminState {
+    /// State for the data plane reading `table`, not ready yet.
+    pub fn new(table: Arc<ArcSwap<Table>>) -> AdminState {
+        let telemetry = Telemetry::default();
+        telemetry.table_published(table.load().version());
+        AdminState {
+            table,
+            phase: AtomicU8::new(Phase::Starting as u8),
+            telemetry,
+        }
+    }
+
+    /// Every listener is bound and the workers accept: `/readyz` answers 200.
+    pub fn set_ready(&self) {
+        self.phase.store(Phase::Ready as u8, Relaxed);
+    }
+
+    /// Stopped accepting: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.phase.store(Phase::Draining as u8, Relaxed);
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Relaxed) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    /// The `/metrics` exposition now.
+    pub fn metrics(&self) -> String {
+        let table = self.table.load();
+        exposition::render(&table, &[&TableSeries, &self.telemetry])
+    }
+}
+
+/// The running admin server; stopping it (or dropping it) lets requests in flight finish for
+/// up to [`GRACE`].
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// How long requests in flight may take to finish once the server stops.
+const GRACE: Duration = Duration::from_secs(2);
+/// At most this many admin connections at once; more are closed at accept, so that scrapers
+/// cannot take file descriptors the data plane needs.
+const MAX_CONNECTIONS: usize = 128;
+/// A client has this long to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AdminServer {
+    /// Serves `listener` (from [`bind`]) on its own thread.
+    pub fn start(
+        listener: std::net::TcpListener,
+        state: Arc<AdminState>,
+    ) -> anyhow::Result<AdminServer> {
+        let addr = listener.local_addr().context("admin listener address")?;
+        listener
+            .set_nonblocking(true)
+            .context("admin listener: set non-blocking")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("cannot start the admin API's runtime")?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).context("admin listener")?
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("ringlb-admin".into())
+            .spawn(move || runtime.block_on(serve(listener, state, stop_rx)))
+            .context("cannot start the admin thread")?;
+        Ok(AdminServer {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to [`GRACE`]) and joins the thread.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The accept loop, until `stop` fires or its sender is dropped.
+///
+/// # Cancel safety
+///
+/// Runs to completion on its own runtime; nothing races its reads. Losing the `accept` branch
+/// to `stop` drops at most a connection the kernel accepted in that instant.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or buffers: back off rather than spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if graceful.count() >= MAX_CONNECTIONS {
+            tracing::debug!("admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        }
+        let state = Arc::clone(&state);
+        let service = hyper::service::service_fn(move |req| {
+            let response = respond(&state, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("admin requests still in flight at shutdown; dropping them");
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// What each path serves, for `/` and for 404s.
+const INDEX: &str = "ringlb admin API (GET only)
+  /healthz   200 while the process runs
+  /readyz    200 once listeners are bound, 503 before and while draining
+  /config    the live table as JSON
+  /stats     counters per service and backend: JSON, or ?format=text for a table
+  /metrics   Prometheus text exposition
+";
+
+/// Routes one request. Unknown paths get 404 whatever the method; known ones 405 for
+/// anything but GET and HEAD (hyper leaves the body out of HEAD answers).
+fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if !matches!(
+        path,
+        "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics"
+    ) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("no such path: {path}\n\n{INDEX}"),
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{} is not served: the admin API only answers GET\n",
+                req.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => match state.phase() {
+            Phase::Ready => text(StatusCode::OK, "ready\n".into()),
+            Phase::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        },
+        "/config" => json(&ConfigView::new(&state.table.load())),
+        "/stats" => match query_param(req, "format") {
+            None | Some("json") => json(&StatsView::new(&state.table.load())),
+            Some("text") => text(
+                StatusCode::OK,
+                StatsView::new(&state.table.load()).to_text(),
+            ),
+            Some(other) => text(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format {other:?}: json (the default) or text\n"),
+            ),
+        },
+        "/metrics" => with_type(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics(),
+        ),
+        _ => text(StatusCode::OK, INDEX.into()),
+    }
+}
+
+/// The value of `name` in the query string (no percent-decoding: values here are plain words).
+fn query_param<'r>(req: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(view: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_string_pretty(view) {
+        Ok(mut body) => {
+            body.push('\n');
+            with_type(StatusCode::OK, "application/json", body)
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

@@ -1,0 +1,288 @@
+//! `/metrics`: the Prometheus text exposition, assembled at scrape time.
+//!
+//! Nothing here runs on the data plane. The node-wide counters that workers already keep in the
+//! [`Table`] (per-service [`config::ServiceCounters`], per-backend connection counts) are read at
+//! scrape time, so exporting them costs the hot path nothing. Every scrape fills a fresh
+//! [`PrometheusRecorder`] (the exporter's own HTTP listener is never built) from a list of
+//! [`Collect`] sources and renders it: a service or backend that left the table leaves the
+//! exposition with it, so label sets are exactly the configured services and backends.
+//!
+//! Adding a source (for example the data plane's per-worker histograms) is one more
+//! [`Collect`] passed to [`render`].
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+
+use config::Table;
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use super::Telemetry;
+
+/// The kind of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+}
+
+/// One metric family: its name, kind and `# HELP` text.
+#[derive(Debug)]
+pub struct Family {
+    /// The full name (`ringlb_` prefix, base units, `_total` for counters).
+    pub name: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+}
+
+impl Family {
+    const fn counter(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: Kind::Counter,
+            help,
+        }
+    }
+
+    const fn gauge(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: Kind::Gauge,
+            help,
+        }
+    }
+}
+
+/// A source of series, read on the control-plane thread at every scrape.
+pub trait Collect {
+    /// Adds this source's series for the live `table` to `out`.
+    fn collect(&self, table: &Table, out: &mut Scrape);
+}
+
+/// One scrape being assembled.
+#[derive(Debug)]
+pub struct Scrape {
+    recorder: PrometheusRecorder,
+    described: HashSet<&'static str>,
+}
+
+/// Where the series of a scrape say they come from (the exporter ignores it).
+const METADATA: Metadata<'static> = Metadata::new("ringlb", Level::INFO, None);
+
+impl Scrape {
+    fn new() -> Scrape {
+        Scrape {
+            recorder: PrometheusBuilder::new().build_recorder(),
+            described: HashSet::new(),
+        }
+    }
+
+    /// Sets the counter `family{labels}` to `value` (read from a monotonic source).
+    pub fn counter(
+        &mut self,
+        family: &'static Family,
+        labels: &[(&'static str, &str)],
+        value: u64,
+    ) {
+        debug_assert!(
+            family.kind == Kind::Counter && family.name.ends_with("_total"),
+            "{} is not a counter family",
+            family.name
+        );
+        let key = self.key(family, labels);
+        self.recorder
+            .register_counter(&key, &METADATA)
+            .absolute(value);
+    }
+
+    /// Sets the gauge `family{labels}` to `value`.
+    pub fn gauge(&mut self, family: &'static Family, labels: &[(&'static str, &str)], value: f64) {
+        debug_assert!(
+            family.kind == Kind::Gauge,
+            "{} is not a gauge family",
+            family.name
+        );
+        let key = self.key(family, labels);
+        self.recorder.register_gauge(&key, &METADATA).set(value);
+    }
+
+    fn key(&mut self, family: &'static Family, labels: &[(&'static str, &str)]) -> Key {
+        if self.described.insert(family.name) {
+            let name = KeyName::from(family.name);
+            let help = SharedString::const_str(family.help);
+            match family.kind {
+                Kind::Counter => self.recorder.describe_counter(name, None, help),
+                Kind::Gauge => self.recorder.describe_gauge(name, None, help),
+            }
+        }
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|&(k, v)| Label::new(k, v.to_owned()))
+            .collect();
+        Key::from_parts(family.name, labels)
+    }
+
+    fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+}
+
+/// The exposition of `sources` for the live `table`.
+pub fn render(table: &Table, sources: &[&dyn Collect]) -> String {
+    let mut scrape = Scrape::new();
+    for source in sources {
+        source.collect(table, &mut scrape);
+    }
+    scrape.render()
+}
+
+// Control plane.
+const BUILD_INFO: Family = Family::gauge(
+    "ringlb_build_info",
+    "Always 1; the version label is the running ringlb version.",
+);
+const TABLE_VERSION: Family = Family::gauge(
+    "ringlb_table_version",
+    "Version of the live table: 1 at start, +1 at every swap (reload, DNS change).",
+);
+const TABLE_SWAP: Family = Family::gauge(
+    "ringlb_table_last_swap_timestamp_seconds",
+    "Unix time at which the live table was published.",
+);
+const RELOADS: Family = Family::counter(
+    "ringlb_config_reloads_total",
+    "Config reloads by result: success (a new table is live) or failure (the last good config keeps serving).",
+);
+
+// Per service.
+const SERVICE_INFO: Family = Family::gauge(
+    "ringlb_service_info",
+    "Always 1 per configured service; labels give its protocol and scheduler.",
+);
+const ACCEPTED: Family = Family::counter(
+    "ringlb_connections_accepted_total",
+    "Client connections accepted.",
+);
+const ACTIVE: Family = Family::gauge("ringlb_connections_active", "Client connections open now.");
+const FAILED: Family = Family::counter(
+    "ringlb_connections_failed_total",
+    "Client connections reset without reaching a backend, by reason: connect_failed (every attempt failed) or no_backend (none eligible).",
+);
+const ATTEMPTS: Family = Family::counter(
+    "ringlb_connect_attempts_total",
+    "Connect attempts to backends, first tries and retries.",
+);
+const RETRIES: Family = Family::counter(
+    "ringlb_connect_retries_total",
+    "Connect attempts made after a failed one.",
+);
+const IDLE_TIMEOUTS: Family = Family::counter(
+    "ringlb_idle_timeouts_total",
+    "Connections closed by the idle timeout.",
+);
+const BYTES: Family = Family::counter(
+    "ringlb_relayed_bytes_total",
+    "Bytes relayed, by direction: client_to_backend or backend_to_client.",
+);
+
+// Per backend.
+const BACKEND_ACTIVE: Family = Family::gauge(
+    "ringlb_backend_active_connections",
+    "Connections to the backend counted active (established), as IPVS ActiveConn.",
+);
+const BACKEND_INACTIVE: Family = Family::gauge(
+    "ringlb_backend_inactive_connections",
+    "Connections to the backend counted inactive (connecting or half-closed), as IPVS InActConn.",
+);
+const BACKEND_WEIGHT: Family = Family::gauge(
+    "ringlb_backend_weight",
+    "Configured weight of the backend; 0 takes no new connections.",
+);
+const BACKEND_OVERLOADED: Family = Family::gauge(
+    "ringlb_backend_overloaded",
+    "1 while the backend is over its max_connections and takes no new connections, else 0.",
+);
+
+/// The series of the table: per service and per backend, read from its shared counters.
+#[derive(Clone, Copy, Debug)]
+pub struct TableSeries;
+
+impl Collect for TableSeries {
+    fn collect(&self, table: &Table, out: &mut Scrape) {
+        out.gauge(&TABLE_VERSION, &[], table.version() as f64);
+        for entry in table.services() {
+            let svc = &entry.service;
+            let name = svc.name.as_str();
+            let s = [("service", name)];
+            let scheduler = svc.scheduler.kind.name();
+            out.gauge(
+                &SERVICE_INFO,
+                &[
+                    ("service", name),
+                    ("protocol", svc.protocol.name()),
+                    ("scheduler", scheduler),
+                ],
+                1.0,
+            );
+            let c = &entry.counters;
+            out.counter(&ACCEPTED, &s, c.accepted.load(Relaxed));
+            out.gauge(&ACTIVE, &s, c.active.load(Relaxed) as f64);
+            for (reason, n) in [
+                ("connect_failed", &c.connect_failed),
+                ("no_backend", &c.no_backend),
+            ] {
+                out.counter(
+                    &FAILED,
+                    &[("service", name), ("reason", reason)],
+                    n.load(Relaxed),
+                );
+            }
+            out.counter(&ATTEMPTS, &s, c.connect_attempts.load(Relaxed));
+            out.counter(&RETRIES, &s, c.connect_retries.load(Relaxed));
+            out.counter(&IDLE_TIMEOUTS, &s, c.idle_timeouts.load(Relaxed));
+            for (direction, n) in [
+                ("client_to_backend", &c.bytes_to_backend),
+                ("backend_to_client", &c.bytes_to_client),
+            ] {
+                out.counter(
+                    &BYTES,
+                    &[("service", name), ("direction", direction)],
+                    n.load(Relaxed),
+                );
+            }
+            for (backend, state) in entry.backends.iter().zip(&entry.states) {
+                let address = backend.address.to_string();
+                let b = [("service", name), ("backend", address.as_str())];
+                out.gauge(&BACKEND_ACTIVE, &b, f64::from(state.active()));
+                out.gauge(&BACKEND_INACTIVE, &b, f64::from(state.inactive()));
+                out.gauge(&BACKEND_WEIGHT, &b, f64::from(backend.weight));
+                out.gauge(
+                    &BACKEND_OVERLOADED,
+                    &b,
+                    f64::from(u8::from(state.is_overloaded())),
+                );
+            }
+        }
+    }
+}
+
+impl Collect for Telemetry {
+    fn collect(&self, _table: &Table, out: &mut Scrape) {
+        out.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        out.gauge(&TABLE_SWAP, &[], self.last_swap_unix_seconds());
+        out.counter(
+            &RELOADS,
+            &[("result", "success")],
+            self.reloads_succeeded.load(Relaxed),
+        );
+        out.counter(
+            &RELOADS,
+            &[("result", "failure")],
+            self.reloads_failed.load(Relaxed),
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! `/config` and `/stats`: the live table as JSON, and its counters as JSON or an aligned text
+//! table in the spirit of `ipvsadm -Ln --stats`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+
+use balancers::BackendState;
+use config::{ServiceEntry, Table};
+use serde::Serialize;
+
+/// `/config`: what the live table serves.
+#[derive(Debug, Serialize)]
+pub struct ConfigView<'a> {
+    version: u64,
+    services: Vec<ServiceConfig<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceConfig<'a> {
+    name: &'a str,
+    protocol: &'static str,
+    /// The addresses actually listened on (port 0 resolved).
+    frontends: &'a [SocketAddr],
+    scheduler: &'static str,
+    scheduler_flags: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mh_table_size: Option<u32>,
+    session_affinity: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_affinity_timeout: Option<String>,
+    connect_timeout: String,
+    idle_timeout: String,
+    max_connect_attempts: u32,
+    endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Serialize)]
+struct EndpointConfig {
+    address: SocketAddr,
+    weight: u32,
+    /// `null`: no limit.
+    max_connections: Option<u32>,
+    state: &'static str,
+}
+
+impl<'a> ConfigView<'a> {
+    /// The view of `table`.
+    pub fn new(table: &'a Table) -> Self {
+        ConfigView {
+            version: table.version(),
+            services: table.services().iter().map(|e| service_config(e)).collect(),
+        }
+    }
+}
+
+fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
+    let svc = &entry.service;
+    let sc = &svc.scheduler;
+    let scheduler_flags = [
+        (sc.sh_fallback, "sh-fallback"),
+        (sc.sh_port, "sh-port"),
+        (sc.mh_fallback, "mh-fallback"),
+        (sc.mh_port, "mh-port"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    ServiceConfig {
+        name: &svc.name,
+        protocol: svc.protocol.name(),
+        frontends: &svc.listen,
+        scheduler: sc.kind.name(),
+        scheduler_flags,
+        mh_table_size: (sc.kind == balancers::SchedulerKind::Mh).then_some(sc.mh_table_size),
+        session_affinity: if svc.session_affinity.is_some() {
+            "client_ip"
+        } else {
+            "none"
+        },
+        session_affinity_timeout: svc.session_affinity.map(duration),
+        connect_timeout: duration(svc.connect_timeout),
+        idle_timeout: duration(svc.idle_timeout),
+        max_connect_attempts: svc.max_connect_attempts.get(),
+        endpoints: entry
+            .backends
+            .iter()
+            .zip(&entry.states)
+            .map(|(b, state)| EndpointConfig {
+                address: b.address,
+                weight: b.weight,
+                max_connections: state.max_connections(),
+                state: endpoint_state(b.weight, state),
+            })
+            .collect(),
+    }
+}
+
+/// A duration as the config file writes it (`5s`, `1h`, `1m 30s`).
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Whether an endpoint takes new connections: `active` (yes), `inactive` (weight 0: quiesced,
+/// its open connections go on) or `overloaded` (at its `max_connections` until it drops below
+/// three quarters of it).
+fn endpoint_state(weight: u32, state: &BackendState) -> &'static str {
+    if weight == 0 {
+        "inactive"
+    } else if state.is_overloaded() {
+        "overloaded"
+    } else {
+        "active"
+    }
+}
+
+/// `/stats`: the counters of every service and the connection counts of every backend.
+#[derive(Debug, Serialize)]
+pub struct StatsView<'a> {
+    version: u64,
+    services: Vec<ServiceStats<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceStats<'a> {
+    name: &'a str,
+    protocol: &'static str,
+    scheduler: &'static str,
+    frontends: &'a [SocketAddr],
+    accepted: u64,
+    active: u64,
+    connect_attempts: u64,
+    connect_retries: u64,
+    connect_failed: u64,
+    no_backend: u64,
+    idle_timeouts: u64,
+    bytes_to_backend: u64,
+    bytes_to_client: u64,
+    backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct BackendStats {
+    address: SocketAddr,
+    weight: u32,
+    state: &'static str,
+    active: u32,
+    inactive: u32,
+}
+
+impl<'a> StatsView<'a> {
+    /// The counters of `table`, read now.
+    pub fn new(table: &'a Table) -> Self {
+        StatsView {
+            version: table.version(),
+            services: table.services().iter().map(|e| service_stats(e)).collect(),
+        }
+    }
+
+    /// Two aligned tables, services then backends, one row each (easy to read, `grep` and
+    /// `awk`). Column names follow `ipvsadm -Ln --stats` where they mean the same.
+    pub fn to_text(&self) -> String {
+        let mut services = vec![[
+            "Service",
+            "Prot",
+            "Scheduler",
+            "Conns",
+            "ActiveConn",
+            "Attempts",
+            "Retries",
+            "ConnectFailed",
+            "NoBackend",
+            "IdleTimeouts",
+            "InBytes",
+            "OutBytes",
+            "LocalAddress:Port",
+        ]
+        .map(String::from)
+        .to_vec()];
+        let mut backends = vec![[
+            "Service",
+            "RemoteAddress:Port",
+            "Weight",
+            "State",
+            "ActiveConn",
+            "InActConn",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for s in &self.services {
+            let frontends: Vec<String> = s.frontends.iter().map(ToString::to_string).collect();
+            services.push(vec![
+                s.name.to_owned(),
+                s.protocol.to_ascii_uppercase(),
+                s.scheduler.to_owned(),
+                s.accepted.to_string(),
+                s.active.to_string(),
+                s.connect_attempts.to_string(),
+                s.connect_retries.to_string(),
+                s.connect_failed.to_string(),
+                s.no_backend.to_string(),
+                s.idle_timeouts.to_string(),
+                s.bytes_to_backend.to_string(),
+                s.bytes_to_client.to_string(),
+                frontends.join(","),
+            ]);
+            for b in &s.backends {
+                backends.push(vec![
+                    s.name.to_owned(),
+                    b.address.to_string(),
+                    b.weight.to_string(),
+                    b.state.to_owned(),
+                    b.active.to_string(),
+                    b.inactive.to_string(),
+                ]);
+            }
+        }
+        let mut out = format!("Table version {}\n\n", self.version);
+        out.push_str(&aligned(&services));
+        out.push('\n');
+        out.push_str(&aligned(&backends));
+        out
+    }
+}
+
+fn service_stats(entry: &ServiceEntry) -> ServiceStats<'_> {
+    let svc = &entry.service;
+    let c = &entry.counters;
+    ServiceStats {
+        name: &svc.name,
+        protocol: svc.protocol.name(),
+        scheduler: svc.scheduler.kind.name(),
+        frontends: &svc.listen,
+        accepted: c.accepted.load(Relaxed),
+        active: c.active.load(Relaxed),
+        connect_attempts: c.connect_attempts.load(Relaxed),
+        connect_retries: c.connect_retries.load(Relaxed),
+        connect_failed: c.connect_failed.load(Relaxed),
+        no_backend: c.no_backend.load(Relaxed),
+        idle_timeouts: c.idle_timeouts.load(Relaxed),
+        bytes_to_backend: c.bytes_to_backend.load(Relaxed),
+        bytes_to_client: c.bytes_to_client.load(Relaxed),
+        backends: entry
+            .backends
+            .iter()
+            .zip(&entry.states)
+            .map(|(b, state)| BackendStats {
+                address: b.address,
+                weight: b.weight,
+                state: endpoint_state(b.weight, state),
+                active: state.active(),
+                inactive: state.inactive(),
+            })
+            .collect(),
+    }
+}
+
+/// Rows as left-aligned columns two spaces apart, without trailing blanks.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_pads_every_column_to_its_widest_cell() {
+        let rows = vec![
+            vec!["a".to_owned(), "bb".to_owned(), "c".to_owned()],
+            vec!["dddd".to_owned(), "e".to_owned(), "f".to_owned()],
+        ];
+        assert_eq!(aligned(&rows), "a     bb  c\ndddd  e   f\n");
+    }
+}
