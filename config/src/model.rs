@@ -68,6 +68,9 @@ pub struct Service {
     /// ClientIP session affinity: a client IP keeps its backend for this long after its last
     /// new connection (`None`: no affinity).
     pub session_affinity: Option<Duration>,
+    /// UDP: most flows the service tracks at once, node-wide; a datagram that would open one
+    /// more is dropped and counted. Ignored for TCP.
+    pub max_flows: u32,
 }
 
 /// One backend of a service.
@@ -110,8 +113,17 @@ pub struct ServiceDefaults;
 impl ServiceDefaults {
     /// Default connect deadline per attempt.
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-    /// Default idle timeout.
+    /// Default idle timeout of a TCP connection.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+    /// Default idle timeout of a UDP flow: 60 s, Envoy's `udp_proxy` default. Longer than the
+    /// 30 s the kernel's conntrack gives an unanswered UDP flow and than common keepalive
+    /// intervals (NAT keepalives every 15-30 s, QUIC's default idle ping), so live sessions keep
+    /// their backend, and short enough that a flood of one-off clients (DNS) is reclaimed soon.
+    pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default bound on one UDP service's flows. Each flow holds a socket (a descriptor and
+    /// about 1 KiB of kernel memory), so the bound keeps spoofed or one-off sources from
+    /// exhausting descriptors; 65,536 flows is far above what one service of a node serves.
+    pub const MAX_FLOWS: u32 = 65_536;
     /// Default connect attempts per client connection.
     pub const MAX_CONNECT_ATTEMPTS: NonZeroU32 = NonZeroU32::new(3).unwrap();
     /// Default backend weight.
@@ -123,6 +135,14 @@ impl ServiceDefaults {
 }
 
 impl Service {
+    /// The default idle timeout for `protocol`.
+    pub fn default_idle_timeout(protocol: Protocol) -> Duration {
+        match protocol {
+            Protocol::Tcp => ServiceDefaults::IDLE_TIMEOUT,
+            Protocol::Udp => ServiceDefaults::UDP_IDLE_TIMEOUT,
+        }
+    }
+
     /// A service with the defaults of [`ServiceDefaults`], as quick mode builds it from flags.
     pub fn with_defaults(
         name: impl Into<String>,
@@ -139,9 +159,10 @@ impl Service {
             targets: Vec::new(),
             scheduler,
             connect_timeout: ServiceDefaults::CONNECT_TIMEOUT,
-            idle_timeout: ServiceDefaults::IDLE_TIMEOUT,
+            idle_timeout: Self::default_idle_timeout(protocol),
             max_connect_attempts: ServiceDefaults::MAX_CONNECT_ATTEMPTS,
             session_affinity: None,
+            max_flows: ServiceDefaults::MAX_FLOWS,
         }
     }
 }

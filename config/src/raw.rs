@@ -56,6 +56,7 @@ struct RawService {
     mh_table_size: Option<Spanned<i64>>,
     session_affinity: Option<Spanned<String>>,
     session_affinity_timeout: Option<Spanned<String>>,
+    max_flows: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,14 +253,7 @@ impl Validator {
             None => Some(Protocol::Tcp),
             Some(p) => match p.value.to_ascii_lowercase().as_str() {
                 "tcp" => Some(Protocol::Tcp),
-                "udp" => {
-                    self.at(
-                        &p,
-                        format!("{path}.protocol"),
-                        "udp services are not supported by this version yet (tcp only)",
-                    );
-                    None
-                }
+                "udp" => Some(Protocol::Udp),
                 "sctp" => {
                     self.at(
                         &p,
@@ -342,8 +336,22 @@ impl Validator {
         let idle_timeout = self.duration(
             r.idle_timeout,
             format!("{path}.idle_timeout"),
-            ServiceDefaults::IDLE_TIMEOUT,
+            Service::default_idle_timeout(protocol.unwrap_or_default()),
         );
+        let max_flows = match r.max_flows {
+            None => Some(ServiceDefaults::MAX_FLOWS),
+            Some(n) => match u32::try_from(n.value) {
+                Ok(v) if v > 0 => Some(v),
+                _ => {
+                    self.at(
+                        &n,
+                        format!("{path}.max_flows"),
+                        format!("must be between 1 and {}, got {}", u32::MAX, n.value),
+                    );
+                    None
+                }
+            },
+        };
         let max_connect_attempts = match r.max_connect_attempts {
             None => Some(ServiceDefaults::MAX_CONNECT_ATTEMPTS),
             Some(n) => match u32::try_from(n.value).ok().and_then(NonZeroU32::new) {
@@ -370,6 +378,7 @@ impl Validator {
             idle_timeout: idle_timeout?,
             max_connect_attempts: max_connect_attempts?,
             session_affinity: session_affinity?,
+            max_flows: max_flows?,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::error::ConfigError;
-use crate::k8s::{self, NotProxied, NotProxiedReason, StandaloneOptions};
-use crate::model::{Config, Protocol};
+use crate::k8s::{self, NotProxied, StandaloneOptions};
+use crate::model::Config;
 use crate::names::DnsConfig;
 
 /// The formats a configuration path can hold.
@@ -33,8 +33,7 @@ pub struct Loaded {
 
 /// Reads `path`: a directory of manifests, a manifest file (a document with `apiVersion:` or
 /// `kind:` at the top level), or a ringlb YAML file. `node_addresses` are where Kubernetes
-/// NodePorts listen. UDP ports of manifests are reported as not proxied (TCP only for now),
-/// so a real cluster's manifests load with their DNS ports listed rather than refused.
+/// NodePorts listen.
 pub fn load(path: &Path, node_addresses: &[IpAddr]) -> Result<Loaded, ConfigError> {
     let options = StandaloneOptions {
         node_addresses: node_addresses.to_vec(),
@@ -56,22 +55,10 @@ pub fn load(path: &Path, node_addresses: &[IpAddr]) -> Result<Loaded, ConfigErro
         }
     }
     let resolved = k8s::load_dir_or_file(path, &options)?;
-    let mut not_proxied = resolved.not_proxied;
-    let mut config = resolved.config;
-    config.services.retain(|s| {
-        let tcp = s.protocol == Protocol::Tcp;
-        if !tcp {
-            not_proxied.push(NotProxied {
-                name: s.name.clone(),
-                reason: NotProxiedReason::UdpNotServed,
-            });
-        }
-        tcp
-    });
     Ok(Loaded {
-        config,
+        config: resolved.config,
         format: Format::Kubernetes,
-        not_proxied,
+        not_proxied: resolved.not_proxied,
         dns: DnsConfig::default(),
     })
 }

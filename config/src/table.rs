@@ -23,7 +23,7 @@ pub struct FrontendKey {
 
 /// Node-wide counters of one service, carried across table rebuilds by service name.
 ///
-/// All counters are monotonic except `active`.
+/// All counters are monotonic except the gauges `active` and `flows`.
 #[derive(Debug, Default)]
 pub struct ServiceCounters {
     /// Client connections accepted.
@@ -44,6 +44,21 @@ pub struct ServiceCounters {
     pub bytes_to_backend: AtomicU64,
     /// Bytes relayed backend to client.
     pub bytes_to_client: AtomicU64,
+    /// UDP flows open now, node-wide (bounded by the service's `max_flows`).
+    pub flows: AtomicU64,
+    /// UDP flows opened.
+    pub flows_opened: AtomicU64,
+    /// UDP datagrams dropped because they would have opened a flow past `max_flows`.
+    pub flows_refused: AtomicU64,
+    /// UDP flows ended because their backend stopped being usable (removed, weight 0) or
+    /// refused them (ICMP port unreachable).
+    pub flows_rebalanced: AtomicU64,
+    /// UDP datagrams relayed client to backend.
+    pub datagrams_to_backend: AtomicU64,
+    /// UDP datagrams relayed backend to client.
+    pub datagrams_to_client: AtomicU64,
+    /// UDP datagrams dropped: no eligible backend, a full socket buffer, or a send error.
+    pub datagrams_dropped: AtomicU64,
 }
 
 /// One backend as workers see it.

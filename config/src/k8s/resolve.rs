@@ -62,8 +62,6 @@ pub enum NotProxiedReason {
     /// No usable endpoint (kube-proxy would reject connections); the text says which part
     /// is missing.
     NoEndpoints(String),
-    /// A UDP port: this version of ringlb serves TCP only.
-    UdpNotServed,
 }
 
 impl fmt::Display for NotProxiedReason {
@@ -79,9 +77,6 @@ impl fmt::Display for NotProxiedReason {
                  and no nodePort with node addresses)",
             ),
             NotProxiedReason::NoEndpoints(why) => write!(f, "no usable endpoints: {why}"),
-            NotProxiedReason::UdpNotServed => {
-                f.write_str("UDP is not served by this version yet (TCP only)")
-            }
         }
     }
 }
