@@ -78,9 +78,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
 
-    /// Quick mode: close a connection after this long with no byte in either direction.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration)]
-    pub idle_timeout: Duration,
+    /// Quick mode: close a connection (end a UDP flow) after this long with nothing moving in
+    /// either direction [default: 1h for tcp, 60s for udp].
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub idle_timeout: Option<Duration>,
 
     /// Quick mode: backends tried per client connection before the client is reset.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]

@@ -78,20 +78,23 @@ fn admin_key_of(path: &Path, format: config::Format) -> anyhow::Result<Option<co
 }
 
 fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<Config> {
-    if args.proto == Proto::Udp {
-        bail!("--proto udp: UDP services are not supported by this version yet (tcp only)");
-    }
     let backends = args
         .to
         .iter()
         .map(|&address| Backend::new(address, ServiceDefaults::WEIGHT))
         .collect();
+    let protocol = match args.proto {
+        Proto::Tcp => Protocol::Tcp,
+        Proto::Udp => Protocol::Udp,
+    };
     let mut scheduler = SchedulerConfig::default();
     scheduler.kind = args.scheduler;
     let mut service =
-        Service::with_defaults("default", Protocol::Tcp, vec![listen], backends, scheduler);
+        Service::with_defaults("default", protocol, vec![listen], backends, scheduler);
     service.connect_timeout = args.connect_timeout;
-    service.idle_timeout = args.idle_timeout;
+    service.idle_timeout = args
+        .idle_timeout
+        .unwrap_or_else(|| Service::default_idle_timeout(protocol));
     service.max_connect_attempts = NonZeroU32::new(args.max_connect_attempts)
         .context("--max-connect-attempts must be at least 1")?;
     Ok(Config {

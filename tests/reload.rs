@@ -4,20 +4,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// Writes `yaml` to `path` the way config management does: a new file renamed over the old.
-fn replace_file(path: &Path, yaml: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 fn service(name: &str, listen: &str, backends: &[(SocketAddr, u32)]) -> String {
     let list: Vec<String> = backends

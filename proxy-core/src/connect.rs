@@ -36,17 +36,7 @@ pub(crate) enum ConnectFailure {
 pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
     let states = &entry.states;
-    let pick = || scheduler.pick(flow, states);
-    let first = match &entry.affinity {
-        Some(affinity) => affinity.resolve(
-            flow.client.ip(),
-            std::time::Instant::now(),
-            |i| scheduler.is_eligible(i, states),
-            pick,
-        ),
-        None => pick(),
-    }
-    .ok_or(ConnectFailure::NoBackend)?;
+    let first = choose(entry, flow).ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {
@@ -86,4 +76,21 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
         }
     }
     Err(ConnectFailure::AllFailed)
+}
+
+/// The backend for a new connection or UDP flow: the client's pinned one when the service has
+/// ClientIP affinity and it is still eligible, else the scheduler's pick (then pinned).
+pub(crate) fn choose(entry: &ServiceEntry, flow: &Flow) -> Option<usize> {
+    let scheduler = entry.scheduler.as_ref()?;
+    let states = &entry.states;
+    let pick = || scheduler.pick(flow, states);
+    match &entry.affinity {
+        Some(affinity) => affinity.resolve(
+            flow.client.ip(),
+            std::time::Instant::now(),
+            |i| scheduler.is_eligible(i, states),
+            pick,
+        ),
+        None => pick(),
+    }
 }

@@ -37,7 +37,4 @@ pub enum ProxyError {
     /// A worker exited before it was ready.
     #[error("a worker thread exited during start-up")]
     WorkerDied,
-    /// The configuration asks for something this data plane does not serve.
-    #[error("{0}")]
-    Unsupported(String),
 }

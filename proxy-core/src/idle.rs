@@ -10,12 +10,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::time::Instant;
+
+use crate::alarm::Alarm;
 
 /// How the timer map closes an idle connection.
 pub(crate) trait Close {
@@ -76,10 +76,7 @@ impl<C: Close> Activity<C> {
 pub(crate) struct IdleTimers<C> {
     entries: RefCell<BTreeMap<Key, Rc<Activity<C>>>>,
     next_id: Cell<u64>,
-    /// When the sweeper plans to wake next (`None`: it waits for a registration).
-    planned: Cell<Option<Instant>>,
-    notified: Cell<bool>,
-    waker: Cell<Option<Waker>>,
+    alarm: Alarm,
 }
 
 impl<C: Close> IdleTimers<C> {
@@ -87,9 +84,7 @@ impl<C: Close> IdleTimers<C> {
         Self {
             entries: RefCell::new(BTreeMap::new()),
             next_id: Cell::new(0),
-            planned: Cell::new(None),
-            notified: Cell::new(false),
-            waker: Cell::new(None),
+            alarm: Alarm::default(),
         }
     }
 
@@ -100,17 +95,7 @@ impl<C: Close> IdleTimers<C> {
         let key = (activity.last.get() + activity.idle, id);
         activity.key.set(key);
         self.entries.borrow_mut().insert(key, Rc::clone(activity));
-        self.wake_if_before(key.0);
-    }
-
-    /// Wakes the sweeper when `deadline` comes before its planned wake-up.
-    fn wake_if_before(&self, deadline: Instant) {
-        if self.planned.get().is_none_or(|p| deadline < p) {
-            self.notified.set(true);
-            if let Some(w) = self.waker.take() {
-                w.wake();
-            }
-        }
+        self.alarm.wake_if_before(key.0);
     }
 
     /// Stops watching `activity` (a no-op when it already expired).
@@ -139,7 +124,7 @@ impl<C: Close> IdleTimers<C> {
             entries.insert(new_key, activity);
         }
         drop(entries);
-        self.wake_if_before(at);
+        self.alarm.wake_if_before(at);
     }
 
     /// Connections being watched.
@@ -175,30 +160,8 @@ impl<C: Close> IdleTimers<C> {
         loop {
             self.expire(Instant::now());
             let next = self.entries.borrow().keys().next().map(|k| k.0);
-            self.planned.set(next);
-            match next {
-                Some(deadline) => {
-                    monoio::select! {
-                        () = monoio::time::sleep_until(deadline) => {}
-                        () = self.notified() => {}
-                    }
-                }
-                None => self.notified().await,
-            }
+            self.alarm.sleep_until(next).await;
         }
-    }
-
-    /// Completes once [`Self::insert`] filed a deadline earlier than the planned wake-up.
-    async fn notified(&self) {
-        poll_fn(|cx| {
-            if self.notified.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await;
     }
 }
 

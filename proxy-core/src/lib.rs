@@ -10,6 +10,7 @@
 //!
 //! This crate owns all data-plane I/O. It never parses files and knows nothing of Kubernetes.
 
+mod alarm;
 mod connect;
 pub mod demo;
 mod driver;
@@ -19,6 +20,7 @@ mod listener;
 mod pool;
 mod relay;
 mod sys;
+mod udp;
 mod worker;
 
 use std::collections::{HashMap, HashSet};
@@ -29,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use config::{Config, FrontendKey, Protocol, Table};
+use config::{Config, FrontendKey, Table};
 use tokio_util::sync::CancellationToken;
 
 pub use driver::{IoDriver, IoDriverKind};
@@ -114,25 +116,19 @@ impl Listeners {
         share: bool,
     ) -> Result<(), ProxyError> {
         for svc in &mut config.services {
-            if svc.protocol != Protocol::Tcp {
-                return Err(ProxyError::Unsupported(format!(
-                    "service {}: only tcp services are served by this version",
-                    svc.name
-                )));
-            }
             for addr in &mut svc.listen {
                 let configured = (svc.name.clone(), *addr);
                 if let Some(bound) = self.resolved.get(&configured) {
                     *addr = *bound;
                 }
                 let key = FrontendKey {
-                    protocol: Protocol::Tcp,
+                    protocol: svc.protocol,
                     addr: *addr,
                 };
                 if existing.contains(&key) || self.groups.iter().any(|g| g.key == key) {
                     continue;
                 }
-                let group = listener::bind_group(*addr, self.workers, share)?;
+                let group = listener::bind_group(svc.protocol, *addr, self.workers, share)?;
                 if configured.1.port() == 0 {
                     self.resolved.insert(configured, group.local_addr);
                 }

@@ -1,4 +1,4 @@
-//! Binding one `SO_REUSEPORT` listener per worker for a frontend.
+//! Binding one `SO_REUSEPORT` socket per worker for a frontend (TCP listeners, UDP sockets).
 
 use std::io;
 use std::net::SocketAddr;
@@ -6,26 +6,35 @@ use std::net::SocketAddr;
 use config::FrontendKey;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::udp::sock::frontend_socket;
 use crate::ProxyError;
 
 /// Kernel accept queue length asked for (capped by `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
+
+/// One worker's socket of a frontend.
+#[derive(Debug)]
+pub(crate) enum ListenSocket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
 
 /// The sockets of one frontend, one per worker, all bound to the same address.
 #[derive(Debug)]
 pub(crate) struct ListenGroup {
     pub(crate) key: FrontendKey,
     pub(crate) local_addr: SocketAddr,
-    pub(crate) sockets: Vec<std::net::TcpListener>,
+    pub(crate) sockets: Vec<ListenSocket>,
 }
 
-/// Binds `workers` listening sockets on `key.addr` in one `SO_REUSEPORT` group.
+/// Binds `workers` sockets for `protocol` on `addr` in one `SO_REUSEPORT` group.
 ///
 /// `SO_REUSEPORT` lets any socket of the same user join the group, so a second ringlb would
 /// silently split traffic with us. Unless `share` is set, a probe bind *without* the option
 /// first checks that nobody listens there (it fails against any bound listener, ours included,
 /// so a second instance started later fails in the same way).
 pub(crate) fn bind_group(
+    protocol: config::Protocol,
     addr: SocketAddr,
     workers: usize,
     share: bool,
@@ -37,24 +46,46 @@ pub(crate) fn bind_group(
             ProxyError::Bind { addr, source }
         }
     };
+    let udp = protocol == config::Protocol::Udp;
     if !share && addr.port() != 0 {
-        let probe = new_socket(addr, false).map_err(err)?;
+        let probe = if udp {
+            frontend_socket(addr, false)
+        } else {
+            new_socket(addr, false)
+        }
+        .map_err(err)?;
         probe.bind(&addr.into()).map_err(err)?;
         drop(probe);
     }
-    let first = listen(addr).map_err(err)?;
+    let open = |addr: SocketAddr| -> io::Result<Socket> {
+        if udp {
+            let socket = frontend_socket(addr, true)?;
+            socket.bind(&addr.into())?;
+            Ok(socket)
+        } else {
+            listen(addr)
+        }
+    };
+    let first = open(addr).map_err(err)?;
     let local_addr = first
         .local_addr()
         .map_err(err)?
         .as_socket()
         .ok_or_else(|| err(io::Error::other("bound address is not an IP address")))?;
-    let mut sockets = vec![first.into()];
+    let wrap = |s: Socket| {
+        if udp {
+            ListenSocket::Udp(s.into())
+        } else {
+            ListenSocket::Tcp(s.into())
+        }
+    };
+    let mut sockets = vec![wrap(first)];
     for _ in 1..workers {
-        sockets.push(listen(local_addr).map_err(err)?.into());
+        sockets.push(wrap(open(local_addr).map_err(err)?));
     }
     Ok(ListenGroup {
         key: FrontendKey {
-            protocol: config::Protocol::Tcp,
+            protocol,
             addr: local_addr,
         },
         local_addr,

@@ -17,9 +17,11 @@ use tokio_util::sync::CancellationToken;
 use crate::connect::{connect, ConnectFailure};
 use crate::driver::{self, IoDriver, IoDriverKind};
 use crate::idle::IdleTimers;
+use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{set_reset_on_close, with_socket};
+use crate::udp::{Udp, UdpFrontend};
 use crate::ProxyError;
 
 /// Free relay buffers a worker keeps for reuse.
@@ -33,7 +35,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(10);
 pub(crate) struct WorkerStart {
     pub(crate) id: usize,
     pub(crate) table: Arc<ArcSwap<Table>>,
-    pub(crate) listeners: Vec<(FrontendKey, std::net::TcpListener)>,
+    pub(crate) listeners: Vec<(FrontendKey, ListenSocket)>,
     pub(crate) driver: IoDriver,
     pub(crate) buffer_size: usize,
     pub(crate) shutdown: CancellationToken,
@@ -46,31 +48,41 @@ pub(crate) struct WorkerStart {
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Serve a new frontend with this worker's socket of its group.
-    Listen(FrontendKey, std::net::TcpListener),
+    Listen(FrontendKey, ListenSocket),
     /// Stop accepting on a frontend; its open connections go on.
     Unlisten(FrontendKey),
     /// The table was swapped: open connections to backends that are not in `table` are closed
-    /// at `deadline` (`None`: they may run until they end).
+    /// at `deadline` (`None`: they may run until they end). UDP flows to backends that are no
+    /// longer usable end at once.
     BackendsRemoved {
         table: Arc<Table>,
         deadline: Option<Duration>,
     },
 }
 
-/// One frontend's listening socket on this worker.
-struct Frontend {
-    listener: Rc<TcpListener>,
-    closed: Rc<Cell<bool>>,
+/// One frontend's socket on this worker.
+enum Frontend {
+    Tcp {
+        listener: Rc<TcpListener>,
+        closed: Rc<Cell<bool>>,
+    },
+    Udp(Rc<UdpFrontend>),
 }
 
 impl Frontend {
-    /// Refuses new connections at once and ends the accept loop. shutdown(2) on a listening
-    /// socket wakes a pending accept with an error, on io_uring and epoll alike. (Cancelling
-    /// the in-flight accept through io_uring's AsyncCancel instead can hit a newer operation
-    /// that reused the same slot, since monoio keys cancellation by slot index.)
+    /// TCP: refuses new connections at once and ends the accept loop. shutdown(2) on a
+    /// listening socket wakes a pending accept with an error, on io_uring and epoll alike.
+    /// (Cancelling the in-flight accept through io_uring's AsyncCancel instead can hit a newer
+    /// operation that reused the same slot, since monoio keys cancellation by slot index.)
+    /// UDP: stops reading the same way.
     fn close(&self) {
-        self.closed.set(true);
-        let _ = with_socket(&*self.listener, |s| s.shutdown(std::net::Shutdown::Both));
+        match self {
+            Frontend::Tcp { listener, closed } => {
+                closed.set(true);
+                let _ = with_socket(&**listener, |s| s.shutdown(std::net::Shutdown::Both));
+            }
+            Frontend::Udp(frontend) => frontend.close(),
+        }
     }
 }
 
@@ -82,28 +94,29 @@ struct Worker {
     open: Cell<usize>,
     stopping: Cell<bool>,
     frontends: RefCell<HashMap<FrontendKey, Frontend>>,
+    udp: Rc<Udp>,
 }
 
 impl Worker {
-    /// Starts accepting on `listener` (converted on this thread so it registers here).
-    fn listen(
-        self: &Rc<Self>,
-        key: FrontendKey,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<()> {
-        let listener = Rc::new(TcpListener::from_std(listener)?);
-        let closed = Rc::new(Cell::new(false));
-        monoio::spawn(accept_loop(
-            Rc::clone(&listener),
-            key,
-            Rc::clone(&closed),
-            Rc::clone(self),
-        ));
-        if let Some(old) = self
-            .frontends
-            .borrow_mut()
-            .insert(key, Frontend { listener, closed })
-        {
+    /// Starts serving `socket` (converted on this thread so it registers here).
+    fn listen(self: &Rc<Self>, key: FrontendKey, socket: ListenSocket) -> std::io::Result<()> {
+        let frontend = match socket {
+            ListenSocket::Tcp(listener) => {
+                let listener = Rc::new(TcpListener::from_std(listener)?);
+                let closed = Rc::new(Cell::new(false));
+                monoio::spawn(accept_loop(
+                    Rc::clone(&listener),
+                    key,
+                    Rc::clone(&closed),
+                    Rc::clone(self),
+                ));
+                Frontend::Tcp { listener, closed }
+            }
+            ListenSocket::Udp(socket) => {
+                Frontend::Udp(self.udp.listen(key, socket, Arc::clone(&self.table))?)
+            }
+        };
+        if let Some(old) = self.frontends.borrow_mut().insert(key, frontend) {
             old.close();
         }
         Ok(())
@@ -112,6 +125,9 @@ impl Worker {
     fn unlisten(&self, key: &FrontendKey) {
         if let Some(f) = self.frontends.borrow_mut().remove(key) {
             f.close();
+            if let Frontend::Udp(_) = f {
+                self.udp.unlisten(key);
+            }
         }
     }
 
@@ -125,6 +141,7 @@ impl Worker {
                 }
                 Command::Unlisten(key) => self.unlisten(&key),
                 Command::BackendsRemoved { table, deadline } => {
+                    self.udp.revalidate(&table);
                     let live: HashSet<*const balancers::BackendState> =
                         table.backend_states().map(Arc::as_ptr).collect();
                     let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
@@ -180,6 +197,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         open: Cell::new(0),
         stopping: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
+        udp: Rc::new(Udp::new(hash_seed(id))),
     });
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.
@@ -195,6 +213,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     tracing::debug!(worker = id, driver = %kind, "worker running");
     let sweeper = Rc::clone(&worker);
     monoio::spawn(async move { sweeper.idle.run().await });
+    monoio::spawn(Rc::clone(&worker.udp).sweep());
     monoio::spawn(Rc::clone(&worker).commands(commands));
 
     shutdown.cancelled().await;
@@ -203,6 +222,8 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     for (_, frontend) in worker.frontends.borrow_mut().drain() {
         frontend.close();
     }
+    // UDP has no goodbye to wait for: its flows end with the worker.
+    worker.udp.clear();
     while worker.open.get() > 0 {
         monoio::time::sleep(DRAIN_POLL).await;
     }
@@ -324,4 +345,10 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
+}
+
+/// A per-worker seed for the UDP flow table's hash, so clients cannot aim collisions at it.
+fn hash_seed(worker: usize) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(worker)
 }

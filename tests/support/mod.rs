@@ -53,7 +53,28 @@ impl Ringlb {
 
     /// Starts `ringlb ARGS`; `Err` when it exits before printing `ready`.
     pub fn try_start(args: &[&str]) -> Result<Ringlb, StartFailure> {
-        let mut child = ringlb_command(args)
+        Self::try_start_command(ringlb_command(args))
+    }
+
+    /// Starts `ringlb ARGS` inside network namespace `netns` (`ip netns exec`, which execs,
+    /// so the child is ringlb itself).
+    pub fn start_in_netns(netns: &str, args: &[&str]) -> Ringlb {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_ringlb")])
+            .args(args)
+            .env("RINGLB_LOG", "info");
+        match Self::try_start_command(cmd) {
+            Ok(r) => r,
+            Err(f) => panic!(
+                "ringlb {args:?} in {netns} failed ({}): {}",
+                f.status, f.stderr
+            ),
+        }
+    }
+
+    /// Starts `cmd` (a ringlb command line) and waits until it prints `ready`.
+    pub fn try_start_command(mut cmd: Command) -> Result<Ringlb, StartFailure> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -428,4 +449,12 @@ pub fn write_config(tag: &str, yaml: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("ringlb-test-{}-{tag}.yaml", std::process::id()));
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// Writes `yaml` to `path` the way config management does: a new file renamed over the old,
+/// so the watcher never reads a half-written file.
+pub fn replace_file(path: &std::path::Path, yaml: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }

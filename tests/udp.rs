@@ -1,0 +1,459 @@
+//! UDP end to end through the real binary: request/response pairing over many clients, idle
+//! expiry, re-balancing when a backend goes away, replies from the address the client used on
+//! a wildcard frontend, and a real DNS server (dnsmasq) queried with a real client (dig).
+//! Every data-plane test runs under both I/O drivers.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const DRIVERS: [&str; 2] = ["uring", "epoll"];
+
+/// How long a client waits for one answer before it counts the datagram as lost.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// A UDP backend answering every datagram with `NAME PORT PAYLOAD`, where PORT is the source
+/// port it came from (one per flow: each flow has its own upstream socket).
+fn udp_backend(name: &'static str) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let mut reply = format!("{name} {} ", from.port()).into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    addr
+}
+
+/// A UDP port nothing listens on (datagrams to it draw ICMP port unreachable).
+fn closed_udp_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn client() -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
+    c
+}
+
+/// Sends `msg` to `to` and returns the backend's answer: (backend name, its source port).
+fn ask(c: &UdpSocket, to: SocketAddr, msg: &str) -> (String, u16) {
+    c.send_to(msg.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 65_536];
+    let (n, from) = c.recv_from(&mut buf).expect("an answer through the proxy");
+    assert_eq!(from, to, "the answer comes from the frontend address");
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    let mut parts = text.splitn(3, ' ');
+    let name = parts.next().unwrap().to_owned();
+    let port = parts.next().unwrap().parse().unwrap();
+    assert_eq!(
+        parts.next().unwrap(),
+        msg,
+        "the answer pairs with its request"
+    );
+    (name, port)
+}
+
+/// As [`ask`], resending while answers are lost (the datagram that draws an ICMP error from a
+/// dead backend is lost, as UDP may).
+fn ask_until_answered(c: &UdpSocket, to: SocketAddr, msg: &str) -> (String, u16) {
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = [0u8; 65_536];
+    while Instant::now() < deadline {
+        c.send_to(msg.as_bytes(), to).unwrap();
+        if let Ok((n, _)) = c.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let mut parts = text.splitn(3, ' ');
+            let name = parts.next().unwrap().to_owned();
+            let port = parts.next().unwrap().parse().unwrap();
+            c.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
+            return (name, port);
+        }
+    }
+    panic!("no answer for {msg:?} within {PATIENCE:?}");
+}
+
+#[test]
+fn many_clients_get_their_own_answers_from_one_backend_each() {
+    for driver in DRIVERS {
+        let backends = [udp_backend("a"), udp_backend("b"), udp_backend("c")];
+        let proxy = quick(driver, &backends, &["--proto", "udp"]);
+        let to = proxy.addr();
+        let clients: Vec<_> = (0..48)
+            .map(|i| {
+                thread::spawn(move || {
+                    let c = client();
+                    let mut seen = HashMap::new();
+                    for j in 0..40 {
+                        let msg = format!("client {i} request {j} {}", "x".repeat(j * 7));
+                        let (name, port) = ask(&c, to, &msg);
+                        *seen.entry((name, port)).or_insert(0) += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut per_backend: HashMap<String, usize> = HashMap::new();
+        for c in clients {
+            let seen = c.join().expect("client thread");
+            assert_eq!(
+                seen.len(),
+                1,
+                "{driver}: a flow keeps its backend and upstream socket: {seen:?}"
+            );
+            let ((name, _), _) = seen.into_iter().next().unwrap();
+            *per_backend.entry(name).or_default() += 1;
+        }
+        // rr over 48 flows on two workers: every backend serves some.
+        assert_eq!(per_backend.len(), 3, "{driver}: {per_backend:?}");
+    }
+}
+
+#[test]
+fn an_idle_flow_expires_and_the_next_datagram_opens_a_new_one() {
+    for driver in DRIVERS {
+        let backend = udp_backend("a");
+        let proxy = quick(
+            driver,
+            &[backend],
+            &["--proto", "udp", "--idle-timeout", "300ms"],
+        );
+        let c = client();
+        let (_, first) = ask(&c, proxy.addr(), "one");
+        let (_, again) = ask(&c, proxy.addr(), "two");
+        assert_eq!(first, again, "{driver}: same flow while active");
+        // The idle timeout has to pass; nothing to wait on but the clock.
+        thread::sleep(Duration::from_millis(450));
+        let (_, after) = ask(&c, proxy.addr(), "three");
+        assert_ne!(
+            first, after,
+            "{driver}: the idle flow ended; a new one opened"
+        );
+    }
+}
+
+#[test]
+fn a_backend_that_refuses_loses_its_flows_to_a_live_one() {
+    for driver in DRIVERS {
+        let dead = closed_udp_port();
+        let live = udp_backend("live");
+        // rr: the first flow goes to the dead backend, which answers with ICMP unreachable.
+        let proxy = quick(driver, &[dead, live], &["--proto", "udp"]);
+        let c = client();
+        let (name, _) = ask_until_answered(&c, proxy.addr(), "hello");
+        assert_eq!(name, "live", "{driver}");
+    }
+}
+
+fn sticky_config(backends: &[(SocketAddr, u32)]) -> String {
+    let mut yaml = String::from(
+        "services:\n  - name: dns\n    protocol: udp\n    listen: [\"127.0.0.1:0\"]\n    \
+         idle_timeout: 1h\n    backends:\n",
+    );
+    for (addr, weight) in backends {
+        yaml.push_str(&format!(
+            "      - {{ address: \"{addr}\", weight: {weight} }}\n"
+        ));
+    }
+    yaml
+}
+
+#[test]
+fn a_removed_or_quiesced_backend_loses_its_flows_at_once() {
+    for driver in DRIVERS {
+        let a = udp_backend("a");
+        let b = udp_backend("b");
+        let c_ = udp_backend("c");
+        let path = write_config(
+            &format!("udp-rebalance-{driver}"),
+            &sticky_config(&[(a, 1)]),
+        );
+        let path_s = path.to_str().unwrap();
+        let proxy = Ringlb::start(&[
+            "run",
+            "--config",
+            path_s,
+            "--io-driver",
+            driver,
+            "--workers",
+            "2",
+        ]);
+        let to = proxy.addr();
+        let c = client();
+        let other = client();
+        assert_eq!(ask(&c, to, "1").0, "a");
+        assert_eq!(ask(&other, to, "1").0, "a");
+
+        // a leaves, b arrives: the flows on a end now, not after the hour of idle timeout.
+        // The frontend keeps its port: the file names port 0, which the proxy resolved once.
+        replace_file(&path, &sticky_config(&[(b, 1)]));
+        proxy.wait_line("reloaded version=2");
+        assert_eq!(
+            ask(&c, to, "2").0,
+            "b",
+            "{driver}: re-balanced after removal"
+        );
+
+        // b is quiesced (weight 0) while c arrives: b's flows end too.
+        replace_file(&path, &sticky_config(&[(b, 0), (c_, 1)]));
+        proxy.wait_line("reloaded version=3");
+        assert_eq!(
+            ask(&c, to, "3").0,
+            "c",
+            "{driver}: re-balanced after quiescing"
+        );
+
+        // A change that leaves c usable does not disturb its flows.
+        let (_, port) = ask(&c, to, "4");
+        replace_file(&path, &sticky_config(&[(c_, 2), (a, 1)]));
+        proxy.wait_line("reloaded version=4");
+        assert_eq!(
+            ask(&c, to, "5"),
+            ("c".to_owned(), port),
+            "{driver}: flow kept"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn a_service_with_no_backend_serves_as_soon_as_one_arrives() {
+    let a = udp_backend("a");
+    let path = write_config("udp-zero", &sticky_config(&[(a, 0)]));
+    let path_s = path.to_str().unwrap();
+    let proxy = Ringlb::start(&["run", "--config", path_s, "--workers", "1"]);
+    let c = client();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c.send_to(b"nobody", proxy.addr()).unwrap();
+    assert!(
+        c.recv_from(&mut [0u8; 64]).is_err(),
+        "no eligible backend: dropped"
+    );
+    replace_file(&path, &sticky_config(&[(a, 1)]));
+    proxy.wait_line("reloaded version=2");
+    c.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
+    assert_eq!(ask(&c, proxy.addr(), "now").0, "a", "no stale drop entry");
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A dnsmasq process answering `example.test` with 127.0.0.9, killed (by PID) on drop.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the system tools a test needs exist; without them the test fails under CI (which
+/// installs them) and is skipped with the reason elsewhere.
+fn have(tool: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing: CI must install {package}"
+        );
+        eprintln!("skipped: {tool} is not installed (apt-get install {package})");
+    }
+    found
+}
+
+/// Starts dnsmasq on a free port of 127.0.0.1, in `netns` when given.
+fn dnsmasq(netns: Option<&str>) -> Dnsmasq {
+    for _ in 0..10 {
+        // A port free for UDP and TCP (dnsmasq binds both) right now.
+        let port = {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = tcp.local_addr().unwrap().port();
+            if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+                continue;
+            }
+            port
+        };
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "dnsmasq"]);
+                c
+            }
+            None => Command::new("dnsmasq"),
+        };
+        let child = cmd
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--address=/example.test/127.0.0.9",
+                "--pid-file=",
+                "--user=root",
+                &format!("--port={port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn dnsmasq");
+        let mut d = Dnsmasq { child, port };
+        // Ready once it answers (bounded).
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = d.child.try_wait() {
+                break; // port taken: try another
+            }
+            if dig(netns, "127.0.0.1", port, 1).as_deref() == Some("127.0.0.9") {
+                return d;
+            }
+        }
+        let _ = d.child.kill();
+    }
+    panic!("dnsmasq did not start");
+}
+
+/// Asks for `example.test` A at `server`:`port` with dig (in `netns`), one try of `secs`.
+fn dig(netns: Option<&str>, server: &str, port: u16, secs: u32) -> Option<String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "dig"]);
+            c
+        }
+        None => Command::new("dig"),
+    };
+    let out = cmd
+        .args([
+            &format!("@{server}"),
+            "-p",
+            &port.to_string(),
+            "example.test",
+            "A",
+            "+short",
+            "+tries=1",
+            &format!("+time={secs}"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty() && !text.starts_with(";;")).then_some(text)
+}
+
+#[test]
+fn dig_resolves_through_the_proxy_to_dnsmasq() {
+    if !have("dnsmasq", "dnsmasq-base") || !have("dig", "bind9-dnsutils") {
+        return;
+    }
+    let server = dnsmasq(None);
+    for driver in DRIVERS {
+        let backend: SocketAddr = ([127, 0, 0, 1], server.port).into();
+        let proxy = quick(driver, &[backend], &["--proto", "udp"]);
+        let port = proxy.addr().port();
+        for _ in 0..5 {
+            assert_eq!(
+                dig(None, "127.0.0.1", port, 5).as_deref(),
+                Some("127.0.0.9"),
+                "{driver}"
+            );
+        }
+    }
+}
+
+/// A network namespace made for one test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    /// Creates a namespace with loopback up; `None` (with the reason printed) where this
+    /// machine cannot (not root, no `ip`).
+    fn create(tag: &str) -> Option<Netns> {
+        let name = format!("ringlb-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
+            return None;
+        }
+        let ns = Netns(name);
+        let up = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"])
+            .status()
+            .expect("ip link set lo up");
+        assert!(up.success());
+        Some(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// With the frontend on `0.0.0.0`, a client that sent to 127.0.0.3 gets its answer from
+/// 127.0.0.3 (dig drops answers from any other source). Without `IP_PKTINFO` the kernel would
+/// answer from 127.0.0.1. In a namespace of its own, so the wildcard socket sees loopback only.
+#[test]
+fn a_wildcard_frontend_answers_from_the_address_the_client_used() {
+    if !have("dnsmasq", "dnsmasq-base") || !have("dig", "bind9-dnsutils") {
+        return;
+    }
+    let Some(ns) = Netns::create("udp-wild") else {
+        return;
+    };
+    let server = dnsmasq(Some(&ns.0));
+    let backend = format!("127.0.0.1:{}", server.port);
+    for driver in DRIVERS {
+        let proxy = Ringlb::start_in_netns(
+            &ns.0,
+            &[
+                "run",
+                "--listen",
+                "0.0.0.0:0",
+                "--to",
+                &backend,
+                "--proto",
+                "udp",
+                "--io-driver",
+                driver,
+                "--workers",
+                "2",
+            ],
+        );
+        let port = proxy.addr().port();
+        for dest in ["127.0.0.3", "127.0.0.1", "127.0.0.77"] {
+            assert_eq!(
+                dig(Some(&ns.0), dest, port, 5).as_deref(),
+                Some("127.0.0.9"),
+                "{driver}: answer to {dest} from {dest}"
+            );
+        }
+        drop(proxy);
+    }
+    drop(server);
+}
