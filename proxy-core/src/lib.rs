@@ -42,6 +42,9 @@ pub use sys::raise_nofile_limit;
 /// connection only holds one while bytes are in flight.
 pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
 
+/// How long [`Proxy::reload`] waits for every worker to apply a new table.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
 /// How the data plane runs.
 #[derive(Clone, Debug)]
 pub struct ProxyOptions {
@@ -249,7 +252,9 @@ impl Proxy {
     /// frontends it adds (a failure changes nothing), publishes the new table with one atomic
     /// swap, then has every worker start accepting on the new frontends and stop on the removed
     /// ones. Connections keep the backend they have; those to a backend that left the table are
-    /// closed `backend_drain` after the swap, or run until they end when it is `None`.
+    /// closed `backend_drain` after the swap, or run until they end when it is `None`. UDP
+    /// flows to backends that are no longer usable end. Returns once every worker has applied
+    /// the change (waiting at most a couple of seconds).
     pub fn reload(
         &mut self,
         mut config: Config,
@@ -295,11 +300,27 @@ impl Proxy {
             }
         }
         self.frontends.retain(|f| wanted.contains(&f.key));
+        let (applied, acks) = mpsc::channel();
         for tx in &self.commands {
             let _ = tx.send(worker::Command::BackendsRemoved {
                 table: Arc::clone(&table),
                 deadline: backend_drain,
+                applied: applied.clone(),
             });
+        }
+        drop(applied);
+        // Return once every worker has applied the change (new frontends served, UDP flows of
+        // unusable backends ended), so "reloaded" means in effect. Bounded: a worker busy
+        // for longer applies it a little later.
+        let deadline = Instant::now() + APPLY_WAIT;
+        for _ in 0..self.commands.len() {
+            if acks
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                tracing::warn!("a worker did not confirm the new table within {APPLY_WAIT:?}");
+                break;
+            }
         }
         self.resolved = fresh.resolved;
         Ok(ReloadReport {

@@ -57,6 +57,8 @@ pub(crate) enum Command {
     BackendsRemoved {
         table: Arc<Table>,
         deadline: Option<Duration>,
+        /// Told once this worker has applied the swap (and every command before it).
+        applied: mpsc::Sender<()>,
     },
 }
 
@@ -140,7 +142,11 @@ impl Worker {
                     }
                 }
                 Command::Unlisten(key) => self.unlisten(&key),
-                Command::BackendsRemoved { table, deadline } => {
+                Command::BackendsRemoved {
+                    table,
+                    deadline,
+                    applied,
+                } => {
                     self.udp.revalidate(&table);
                     let live: HashSet<*const balancers::BackendState> =
                         table.backend_states().map(Arc::as_ptr).collect();
@@ -149,6 +155,7 @@ impl Worker {
                         self.idle
                             .close_matching(at, |c| !live.contains(&c.backend()));
                     }
+                    let _ = applied.send(());
                 }
             }
         }
