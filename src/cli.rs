@@ -22,6 +22,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start and moved once: the size of `RunArgs` costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve: either one service from flags (--listen/--to) or every service of a config file.
     Run(RunArgs),
@@ -41,7 +43,8 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["config", "listen"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "listen", "kubernetes"])))]
+#[command(group(ArgGroup::new("services").multiple(true).args(["config", "kubernetes"])))]
 pub struct RunArgs {
     /// Config: a ringlb YAML file, or Kubernetes Service/Endpoints/EndpointSlice manifests (a
     /// file or a directory of them).
@@ -54,9 +57,29 @@ pub struct RunArgs {
         long = "node-address",
         value_name = "IP",
         value_delimiter = ',',
-        requires = "config"
+        requires = "services"
     )]
     pub node_addresses: Vec<std::net::IpAddr>,
+
+    /// Kubernetes node mode: serve the cluster's Services from the API (Services and
+    /// EndpointSlices, watched), as kube-proxy does. In-cluster config unless --kubeconfig.
+    #[arg(long, conflicts_with_all = ["config", "listen", "to"])]
+    pub kubernetes: bool,
+
+    /// With --kubernetes: a kubeconfig file instead of the in-cluster config.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kubernetes: this node's name, for traffic policy Local and topology
+    /// [default: the NODE_NAME environment variable].
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub node_name: Option<String>,
+
+    /// With --kubernetes: serve only Services labelled
+    /// service.kubernetes.io/service-proxy-name=NAME (to run beside kube-proxy). Default:
+    /// only Services without that label, as kube-proxy.
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub service_proxy_name: Option<String>,
 
     /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", requires = "to")]

@@ -5,6 +5,7 @@
 mod admin;
 mod cli;
 mod demo;
+mod kube;
 mod serve;
 
 use std::process::ExitCode;

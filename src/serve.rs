@@ -24,6 +24,19 @@ use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.kubernetes {
+        let (kube, config) = crate::kube::Kube::start(&args)?;
+        let admin = admin_bind(&args, None);
+        return serve_with(
+            config,
+            None,
+            Some(&kube),
+            &args.reload,
+            &args.data_plane,
+            admin,
+            |_| {},
+        );
+    }
     let mut admin_key = None;
     let mut dns = DnsConfig::default();
     let config = match (&args.config, args.listen) {
@@ -59,6 +72,7 @@ fn admin_bind(args: &RunArgs, admin_key: Option<config::Admin>) -> Option<AdminB
     let (setting, explicit) = match (args.admin.or(admin_key), &args.config) {
         (Some(setting), _) => (setting, true),
         (None, Some(_)) => (config::Admin::Listen(config::Admin::DEFAULT), false),
+        (None, None) if args.kubernetes => (config::Admin::Listen(config::Admin::DEFAULT), false),
         (None, None) => return None,
     };
     match setting {
@@ -121,13 +135,15 @@ fn report_not_proxied(list: &[config::k8s::NotProxied]) {
 }
 
 /// What the control loop reacts to.
-enum Control {
+pub(crate) enum Control {
     /// Read the config file again (SIGHUP, or the file changed).
     Reload(&'static str),
     /// Stop accepting and drain (SIGTERM, SIGINT).
     Stop(i32),
     /// The addresses of a DNS-named backend changed.
     Resolved,
+    /// The Kubernetes watch published a new model (`--kubernetes`).
+    Kube,
 }
 
 /// DNS-named backends: the watch, started by the first config that names a host, and where
@@ -183,8 +199,21 @@ const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 /// the file reload it: a valid new config takes effect at once without disturbing established
 /// connections; an invalid one is reported and the last good one keeps serving.
 pub fn serve(
+    config: Config,
+    source: Option<Source<'_>>,
+    reload: &ReloadArgs,
+    dp: &DataPlaneArgs,
+    admin: Option<AdminBind>,
+    on_ready: impl FnOnce(&Proxy),
+) -> anyhow::Result<()> {
+    serve_with(config, source, None, reload, dp, admin, on_ready)
+}
+
+/// [`serve`], with the Kubernetes watch as a source of changes when `kube` is given.
+fn serve_with(
     mut config: Config,
     source: Option<Source<'_>>,
+    kube: Option<&crate::kube::Kube>,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     admin: Option<AdminBind>,
@@ -263,6 +292,11 @@ pub fn serve(
         tracing::info!(addr = %server.local_addr(), "admin API listening");
     }
     on_ready(&proxy);
+    if let Some(kube) = kube {
+        kube.attach(control_tx.clone());
+        // A change published while the data plane started.
+        kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
+    }
 
     let signal = loop {
         // Every table swap (reload, DNS change) happens in one turn of this loop.
@@ -270,6 +304,13 @@ pub fn serve(
             .telemetry
             .table_published(proxy.table().version());
         let mut why = match control_rx.recv() {
+            Ok(Control::Kube) => {
+                // The watch thread already folded the burst (config::kube::SETTLE).
+                if let Some(kube) = kube {
+                    kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
+                }
+                continue;
+            }
             Ok(Control::Reload(why)) => Some(why),
             Ok(Control::Resolved) => None,
             Ok(Control::Stop(signal)) => break signal,
@@ -285,6 +326,11 @@ pub fn serve(
                 }
                 Control::Reload(w) => why = Some(w),
                 Control::Resolved => {}
+                Control::Kube => {
+                    if let Some(kube) = kube {
+                        kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
+                    }
+                }
             }
         }
         if let Some(signal) = stop {
@@ -432,7 +478,7 @@ fn announce(proxy: &Proxy, table: &Table) {
 }
 
 /// One line on stdout for scripts and tests (`reloaded version=N`, `reload-failed ...`).
-fn announce_line(line: &str) {
+pub(crate) fn announce_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

@@ -10,12 +10,18 @@
 //! resolves them on their TTL on a thread of its own, and [`Config::expand`] turns the answers
 //! into IP backends.
 //!
-//! This crate never opens a data-plane socket. Its only async runtime is the `dns` feature's
-//! current-thread tokio runtime on the `ringlb-dns` thread; the data plane never sees it.
+//! With the `kube` feature, `kube::KubeWatch` watches Services, EndpointSlices and this node
+//! through the Kubernetes API and resolves them into the model for node mode.
+//!
+//! This crate never opens a data-plane socket. Its only async runtimes are the current-thread
+//! tokio runtimes of the `dns` feature (the `ringlb-dns` thread) and of the `kube` feature (the
+//! `ringlb-kube` thread); the data plane never sees them.
 #![forbid(unsafe_code)]
 
 mod error;
 pub mod k8s;
+#[cfg(feature = "kube")]
+pub mod kube;
 mod model;
 mod names;
 mod raw;

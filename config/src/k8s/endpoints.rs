@@ -240,12 +240,41 @@ fn slice_endpoint(
     };
     let node_name = optional_string(ck, &e, "nodeName", path);
     let zone = optional_string(ck, &e, "zone", path);
+    let zone_hints = zone_hints(ck, &e, path);
     Some(SliceEndpoint {
         address: address?,
         conditions: conditions?,
         node_name: node_name?,
         zone: zone?,
+        zone_hints: zone_hints?,
     })
+}
+
+/// `hints.forZones[].name` of a slice endpoint (other hints are ignored).
+fn zone_hints(ck: &mut Checker, e: &Fields<'_>, path: &str) -> Option<Vec<String>> {
+    let Some(h) = e.get("hints") else {
+        return Some(Vec::new());
+    };
+    let h = ck.map(h, &format!("{path}.hints"))?;
+    let Some(zones) = h.get("forZones") else {
+        return Some(Vec::new());
+    };
+    let field = format!("{path}.hints.forZones");
+    let items = ck.seq(zones, &field)?;
+    let mut ok = true;
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let name = ck
+            .map(item, &at)
+            .and_then(|z| required(ck, &z, &format!("{at}.name")))
+            .and_then(|n| ck.string(n, &format!("{at}.name")));
+        match name {
+            Some(name) => out.push(name),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 /// An optional string field: `Some(None)` when absent, `None` when wrongly typed.

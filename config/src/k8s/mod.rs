@@ -51,17 +51,23 @@ use std::sync::Arc;
 use crate::error::{ConfigError, Problem};
 use crate::Config;
 
+#[cfg(feature = "kube")]
+pub mod api;
 mod endpoints;
 mod node;
+mod node_mode;
 mod parse;
 mod resolve;
 mod service;
 mod types;
 
 pub use endpoints::SERVICE_NAME_LABEL;
+pub use node_mode::{
+    assemble, resolve_node, resolve_node_service, NodeOptions, NodeService, ZONE_LABEL,
+};
 pub use resolve::{
-    service_port_name, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
-    StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
+    service_port_name, Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint,
+    ResolvedPort, StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
 };
 pub use service::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use types::{

@@ -37,6 +37,10 @@ pub struct Resolved {
     pub ports: Vec<ResolvedPort>,
     /// Services and service ports accepted but not proxied, with why.
     pub not_proxied: Vec<NotProxied>,
+    /// What node mode served differently from what a Service asked (an unusable scheduler
+    /// annotation, a frontend claimed twice, load balancer IPs left out); always empty in
+    /// standalone mode, where such things are problems.
+    pub warnings: Vec<String>,
 }
 
 /// A Service or service port that is valid but not proxied.
@@ -62,6 +66,11 @@ pub enum NotProxiedReason {
     /// No usable endpoint (kube-proxy would reject connections); the text says which part
     /// is missing.
     NoEndpoints(String),
+    /// An SCTP service port (node mode; standalone mode refuses the manifest).
+    Sctp,
+    /// Node mode with `--service-proxy-name`: the Service does not carry
+    /// `service.kubernetes.io/service-proxy-name` with that name.
+    NotSelected(String),
 }
 
 impl fmt::Display for NotProxiedReason {
@@ -77,6 +86,11 @@ impl fmt::Display for NotProxiedReason {
                  and no nodePort with node addresses)",
             ),
             NotProxiedReason::NoEndpoints(why) => write!(f, "no usable endpoints: {why}"),
+            NotProxiedReason::Sctp => f.write_str("SCTP is not supported (TCP and UDP only)"),
+            NotProxiedReason::NotSelected(ours) => write!(
+                f,
+                "not labelled {SERVICE_PROXY_NAME_LABEL}={ours}: served by another proxy"
+            ),
         }
     }
 }
@@ -94,6 +108,31 @@ pub struct ResolvedPort {
     pub internal_traffic_policy: TrafficPolicy,
     /// Every endpoint of the port, usable or not, in slice (or subset) order.
     pub endpoints: Vec<ResolvedEndpoint>,
+    /// Which frontends of the Kubernetes service port this ringlb service carries.
+    pub frontends: Frontends,
+    /// Whether the port has a usable endpoint anywhere in the cluster (ready, or serving and
+    /// terminating), whatever the traffic policy: kube-proxy rejects when there is none and
+    /// drops when there are some but none local under policy `Local`.
+    pub any_endpoints: bool,
+    /// `spec.ports[].nodePort`.
+    pub node_port: Option<u16>,
+    /// `spec.healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+}
+
+/// Which frontends of a Kubernetes service port a ringlb service carries. Node mode splits a
+/// port in two when its internal and external traffic policies differ, because each set of
+/// frontends then has its own endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Frontends {
+    /// Cluster IPs, external IPs, load balancer IPs and node ports (one endpoint set).
+    #[default]
+    All,
+    /// Cluster IPs only (`internalTrafficPolicy` applies).
+    Internal,
+    /// External IPs, load balancer IPs and node ports only (`externalTrafficPolicy`
+    /// applies); the ringlb service's name ends in `.external`.
+    External,
 }
 
 /// One endpoint of a service port, with its port resolved.
@@ -108,6 +147,8 @@ pub struct ResolvedEndpoint {
     pub node_name: Option<String>,
     /// `zone` (slices only).
     pub zone: Option<String>,
+    /// `hints.forZones[].name` (slices only).
+    pub zone_hints: Vec<String>,
     /// Whether it is a backend: ready, or (when no endpoint is ready) serving and terminating.
     pub usable: bool,
 }
@@ -224,6 +265,7 @@ pub(crate) fn resolve(
         },
         ports: Vec::new(),
         not_proxied: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut frontends: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
     for (object, svc) in services {
@@ -343,6 +385,10 @@ pub(crate) fn resolve(
                 external_traffic_policy: svc.external_traffic_policy,
                 internal_traffic_policy: svc.internal_traffic_policy,
                 endpoints: eps,
+                frontends: Frontends::All,
+                any_endpoints: true,
+                node_port: port.node_port,
+                health_check_node_port: svc.health_check_node_port,
             });
         }
     }
@@ -355,7 +401,7 @@ pub(crate) fn resolve(
 
 /// Where the endpoints of a Service come from: slices win over Endpoints, as in kube-proxy
 /// (which reads only slices; the mirroring controller turns custom Endpoints into slices).
-enum Source<'a> {
+pub(super) enum Source<'a> {
     Slices(&'a [&'a EndpointSlice]),
     Endpoints(&'a Endpoints),
     None,
@@ -402,7 +448,7 @@ fn matches(ep: &EndpointPort, port: &ServicePort) -> bool {
 
 /// Every endpoint of `port` with its `usable` flag; `Err` when the Service has no endpoints
 /// object at all.
-fn endpoints_of(
+pub(super) fn endpoints_of(
     source: &Source<'_>,
     port: &ServicePort,
 ) -> Result<Vec<ResolvedEndpoint>, &'static str> {
@@ -425,6 +471,7 @@ fn endpoints_of(
                             conditions: e.conditions,
                             node_name: e.node_name.clone(),
                             zone: e.zone.clone(),
+                            zone_hints: e.zone_hints.clone(),
                             usable: false,
                         });
                     }
@@ -447,6 +494,7 @@ fn endpoints_of(
                             },
                             node_name: a.node_name.clone(),
                             zone: None,
+                            zone_hints: Vec::new(),
                             usable: false,
                         });
                     }

@@ -110,6 +110,7 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         internal_traffic_policy: internal_traffic_policy?,
         health_check_node_port: health_check_node_port?,
         load_balancer_ingress: load_balancer_ingress?,
+        load_balancer_source_ranges: false,
         scheduler: scheduler?,
         scheduler_loc,
     })
@@ -530,33 +531,81 @@ fn scheduler(ck: &mut Checker, f: &Fields<'_>, object: Loc) -> (Option<Scheduler
     let Some((flags, flags_loc)) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) else {
         return (Some(sc), loc);
     };
-    let mut ok = true;
+    let errors = apply_scheduler_flags(&mut sc, flags);
+    for e in &errors {
+        ck.at(*flags_loc, &field(SCHEDULER_FLAGS_ANNOTATION), e.clone());
+    }
+    (errors.is_empty().then_some(sc), loc)
+}
+
+/// Sets the flags of the comma-separated `flags` (`ringlb.io/scheduler-flags`) on `sc`;
+/// returns why each flag that cannot be set was refused.
+fn apply_scheduler_flags(sc: &mut SchedulerConfig, flags: &str) -> Vec<String> {
+    let mut errors = Vec::new();
     for flag in flags.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = sc.kind;
         let (owner, slot) = match flag {
             "sh-fallback" => (SchedulerKind::Sh, &mut sc.sh_fallback),
             "sh-port" => (SchedulerKind::Sh, &mut sc.sh_port),
             "mh-fallback" => (SchedulerKind::Mh, &mut sc.mh_fallback),
             "mh-port" => (SchedulerKind::Mh, &mut sc.mh_port),
             other => {
-                ck.at(
-                    *flags_loc,
-                    &field(SCHEDULER_FLAGS_ANNOTATION),
-                    format!("unknown flag {other:?} (sh-fallback, sh-port, mh-fallback, mh-port)"),
-                );
-                ok = false;
+                errors.push(format!(
+                    "unknown flag {other:?} (sh-fallback, sh-port, mh-fallback, mh-port)"
+                ));
                 continue;
             }
         };
-        if owner != sc.kind {
-            ck.at(
-                *flags_loc,
-                &field(SCHEDULER_FLAGS_ANNOTATION),
-                format!("{flag} only applies to scheduler {owner}, not {}", sc.kind),
-            );
-            ok = false;
+        if owner != kind {
+            errors.push(format!(
+                "{flag} only applies to scheduler {owner}, not {kind}"
+            ));
             continue;
         }
         *slot = true;
     }
-    (ok.then_some(sc), loc)
+    errors
+}
+
+/// The scheduler of a Service read from the API (node mode): its ringlb annotations, or the
+/// default scheduler with why each annotation was not usable. A typo in an annotation must
+/// not take a Service of a running cluster off the air, so it falls back rather than fails.
+pub(crate) fn scheduler_of_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> (SchedulerConfig, Vec<String>) {
+    let mut problems = Vec::new();
+    for key in annotations.keys() {
+        if key.starts_with(RINGLB_PREFIX)
+            && key != SCHEDULER_ANNOTATION
+            && key != SCHEDULER_FLAGS_ANNOTATION
+        {
+            problems.push(format!(
+                "unknown ringlb annotation {key:?} ({SCHEDULER_ANNOTATION}, {SCHEDULER_FLAGS_ANNOTATION})"
+            ));
+        }
+    }
+    let mut sc = match annotations.get(SCHEDULER_ANNOTATION) {
+        None => SchedulerConfig::default(),
+        Some(value) => match value.trim().parse::<SchedulerKind>() {
+            Ok(kind) => SchedulerConfig::new(kind),
+            Err(e) => {
+                problems.push(format!("{SCHEDULER_ANNOTATION}: {e}; using rr"));
+                return (SchedulerConfig::default(), problems);
+            }
+        },
+    };
+    if let Some(flags) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) {
+        let mut flagged = sc;
+        let errors = apply_scheduler_flags(&mut flagged, flags);
+        if errors.is_empty() {
+            sc = flagged;
+        } else {
+            problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("{SCHEDULER_FLAGS_ANNOTATION}: {e}; flags ignored")),
+            );
+        }
+    }
+    (sc, problems)
 }

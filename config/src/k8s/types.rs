@@ -200,6 +200,9 @@ pub struct Service {
     pub health_check_node_port: Option<u16>,
     /// `status.loadBalancer.ingress`.
     pub load_balancer_ingress: Vec<LoadBalancerIngress>,
+    /// Whether `spec.loadBalancerSourceRanges` is set (manifests refuse it; node mode does not
+    /// serve the load balancer IPs of such a Service).
+    pub load_balancer_source_ranges: bool,
     /// The scheduler from the annotations `ringlb.io/scheduler` and `ringlb.io/scheduler-flags`
     /// (`rr` by default).
     pub scheduler: SchedulerConfig,
@@ -298,6 +301,9 @@ pub struct SliceEndpoint {
     pub node_name: Option<String>,
     /// `zone`.
     pub zone: Option<String>,
+    /// `hints.forZones[].name`: the zones the EndpointSlice controller wants this endpoint
+    /// used from (topology aware routing; node mode only).
+    pub zone_hints: Vec<String>,
 }
 
 /// A `discovery.k8s.io/v1 EndpointSlice`, checked.

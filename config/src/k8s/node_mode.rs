@@ -1,0 +1,344 @@
+//! Node mode: a Kubernetes Service and its EndpointSlices into ringlb services, with the rules
+//! kube-proxy applies on a node (`pkg/proxy/topology.go` `CategorizeEndpoints`; the Kubernetes
+//! repository's `docs/dev/sig-network/service-proxy.md`).
+//!
+//! Unlike standalone mode nothing here is a problem: the API server has validated the objects,
+//! and one odd Service must not take the others off the air. What cannot be served as asked
+//! is served the closest safe way and reported in [`NodeService::warnings`]; what is not
+//! served at all is listed in [`NodeService::not_proxied`].
+//!
+//! - Label rules: a Service labelled `service.kubernetes.io/service-proxy-name` belongs to
+//!   another proxy, unless [`NodeOptions::service_proxy_name`] is set, and then only Services
+//!   with that exact label value are served. Headless and ExternalName Services are DNS only.
+//!   SCTP ports are not served.
+//! - Frontends: cluster IPs at `port` are *internal*; external IPs, VIP-mode load balancer
+//!   IPs at `port` and every node address at `nodePort` are *external*. Load balancer IPs of
+//!   a Service with `loadBalancerSourceRanges` are left out (ringlb cannot filter sources yet,
+//!   and serving them to everyone would open what the ranges close).
+//! - Endpoints: per service port by name and protocol, port number from each slice. The
+//!   cluster set is the ready endpoints, narrowed to this node's zone when *every* ready
+//!   endpoint has a zone hint and one of them names the zone; if it is empty, the serving and
+//!   terminating endpoints. The local set is the ready endpoints whose `nodeName` is this
+//!   node; if none, the local serving and terminating ones. Internal frontends use the local
+//!   set under `internalTrafficPolicy: Local`, external ones under `externalTrafficPolicy:
+//!   Local`, else the cluster set. When the two policies differ, the port becomes two ringlb
+//!   services, `namespace.name.port` (cluster IPs) and `namespace.name.port.external`.
+//! - A port with frontends but no usable endpoint is still served, with no backends: new
+//!   connections are refused, as kube-proxy rejects them. [`ResolvedPort::any_endpoints`]
+//!   tells a rejection (none anywhere) from a policy `Local` drop (none here).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use balancers::{Scheduler, SchedulerConfig};
+
+use super::resolve::{endpoints_of, service_port_name, Source};
+use super::types::{
+    EndpointSlice, IpMode, Object, PortProtocol, Service, ServiceType, TrafficPolicy,
+};
+use super::{
+    Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
+    SERVICE_PROXY_NAME_LABEL,
+};
+use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
+
+/// The Node label with the node's zone, matched against endpoint zone hints.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// What node mode knows about the node it runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeOptions {
+    /// This node's name: endpoints with this `nodeName` are local.
+    pub node_name: String,
+    /// This node's `topology.kubernetes.io/zone` label, for topology hints.
+    pub zone: Option<String>,
+    /// Addresses on which NodePort and LoadBalancer services listen at their `nodePort`.
+    pub node_addresses: Vec<IpAddr>,
+    /// Serve only Services labelled `service.kubernetes.io/service-proxy-name` with this
+    /// value (to run beside kube-proxy); `None`: serve those without the label, as kube-proxy.
+    pub service_proxy_name: Option<String>,
+}
+
+/// What one Kubernetes Service resolves to in node mode.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeService {
+    /// Its ringlb services, one or two per served port, each with its Kubernetes side.
+    pub services: Vec<(ModelService, ResolvedPort)>,
+    /// The Service or those of its ports that are not served, with why.
+    pub not_proxied: Vec<NotProxied>,
+    /// What is served differently from what the Service asks.
+    pub warnings: Vec<String>,
+}
+
+/// Resolves one Service with its EndpointSlices (those labelled with its name, in its
+/// namespace) for this node.
+pub fn resolve_node_service(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    options: &NodeOptions,
+) -> NodeService {
+    let mut out = NodeService::default();
+    let meta = &svc.meta;
+    let whole = format!("{}.{}", meta.namespace, meta.name);
+    let label = meta.labels.get(SERVICE_PROXY_NAME_LABEL);
+    let skip = match (&options.service_proxy_name, label) {
+        (None, Some(other)) => Some(NotProxiedReason::OtherProxy(other.clone())),
+        (Some(ours), Some(v)) if v == ours => None,
+        (Some(ours), _) => Some(NotProxiedReason::NotSelected(ours.clone())),
+        (None, None) => None,
+    };
+    let skip = skip.or_else(|| {
+        if svc.service_type == ServiceType::ExternalName {
+            Some(NotProxiedReason::ExternalName(
+                svc.external_name.clone().unwrap_or_default(),
+            ))
+        } else if svc.headless || svc.cluster_ips.is_empty() {
+            Some(NotProxiedReason::Headless)
+        } else {
+            None
+        }
+    });
+    if let Some(reason) = skip {
+        out.not_proxied.push(NotProxied {
+            name: whole,
+            reason,
+        });
+        return out;
+    }
+    let lb_ips: Vec<IpAddr> = if svc.load_balancer_source_ranges {
+        if svc.load_balancer_ingress.iter().any(|i| i.ip.is_some()) {
+            out.warnings.push(format!(
+                "{whole}: load balancer IPs not served: loadBalancerSourceRanges is not \
+                 supported yet, and serving every client would open what the ranges close"
+            ));
+        }
+        Vec::new()
+    } else {
+        svc.load_balancer_ingress
+            .iter()
+            .filter(|i| i.ip_mode == IpMode::Vip)
+            .filter_map(|i| i.ip)
+            .collect()
+    };
+    let source = if slices.is_empty() {
+        Source::None
+    } else {
+        Source::Slices(slices)
+    };
+    for port in &svc.ports {
+        let name = service_port_name(svc, port);
+        let protocol = match port.protocol {
+            PortProtocol::Tcp => Protocol::Tcp,
+            PortProtocol::Udp => Protocol::Udp,
+            PortProtocol::Sctp => {
+                out.not_proxied.push(NotProxied {
+                    name,
+                    reason: NotProxiedReason::Sctp,
+                });
+                continue;
+            }
+        };
+        let at_port = |ip: &IpAddr| SocketAddr::new(*ip, port.port);
+        let internal: Vec<SocketAddr> = svc.cluster_ips.iter().map(at_port).collect();
+        let mut external: Vec<SocketAddr> = svc
+            .external_ips
+            .iter()
+            .chain(&lb_ips)
+            .map(at_port)
+            .collect();
+        if let (Some(np), ServiceType::NodePort | ServiceType::LoadBalancer) =
+            (port.node_port, svc.service_type)
+        {
+            external.extend(
+                options
+                    .node_addresses
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, np)),
+            );
+        }
+        let mut seen: std::collections::HashSet<SocketAddr> = internal.iter().copied().collect();
+        external.retain(|a| seen.insert(*a));
+
+        let eps = endpoints_of(&source, port).unwrap_or_default();
+        let sets = categorize(&eps, options);
+        let itp = svc.internal_traffic_policy;
+        let etp = svc.external_traffic_policy;
+        let groups = if external.is_empty() {
+            vec![(name.clone(), Frontends::All, internal, itp)]
+        } else if itp == etp {
+            let mut all = internal;
+            all.extend(external);
+            vec![(name.clone(), Frontends::All, all, itp)]
+        } else {
+            vec![
+                (name.clone(), Frontends::Internal, internal, itp),
+                (
+                    format!("{name}.external"),
+                    Frontends::External,
+                    external,
+                    etp,
+                ),
+            ]
+        };
+        for (svc_name, frontends, listen, policy) in groups {
+            let usable = match policy {
+                TrafficPolicy::Cluster => &sets.cluster,
+                TrafficPolicy::Local => &sets.local,
+            };
+            let endpoints: Vec<ResolvedEndpoint> = eps
+                .iter()
+                .zip(usable)
+                .map(|(e, &usable)| ResolvedEndpoint {
+                    usable,
+                    ..e.clone()
+                })
+                .collect();
+            let backends: Vec<Backend> = endpoints
+                .iter()
+                .filter(|e| e.usable)
+                .map(|e| Backend::new(e.address, ServiceDefaults::WEIGHT))
+                .collect();
+            let mut scheduler = svc.scheduler;
+            let specs: Vec<_> = backends.iter().map(Backend::spec).collect();
+            if !specs.is_empty() {
+                if let Err(e) = Scheduler::build(&scheduler, &specs) {
+                    out.warnings.push(format!(
+                        "{svc_name}: scheduler {} cannot serve its {} endpoints ({e}); using rr",
+                        scheduler.kind,
+                        specs.len()
+                    ));
+                    scheduler = SchedulerConfig::default();
+                }
+            }
+            let mut model =
+                ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
+            model.session_affinity = svc.session_affinity;
+            out.services.push((
+                model,
+                ResolvedPort {
+                    service: meta.key(),
+                    port_name: port.name.clone(),
+                    external_traffic_policy: etp,
+                    internal_traffic_policy: itp,
+                    endpoints,
+                    frontends,
+                    any_endpoints: sets.any,
+                    node_port: port.node_port,
+                    health_check_node_port: svc.health_check_node_port,
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// The usable endpoints of one service port under each traffic policy (flags aligned with
+/// the endpoints), as kube-proxy's `CategorizeEndpoints`.
+struct Sets {
+    cluster: Vec<bool>,
+    local: Vec<bool>,
+    any: bool,
+}
+
+fn categorize(eps: &[ResolvedEndpoint], options: &NodeOptions) -> Sets {
+    let ready = |e: &ResolvedEndpoint| e.conditions.ready;
+    let draining = |e: &ResolvedEndpoint| e.conditions.serving && e.conditions.terminating;
+    let local = |e: &ResolvedEndpoint| e.node_name.as_deref() == Some(options.node_name.as_str());
+    // Topology: all or nothing per port, and only with a zone to prefer.
+    let zone = options.zone.as_deref().filter(|_| {
+        let mut ready_eps = eps.iter().filter(|e| ready(e)).peekable();
+        ready_eps.peek().is_some() && ready_eps.all(|e| !e.zone_hints.is_empty())
+    });
+    let zone = zone.filter(|z| {
+        eps.iter()
+            .filter(|e| ready(e))
+            .any(|e| e.zone_hints.iter().any(|h| h == z))
+    });
+    let in_topology =
+        |e: &ResolvedEndpoint| zone.is_none_or(|z| e.zone_hints.iter().any(|h| h == z));
+    let mut cluster: Vec<bool> = eps.iter().map(|e| ready(e) && in_topology(e)).collect();
+    if !cluster.contains(&true) {
+        cluster = eps.iter().map(draining).collect();
+    }
+    let mut local_set: Vec<bool> = eps.iter().map(|e| local(e) && ready(e)).collect();
+    if !local_set.contains(&true) {
+        local_set = eps.iter().map(|e| local(e) && draining(e)).collect();
+    }
+    Sets {
+        cluster,
+        local: local_set,
+        any: eps.iter().any(|e| ready(e) || draining(e)),
+    }
+}
+
+/// Puts resolved Services together into one model, in the order given. A frontend claimed by
+/// two Services (two Services with one external IP and port, say) stays with the first; the
+/// later one serves without it, with a warning.
+pub fn assemble<'a>(parts: impl IntoIterator<Item = &'a NodeService>) -> Resolved {
+    let mut out = Resolved {
+        config: Config {
+            services: Vec::new(),
+        },
+        ports: Vec::new(),
+        not_proxied: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut frontends: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
+    for part in parts {
+        out.not_proxied.extend(part.not_proxied.iter().cloned());
+        out.warnings.extend(part.warnings.iter().cloned());
+        for (model, port) in &part.services {
+            let mut model = model.clone();
+            let (name, protocol) = (model.name.clone(), model.protocol);
+            model
+                .listen
+                .retain(|addr| match frontends.get(&(protocol, *addr)) {
+                    Some(first) => {
+                        out.warnings.push(format!(
+                            "{name}: {protocol} {addr} is already a frontend of {first}; left out"
+                        ));
+                        false
+                    }
+                    None => {
+                        frontends.insert((protocol, *addr), name.clone());
+                        true
+                    }
+                });
+            if model.listen.is_empty() {
+                continue;
+            }
+            out.config.services.push(model);
+            out.ports.push(port.clone());
+        }
+    }
+    out
+}
+
+/// Resolves a whole set of objects for this node: each Service with the EndpointSlices
+/// labelled with its name, in namespace and name order. `Endpoints` objects are ignored, as
+/// kube-proxy ignores them (the mirroring controller turns custom ones into slices).
+pub fn resolve_node(objects: &[Object], options: &NodeOptions) -> Resolved {
+    let mut services: Vec<&Service> = Vec::new();
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for o in objects {
+        match o {
+            Object::Service(s) => services.push(s),
+            Object::EndpointSlice(s) => slices
+                .entry((s.meta.namespace.as_str(), s.service_name.as_str()))
+                .or_default()
+                .push(s),
+            Object::Endpoints(_) => {}
+        }
+    }
+    services
+        .sort_by(|a, b| (&a.meta.namespace, &a.meta.name).cmp(&(&b.meta.namespace, &b.meta.name)));
+    let parts: Vec<NodeService> = services
+        .iter()
+        .map(|s| {
+            let key = (s.meta.namespace.as_str(), s.meta.name.as_str());
+            let own = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
+            resolve_node_service(s, own, options)
+        })
+        .collect();
+    assemble(&parts)
+}

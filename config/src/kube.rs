@@ -1,0 +1,510 @@
+//! Kubernetes node mode as a configuration source: Services, EndpointSlices and this node's
+//! Node watched with kube-rs, resolved into the model by [`crate::k8s::resolve_node_service`].
+//!
+//! [`KubeWatch::start`] runs the watchers on a thread of their own (`ringlb-kube`, a
+//! current-thread tokio runtime); the data plane never sees it. Each watcher feeds a
+//! reflector store. A watch event marks the Kubernetes Services it touches (a Service, or the
+//! Service named by a slice's `kubernetes.io/service-name` label, before and after the
+//! event); 100 ms after the first mark the marked Services alone are resolved again, the
+//! model is put together from the per-Service results, and [`KubeWatch::latest`] returns it
+//! with a callback telling the owner. A re-list (after a `410 Gone`, say) and a change of
+//! this node's zone resolve every Service again.
+//!
+//! Watch errors are retried with kube-rs's default backoff (exponential, with jitter); until
+//! the API answers again nothing is published, so the last table keeps serving.
+//!
+//! Label rules are applied by the API server through the label selector, as kube-proxy sets
+//! it: `!service.kubernetes.io/service-proxy-name` (or `=<ours>` with
+//! [`crate::k8s::NodeOptions::service_proxy_name`]) and `!service.kubernetes.io/headless`, on
+//! Services and EndpointSlices alike (the EndpointSlice controller copies a Service's labels
+//! to its slices). [`crate::k8s::resolve_node_service`] checks the first rule again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+
+use crate::k8s::{self, NodeOptions, NodeService, Resolved};
+
+/// Watch events arriving this soon after the first of a burst are applied together.
+pub const SETTLE: Duration = Duration::from_millis(100);
+
+/// Where the API is and who this node is.
+#[derive(Clone, Debug, Default)]
+pub struct KubeOptions {
+    /// A kubeconfig file; `None`: the in-cluster configuration (service account token and
+    /// `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The node (its zone is read from its Node object and need not be set here).
+    pub node: NodeOptions,
+}
+
+/// Why the watch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig file cannot be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No in-cluster configuration (not in a pod, or no service account).
+    #[error("in-cluster Kubernetes configuration: {0} (outside a cluster, give --kubeconfig)")]
+    InCluster(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The client cannot be built (TLS settings, say).
+    #[error("Kubernetes client: {0}")]
+    Client(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The watch thread cannot start.
+    #[error("cannot start the Kubernetes watch thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// One published state of the cluster, as this node serves it.
+#[derive(Clone, Debug)]
+pub struct KubeSnapshot {
+    /// Increases by one with every publication.
+    pub version: u64,
+    /// The model, what is not proxied, and warnings.
+    pub resolved: Resolved,
+    /// `namespace/name` of the Kubernetes Services resolved again for this publication
+    /// (every Service after a re-list).
+    pub changed: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    latest: Mutex<Option<Arc<KubeSnapshot>>>,
+    published: Condvar,
+}
+
+/// The running watch; dropping it stops the watch thread.
+#[derive(Debug)]
+pub struct KubeWatch {
+    shared: Arc<SharedHandle>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `Shared` with a `Debug` that does not print the whole model.
+struct SharedHandle(Shared);
+
+impl std::fmt::Debug for SharedHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeWatchState")
+    }
+}
+
+impl KubeWatch {
+    /// Connects (reads the kubeconfig or the in-cluster configuration) and starts watching;
+    /// `on_change` runs on the watch thread after every publication.
+    pub fn start(
+        options: KubeOptions,
+        on_change: impl Fn() + Send + 'static,
+    ) -> Result<KubeWatch, KubeError> {
+        let shared = Arc::new(SharedHandle(Shared::default()));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let state = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("ringlb-kube".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(KubeError::Thread(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let client = match client(&options).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::select! {
+                        () = watch(client, options.node, state, on_change) => {}
+                        _ = stop_rx => {}
+                    }
+                });
+            })
+            .map_err(KubeError::Thread)?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(KubeWatch {
+                shared,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(KubeError::Thread(std::io::Error::other(
+                    "the watch thread ended before connecting",
+                )))
+            }
+        }
+    }
+
+    /// The latest published state, if the watchers have listed everything once.
+    pub fn latest(&self) -> Option<Arc<KubeSnapshot>> {
+        self.shared
+            .0
+            .latest
+            .lock()
+            .expect("kube state lock")
+            .clone()
+    }
+
+    /// Waits up to `timeout` for the first publication (every watcher has listed once).
+    pub fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
+        let guard = self.shared.0.latest.lock().expect("kube state lock");
+        let (guard, _) = self
+            .shared
+            .0
+            .published
+            .wait_timeout_while(guard, timeout, |s| s.is_none())
+            .expect("kube state lock");
+        guard.clone()
+    }
+}
+
+impl Drop for KubeWatch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn client(options: &KubeOptions) -> Result<Client, KubeError> {
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let err = |e: Box<dyn std::error::Error + Send + Sync>| KubeError::Kubeconfig {
+                path: path.clone(),
+                source: e,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.into()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(e.into()))?
+        }
+        None => kube::Config::incluster().map_err(|e| KubeError::InCluster(e.into()))?,
+    };
+    Client::try_from(config).map_err(|e| KubeError::Client(e.into()))
+}
+
+/// The label selector kube-proxy puts on its Service and EndpointSlice informers.
+pub fn label_selector(service_proxy_name: Option<&str>) -> String {
+    let proxy = match service_proxy_name {
+        None => format!("!{}", k8s::SERVICE_PROXY_NAME_LABEL),
+        Some(name) => format!("{}={name}", k8s::SERVICE_PROXY_NAME_LABEL),
+    };
+    format!("{proxy},!service.kubernetes.io/headless")
+}
+
+enum Event {
+    // Boxed: the objects are large and of different sizes; one allocation per event is
+    // nothing next to decoding it.
+    Service(Box<watcher::Result<watcher::Event<Service>>>),
+    Slice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
+    Node(Box<watcher::Result<watcher::Event<Node>>>),
+}
+
+type Key = (String, String);
+
+/// The watch loop: runs until the thread is told to stop.
+async fn watch(
+    client: Client,
+    mut node: NodeOptions,
+    shared: Arc<SharedHandle>,
+    on_change: impl Fn(),
+) {
+    let selector = label_selector(node.service_proxy_name.as_deref());
+    let config = watcher::Config::default().labels(&selector);
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
+    let svc_events = watcher(Api::<Service>::all(client.clone()), config.clone())
+        .default_backoff()
+        .reflect(svc_writer)
+        .map(|e| Event::Service(Box::new(e)));
+    let slice_events = watcher(Api::<EndpointSlice>::all(client.clone()), config)
+        .default_backoff()
+        .reflect(slice_writer)
+        .map(|e| Event::Slice(Box::new(e)));
+    let node_config =
+        watcher::Config::default().fields(&format!("metadata.name={}", node.node_name));
+    let node_events = watcher(Api::<Node>::all(client), node_config)
+        .default_backoff()
+        .map(|e| Event::Node(Box::new(e)));
+    // Watcher streams must be pinned before `.next()`.
+    let mut events = std::pin::pin!(futures_util::stream::select(
+        futures_util::stream::select(svc_events, slice_events),
+        node_events,
+    ));
+
+    let mut state = State::default();
+    // Listed at least once: services, slices, node.
+    let mut synced = [false; 3];
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match deadline.filter(|_| synced.iter().all(|s| *s)) {
+            Some(at) => match tokio::time::timeout_at(at, events.next()).await {
+                Ok(e) => e,
+                Err(_) => {
+                    deadline = None;
+                    state.publish(&services, &slices, &node, &shared, &on_change);
+                    continue;
+                }
+            },
+            None => events.next().await,
+        };
+        let Some(event) = next else { break };
+        let marked = match event {
+            Event::Service(e) => match *e {
+                Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
+                    state.dirty.insert(key_of(&s.metadata));
+                    true
+                }
+                Ok(watcher::Event::InitDone) => {
+                    synced[0] = true;
+                    state.full = true;
+                    true
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+                Err(e) => watch_failed(&e),
+            },
+            Event::Slice(e) => match *e {
+                Ok(watcher::Event::Apply(s)) => {
+                    state.slice_changed(&s, true);
+                    true
+                }
+                Ok(watcher::Event::Delete(s)) => {
+                    state.slice_changed(&s, false);
+                    true
+                }
+                Ok(watcher::Event::InitDone) => {
+                    synced[1] = true;
+                    state.index_slices(&slices);
+                    state.full = true;
+                    true
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+                Err(e) => watch_failed(&e),
+            },
+            Event::Node(boxed) => match *boxed {
+                Ok(e) => {
+                    let zone = match &e {
+                        watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                            Some(k8s::api::node_zone(n.metadata.labels.as_ref()))
+                        }
+                        watcher::Event::Delete(_) => Some(None),
+                        watcher::Event::Init => None,
+                        watcher::Event::InitDone => {
+                            synced[2] = true;
+                            state.full = true;
+                            None
+                        }
+                    };
+                    if let Some(zone) = zone.filter(|z| *z != node.zone) {
+                        tracing::info!(node = %node.node_name, zone = ?zone, "node zone changed; resolving every service again");
+                        node.zone = zone;
+                        state.full = true;
+                    }
+                    matches!(e, watcher::Event::InitDone) || state.full
+                }
+                Err(e) => watch_failed(&e),
+            },
+        };
+        if marked && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + SETTLE);
+        }
+    }
+}
+
+/// Logs a watch error (the watcher retries with backoff); marks nothing.
+fn watch_failed(e: &watcher::Error) -> bool {
+    tracing::warn!(error = %e, "Kubernetes watch failed; retrying with backoff, the current table keeps serving");
+    false
+}
+
+fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What the watch loop keeps between events.
+#[derive(Default)]
+struct State {
+    /// Each Kubernetes Service resolved, by (namespace, name).
+    resolved: BTreeMap<Key, NodeService>,
+    /// Slice names per Service (namespace, name), from the slices' label.
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    /// The Service each slice (namespace, slice name) belonged to at its last event.
+    owner: HashMap<Key, String>,
+    /// Services to resolve again at the next publication.
+    dirty: BTreeSet<Key>,
+    /// Resolve everything at the next publication.
+    full: bool,
+    version: u64,
+}
+
+impl State {
+    /// A slice was added, changed (`present`) or deleted: its Service before and after.
+    fn slice_changed(&mut self, s: &EndpointSlice, present: bool) {
+        let (ns, name) = key_of(&s.metadata);
+        let label = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k8s::SERVICE_NAME_LABEL))
+            .cloned();
+        if let Some(old) = self.owner.remove(&(ns.clone(), name.clone())) {
+            let key = (ns.clone(), old);
+            if let Some(set) = self.slices_of.get_mut(&key) {
+                set.remove(&name);
+                if set.is_empty() {
+                    self.slices_of.remove(&key);
+                }
+            }
+            self.dirty.insert(key);
+        }
+        if let (Some(svc), true) = (label, present) {
+            let key = (ns.clone(), svc.clone());
+            self.slices_of
+                .entry(key.clone())
+                .or_default()
+                .insert(name.clone());
+            self.owner.insert((ns, name), svc);
+            self.dirty.insert(key);
+        }
+    }
+
+    /// Rebuilds the slice index from the store after a (re-)list.
+    fn index_slices(&mut self, slices: &Store<EndpointSlice>) {
+        self.slices_of.clear();
+        self.owner.clear();
+        for s in slices.state() {
+            self.slice_changed(&s, true);
+        }
+    }
+
+    fn resolve_one(
+        &self,
+        key: &Key,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        node: &NodeOptions,
+    ) -> Option<NodeService> {
+        let svc = services.get(&ObjectRef::new(&key.1).within(&key.0))?;
+        let (svc, mut warnings) = k8s::api::service(&svc);
+        let mut own = Vec::new();
+        for name in self.slices_of.get(key).into_iter().flatten() {
+            let Some(s) = slices.get(&ObjectRef::new(name).within(&key.0)) else {
+                continue;
+            };
+            match k8s::api::endpoint_slice(&s) {
+                Ok((slice, w)) => {
+                    own.push(slice);
+                    warnings.extend(w);
+                }
+                Err(w) => warnings.push(w),
+            }
+        }
+        let refs: Vec<&k8s::EndpointSlice> = own.iter().collect();
+        let mut out = k8s::resolve_node_service(&svc, &refs, node);
+        warnings.append(&mut out.warnings);
+        out.warnings = warnings;
+        Some(out)
+    }
+
+    /// Resolves what changed, puts the model together and publishes it.
+    fn publish(
+        &mut self,
+        services: &Store<Service>,
+        slices: &Store<EndpointSlice>,
+        node: &NodeOptions,
+        shared: &SharedHandle,
+        on_change: &impl Fn(),
+    ) {
+        let keys: Vec<Key> = if std::mem::take(&mut self.full) {
+            let mut all: BTreeSet<Key> = self.resolved.keys().cloned().collect();
+            all.extend(services.state().iter().map(|s| key_of(&s.metadata)));
+            all.into_iter().collect()
+        } else {
+            self.dirty.iter().cloned().collect()
+        };
+        self.dirty.clear();
+        let mut changed = Vec::new();
+        for key in keys {
+            let new = self.resolve_one(&key, services, slices, node);
+            let old = self.resolved.remove(&key);
+            if new == old {
+                if let Some(n) = new {
+                    self.resolved.insert(key, n);
+                }
+                continue;
+            }
+            let label = format!("{}/{}", key.0, key.1);
+            match &new {
+                Some(n) => {
+                    let before = old.as_ref().map(|o| &o.warnings);
+                    if before != Some(&n.warnings) {
+                        for w in &n.warnings {
+                            tracing::warn!(service = %label, "{w}");
+                        }
+                    }
+                    for np in &n.not_proxied {
+                        tracing::debug!(service = %np.name, "not proxied: {}", np.reason);
+                    }
+                    self.resolved.insert(key, n.clone());
+                }
+                None => tracing::debug!(service = %label, "Service deleted"),
+            }
+            changed.push(label);
+        }
+        let first = self.version == 0;
+        if changed.is_empty() && !first {
+            return;
+        }
+        self.version += 1;
+        let resolved = k8s::assemble(self.resolved.values());
+        for w in resolved
+            .warnings
+            .iter()
+            .filter(|w| w.contains("already a frontend"))
+        {
+            tracing::warn!("{w}");
+        }
+        let snapshot = Arc::new(KubeSnapshot {
+            version: self.version,
+            resolved,
+            changed,
+        });
+        *shared.0.latest.lock().expect("kube state lock") = Some(snapshot);
+        shared.0.published.notify_all();
+        on_change();
+    }
+}

@@ -1,0 +1,176 @@
+//! Node mode resolution (a pure function of Services and EndpointSlices): the fixtures as a
+//! node sees them, traffic policies, topology hints, label rules, SCTP and empty services.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use config::k8s::{
+    parse_manifests, resolve_node, Frontends, NodeOptions, NotProxiedReason, Object, Resolved,
+};
+
+fn options(zone: Option<&str>) -> NodeOptions {
+    NodeOptions {
+        node_name: "node-a".into(),
+        zone: zone.map(str::to_owned),
+        node_addresses: vec!["127.0.0.100".parse::<IpAddr>().unwrap()],
+        service_proxy_name: None,
+    }
+}
+
+fn objects(text: &str) -> Vec<Object> {
+    parse_manifests("inline.yaml", text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn backends(r: &Resolved, name: &str) -> Vec<String> {
+    let s = r
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no {name}"));
+    let mut v: Vec<String> = s.backends.iter().map(|b| b.address.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_valid_fixture_resolves_in_node_mode() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/config/k8s/valid");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let r = resolve_node(&objects(&text), &options(None));
+        assert_eq!(r.config.services.len(), r.ports.len());
+        for s in &r.config.services {
+            assert!(!s.listen.is_empty(), "{}: {s:?}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 7, "fixtures missing");
+}
+
+const POLICIES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 127.0.0.70
+  externalIPs: [127.0.0.71]
+  internalTrafficPolicy: Local
+  externalTrafficPolicy: Cluster
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [127.0.9.1], nodeName: node-a, hints: {forZones: [{name: zone-a}]}}
+  - {addresses: [127.0.9.2], nodeName: node-b, hints: {forZones: [{name: zone-b}]}}
+  - {addresses: [127.0.9.3], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+";
+
+#[test]
+fn differing_policies_split_internal_and_external_frontends() {
+    let r = resolve_node(&objects(POLICIES), &options(None));
+    let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["shop.web.http", "shop.web.http.external"]);
+    assert_eq!(r.ports[0].frontends, Frontends::Internal);
+    assert_eq!(r.ports[1].frontends, Frontends::External);
+    assert_eq!(
+        r.config.services[0].listen,
+        ["127.0.0.70:80".parse().unwrap()]
+    );
+    assert_eq!(
+        r.config.services[1].listen,
+        [
+            "127.0.0.71:80".parse().unwrap(),
+            "127.0.0.100:30080".parse().unwrap()
+        ]
+    );
+    // Local: the ready endpoint on node-a; Cluster: every ready one.
+    assert_eq!(backends(&r, "shop.web.http"), ["127.0.9.1:8080"]);
+    assert_eq!(
+        backends(&r, "shop.web.http.external"),
+        ["127.0.9.1:8080", "127.0.9.2:8080"]
+    );
+}
+
+#[test]
+fn local_falls_back_to_local_terminating_endpoints_then_to_none() {
+    let text = POLICIES.replace("nodeName: node-a, hints", "nodeName: node-c, hints");
+    let r = resolve_node(&objects(&text), &options(None));
+    // No ready endpoint on node-a: the serving and terminating one there.
+    assert_eq!(backends(&r, "shop.web.http"), ["127.0.9.3:8080"]);
+    let text = text.replace(
+        "127.0.9.3], nodeName: node-a",
+        "127.0.9.3], nodeName: node-c",
+    );
+    let r = resolve_node(&objects(&text), &options(None));
+    // None here at all: served with no backend (refused), but endpoints exist elsewhere.
+    assert!(backends(&r, "shop.web.http").is_empty());
+    assert!(r.ports[0].any_endpoints);
+}
+
+#[test]
+fn zone_hints_apply_only_when_every_ready_endpoint_has_one_and_one_matches() {
+    let cluster = POLICIES.replace(
+        "internalTrafficPolicy: Local",
+        "internalTrafficPolicy: Cluster",
+    );
+    let r = resolve_node(&objects(&cluster), &options(Some("zone-a")));
+    assert_eq!(backends(&r, "shop.web.http"), ["127.0.9.1:8080"]);
+    // No endpoint hinted for our zone: no topology.
+    let r = resolve_node(&objects(&cluster), &options(Some("zone-x")));
+    assert_eq!(
+        backends(&r, "shop.web.http"),
+        ["127.0.9.1:8080", "127.0.9.2:8080"]
+    );
+    // One ready endpoint without a hint: no topology.
+    let partial = cluster.replace(", hints: {forZones: [{name: zone-b}]}", "");
+    let r = resolve_node(&objects(&partial), &options(Some("zone-a")));
+    assert_eq!(
+        backends(&r, "shop.web.http"),
+        ["127.0.9.1:8080", "127.0.9.2:8080"]
+    );
+}
+
+#[test]
+fn label_rules_and_services_without_endpoints() {
+    let text = "
+apiVersion: v1
+kind: Service
+metadata: {name: theirs, labels: {service.kubernetes.io/service-proxy-name: other}}
+spec: {clusterIP: 127.0.0.80, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ours, labels: {service.kubernetes.io/service-proxy-name: ringlb}}
+spec: {clusterIP: 127.0.0.81, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec: {clusterIP: 127.0.0.82, ports: [{port: 80}]}
+";
+    let objs = objects(text);
+    let r = resolve_node(&objs, &options(None));
+    // No slices: served, with no backend, so connections are refused (kube-proxy rejects).
+    assert_eq!(r.config.services.len(), 1);
+    assert_eq!(r.config.services[0].name, "default.empty.80");
+    assert!(r.config.services[0].backends.is_empty());
+    assert!(!r.ports[0].any_endpoints);
+    assert_eq!(r.not_proxied.len(), 2);
+    let mut mine = options(None);
+    mine.service_proxy_name = Some("ringlb".into());
+    let r = resolve_node(&objs, &mine);
+    let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["default.ours.80"]);
+    assert!(r
+        .not_proxied
+        .iter()
+        .any(|n| n.reason == NotProxiedReason::NotSelected("ringlb".into())));
+}

@@ -1,0 +1,650 @@
+//! Kubernetes node mode against a fake API server that speaks the real list + watch protocol
+//! over HTTP (lists with a resourceVersion, `watch=true` streams of JSON lines resumed from a
+//! resourceVersion, `410 Gone` for an expired one, label and field selectors), with kube's
+//! client pointed at it by a kubeconfig file.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use config::k8s::{NodeOptions, NotProxiedReason};
+use config::kube::{KubeOptions, KubeSnapshot, KubeWatch};
+use hyper::body::{Bytes, Frame};
+use serde_json::{json, Value};
+use support::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Kind {
+    Service,
+    Slice,
+    Node,
+}
+
+impl Kind {
+    fn of(path: &str) -> Option<Kind> {
+        match path {
+            "/api/v1/services" => Some(Kind::Service),
+            "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::Slice),
+            "/api/v1/nodes" => Some(Kind::Node),
+            _ => None,
+        }
+    }
+
+    fn of_object(o: &Value) -> Kind {
+        match o["kind"].as_str() {
+            Some("Service") => Kind::Service,
+            Some("EndpointSlice") => Kind::Slice,
+            Some("Node") => Kind::Node,
+            other => panic!("fake API server: unsupported kind {other:?}"),
+        }
+    }
+
+    fn list_kind(self) -> &'static str {
+        match self {
+            Kind::Service => "ServiceList",
+            Kind::Slice => "EndpointSliceList",
+            Kind::Node => "NodeList",
+        }
+    }
+}
+
+/// `labelSelector` / `fieldSelector` terms: `key`, `!key`, `key=value`, `key!=value`.
+#[derive(Clone, Debug, Default)]
+struct Selector {
+    labels: Vec<String>,
+    fields: Vec<String>,
+}
+
+impl Selector {
+    fn matches(&self, o: &Value) -> bool {
+        let labels = &o["metadata"]["labels"];
+        let label_ok = self.labels.iter().all(|t| {
+            if let Some(k) = t.strip_prefix('!') {
+                labels.get(k).is_none()
+            } else if let Some((k, v)) = t.split_once("!=") {
+                labels.get(k).and_then(Value::as_str) != Some(v)
+            } else if let Some((k, v)) = t.split_once('=') {
+                labels.get(k).and_then(Value::as_str) == Some(v)
+            } else {
+                labels.get(t).is_some()
+            }
+        });
+        let field_ok = self.fields.iter().all(|t| match t.split_once('=') {
+            Some(("metadata.name", v)) => o["metadata"]["name"].as_str() == Some(v),
+            _ => panic!("fake API server: unsupported field selector {t}"),
+        });
+        label_ok && field_ok
+    }
+}
+
+type Key = (Kind, String, String);
+
+/// One change, kept so that a watch can resume from any resourceVersion.
+struct Change {
+    rv: u64,
+    kind: Kind,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+struct Watcher {
+    kind: Kind,
+    selector: Selector,
+    tx: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    log: Vec<Change>,
+    watchers: Vec<Watcher>,
+    /// Kinds whose next watch request is answered `410 Gone`.
+    expire: BTreeSet<Kind>,
+    /// Watch requests served, per kind (to wait for a resumed watch).
+    watches: BTreeMap<Kind, usize>,
+}
+
+/// What a watcher with `selector` sees of a change: the event type and object.
+fn event_for(selector: &Selector, c: &Change) -> Option<Value> {
+    let before = c.before.as_ref().filter(|o| selector.matches(o));
+    let after = c.after.as_ref().filter(|o| selector.matches(o));
+    let (kind, object) = match (before, after) {
+        (None, Some(a)) => ("ADDED", a),
+        (Some(_), Some(a)) => ("MODIFIED", a),
+        (Some(b), None) => ("DELETED", c.after.as_ref().unwrap_or(b)),
+        (None, None) => return None,
+    };
+    Some(json!({"type": kind, "object": object}))
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut s = v.to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// A response body fed from a channel: the list at once, or watch events as they happen.
+/// The stream ends when the sender is dropped.
+struct ChanBody(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl hyper::body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The fake API server: objects, a change log, and open watches.
+#[derive(Clone)]
+struct FakeApi {
+    inner: Arc<Mutex<Inner>>,
+    addr: SocketAddr,
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner: Arc<Mutex<Inner>> = Arc::default();
+        let state = Arc::clone(&inner);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let state = Arc::clone(&state);
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let state = Arc::clone(&state);
+                            async move { Ok::<_, Infallible>(handle(&state, &req)) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        FakeApi { inner, addr }
+    }
+
+    /// A kubeconfig file that points kube's client at this server (plain HTTP).
+    fn kubeconfig(&self) -> PathBuf {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: \
+             http://{}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    \
+             cluster: fake\n    user: fake\ncurrent-context: fake\n",
+            self.addr
+        );
+        write_config("kubeconfig", &text)
+    }
+
+    /// Creates or replaces an object, and tells the watches.
+    fn apply(&self, mut o: Value) {
+        let kind = Kind::of_object(&o);
+        let meta = o["metadata"].as_object_mut().unwrap();
+        meta.entry("namespace").or_insert(json!("default"));
+        if kind == Kind::Node {
+            meta.remove("namespace");
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.rv += 1;
+        let rv = inner.rv;
+        o["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = key_of(kind, &o);
+        let before = inner.objects.insert(key, o.clone());
+        inner.publish(Change {
+            rv,
+            kind,
+            before,
+            after: Some(o),
+        });
+    }
+
+    fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        let key = (kind, namespace.to_owned(), name.to_owned());
+        let before = inner
+            .objects
+            .remove(&key)
+            .expect("deleting an existing object");
+        inner.rv += 1;
+        let rv = inner.rv;
+        inner.publish(Change {
+            rv,
+            kind,
+            before: Some(before),
+            after: None,
+        });
+    }
+
+    /// Ends every open watch stream of `kind` (the server closes the connection's response);
+    /// with `expire`, the next watch of that kind is answered `410 Gone`, so the client must
+    /// list again.
+    fn break_watches(&self, kind: Kind, expire: bool) -> usize {
+        let mut inner = self.inner.lock().unwrap();
+        if expire {
+            inner.expire.insert(kind);
+        }
+        inner.watchers.retain(|w| w.kind != kind);
+        inner.watches.get(&kind).copied().unwrap_or(0)
+    }
+
+    fn watches(&self, kind: Kind) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .watches
+            .get(&kind)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn key_of(kind: Kind, o: &Value) -> Key {
+    let m = &o["metadata"];
+    (
+        kind,
+        m["namespace"].as_str().unwrap_or("").to_owned(),
+        m["name"].as_str().unwrap().to_owned(),
+    )
+}
+
+impl Inner {
+    fn publish(&mut self, change: Change) {
+        self.watchers.retain(|w| {
+            if w.kind != change.kind {
+                return true;
+            }
+            match event_for(&w.selector, &change) {
+                Some(ev) => w.tx.send(line(&ev)).is_ok(),
+                None => true,
+            }
+        });
+        self.log.push(change);
+    }
+}
+
+fn handle(
+    state: &Mutex<Inner>,
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<ChanBody> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let respond = |status: u16, rx| {
+        hyper::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(ChanBody(rx))
+            .unwrap()
+    };
+    let Some(kind) = Kind::of(req.uri().path()) else {
+        let _ = tx.send(line(&json!({"kind": "Status", "code": 404})));
+        return respond(404, rx);
+    };
+    let mut selector = Selector::default();
+    let mut watch = false;
+    let mut since: Option<u64> = None;
+    for pair in req.uri().query().unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v);
+        let terms = || v.split(',').filter(|t| !t.is_empty()).map(str::to_owned);
+        match k {
+            "labelSelector" => selector.labels = terms().collect(),
+            "fieldSelector" => selector.fields = terms().collect(),
+            "watch" => watch = v == "true" || v == "1",
+            "resourceVersion" => since = v.parse().ok(),
+            _ => {}
+        }
+    }
+    let mut inner = state.lock().unwrap();
+    if !watch {
+        let items: Vec<&Value> = inner
+            .objects
+            .iter()
+            .filter(|((k, _, _), o)| *k == kind && selector.matches(o))
+            .map(|(_, o)| o)
+            .collect();
+        let list = json!({
+            "kind": kind.list_kind(),
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": inner.rv.to_string()},
+            "items": items,
+        });
+        let _ = tx.send(line(&list));
+        return respond(200, rx);
+    }
+    *inner.watches.entry(kind).or_default() += 1;
+    if inner.expire.remove(&kind) {
+        let gone = json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version", "reason": "Expired", "code": 410}});
+        let _ = tx.send(line(&gone));
+        return respond(200, rx);
+    }
+    let since = since.unwrap_or(inner.rv);
+    for c in inner.log.iter().filter(|c| c.kind == kind && c.rv > since) {
+        if let Some(ev) = event_for(&selector, c) {
+            let _ = tx.send(line(&ev));
+        }
+    }
+    inner.watchers.push(Watcher { kind, selector, tx });
+    respond(200, rx)
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn fixture(name: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/config/k8s/valid")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|o| o["kind"] != "Endpoints")
+        .collect()
+}
+
+fn node(name: &str, zone: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+}
+
+/// Starts a watch and delivers every publication to the returned channel.
+fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (KubeWatch, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel();
+    let options = KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        node: NodeOptions {
+            node_name: "node-a".into(),
+            zone: None,
+            node_addresses: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 100))],
+            service_proxy_name: proxy_name.map(str::to_owned),
+        },
+    };
+    let watch = KubeWatch::start(options, move || {
+        let _ = tx.send(());
+    })
+    .unwrap();
+    (watch, rx)
+}
+
+/// Waits until the latest publication satisfies `ok`.
+fn wait_for(
+    watch: &KubeWatch,
+    changes: &mpsc::Receiver<()>,
+    what: &str,
+    ok: impl Fn(&KubeSnapshot) -> bool,
+) -> Arc<KubeSnapshot> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = watch.latest().filter(|s| ok(s)) {
+            return s;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if changes.recv_timeout(left).is_err() {
+            panic!(
+                "timed out waiting for {what}; latest: {:#?}",
+                watch.latest()
+            );
+        }
+    }
+}
+
+fn backends(s: &KubeSnapshot, name: &str) -> Option<Vec<String>> {
+    let svc = s.resolved.config.services.iter().find(|x| x.name == name)?;
+    let mut v: Vec<String> = svc.backends.iter().map(|b| b.address.to_string()).collect();
+    v.sort();
+    Some(v)
+}
+
+fn names(s: &KubeSnapshot) -> Vec<&str> {
+    s.resolved
+        .config
+        .services
+        .iter()
+        .map(|x| x.name.as_str())
+        .collect()
+}
+
+fn slice(name: &str, service: &str, endpoints: Value, port: u16) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": name, "namespace": "shop",
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4",
+           "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+           "endpoints": endpoints})
+}
+
+#[test]
+fn the_watch_follows_adds_updates_deletes_and_broken_or_expired_watches() {
+    let api = FakeApi::start();
+    for o in fixture("endpointslices.yaml")
+        .into_iter()
+        .chain(fixture("nodeport.yaml"))
+    {
+        api.apply(o);
+    }
+    // Another proxy's Service is filtered by the label selector (kube-proxy's).
+    let mut other = fixture("nodeport.yaml").remove(0);
+    other["metadata"]["name"] = json!("other");
+    other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "cilium"});
+    other["spec"]["clusterIP"] = json!("127.0.0.12");
+    api.apply(other);
+    api.apply(node("node-a", "zone-a"));
+
+    let (watch, changes) = start_watch(&api, None);
+    let first = watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    // A named targetPort resolved per slice: two slices, two port numbers; the terminating
+    // endpoint is left out while others are ready.
+    assert_eq!(
+        backends(&first, "shop.web.http").unwrap(),
+        ["127.0.7.1:8080", "127.0.7.3:8081"]
+    );
+    assert_eq!(
+        backends(&first, "shop.web.metrics").unwrap(),
+        ["127.0.7.1:9100"]
+    );
+    // Every endpoint terminating: the serving ones.
+    assert_eq!(
+        backends(&first, "shop.draining.http").unwrap(),
+        ["127.0.8.1:8080"]
+    );
+    let np = first
+        .resolved
+        .config
+        .services
+        .iter()
+        .find(|s| s.name == "shop.my-nodeport.80")
+        .unwrap();
+    assert!(
+        np.listen.contains(&"127.0.0.100:30007".parse().unwrap()),
+        "{np:?}"
+    );
+    assert!(
+        !names(&first).iter().any(|n| n.contains("other")),
+        "{:?}",
+        names(&first)
+    );
+
+    // An update of one slice: only its Service is resolved again.
+    api.apply(slice(
+        "web-8081",
+        "web",
+        json!([{"addresses": ["127.0.7.3"], "conditions": {"ready": false, "serving": true, "terminating": true}}]),
+        8081,
+    ));
+    let s = wait_for(&watch, &changes, "web-8081 terminating", |s| {
+        backends(s, "shop.web.http").unwrap() == ["127.0.7.1:8080"]
+    });
+    assert_eq!(s.changed, ["shop/web"]);
+
+    // A delete.
+    api.delete(Kind::Service, "shop", "draining");
+    wait_for(&watch, &changes, "draining deleted", |s| {
+        backends(s, "shop.draining.http").is_none()
+    });
+
+    // The server closes the watch: the client watches again from its resourceVersion and
+    // misses nothing that happened in between.
+    let before = api.break_watches(Kind::Slice, false);
+    api.apply(slice(
+        "web-9000",
+        "web",
+        json!([{"addresses": ["127.0.7.4"], "nodeName": "node-a"}]),
+        9000,
+    ));
+    wait_for(&watch, &changes, "slice added across a broken watch", |s| {
+        backends(s, "shop.web.http").unwrap() == ["127.0.7.1:8080", "127.0.7.4:9000"]
+    });
+    assert!(api.watches(Kind::Slice) > before);
+
+    // 410 Gone: the client lists again; a Service deleted meanwhile goes away.
+    api.break_watches(Kind::Service, true);
+    api.delete(Kind::Service, "shop", "my-nodeport");
+    wait_for(&watch, &changes, "re-list after 410", |s| {
+        !names(s).iter().any(|n| n.starts_with("shop.my-nodeport"))
+    });
+    drop(watch);
+}
+
+#[test]
+fn service_proxy_name_selects_only_our_services_and_policy_local_keeps_local_endpoints() {
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    for (name, ip, label) in [
+        ("ours", "127.0.0.60", Some("ringlb")),
+        ("theirs", "127.0.0.61", None),
+    ] {
+        let mut meta = json!({"name": name, "namespace": "shop"});
+        if let Some(l) = label {
+            meta["labels"] = json!({"service.kubernetes.io/service-proxy-name": l});
+        }
+        api.apply(
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"clusterIP": ip, "clusterIPs": [ip], "internalTrafficPolicy": "Local",
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
+        );
+        let mut s = slice(
+            &format!("{name}-1"),
+            name,
+            json!([{"addresses": ["127.0.9.1"], "nodeName": "node-a"},
+                   {"addresses": ["127.0.9.2"], "nodeName": "node-b"}]),
+            8080,
+        );
+        if let Some(l) = label {
+            s["metadata"]["labels"]["service.kubernetes.io/service-proxy-name"] = json!(l);
+        }
+        api.apply(s);
+    }
+    let (watch, _changes) = start_watch(&api, Some("ringlb"));
+    let s = watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    assert_eq!(names(&s), ["shop.ours.http"]);
+    assert_eq!(
+        backends(&s, "shop.ours.http").unwrap(),
+        ["127.0.9.1:8080"],
+        "Local: node-a only"
+    );
+    drop(watch);
+
+    let (watch, _changes) = start_watch(&api, None);
+    let s = watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    assert_eq!(names(&s), ["shop.theirs.http"]);
+    assert!(s
+        .resolved
+        .not_proxied
+        .iter()
+        .all(|n| !matches!(n.reason, NotProxiedReason::OtherProxy(_))));
+}
+
+/// The real binary: `ringlb run --kubernetes --kubeconfig` serves real TCP to loopback
+/// backends listed in EndpointSlices, on a Service cluster IP in 127.0.0.0/8, and follows a
+/// slice change.
+#[test]
+fn ringlb_run_kubernetes_serves_a_cluster_ip_and_follows_endpoint_slices() {
+    let (a, b) = (name_server("a"), name_server("b"));
+    let octet = (std::process::id() % 200) as u8 + 20;
+    let cluster_ip = IpAddr::V4(Ipv4Addr::new(127, 91, octet, 1));
+    let port = std::net::TcpListener::bind(SocketAddr::new(cluster_ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = SocketAddr::new(cluster_ip, port);
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"clusterIP": cluster_ip.to_string(), "clusterIPs": [cluster_ip.to_string()],
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": "web"}]}}));
+    let eps = |addrs: &[SocketAddr]| -> Value {
+        addrs
+            .iter()
+            .map(|x| json!({"addresses": [x.ip().to_string()]}))
+            .collect()
+    };
+    // One slice per backend port, as the controller writes a named targetPort.
+    api.apply(slice("web-a", "web", eps(&[a]), a.port()));
+    api.apply(slice("web-b", "web", eps(&[b]), b.port()));
+    let kubeconfig = api.kubeconfig();
+    let proxy = Ringlb::start(&[
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+    ]);
+    assert_eq!(proxy.addrs, [cluster]);
+    let mut seen: Vec<String> = (0..4).map(|_| answer(cluster)).collect();
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"], "round robin over both slices");
+
+    api.delete(Kind::Slice, "shop", "web-a");
+    proxy.wait_line("kubernetes version=");
+    for _ in 0..3 {
+        assert_eq!(answer(cluster), "b");
+    }
+    std::fs::remove_file(kubeconfig).unwrap();
+}
