@@ -263,6 +263,7 @@ fn serve_with(
             .map_or_else(|| ProxyOptions::default().workers, usize::from),
         io_driver: dp.io_driver.into(),
         share_ports: dp.share_port,
+        busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
         ..ProxyOptions::default()
     };
     if config.services.is_empty() {

@@ -90,8 +90,25 @@ fn ask_until_answered(c: &UdpSocket, to: SocketAddr, msg: &str) -> (String, u16)
 #[test]
 fn many_clients_get_their_own_answers_from_one_backend_each() {
     for driver in DRIVERS {
+        many_clients(driver, &[]);
+    }
+}
+
+#[test]
+fn the_low_latency_mode_serves_the_same() {
+    for driver in DRIVERS {
+        many_clients(driver, &["--busy-poll", "200us"]);
+    }
+}
+
+/// 48 clients x 40 requests through a 3-backend UDP service: every answer pairs with its
+/// request, every client stays on one backend and one upstream socket.
+fn many_clients(driver: &str, extra: &[&str]) {
+    {
         let backends = [udp_backend("a"), udp_backend("b"), udp_backend("c")];
-        let proxy = quick(driver, &backends, &["--proto", "udp"]);
+        let mut args = vec!["--proto", "udp"];
+        args.extend_from_slice(extra);
+        let proxy = quick(driver, &backends, &args);
         let to = proxy.addr();
         let clients: Vec<_> = (0..48)
             .map(|i| {
@@ -120,6 +137,45 @@ fn many_clients_get_their_own_answers_from_one_backend_each() {
         }
         // rr over 48 flows on two workers: every backend serves some.
         assert_eq!(per_backend.len(), 3, "{driver}: {per_backend:?}");
+    }
+}
+
+/// A burst from one client is received in batches and sent on as segmented sends (UDP GSO):
+/// the backend must still see each datagram on its own, whole, in order of the run, including
+/// where sizes change mid-burst.
+#[test]
+fn a_burst_from_one_client_arrives_datagram_by_datagram() {
+    for driver in DRIVERS {
+        let backend = udp_backend("a");
+        let proxy = quick(driver, &[backend], &["--proto", "udp"]);
+        let c = client();
+        let sizes: Vec<usize> = (0..120)
+            .map(|i| if i < 80 { 100 } else { 20 + (i % 7) * 50 })
+            .collect();
+        let sent: Vec<String> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| format!("{i:04}{}", "z".repeat(n - 4)))
+            .collect();
+        for msg in &sent {
+            c.send_to(msg.as_bytes(), proxy.addr()).unwrap();
+        }
+        let mut answered = vec![false; sent.len()];
+        let mut buf = [0u8; 65_536];
+        for _ in 0..sent.len() {
+            let (n, _) = c
+                .recv_from(&mut buf)
+                .expect("every datagram of the burst answered");
+            let text = std::str::from_utf8(&buf[..n]).unwrap();
+            let payload = text.splitn(3, ' ').nth(2).unwrap();
+            let i: usize = payload[..4].parse().unwrap();
+            assert_eq!(
+                payload, sent[i],
+                "{driver}: datagram {i} arrived whole and alone"
+            );
+            assert!(!answered[i], "{driver}: datagram {i} once");
+            answered[i] = true;
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub fn start_backends(addrs: &[SocketAddr]) -> io::Result<DemoBackends> {
     std::thread::Builder::new()
         .name("demo-backends".into())
         .spawn(move || {
-            let Ok((mut rt, _)) = driver::build(IoDriver::Auto) else {
+            let Ok((mut rt, _)) = driver::build(IoDriver::Auto, false) else {
                 return;
             };
             rt.block_on(async move {
@@ -129,7 +129,7 @@ pub fn burst(target: SocketAddr, requests: usize, concurrency: usize) -> io::Res
     std::thread::Builder::new()
         .name("demo-client".into())
         .spawn(move || {
-            let result = driver::build(IoDriver::Auto)
+            let result = driver::build(IoDriver::Auto, false)
                 .map(|(mut rt, _)| rt.block_on(run_burst(target, requests, concurrency)));
             let _ = tx.send(result);
         })?;

@@ -60,14 +60,19 @@ impl fmt::Display for IoDriverKind {
 pub(crate) type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
 
 /// Builds the runtime on the calling thread (the ring must be created by the thread that uses
-/// it, for SINGLE_ISSUER).
-pub(crate) fn build(driver: IoDriver) -> std::io::Result<(WorkerRuntime, IoDriverKind)> {
+/// it, for SINGLE_ISSUER). `busy_poll` (the low-latency mode) leaves DEFER_TASKRUN out: with
+/// it, completions are only posted when the thread waits in the ring, never while it spins
+/// on other system calls between tasks.
+pub(crate) fn build(
+    driver: IoDriver,
+    busy_poll: bool,
+) -> std::io::Result<(WorkerRuntime, IoDriverKind)> {
     match driver {
         IoDriver::Epoll => Ok((epoll()?, IoDriverKind::Epoll)),
-        IoDriver::Uring => uring(),
+        IoDriver::Uring => uring(busy_poll),
         IoDriver::Auto => {
             if monoio::utils::detect_uring() {
-                match uring() {
+                match uring(busy_poll) {
                     Ok(rt) => return Ok(rt),
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring unavailable, falling back to epoll")
@@ -89,14 +94,15 @@ fn epoll() -> std::io::Result<WorkerRuntime> {
 /// Tries the ring flags from best to plainest. Without COOP_TASKRUN every completion interrupts
 /// the thread, which measured ~30% slower than epoll on keep-alive requests here; with it (and
 /// DEFER_TASKRUN) io_uring came out ahead.
-fn uring() -> std::io::Result<(WorkerRuntime, IoDriverKind)> {
+fn uring(busy_poll: bool) -> std::io::Result<(WorkerRuntime, IoDriverKind)> {
     let attempts = [
         IoDriverKind::UringDeferTaskrun,
         IoDriverKind::UringCoopTaskrun,
         IoDriverKind::UringPlain,
     ];
     let mut last_err = None;
-    for kind in attempts {
+    let skip = usize::from(busy_poll);
+    for kind in attempts.into_iter().skip(skip) {
         let mut urb = io_uring::IoUring::builder();
         match kind {
             IoDriverKind::UringDeferTaskrun => {

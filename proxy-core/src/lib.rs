@@ -56,6 +56,10 @@ pub struct ProxyOptions {
     pub share_ports: bool,
     /// Relay buffer size in bytes.
     pub buffer_size: usize,
+    /// Low-latency mode for UDP: a drained socket is polled again for this long before its
+    /// task sleeps (`None`: sleep at once). Trades a busy core for not paying a cross-core
+    /// wake-up per datagram.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for ProxyOptions {
@@ -65,6 +69,7 @@ impl Default for ProxyOptions {
             io_driver: IoDriver::Auto,
             share_ports: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
+            busy_poll: None,
         }
     }
 }
@@ -208,6 +213,7 @@ impl Proxy {
                 listeners,
                 driver: options.io_driver,
                 buffer_size: options.buffer_size,
+                busy_poll: options.busy_poll,
                 shutdown: shutdown.clone(),
                 ready: ready_tx.clone(),
                 done: done_tx.clone(),

@@ -38,6 +38,7 @@ pub(crate) struct WorkerStart {
     pub(crate) listeners: Vec<(FrontendKey, ListenSocket)>,
     pub(crate) driver: IoDriver,
     pub(crate) buffer_size: usize,
+    pub(crate) busy_poll: Option<Duration>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) ready: mpsc::Sender<Result<IoDriverKind, ProxyError>>,
     pub(crate) done: mpsc::Sender<usize>,
@@ -164,7 +165,7 @@ impl Worker {
 
 /// Thread body of worker `start.id`.
 pub(crate) fn run(start: WorkerStart) {
-    let (mut rt, kind) = match driver::build(start.driver) {
+    let (mut rt, kind) = match driver::build(start.driver, start.busy_poll.is_some()) {
         Ok(built) => built,
         Err(source) => {
             let driver = match start.driver {
@@ -191,6 +192,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         table,
         listeners,
         buffer_size,
+        busy_poll,
         shutdown,
         ready,
         done,
@@ -204,7 +206,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         open: Cell::new(0),
         stopping: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
-        udp: Rc::new(Udp::new(hash_seed(id))),
+        udp: Rc::new(Udp::new(hash_seed(id), busy_poll)),
     });
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.

@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use balancers::{ConnectionGuard, Flow as Pick};
 use config::{FrontendKey, ServiceEntry, Table};
@@ -32,17 +32,25 @@ use crate::connect::choose;
 use crate::sys::with_socket;
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 
-/// Datagrams one task handles per wake-up before letting the worker's other tasks run.
-const BATCH: usize = 64;
+/// Datagrams a reply task handles per wake-up before letting the worker's other tasks run.
+const BATCH: usize = sock::BATCH;
+/// Batches a frontend task receives per wake-up before letting the other tasks run.
+const ROUNDS: usize = 4;
+/// Most bytes one segmented send carries (a UDP datagram's limit).
+const MAX_GSO_BYTES: usize = 65_000;
 
 /// One worker's UDP state: its flows, the sweeper's alarm and the datagram buffer.
 pub(crate) struct Udp {
     flows: RefCell<FlowTable<FlowIo>>,
     alarm: Alarm,
-    /// One datagram in flight at a time per worker: every receive is followed by its send
-    /// with no await between, so a single buffer serves every socket of the worker.
+    /// One batch in flight at a time per worker: every receive is followed by its sends
+    /// with no await between, so one set of buffers serves every socket of the worker.
     buf: RefCell<Box<[u8]>>,
-    cmsg: RefCell<Vec<u8>>,
+    batch: RefCell<Box<[u8]>>,
+    /// Whether UDP segmentation offload works here (cleared on the first refusal).
+    gso: Cell<bool>,
+    /// Low-latency mode: how long a drained socket is polled again before its task sleeps.
+    busy_poll: Option<Duration>,
 }
 
 /// One UDP frontend socket of this worker.
@@ -52,14 +60,49 @@ pub(crate) struct UdpFrontend {
     /// Bound to `0.0.0.0` or `[::]`: the local address of a flow comes from packet info.
     wildcard: bool,
     closed: Cell<bool>,
+    headers: RefCell<sock::RecvHeaders>,
 }
 
 impl UdpFrontend {
+    /// The flow a datagram belongs to: its client and the local address it was sent to.
+    fn flow_key(&self, r: &sock::Received) -> FlowKey {
+        let local_ip = match r.dest {
+            Some(ip) if self.wildcard => ip,
+            _ => self.key.addr.ip(),
+        };
+        FlowKey {
+            client: r.client,
+            local: SocketAddr::new(local_ip, self.key.addr.port()),
+        }
+    }
+
     /// Stops reading: shutdown(2) wakes the pending readiness wait (for an unbound UDP socket
     /// the call reports `ENOTCONN` but still wakes waiters, see `inet_shutdown`).
     pub(crate) fn close(&self) {
         self.closed.set(true);
         let _ = with_socket(&self.socket, |s| s.shutdown(std::net::Shutdown::Read));
+    }
+}
+
+/// Consecutive datagrams of a batch for one flow, all of one size.
+struct Run {
+    id: FlowId,
+    upstream: Rc<UdpSocket>,
+    service: Arc<ServiceEntry>,
+    first: usize,
+    count: usize,
+    size: usize,
+}
+
+impl Run {
+    /// Whether a datagram of `len` bytes for flow `id` joins this run: the same flow, the same
+    /// size (GSO cuts every segment but the last at one size), within one send's 64 KiB.
+    fn extends(&self, id: FlowId, len: usize) -> bool {
+        id == self.id && len == self.size && len > 0 && (self.count + 1) * len <= MAX_GSO_BYTES
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.count
     }
 }
 
@@ -82,12 +125,14 @@ impl Drop for FlowIo {
 }
 
 impl Udp {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64, busy_poll: Option<Duration>) -> Self {
         Self {
             flows: RefCell::new(FlowTable::new(seed)),
             alarm: Alarm::default(),
             buf: RefCell::new(vec![0; sock::MAX_DATAGRAM].into_boxed_slice()),
-            cmsg: RefCell::new(sock::cmsg_buffer()),
+            batch: RefCell::new(sock::batch_buffer()),
+            gso: Cell::new(true),
+            busy_poll,
         }
     }
 
@@ -103,6 +148,7 @@ impl Udp {
             key,
             wildcard: key.addr.ip().is_unspecified(),
             closed: Cell::new(false),
+            headers: RefCell::new(sock::RecvHeaders::new()),
         });
         monoio::spawn(Rc::clone(self).frontend_loop(Rc::clone(&frontend), table));
         Ok(frontend)
@@ -180,86 +226,189 @@ impl Udp {
         }
     }
 
-    /// Reads client datagrams until the frontend closes.
+    /// Reads client datagrams until the frontend closes, a batch per system call.
     async fn frontend_loop(self: Rc<Self>, frontend: Rc<UdpFrontend>, table: Arc<TableRef>) {
         let fd = frontend.socket.as_raw_fd();
+        let mut received = [sock::Received::EMPTY; BATCH];
         'wait: while !frontend.closed.get() {
             if frontend.socket.readable(false).await.is_err() || frontend.closed.get() {
                 break;
             }
-            for _ in 0..BATCH {
-                let mut buf = self.buf.borrow_mut();
-                let received = sock::recv_from_client(fd, &mut buf, &mut self.cmsg.borrow_mut());
-                match received {
-                    Ok(r) => self.from_client(&frontend, r, &buf[..r.len], &table),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue 'wait,
-                    Err(e) => {
-                        tracing::debug!(frontend = %frontend.key.addr, error = %e, "UDP receive failed");
-                        continue 'wait;
+            let mut spin = Spin::new(self.busy_poll);
+            let mut full = 0;
+            loop {
+                let polled = {
+                    let mut bufs = self.batch.borrow_mut();
+                    let got = sock::recv_batch(
+                        fd,
+                        &mut frontend.headers.borrow_mut(),
+                        &mut bufs,
+                        &mut received,
+                    );
+                    match got {
+                        Ok(n) => {
+                            self.from_clients(&frontend, &received, 0..n, &bufs, &table);
+                            Polled::Got(n)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Polled::Empty,
+                        Err(e) => {
+                            tracing::debug!(frontend = %frontend.key.addr, error = %e, "UDP receive failed");
+                            Polled::Failed
+                        }
                     }
+                };
+                match polled {
+                    Polled::Got(n) => {
+                        spin.reset();
+                        full = if n == BATCH { full + 1 } else { 0 };
+                        if full == ROUNDS {
+                            // Let the worker's other tasks run; the wait returns at once.
+                            continue 'wait;
+                        }
+                    }
+                    Polled::Empty => {
+                        if !spin.again().await || frontend.closed.get() {
+                            continue 'wait;
+                        }
+                    }
+                    Polled::Failed => continue 'wait,
+                    Polled::Ended => break 'wait,
                 }
             }
         }
         tracing::debug!(frontend = %frontend.key.addr, "UDP frontend closed");
     }
 
-    /// One client datagram: to its flow's backend, or opening a flow.
-    fn from_client(
+    /// Client datagrams `range` of a batch: each to its flow's backend, consecutive datagrams
+    /// of one flow together, or opening a flow.
+    fn from_clients(
         self: &Rc<Self>,
         frontend: &Rc<UdpFrontend>,
-        r: sock::Received,
-        data: &[u8],
+        received: &[sock::Received; BATCH],
+        range: std::ops::Range<usize>,
+        bufs: &[u8],
         table: &TableRef,
     ) {
-        let local_ip = match r.dest {
-            Some(ip) if frontend.wildcard => ip,
-            _ => frontend.key.addr.ip(),
-        };
-        let key = FlowKey {
-            client: r.client,
-            local: SocketAddr::new(local_ip, frontend.key.addr.port()),
-        };
         let now = Instant::now();
-        let mut flows = self.flows.borrow_mut();
-        let (id, flow) = match flows.lookup(&key, now) {
-            Lookup::Live(id, flow) => (id, flow),
-            Lookup::Expired(flow) => {
-                flow.payload
-                    .service
-                    .counters
-                    .idle_timeouts
-                    .fetch_add(1, Relaxed);
-                drop(flows);
-                drop(flow);
-                return self.open(frontend, key, data, now, table);
-            }
-            Lookup::Missing => {
-                drop(flows);
-                return self.open(frontend, key, data, now, table);
-            }
-        };
-        {
-            let counters = &flow.payload.service.counters;
-            match sock::send(flow.payload.upstream.as_raw_fd(), data) {
-                Ok(n) => {
-                    counters.datagrams_to_backend.fetch_add(1, Relaxed);
-                    counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
-                    return;
+        let mut run: Option<Run> = None;
+        for i in range {
+            let r = received[i];
+            let key = frontend.flow_key(&r);
+            let mut flows = self.flows.borrow_mut();
+            let found = match flows.lookup(&key, now) {
+                Lookup::Live(id, flow) => Some((id, flow)),
+                Lookup::Expired(flow) => {
+                    flow.payload
+                        .service
+                        .counters
+                        .idle_timeouts
+                        .fetch_add(1, Relaxed);
+                    None
                 }
-                Err(e) if sock::is_refused(&e) => {
-                    // The backend answered an earlier datagram with ICMP unreachable: end the
-                    // flow and balance this datagram afresh.
-                    counters.flows_rebalanced.fetch_add(1, Relaxed);
+                Lookup::Missing => None,
+            };
+            match found {
+                Some((id, _)) if run.as_ref().is_some_and(|run| run.extends(id, r.len)) => {
+                    run.as_mut().expect("checked").count += 1;
                 }
-                Err(_) => {
-                    counters.datagrams_dropped.fetch_add(1, Relaxed);
-                    return;
+                Some((id, flow)) => {
+                    let next = Run {
+                        id,
+                        upstream: Rc::clone(&flow.payload.upstream),
+                        service: Arc::clone(&flow.payload.service),
+                        first: i,
+                        count: 1,
+                        size: r.len,
+                    };
+                    drop(flows);
+                    if let Some(done) = run.replace(next) {
+                        self.flush(frontend, done, received, bufs, table);
+                    }
+                }
+                None => {
+                    drop(flows);
+                    if let Some(done) = run.take() {
+                        self.flush(frontend, done, received, bufs, table);
+                    }
+                    self.open(frontend, key, sock::slot(bufs, i, r.len), now, table);
                 }
             }
-            drop(flows.remove(id));
         }
-        drop(flows);
-        self.open(frontend, key, data, now, table);
+        if let Some(done) = run {
+            self.flush(frontend, done, received, bufs, table);
+        }
+    }
+
+    /// Sends a run of one flow's datagrams to its backend: one segmented send (UDP GSO) when
+    /// there are several, so the run goes down the stack once.
+    fn flush(
+        self: &Rc<Self>,
+        frontend: &Rc<UdpFrontend>,
+        run: Run,
+        received: &[sock::Received; BATCH],
+        bufs: &[u8],
+        table: &TableRef,
+    ) {
+        let fd = run.upstream.as_raw_fd();
+        let datagrams = run.range().map(|i| sock::slot(bufs, i, received[i].len));
+        let mut result = Err(io::ErrorKind::Unsupported.into());
+        if run.count > 1 && self.gso.get() {
+            let segments: Vec<&[u8]> = datagrams.clone().collect();
+            let size = u16::try_from(run.size).expect("extends() keeps runs segmentable");
+            result = sock::send_segments(fd, &segments, size).map(|_| run.count);
+            if let Err(e) = &result {
+                if sock::is_gso_unsupported(e) && e.raw_os_error() != Some(libc::EINVAL) {
+                    tracing::info!(error = %e, "UDP segmentation offload unavailable: sending datagrams one by one");
+                    self.gso.set(false);
+                }
+            }
+        }
+        if result.as_ref().is_err_and(|e| !sock::is_refused(e)) {
+            // One by one: a single datagram, no GSO, or GSO refused this run (EINVAL: the
+            // segment does not fit the route's MTU).
+            let mut sent = 0;
+            result = Ok(0);
+            for d in datagrams {
+                match sock::send(fd, d) {
+                    Ok(_) => sent += 1,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() || sent > 0 {
+                result = Ok(sent);
+            }
+        }
+        let counters = &run.service.counters;
+        match result {
+            Ok(sent) => {
+                counters
+                    .datagrams_to_backend
+                    .fetch_add(sent as u64, Relaxed);
+                counters
+                    .bytes_to_backend
+                    .fetch_add((sent * run.size) as u64, Relaxed);
+                let lost = run.count - sent;
+                if lost > 0 {
+                    counters.datagrams_dropped.fetch_add(lost as u64, Relaxed);
+                }
+            }
+            Err(e) if sock::is_refused(&e) => {
+                // The backend answered an earlier datagram with ICMP unreachable: end the flow
+                // and balance these datagrams afresh (a new socket cannot be refused yet, so
+                // this does not recurse again).
+                counters.flows_rebalanced.fetch_add(1, Relaxed);
+                drop(self.flows.borrow_mut().remove(run.id));
+                self.from_clients(frontend, received, run.range(), bufs, table);
+            }
+            Err(_) => {
+                counters
+                    .datagrams_dropped
+                    .fetch_add(run.count as u64, Relaxed);
+            }
+        }
     }
 
     /// Opens a flow for `key` with its first datagram `data`.
@@ -351,47 +500,142 @@ impl Udp {
             if upstream.readable(false).await.is_err() {
                 break;
             }
-            for _ in 0..BATCH {
-                let mut flows = self.flows.borrow_mut();
-                let Some(flow) = flows.get_mut(id) else {
-                    break 'wait;
-                };
-                let mut buf = self.buf.borrow_mut();
-                match sock::recv(fd, &mut buf) {
-                    Ok(n) => {
-                        let counters = &flow.payload.service.counters;
-                        match sock::send_to_client(out, &buf[..n], client, source) {
-                            Ok(_) => {
-                                counters.datagrams_to_client.fetch_add(1, Relaxed);
-                                counters.bytes_to_client.fetch_add(n as u64, Relaxed);
-                            }
-                            Err(_) => {
-                                counters.datagrams_dropped.fetch_add(1, Relaxed);
-                            }
+            let mut spin = Spin::new(self.busy_poll);
+            let mut handled = 0;
+            loop {
+                if handled == BATCH {
+                    // Let the worker's other tasks run; the wait returns at once.
+                    continue 'wait;
+                }
+                match self.reply_once(id, fd, out, client, source) {
+                    Polled::Got(_) => {
+                        spin.reset();
+                        handled += 1;
+                    }
+                    Polled::Empty => {
+                        if !spin.again().await {
+                            continue 'wait;
                         }
-                        flows.touch(id, Instant::now());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue 'wait,
-                    Err(e) if sock::is_refused(&e) => {
-                        // ICMP unreachable from the backend: end the flow so the client's
-                        // next datagram is balanced to a live backend.
-                        flow.payload
-                            .service
-                            .counters
-                            .flows_rebalanced
-                            .fetch_add(1, Relaxed);
-                        drop(flows.remove(id));
-                        break 'wait;
+                    Polled::Failed => continue 'wait,
+                    Polled::Ended => break 'wait,
+                }
+            }
+        }
+    }
+
+    /// Relays one backend datagram of flow `id` to its client, if one is waiting.
+    fn reply_once(
+        &self,
+        id: FlowId,
+        fd: std::os::fd::RawFd,
+        out: std::os::fd::RawFd,
+        client: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Polled {
+        let mut flows = self.flows.borrow_mut();
+        let Some(flow) = flows.get_mut(id) else {
+            return Polled::Ended;
+        };
+        let mut buf = self.buf.borrow_mut();
+        match sock::recv(fd, &mut buf) {
+            Ok(n) => {
+                let counters = &flow.payload.service.counters;
+                match sock::send_to_client(out, &buf[..n], client, source) {
+                    Ok(_) => {
+                        counters.datagrams_to_client.fetch_add(1, Relaxed);
+                        counters.bytes_to_client.fetch_add(n as u64, Relaxed);
                     }
-                    Err(e) => {
-                        tracing::debug!(%client, error = %e, "UDP upstream receive failed");
-                        continue 'wait;
+                    Err(_) => {
+                        counters.datagrams_dropped.fetch_add(1, Relaxed);
                     }
                 }
+                flows.touch(id, Instant::now());
+                Polled::Got(1)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Polled::Empty,
+            Err(e) if sock::is_refused(&e) => {
+                // ICMP unreachable from the backend: end the flow so the client's next
+                // datagram is balanced to a live backend.
+                flow.payload
+                    .service
+                    .counters
+                    .flows_rebalanced
+                    .fetch_add(1, Relaxed);
+                drop(flows.remove(id));
+                Polled::Ended
+            }
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "UDP upstream receive failed");
+                Polled::Failed
             }
         }
     }
 }
 
+/// What one non-blocking poll of a socket found.
+enum Polled {
+    /// This many datagrams, relayed.
+    Got(usize),
+    /// Nothing waiting.
+    Empty,
+    /// An error; wait for readiness again.
+    Failed,
+    /// The flow ended.
+    Ended,
+}
+
 /// The worker's view of the published table.
 pub(crate) type TableRef = arc_swap::ArcSwap<Table>;
+
+/// Bounded busy polling (the low-latency mode): after a socket is drained, its task polls it
+/// again, yielding to the worker's other tasks in between, until `budget` passes with nothing
+/// new; only then does it wait for readiness (and the worker may sleep). Waking a sleeping
+/// worker on the other core costs tens of microseconds per datagram; a spinning one picks the
+/// datagram up within a system call. The price is a core kept busy while traffic arrives at
+/// least once per budget.
+struct Spin {
+    budget: Option<Duration>,
+    idle_since: Option<Instant>,
+}
+
+impl Spin {
+    fn new(budget: Option<Duration>) -> Self {
+        Self {
+            budget,
+            idle_since: None,
+        }
+    }
+
+    /// Something arrived: the budget starts again at the next empty poll.
+    fn reset(&mut self) {
+        self.idle_since = None;
+    }
+
+    /// After an empty poll: `true` (having yielded once) to poll again, `false` to sleep.
+    async fn again(&mut self) -> bool {
+        let Some(budget) = self.budget else {
+            return false;
+        };
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= budget {
+            return false;
+        }
+        // A task that wakes itself while running is put at the front of monoio's queue and
+        // would starve the worker's other tasks (the reply tasks this mode exists for). A
+        // wake from a separate, freshly spawned task goes to the back: round robin.
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                std::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                let waker = cx.waker().clone();
+                monoio::spawn(async move { waker.wake() });
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        true
+    }
+}

@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrStorage,
+    recvmmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    MultiHeaders, SockaddrStorage,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -58,21 +58,103 @@ pub(crate) struct Received {
     pub(crate) dest: Option<IpAddr>,
 }
 
-/// Receives one datagram into `buf`; `cmsg` is a reusable control buffer from [`cmsg_buffer`].
-pub(crate) fn recv_from_client(
+impl Received {
+    /// A placeholder for batch arrays.
+    pub(crate) const EMPTY: Received = Received {
+        len: 0,
+        client: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        dest: None,
+    };
+}
+
+/// Datagrams received (and sent as one segmented send) per system call.
+pub(crate) const BATCH: usize = 32;
+/// Bytes per datagram slot of a batch buffer: a datagram never truncates.
+const SLOT: usize = 65_536;
+
+/// A worker's receive buffer: one slot per datagram of a batch.
+pub(crate) fn batch_buffer() -> Box<[u8]> {
+    vec![0; BATCH * SLOT].into_boxed_slice()
+}
+
+/// Datagram `i` of a batch received into `bufs`.
+pub(crate) fn slot(bufs: &[u8], i: usize, len: usize) -> &[u8] {
+    &bufs[i * SLOT..i * SLOT + len]
+}
+
+/// One frontend socket's `recvmmsg` headers. nix keeps the address and control lengths the
+/// kernel wrote into each header for the next call, so each socket (one address family, one
+/// kind of packet info) has its own.
+pub(crate) struct RecvHeaders(MultiHeaders<SockaddrStorage>);
+
+impl RecvHeaders {
+    pub(crate) fn new() -> Self {
+        Self(MultiHeaders::preallocate(BATCH, Some(cmsg_buffer())))
+    }
+}
+
+/// Receives up to [`BATCH`] client datagrams with one system call: datagram `i` lands in
+/// [`slot`] `i` of `bufs` and is described by `out[i]`. Returns how many arrived.
+pub(crate) fn recv_batch(
     fd: RawFd,
-    buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
-) -> io::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)?;
-    let client = msg
-        .address
-        .as_ref()
-        .and_then(to_std)
-        .ok_or_else(|| io::Error::other("datagram without an IP source address"))?;
+    headers: &mut RecvHeaders,
+    bufs: &mut [u8],
+    out: &mut [Received; BATCH],
+) -> io::Result<usize> {
+    let mut slots = bufs.chunks_mut(SLOT);
+    let iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+        std::array::from_fn(|_| [IoSliceMut::new(slots.next().expect("BATCH slots"))]);
+    let msgs = recvmmsg(
+        fd,
+        &mut headers.0,
+        iovs.iter(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    let mut n = 0;
+    for msg in msgs {
+        let client = msg
+            .address
+            .as_ref()
+            .and_then(to_std)
+            .ok_or_else(|| io::Error::other("datagram without an IP source address"))?;
+        out[n] = Received {
+            len: msg.bytes,
+            client,
+            dest: packet_info(msg.cmsgs()),
+        };
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Sends `datagrams` (all of `size` bytes but the last, which may be shorter) on a connected
+/// socket as one UDP GSO send (`UDP_SEGMENT`): one trip down the stack, still separate
+/// datagrams on the wire and at the receiver.
+pub(crate) fn send_segments(fd: RawFd, datagrams: &[&[u8]], size: u16) -> io::Result<usize> {
+    let iov: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
+    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+    Ok(sendmsg::<SockaddrStorage>(
+        fd,
+        &iov,
+        &cmsg,
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?)
+}
+
+/// Whether `e` says this socket or device cannot segment (then send one by one).
+pub(crate) fn is_gso_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
+/// The destination address from packet info among `cmsgs`.
+fn packet_info(cmsgs: impl Iterator<Item = ControlMessageOwned>) -> Option<IpAddr> {
     let mut dest = None;
-    for c in msg.cmsgs() {
+    for c in cmsgs {
         match c {
             ControlMessageOwned::Ipv4PacketInfo(pi) => {
                 dest = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr))));
@@ -83,11 +165,7 @@ pub(crate) fn recv_from_client(
             _ => {}
         }
     }
-    Ok(Received {
-        len: msg.bytes,
-        client,
-        dest,
-    })
+    dest
 }
 
 /// A control buffer large enough for either family's packet info.
