@@ -213,7 +213,8 @@ impl FakeApi {
              cluster: fake\n    user: fake\ncurrent-context: fake\n",
             self.addr
         );
-        write_config("kubeconfig", &text)
+        // One file per fake server: tests of this binary run in parallel threads.
+        write_config(&format!("kubeconfig-{}", self.addr.port()), &text)
     }
 
     /// Creates or replaces an object, and tells the watches.
