@@ -179,6 +179,41 @@ fn a_burst_from_one_client_arrives_datagram_by_datagram() {
     }
 }
 
+/// A backend answering one request with a burst (replies are read in batches and sent to the
+/// client as segmented sends): the client gets every reply whole and alone.
+#[test]
+fn a_burst_of_replies_reaches_the_client_datagram_by_datagram() {
+    for driver in DRIVERS {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let backend = socket.local_addr().unwrap();
+        thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                for i in 0..90usize {
+                    let size = if i < 60 { 300 } else { 40 + i };
+                    let reply = format!("{i:04}{}", "r".repeat(size - 4));
+                    let _ = socket.send_to(reply.as_bytes(), from);
+                }
+            }
+        });
+        let proxy = quick(driver, &[backend], &["--proto", "udp"]);
+        let c = client();
+        c.send_to(b"go", proxy.addr()).unwrap();
+        let mut seen = [false; 90];
+        let mut buf = [0u8; 65_536];
+        for _ in 0..90 {
+            let (n, from) = c.recv_from(&mut buf).expect("every reply of the burst");
+            assert_eq!(from, proxy.addr());
+            let text = std::str::from_utf8(&buf[..n]).unwrap();
+            let i: usize = text[..4].parse().unwrap();
+            let size = if i < 60 { 300 } else { 40 + i };
+            assert_eq!(n, size, "{driver}: reply {i} arrived whole and alone");
+            assert!(!seen[i], "{driver}: reply {i} once");
+            seen[i] = true;
+        }
+    }
+}
+
 #[test]
 fn an_idle_flow_expires_and_the_next_datagram_opens_a_new_one() {
     for driver in DRIVERS {

@@ -44,13 +44,15 @@ pub(crate) struct Udp {
     flows: RefCell<FlowTable<FlowIo>>,
     alarm: Alarm,
     /// One batch in flight at a time per worker: every receive is followed by its sends
-    /// with no await between, so one set of buffers serves every socket of the worker.
-    buf: RefCell<Box<[u8]>>,
+    /// with no await between, so one buffer serves every socket of the worker.
     batch: RefCell<Box<[u8]>>,
     /// Whether UDP segmentation offload works here (cleared on the first refusal).
     gso: Cell<bool>,
     /// Low-latency mode: how long a drained socket is polled again before its task sleeps.
     busy_poll: Option<Duration>,
+    /// `recvmmsg` headers for flows' upstream sockets, IPv4 and IPv6 (nix keeps the address
+    /// length the kernel wrote per header, so each family has its own).
+    reply_headers: [RefCell<sock::RecvHeaders>; 2],
 }
 
 /// One UDP frontend socket of this worker.
@@ -129,10 +131,13 @@ impl Udp {
         Self {
             flows: RefCell::new(FlowTable::new(seed)),
             alarm: Alarm::default(),
-            buf: RefCell::new(vec![0; sock::MAX_DATAGRAM].into_boxed_slice()),
             batch: RefCell::new(sock::batch_buffer()),
             gso: Cell::new(true),
             busy_poll,
+            reply_headers: [
+                RefCell::new(sock::RecvHeaders::new()),
+                RefCell::new(sock::RecvHeaders::new()),
+            ],
         }
     }
 
@@ -260,6 +265,10 @@ impl Udp {
                 match polled {
                     Polled::Got(n) => {
                         spin.reset();
+                        if n < BATCH && self.busy_poll.is_none() {
+                            // Drained: the readiness wait checks the socket's real state.
+                            continue 'wait;
+                        }
                         full = if n == BATCH { full + 1 } else { 0 };
                         if full == ROUNDS {
                             // Let the worker's other tasks run; the wait returns at once.
@@ -494,7 +503,6 @@ impl Udp {
         client: SocketAddr,
         source: Option<IpAddr>,
     ) {
-        let fd = upstream.as_raw_fd();
         let out = frontend.socket.as_raw_fd();
         'wait: loop {
             if upstream.readable(false).await.is_err() {
@@ -503,14 +511,18 @@ impl Udp {
             let mut spin = Spin::new(self.busy_poll);
             let mut handled = 0;
             loop {
-                if handled == BATCH {
+                if handled >= BATCH * ROUNDS {
                     // Let the worker's other tasks run; the wait returns at once.
                     continue 'wait;
                 }
-                match self.reply_once(id, fd, out, client, source) {
-                    Polled::Got(_) => {
+                match self.reply_batch(id, &upstream, out, client, source) {
+                    Polled::Got(n) => {
                         spin.reset();
-                        handled += 1;
+                        handled += n;
+                        if n < BATCH && self.busy_poll.is_none() {
+                            // Drained: the readiness wait checks the socket's real state.
+                            continue 'wait;
+                        }
                     }
                     Polled::Empty => {
                         if !spin.again().await {
@@ -524,11 +536,12 @@ impl Udp {
         }
     }
 
-    /// Relays one backend datagram of flow `id` to its client, if one is waiting.
-    fn reply_once(
+    /// Relays the backend datagrams waiting for flow `id` (up to a batch) to its client: runs
+    /// of one size leave as one UDP GSO send.
+    fn reply_batch(
         &self,
         id: FlowId,
-        fd: std::os::fd::RawFd,
+        upstream: &UdpSocket,
         out: std::os::fd::RawFd,
         client: SocketAddr,
         source: Option<IpAddr>,
@@ -537,23 +550,18 @@ impl Udp {
         let Some(flow) = flows.get_mut(id) else {
             return Polled::Ended;
         };
-        let mut buf = self.buf.borrow_mut();
-        match sock::recv(fd, &mut buf) {
-            Ok(n) => {
-                let counters = &flow.payload.service.counters;
-                match sock::send_to_client(out, &buf[..n], client, source) {
-                    Ok(_) => {
-                        counters.datagrams_to_client.fetch_add(1, Relaxed);
-                        counters.bytes_to_client.fetch_add(n as u64, Relaxed);
-                    }
-                    Err(_) => {
-                        counters.datagrams_dropped.fetch_add(1, Relaxed);
-                    }
-                }
-                flows.touch(id, Instant::now());
-                Polled::Got(1)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Polled::Empty,
+        let mut received = [sock::Received::EMPTY; BATCH];
+        let mut bufs = self.batch.borrow_mut();
+        let family = usize::from(client.is_ipv6());
+        let got = sock::recv_batch(
+            upstream.as_raw_fd(),
+            &mut self.reply_headers[family].borrow_mut(),
+            &mut bufs,
+            &mut received,
+        );
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Polled::Empty,
             Err(e) if sock::is_refused(&e) => {
                 // ICMP unreachable from the backend: end the flow so the client's next
                 // datagram is balanced to a live backend.
@@ -563,13 +571,66 @@ impl Udp {
                     .flows_rebalanced
                     .fetch_add(1, Relaxed);
                 drop(flows.remove(id));
-                Polled::Ended
+                return Polled::Ended;
             }
             Err(e) => {
                 tracing::debug!(%client, error = %e, "UDP upstream receive failed");
-                Polled::Failed
+                return Polled::Failed;
             }
+        };
+        let counters = &flow.payload.service.counters;
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let mut start = 0;
+        while start < n {
+            let size = received[start].len;
+            let mut end = start + 1;
+            while end < n
+                && received[end].len == size
+                && size > 0
+                && (end + 1 - start) * size <= MAX_GSO_BYTES
+            {
+                end += 1;
+            }
+            let datagrams: Vec<&[u8]> = (start..end)
+                .map(|k| sock::slot(&bufs, k, received[k].len))
+                .collect();
+            let segment = (end - start > 1 && self.gso.get())
+                .then(|| u16::try_from(size).ok())
+                .flatten();
+            let result = match segment {
+                Some(_) => sock::send_to_client(out, &datagrams, client, source, segment),
+                None => Err(io::ErrorKind::Unsupported.into()),
+            };
+            match result {
+                Ok(_) => {
+                    sent += datagrams.len() as u64;
+                    bytes += (datagrams.len() * size) as u64;
+                }
+                Err(e) => {
+                    if segment.is_some()
+                        && sock::is_gso_unsupported(&e)
+                        && e.raw_os_error() != Some(libc::EINVAL)
+                    {
+                        self.gso.set(false);
+                    }
+                    for d in &datagrams {
+                        if sock::send_to_client(out, &[d], client, source, None).is_ok() {
+                            sent += 1;
+                            bytes += d.len() as u64;
+                        }
+                    }
+                }
+            }
+            start = end;
         }
+        counters.datagrams_to_client.fetch_add(sent, Relaxed);
+        counters.bytes_to_client.fetch_add(bytes, Relaxed);
+        let lost = n as u64 - sent;
+        if lost > 0 {
+            counters.datagrams_dropped.fetch_add(lost, Relaxed);
+        }
+        flows.touch(id, Instant::now());
+        Polled::Got(n)
     }
 }
 

@@ -15,9 +15,6 @@ use nix::sys::socket::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Largest UDP payload (IPv4: 65,535 - 8 - 20); a buffer this big never truncates.
-pub(crate) const MAX_DATAGRAM: usize = 65_507;
-
 /// A socket for one worker of a UDP frontend: `SO_REUSEPORT`, non-blocking, with packet info
 /// on so a wildcard frontend learns each datagram's destination.
 pub(crate) fn frontend_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
@@ -69,7 +66,8 @@ impl Received {
 
 /// Datagrams received (and sent as one segmented send) per system call.
 pub(crate) const BATCH: usize = 32;
-/// Bytes per datagram slot of a batch buffer: a datagram never truncates.
+/// Bytes per datagram slot of a batch buffer: more than the largest UDP payload (65,507 bytes
+/// over IPv4), so a datagram never truncates.
 const SLOT: usize = 65_536;
 
 /// A worker's receive buffer: one slot per datagram of a batch.
@@ -173,46 +171,55 @@ pub(crate) fn cmsg_buffer() -> Vec<u8> {
     nix::cmsg_space!(libc::in6_pktinfo)
 }
 
-/// Sends `data` to `client`; with `source`, from that local address (a wildcard frontend's
-/// reply must come from the address the client sent to, or the client drops it).
+/// Sends `datagrams` to `client`: one datagram, or with `segment` several of that size (the
+/// last may be shorter) as one UDP GSO send. With `source`, from that local address (a
+/// wildcard frontend's reply must come from the address the client sent to, or the client
+/// drops it).
 pub(crate) fn send_to_client(
     fd: RawFd,
-    data: &[u8],
+    datagrams: &[&[u8]],
     client: SocketAddr,
     source: Option<IpAddr>,
+    segment: Option<u16>,
 ) -> io::Result<usize> {
-    let iov = [IoSlice::new(data)];
+    let iov: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
     let to = SockaddrStorage::from(client);
-    let sent = match source {
-        None => sendmsg(fd, &iov, &[], MsgFlags::MSG_DONTWAIT, Some(&to)),
-        Some(IpAddr::V4(ip)) => {
-            let info = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(ip).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            let cmsg = [ControlMessage::Ipv4PacketInfo(&info)];
-            sendmsg(fd, &iov, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&to))
-        }
-        Some(IpAddr::V6(ip)) => {
-            let info = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: ip.octets(),
-                },
-                ipi6_ifindex: 0,
-            };
-            let cmsg = [ControlMessage::Ipv6PacketInfo(&info)];
-            sendmsg(fd, &iov, &cmsg, MsgFlags::MSG_DONTWAIT, Some(&to))
-        }
+    let v4 = match source {
+        Some(IpAddr::V4(ip)) => Some(libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        }),
+        _ => None,
     };
-    Ok(sent?)
-}
-
-/// Receives one datagram on a connected socket.
-pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    Ok(nix::sys::socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT)?)
+    let v6 = match source {
+        Some(IpAddr::V6(ip)) => Some(libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: ip.octets(),
+            },
+            ipi6_ifindex: 0,
+        }),
+        _ => None,
+    };
+    let mut cmsgs = Vec::with_capacity(2);
+    if let Some(info) = &v4 {
+        cmsgs.push(ControlMessage::Ipv4PacketInfo(info));
+    }
+    if let Some(info) = &v6 {
+        cmsgs.push(ControlMessage::Ipv6PacketInfo(info));
+    }
+    if let Some(size) = &segment {
+        cmsgs.push(ControlMessage::UdpGsoSegments(size));
+    }
+    Ok(sendmsg(
+        fd,
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_DONTWAIT,
+        Some(&to),
+    )?)
 }
 
 /// Sends one datagram on a connected socket.
