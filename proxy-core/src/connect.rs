@@ -6,6 +6,8 @@ use balancers::{ConnectionGuard, Flow};
 use config::ServiceEntry;
 use monoio::net::TcpStream;
 
+use crate::telemetry::{AffinityOutcome, ConnTrace, ConnectError};
+
 /// A connected backend.
 pub(crate) struct Upstream {
     pub(crate) stream: TcpStream,
@@ -31,12 +33,20 @@ pub(crate) enum ConnectFailure {
 /// Every connect error is retryable here: nothing of the client's has been sent yet (the
 /// relay starts only after this returns), so no byte can be duplicated.
 ///
+/// `trace` records the placement, every attempt and the connect latency.
+///
 /// # Cancel safety
 /// Dropping the future drops a pending connect, which closes its socket; nothing is lost.
-pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstream, ConnectFailure> {
+pub(crate) async fn connect(
+    entry: &ServiceEntry,
+    flow: &Flow,
+    trace: &mut ConnTrace,
+) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
     let states = &entry.states;
-    let first = choose(entry, flow).ok_or(ConnectFailure::NoBackend)?;
+    let choice = choose_traced(entry, flow);
+    trace.chose(entry, &choice);
+    let first = choice.backend.ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {
@@ -47,8 +57,10 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
         let addr = entry.backends[idx].address;
         // Counted as inactive while connecting (IPVS: not yet established), active once up.
         let mut guard = states[idx].connecting();
+        let started = trace.attempt();
         match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(addr)).await {
             Ok(Ok(stream)) => {
+                trace.connected(started);
                 let _ = stream.set_nodelay(true);
                 guard.set_active();
                 if idx != first {
@@ -64,9 +76,11 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
                 });
             }
             Ok(Err(e)) => {
+                trace.connect_error(ConnectError::of(&e));
                 tracing::debug!(service = %svc.name, backend = %addr, attempt, error = %e, "connect failed");
             }
             Err(_) => {
+                trace.connect_error(ConnectError::Timeout);
                 tracing::debug!(service = %svc.name, backend = %addr, attempt, timeout = ?svc.connect_timeout, "connect timed out");
             }
         }
@@ -81,16 +95,68 @@ pub(crate) async fn connect(entry: &ServiceEntry, flow: &Flow) -> Result<Upstrea
 /// The backend for a new connection or UDP flow: the client's pinned one when the service has
 /// ClientIP affinity and it is still eligible, else the scheduler's pick (then pinned).
 pub(crate) fn choose(entry: &ServiceEntry, flow: &Flow) -> Option<usize> {
-    let scheduler = entry.scheduler.as_ref()?;
+    choose_traced(entry, flow).backend
+}
+
+/// What [`choose_traced`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Choice {
+    /// The backend's index; `None` when none is eligible.
+    pub(crate) backend: Option<usize>,
+    /// Whether the client's affinity pin was used.
+    pub(crate) affinity: AffinityOutcome,
+}
+
+/// As [`choose`], telling whether affinity answered ([`AffinityOutcome::Hit`]) or the
+/// scheduler had to pick ([`AffinityOutcome::Miss`]).
+pub(crate) fn choose_traced(entry: &ServiceEntry, flow: &Flow) -> Choice {
+    let Some(scheduler) = entry.scheduler.as_ref() else {
+        let affinity = match entry.affinity {
+            Some(_) => AffinityOutcome::Miss,
+            None => AffinityOutcome::Off,
+        };
+        return Choice {
+            backend: None,
+            affinity,
+        };
+    };
     let states = &entry.states;
-    let pick = || scheduler.pick(flow, states);
     match &entry.affinity {
-        Some(affinity) => affinity.resolve(
-            flow.client.ip(),
-            std::time::Instant::now(),
-            |i| scheduler.is_eligible(i, states),
-            pick,
-        ),
-        None => pick(),
+        Some(affinity) => {
+            // `resolve` calls the pick only when the client has no usable pin.
+            let mut picked = false;
+            let backend = affinity.resolve(
+                flow.client.ip(),
+                std::time::Instant::now(),
+                |i| scheduler.is_eligible(i, states),
+                || {
+                    picked = true;
+                    scheduler.pick(flow, states)
+                },
+            );
+            Choice {
+                backend,
+                affinity: if picked {
+                    AffinityOutcome::Miss
+                } else {
+                    AffinityOutcome::Hit
+                },
+            }
+        }
+        None => Choice {
+            backend: scheduler.pick(flow, states),
+            affinity: AffinityOutcome::Off,
+        },
     }
+}
+
+/// Backends of `entry` eligible for a new flow now (for the decision log: O(backends)).
+pub(crate) fn candidates(entry: &ServiceEntry) -> u32 {
+    let Some(scheduler) = entry.scheduler.as_ref() else {
+        return 0;
+    };
+    let eligible = (0..entry.backends.len())
+        .filter(|&i| scheduler.is_eligible(i, &entry.states))
+        .count();
+    u32::try_from(eligible).unwrap_or(u32::MAX)
 }

@@ -29,6 +29,8 @@ pub(crate) struct Activity<C> {
     idle: Duration,
     closer: C,
     expired: Cell<bool>,
+    /// Closed by the `close_at` deadline rather than by idleness.
+    drained: Cell<bool>,
     /// A deadline set from outside (a removed backend's drain), closing even a busy connection.
     close_at: Cell<Option<Instant>>,
     key: Cell<Key>,
@@ -44,6 +46,7 @@ impl<C: Close> Activity<C> {
             idle,
             closer,
             expired: Cell::new(false),
+            drained: Cell::new(false),
             close_at: Cell::new(None),
             key: Cell::new((now, 0)),
         }
@@ -63,6 +66,12 @@ impl<C: Close> Activity<C> {
     /// Whether the idle timeout (or a drain deadline) closed the connection.
     pub(crate) fn expired(&self) -> bool {
         self.expired.get()
+    }
+
+    /// Whether it was closed by a deadline from [`IdleTimers::close_matching`] (a drain), not
+    /// by its idle timeout.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained.get()
     }
 
     /// The time this connection is closed at, active or not.
@@ -144,6 +153,9 @@ impl<C: Close> IdleTimers<C> {
             let due = activity.due();
             if due <= now {
                 activity.expired.set(true);
+                activity
+                    .drained
+                    .set(activity.close_at.get().is_some_and(|t| t <= now));
                 activity.closer.close();
             } else {
                 activity.key.set((due, id));
@@ -214,6 +226,34 @@ mod tests {
             assert_eq!(busy.0.get(), 0, "activity keeps a connection open");
             assert_eq!(gone.0.get(), 0, "a removed connection is never closed");
             assert_eq!(timers.len(), 1, "only the busy connection is still watched");
+            drop(sweeper);
+        });
+    }
+
+    #[test]
+    fn a_drain_deadline_closes_even_a_busy_connection_and_tells_it_from_idleness() {
+        runtime().block_on(async {
+            let ms = Duration::from_millis;
+            let timers = Rc::new(IdleTimers::new());
+            let sweeper = monoio::spawn({
+                let t = Rc::clone(&timers);
+                async move { t.run().await }
+            });
+            let busy = Flag::default();
+            let a_busy = Rc::new(Activity::new(Duration::from_secs(3600), busy.clone()));
+            let a_quiet = Rc::new(Activity::new(ms(20), Flag::default()));
+            timers.insert(&a_busy);
+            timers.insert(&a_quiet);
+            timers.close_matching(Instant::now() + ms(10), |f| Rc::ptr_eq(&f.0, &busy.0));
+            let start = Instant::now();
+            while !(a_busy.expired() && a_quiet.expired()) {
+                assert!(start.elapsed() < Duration::from_secs(5), "never closed");
+                a_busy.touch();
+                monoio::time::sleep(ms(5)).await;
+            }
+            assert_eq!(busy.0.get(), 1);
+            assert!(a_busy.drained(), "closed by the drain deadline");
+            assert!(!a_quiet.drained(), "closed by its idle timeout");
             drop(sweeper);
         });
     }

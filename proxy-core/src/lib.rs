@@ -7,6 +7,8 @@
 //! lets open connections finish until a deadline.
 //!
 //! `LIFECYCLE.md` beside this file follows one TCP connection from accept to close.
+//! [`Telemetry`] holds what workers record on the way (per-worker histograms and counters, read
+//! by scrapers) and the queue of the per-connection decision log, drained by the binary.
 //!
 //! This crate owns all data-plane I/O. It never parses files and knows nothing of Kubernetes.
 
@@ -20,6 +22,7 @@ mod listener;
 mod pool;
 mod relay;
 mod sys;
+mod telemetry;
 mod udp;
 mod worker;
 
@@ -37,6 +40,10 @@ use tokio_util::sync::CancellationToken;
 pub use driver::{IoDriver, IoDriverKind};
 pub use error::ProxyError;
 pub use sys::raise_nofile_limit;
+pub use telemetry::{
+    AffinityOutcome, CloseReason, ConnectError, Datagrams, Decision, DecisionLog,
+    HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
+};
 
 /// Relay buffer size: large buffers decide bulk throughput (see `shared/notes`), and a
 /// connection only holds one while bytes are in flight.
@@ -60,6 +67,8 @@ pub struct ProxyOptions {
     /// task sleeps (`None`: sleep at once). Trades a busy core for not paying a cross-core
     /// wake-up per datagram.
     pub busy_poll: Option<Duration>,
+    /// Collect per-worker histograms and counters (see [`Telemetry`]); off costs nothing.
+    pub telemetry: bool,
 }
 
 impl Default for ProxyOptions {
@@ -70,6 +79,7 @@ impl Default for ProxyOptions {
             share_ports: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
             busy_poll: None,
+            telemetry: true,
         }
     }
 }
@@ -172,6 +182,7 @@ pub struct Proxy {
     shutdown: CancellationToken,
     done_rx: mpsc::Receiver<usize>,
     threads: Vec<JoinHandle<()>>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Proxy {
@@ -195,6 +206,7 @@ impl Proxy {
             })
             .collect();
 
+        let telemetry = Arc::new(Telemetry::new(workers, options.telemetry));
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -218,6 +230,7 @@ impl Proxy {
                 ready: ready_tx.clone(),
                 done: done_tx.clone(),
                 commands: command_rx,
+                telemetry: Arc::clone(&telemetry),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{id}"))
@@ -251,6 +264,7 @@ impl Proxy {
             shutdown,
             done_rx,
             threads,
+            telemetry,
         })
     }
 
@@ -344,6 +358,11 @@ impl Proxy {
     /// Frontends with the addresses actually bound.
     pub fn frontends(&self) -> &[BoundFrontend] {
         &self.frontends
+    }
+
+    /// The data plane's histograms, counters and decision log, for scrapers and log writers.
+    pub fn telemetry(&self) -> Arc<Telemetry> {
+        Arc::clone(&self.telemetry)
     }
 
     /// The I/O driver each worker ended up with.

@@ -30,6 +30,8 @@ pub(crate) enum RelayEnd {
     Closed,
     /// No byte moved in either direction for the idle timeout; both sides were closed.
     IdleTimeout,
+    /// Its backend left the table and the drain deadline passed; both sides were closed.
+    Drained,
     /// A socket failed (typically a reset); the other side was reset too.
     Error,
 }
@@ -133,7 +135,9 @@ pub(crate) async fn relay(
     );
     let (up, down) = monoio::join!(up, down);
     timers.remove(&activity);
-    let end = if activity.expired() {
+    let end = if activity.drained() {
+        RelayEnd::Drained
+    } else if activity.expired() {
         RelayEnd::IdleTimeout
     } else if up.failed || down.failed {
         RelayEnd::Error

@@ -21,6 +21,7 @@ use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{set_reset_on_close, with_socket};
+use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
 use crate::udp::{Udp, UdpFrontend};
 use crate::ProxyError;
 
@@ -43,6 +44,7 @@ pub(crate) struct WorkerStart {
     pub(crate) ready: mpsc::Sender<Result<IoDriverKind, ProxyError>>,
     pub(crate) done: mpsc::Sender<usize>,
     pub(crate) commands: flume::Receiver<Command>,
+    pub(crate) telemetry: Arc<Telemetry>,
 }
 
 /// What the control plane asks of a running worker.
@@ -98,6 +100,7 @@ struct Worker {
     stopping: Cell<bool>,
     frontends: RefCell<HashMap<FrontendKey, Frontend>>,
     udp: Rc<Udp>,
+    telemetry: Rc<WorkerTelemetry>,
 }
 
 impl Worker {
@@ -149,6 +152,7 @@ impl Worker {
                     applied,
                 } => {
                     self.udp.revalidate(&table);
+                    self.telemetry.retain(&table);
                     let live: HashSet<*const balancers::BackendState> =
                         table.backend_states().map(Arc::as_ptr).collect();
                     let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
@@ -197,6 +201,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         ready,
         done,
         commands,
+        telemetry,
         ..
     } = start;
     let worker = Rc::new(Worker {
@@ -207,6 +212,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         stopping: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
         udp: Rc::new(Udp::new(hash_seed(id), busy_poll)),
+        telemetry: Rc::new(WorkerTelemetry::new(telemetry, id)),
     });
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.
@@ -311,6 +317,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
     counters.active.fetch_add(1, Relaxed);
     guard.service = Some(Arc::clone(&entry));
     let _ = client.set_nodelay(true);
+    let mut trace = worker.telemetry.open(&entry, &client, key.addr);
 
     let flow = Flow {
         client: peer,
@@ -318,15 +325,24 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
     };
     // Boxed: the connect step is short-lived and must not widen the future every open
     // connection keeps for its whole life.
-    let upstream = match Box::pin(connect(&entry, &flow)).await {
+    let upstream = match Box::pin(connect(&entry, &flow, &mut trace)).await {
         Ok(u) => u,
         Err(failure) => {
-            match failure {
-                ConnectFailure::NoBackend => counters.no_backend.fetch_add(1, Relaxed),
-                ConnectFailure::AllFailed => counters.connect_failed.fetch_add(1, Relaxed),
+            let reason = match failure {
+                ConnectFailure::NoBackend => {
+                    counters.no_backend.fetch_add(1, Relaxed);
+                    CloseReason::NoBackend
+                }
+                ConnectFailure::AllFailed => {
+                    counters.connect_failed.fetch_add(1, Relaxed);
+                    CloseReason::ConnectFailed
+                }
             };
             tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");
             set_reset_on_close(&client);
+            drop(client);
+            let end = ConnEnd::failed(reason);
+            worker.telemetry.close(trace, &entry, peer, end);
             return;
         }
     };
@@ -346,9 +362,22 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
     counters
         .bytes_to_client
         .fetch_add(outcome.to_client, Relaxed);
-    if outcome.end == RelayEnd::IdleTimeout {
-        counters.idle_timeouts.fetch_add(1, Relaxed);
-    }
+    let reason = match outcome.end {
+        RelayEnd::Closed => CloseReason::Eof,
+        RelayEnd::IdleTimeout => {
+            counters.idle_timeouts.fetch_add(1, Relaxed);
+            CloseReason::IdleTimeout
+        }
+        RelayEnd::Drained => CloseReason::Drained,
+        RelayEnd::Error => CloseReason::Reset,
+    };
+    let end = ConnEnd {
+        backend: Some(backend),
+        to_backend: outcome.to_backend,
+        to_client: outcome.to_client,
+        reason,
+    };
+    worker.telemetry.close(trace, &entry, peer, end);
     tracing::debug!(
         service = %entry.service.name, client = %peer, %backend,
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
