@@ -1,10 +1,12 @@
 //! The admin HTTP API: `/healthz`, `/readyz`, `/config`, `/stats` and `/metrics`.
 //!
 //! It runs on the control plane: one thread (`ringlb-admin`) with a current-thread tokio
-//! runtime serving HTTP/1.1 through hyper. Every answer is computed from the live [`Table`] and
-//! the control plane's own [`Telemetry`] when it is asked for; nothing here touches a data-plane
-//! socket or adds work to the data plane. Only `GET` (and `HEAD`) are served.
+//! runtime serving HTTP/1.1 through hyper. Every answer is computed from the live [`Table`],
+//! the control plane's own [`Telemetry`] and the data plane's per-worker telemetry when it is
+//! asked for; nothing here touches a data-plane socket or adds work to the data plane. `GET`
+//! (and `HEAD`) are served everywhere; the one `POST` switches the decision log.
 
+mod dataplane;
 mod exposition;
 mod views;
 
@@ -13,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicU8};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +24,7 @@ use arc_swap::ArcSwap;
 use config::Table;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -30,6 +32,7 @@ use tokio::sync::oneshot;
 
 use self::exposition::TableSeries;
 use self::views::{ConfigView, StatsView};
+use crate::decisions::DecisionLogControl;
 
 /// Where the admin API is to listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +122,15 @@ impl Telemetry {
     }
 }
 
+/// The running data plane's telemetry, as the admin API reads and switches it.
+#[derive(Debug)]
+pub struct DataPlane {
+    /// Per-worker histograms and counters.
+    pub telemetry: Arc<proxy_core::Telemetry>,
+    /// The decision log's switch and counters.
+    pub decisions: Arc<DecisionLogControl>,
+}
+
 /// What the admin API reads: the live table, the phase and the control plane's counters.
 #[derive(Debug)]
 pub struct AdminState {
@@ -126,6 +138,8 @@ pub struct AdminState {
     phase: AtomicU8,
     /// Reloads and table swaps.
     pub telemetry: Telemetry,
+    /// Set once the workers run.
+    data_plane: OnceLock<DataPlane>,
 }
 
 impl AdminState {
@@ -137,7 +151,13 @@ impl AdminState {
             table,
             phase: AtomicU8::new(Phase::Starting as u8),
             telemetry,
+            data_plane: OnceLock::new(),
         }
+    }
+
+    /// The data plane runs: its series join `/metrics` and `/decision-log` answers.
+    pub fn attach(&self, data_plane: DataPlane) {
+        let _ = self.data_plane.set(data_plane);
     }
 
     /// Every listener is bound and the workers accept: `/readyz` answers 200.
@@ -161,7 +181,10 @@ impl AdminState {
     /// The `/metrics` exposition now.
     pub fn metrics(&self) -> String {
         let table = self.table.load();
-        exposition::render(&table, &[&TableSeries, &self.telemetry])
+        match self.data_plane.get() {
+            Some(dp) => exposition::render(&table, &[&TableSeries, &self.telemetry, dp]),
+            None => exposition::render(&table, &[&TableSeries, &self.telemetry]),
+        }
     }
 }
 
@@ -295,38 +318,42 @@ async fn serve(
 type Body = Full<Bytes>;
 
 /// What each path serves, for `/` and for 404s.
-const INDEX: &str = "ringlb admin API (GET only)
-  /healthz   200 while the process runs
-  /readyz    200 once listeners are bound, 503 before and while draining
-  /config    the live table as JSON
-  /stats     counters per service and backend: JSON, or ?format=text for a table
-  /metrics   Prometheus text exposition
+const INDEX: &str = "ringlb admin API (GET; POST only where said)
+  /healthz        200 while the process runs
+  /readyz         200 once listeners are bound, 503 before and while draining
+  /config         the live table as JSON
+  /stats          counters per service and backend: JSON, or ?format=text for a table
+  /metrics        Prometheus text exposition
+  /decision-log   the per-connection decision log's state as JSON;
+                  POST /decision-log?enabled=true|false switches it
 ";
 
-/// Routes one request. Unknown paths get 404 whatever the method; known ones 405 for
-/// anything but GET and HEAD (hyper leaves the body out of HEAD answers).
+/// Routes one request. Unknown paths get 404 whatever the method; known ones 405 for a
+/// method they do not take (hyper leaves the body out of HEAD answers).
 fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
-    if !matches!(
-        path,
-        "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics"
-    ) {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("no such path: {path}\n\n{INDEX}"),
-        );
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    let allow = match path {
+        "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics" => "GET, HEAD",
+        "/decision-log" => "GET, HEAD, POST",
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no such path: {path}\n\n{INDEX}"),
+            )
+        }
+    };
+    let method = req.method();
+    let allowed = method == Method::GET
+        || method == Method::HEAD
+        || (method == Method::POST && allow.contains("POST"));
+    if !allowed {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{} is not served: the admin API only answers GET\n",
-                req.method()
-            ),
+            format!("{method} is not served on {path}: use {allow}\n"),
         );
         response
             .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(ALLOW, HeaderValue::from_static(allow));
         return response;
     }
     match path {
@@ -353,8 +380,37 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics(),
         ),
+        "/decision-log" => decision_log(state, req),
         _ => text(StatusCode::OK, INDEX.into()),
     }
+}
+
+/// `/decision-log`: its state (GET), or switched with `?enabled=true|false` (POST).
+fn decision_log(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+    let Some(dp) = state.data_plane.get() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into());
+    };
+    if req.method() == Method::POST {
+        // A browser page on another site may send a simple POST to a loopback port; it always
+        // says where it comes from. Scripts and curl do not send Origin.
+        if req.headers().contains_key(ORIGIN) {
+            return text(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests may not switch the decision log\n".into(),
+            );
+        }
+        match query_param(req, "enabled") {
+            Some("true") => dp.decisions.set_enabled(true),
+            Some("false") => dp.decisions.set_enabled(false),
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "say POST /decision-log?enabled=true or ?enabled=false\n".into(),
+                )
+            }
+        }
+    }
+    json(&dp.decisions.status())
 }
 
 /// The value of `name` in the query string (no percent-decoding: values here are plain words).

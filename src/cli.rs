@@ -159,6 +159,18 @@ pub struct DataPlaneArgs {
     /// while traffic arrives at least that often. Off by default.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub busy_poll: Option<Duration>,
+
+    /// Do not collect the data plane's histograms and counters (connect latency, connection
+    /// duration, connect errors, close reasons, affinity hits); the per-service and
+    /// per-backend counters stay.
+    #[arg(long)]
+    pub no_telemetry: bool,
+
+    /// Log one JSON line per connection to PATH (appended; `-`: stdout), from the start.
+    /// Without it the decision log is off, and writes to stdout once switched on with
+    /// `POST /decision-log?enabled=true` on the admin API.
+    #[arg(long, value_name = "PATH|-")]
+    pub decision_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 
 mod admin;
 mod cli;
+mod decisions;
 mod demo;
 mod kube;
 mod serve;

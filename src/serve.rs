@@ -19,8 +19,9 @@ use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::admin::{self, AdminBind, AdminServer, AdminState};
+use crate::admin::{self, AdminBind, AdminServer, AdminState, DataPlane};
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
+use crate::decisions::{self, DecisionWriter};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -223,6 +224,9 @@ fn serve_with(
         Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
+    // A decision log file that cannot be opened fails the start.
+    let decision_output = decisions::Output::open(dp.decision_log.as_deref())?;
+    let reopen_decisions = decision_output.reopen_flag();
     // Registered before the workers start so that an early signal is not lost.
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
@@ -233,6 +237,8 @@ fn serve_with(
         .spawn(move || {
             for signal in signals.forever() {
                 let event = if signal == SIGHUP {
+                    // Like other daemons: SIGHUP also reopens the log file (logrotate).
+                    reopen_decisions.store(true, Relaxed);
                     Control::Reload("SIGHUP")
                 } else {
                     Control::Stop(signal)
@@ -264,6 +270,7 @@ fn serve_with(
         io_driver: dp.io_driver.into(),
         share_ports: dp.share_port,
         busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
+        telemetry: !dp.no_telemetry,
         ..ProxyOptions::default()
     };
     if config.services.is_empty() {
@@ -286,6 +293,11 @@ fn serve_with(
         .map(|listener| AdminServer::start(listener, Arc::clone(&admin_state)))
         .transpose()?;
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
+    let decision_writer = DecisionWriter::start(decision_output, proxy.telemetry())?;
+    admin_state.attach(DataPlane {
+        telemetry: proxy.telemetry(),
+        decisions: decision_writer.control(),
+    });
     admin_state.set_ready();
     announce(&proxy, &table.load());
     if let Some(server) = &admin_server {
@@ -424,6 +436,8 @@ fn serve_with(
     tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
     let table = proxy.table();
     let report = proxy.shutdown(dp.drain_timeout);
+    // The connections that ended while draining are logged before exit.
+    decision_writer.stop();
     if report.workers_cut > 0 {
         tracing::warn!(
             workers = report.workers_cut,

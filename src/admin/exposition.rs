@@ -9,12 +9,20 @@
 //!
 //! Adding a source (for example the data plane's per-worker histograms) is one more
 //! [`Collect`] passed to [`render`].
+//!
+//! Histograms are not recorded sample by sample here: the data plane hands over finished
+//! bucket counts, which the exporter's recorder cannot take. [`Scrape::histogram`] writes them
+//! in the same text format after the exporter's output, each family in one block.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use config::Table;
+use config::{Protocol, Table};
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::formatting::{
+    sanitize_label_value, write_help_line, write_type_line,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use super::Telemetry;
@@ -26,6 +34,8 @@ pub enum Kind {
     Counter,
     /// A value that goes up and down.
     Gauge,
+    /// Observations in cumulative buckets (`_bucket`, `_sum`, `_count` series).
+    Histogram,
 }
 
 /// One metric family: its name, kind and `# HELP` text.
@@ -40,7 +50,7 @@ pub struct Family {
 }
 
 impl Family {
-    const fn counter(name: &'static str, help: &'static str) -> Family {
+    pub(super) const fn counter(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
             kind: Kind::Counter,
@@ -48,10 +58,18 @@ impl Family {
         }
     }
 
-    const fn gauge(name: &'static str, help: &'static str) -> Family {
+    pub(super) const fn gauge(name: &'static str, help: &'static str) -> Family {
         Family {
             name,
             kind: Kind::Gauge,
+            help,
+        }
+    }
+
+    pub(super) const fn histogram(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind: Kind::Histogram,
             help,
         }
     }
@@ -68,6 +86,8 @@ pub trait Collect {
 pub struct Scrape {
     recorder: PrometheusRecorder,
     described: HashSet<&'static str>,
+    /// Histogram families in the order first seen, each with its sample lines.
+    histograms: Vec<(&'static Family, String)>,
 }
 
 /// Where the series of a scrape say they come from (the exporter ignores it).
@@ -78,6 +98,7 @@ impl Scrape {
         Scrape {
             recorder: PrometheusBuilder::new().build_recorder(),
             described: HashSet::new(),
+            histograms: Vec::new(),
         }
     }
 
@@ -110,6 +131,64 @@ impl Scrape {
         self.recorder.register_gauge(&key, &METADATA).set(value);
     }
 
+    /// Adds the histogram `family{labels}`: `buckets` are `(le, cumulative count)` pairs,
+    /// ascending, the last one `+Inf` with `count`; `sum` is the sum of the observations.
+    pub fn histogram(
+        &mut self,
+        family: &'static Family,
+        labels: &[(&'static str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        debug_assert!(
+            family.kind == Kind::Histogram,
+            "{} is not a histogram family",
+            family.name
+        );
+        debug_assert!(
+            buckets.last() == Some(&(f64::INFINITY, count))
+                && buckets
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{}: buckets must ascend to +Inf with the count",
+            family.name
+        );
+        let at = match self
+            .histograms
+            .iter()
+            .position(|(f, _)| f.name == family.name)
+        {
+            Some(at) => at,
+            None => {
+                self.histograms.push((family, String::new()));
+                self.histograms.len() - 1
+            }
+        };
+        let out = &mut self.histograms[at].1;
+        let mut prefix = String::new();
+        for (k, v) in labels {
+            let _ = write!(prefix, "{k}=\"{}\",", sanitize_label_value(v));
+        }
+        let name = family.name;
+        for &(le, n) in buckets {
+            let le = if le == f64::INFINITY {
+                "+Inf".to_owned()
+            } else {
+                le.to_string()
+            };
+            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{le}\"}} {n}");
+        }
+        let labels = prefix.trim_end_matches(',');
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+
     fn key(&mut self, family: &'static Family, labels: &[(&'static str, &str)]) -> Key {
         if self.described.insert(family.name) {
             let name = KeyName::from(family.name);
@@ -117,6 +196,7 @@ impl Scrape {
             match family.kind {
                 Kind::Counter => self.recorder.describe_counter(name, None, help),
                 Kind::Gauge => self.recorder.describe_gauge(name, None, help),
+                Kind::Histogram => unreachable!("histograms are written by Scrape::histogram"),
             }
         }
         let labels: Vec<Label> = labels
@@ -127,7 +207,16 @@ impl Scrape {
     }
 
     fn render(&self) -> String {
-        self.recorder.handle().render()
+        let mut out = self.recorder.handle().render();
+        for (family, lines) in &self.histograms {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push('\n');
+            }
+            write_help_line(&mut out, family.name, None, None, family.help);
+            write_type_line(&mut out, family.name, None, None, "histogram");
+            out.push_str(lines);
+        }
+        out
     }
 }
 
@@ -187,6 +276,30 @@ const IDLE_TIMEOUTS: Family = Family::counter(
 const BYTES: Family = Family::counter(
     "ringlb_relayed_bytes_total",
     "Bytes relayed, by direction: client_to_backend or backend_to_client.",
+);
+
+// Per UDP service.
+const UDP_FLOWS: Family = Family::gauge(
+    "ringlb_udp_flows_active",
+    "UDP flows open now, node-wide (bounded by the service's max_flows).",
+);
+const UDP_FLOWS_OPENED: Family =
+    Family::counter("ringlb_udp_flows_opened_total", "UDP flows opened.");
+const UDP_FLOWS_REFUSED: Family = Family::counter(
+    "ringlb_udp_flows_refused_total",
+    "UDP datagrams dropped because they would have opened a flow past max_flows.",
+);
+const UDP_FLOWS_REBALANCED: Family = Family::counter(
+    "ringlb_udp_flows_rebalanced_total",
+    "UDP flows ended because their backend stopped being usable (removed, weight 0) or refused them (ICMP port unreachable).",
+);
+const UDP_DATAGRAMS: Family = Family::counter(
+    "ringlb_udp_datagrams_total",
+    "UDP datagrams relayed, by direction: client_to_backend or backend_to_client.",
+);
+const UDP_DATAGRAMS_DROPPED: Family = Family::counter(
+    "ringlb_udp_datagrams_dropped_total",
+    "UDP datagrams dropped: no eligible backend, a full socket buffer, or a send error.",
 );
 
 // Per backend.
@@ -252,6 +365,27 @@ impl Collect for TableSeries {
                     &BYTES,
                     &[("service", name), ("direction", direction)],
                     n.load(Relaxed),
+                );
+            }
+            if svc.protocol == Protocol::Udp {
+                out.gauge(&UDP_FLOWS, &s, c.flows.load(Relaxed) as f64);
+                out.counter(&UDP_FLOWS_OPENED, &s, c.flows_opened.load(Relaxed));
+                out.counter(&UDP_FLOWS_REFUSED, &s, c.flows_refused.load(Relaxed));
+                out.counter(&UDP_FLOWS_REBALANCED, &s, c.flows_rebalanced.load(Relaxed));
+                for (direction, n) in [
+                    ("client_to_backend", &c.datagrams_to_backend),
+                    ("backend_to_client", &c.datagrams_to_client),
+                ] {
+                    out.counter(
+                        &UDP_DATAGRAMS,
+                        &[("service", name), ("direction", direction)],
+                        n.load(Relaxed),
+                    );
+                }
+                out.counter(
+                    &UDP_DATAGRAMS_DROPPED,
+                    &s,
+                    c.datagrams_dropped.load(Relaxed),
                 );
             }
             for (backend, state) in entry.backends.iter().zip(&entry.states) {

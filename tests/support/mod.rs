@@ -1,6 +1,8 @@
 //! Test support: start the `ringlb` binary, wait for its readiness lines, and small backends.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod admin;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};

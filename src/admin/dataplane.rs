@@ -1,0 +1,113 @@
+//! The data plane's own series: per-worker histograms and counters summed at scrape time
+//! ([`proxy_core::TelemetrySnapshot`]), and the decision log's counters.
+
+use config::{Protocol, Table};
+use proxy_core::{AffinityOutcome, CloseReason, ConnectError, HistogramSnapshot};
+
+use super::exposition::{Collect, Family, Scrape};
+use super::DataPlane;
+
+const CONNECT_LATENCY: Family = Family::histogram(
+    "ringlb_backend_connect_duration_seconds",
+    "Time a successful connect to a backend took (failed attempts are in ringlb_connect_errors_total).",
+);
+const DURATION: Family = Family::histogram(
+    "ringlb_connection_duration_seconds",
+    "Life of client connections from accept to close, however they ended.",
+);
+const CONNECT_ERRORS: Family = Family::counter(
+    "ringlb_connect_errors_total",
+    "Failed connect attempts to backends, by reason: refused, timeout, unreachable or other.",
+);
+const CLOSED: Family = Family::counter(
+    "ringlb_connections_closed_total",
+    "Relayed connections that ended, by reason: eof (both sides closed), idle_timeout, drained (backend removed by a reload) or reset.",
+);
+const AFFINITY: Family = Family::counter(
+    "ringlb_affinity_lookups_total",
+    "ClientIP session affinity lookups for new connections, by result: hit (the pinned backend was used) or miss (the scheduler picked).",
+);
+const LOG_ENABLED: Family = Family::gauge(
+    "ringlb_decision_log_enabled",
+    "1 while the per-connection decision log is on, else 0.",
+);
+const LOG_LINES: Family = Family::counter(
+    "ringlb_decision_log_lines_total",
+    "Lines written to the decision log.",
+);
+const LOG_DROPPED: Family = Family::counter(
+    "ringlb_decision_log_dropped_total",
+    "Decision log records lost, by reason: queue_full (the writer fell behind) or write_error.",
+);
+
+/// How relayed connections end (the failures before a backend are in
+/// `ringlb_connections_failed_total`).
+const RELAY_ENDS: [CloseReason; 4] = [
+    CloseReason::Eof,
+    CloseReason::IdleTimeout,
+    CloseReason::Drained,
+    CloseReason::Reset,
+];
+
+fn histogram(
+    out: &mut Scrape,
+    family: &'static Family,
+    labels: &[(&'static str, &str)],
+    h: &HistogramSnapshot,
+) {
+    out.histogram(family, labels, &h.cumulative(), h.sum_seconds(), h.count());
+}
+
+impl Collect for DataPlane {
+    fn collect(&self, table: &Table, out: &mut Scrape) {
+        let log = &self.decisions;
+        out.gauge(&LOG_ENABLED, &[], f64::from(u8::from(log.enabled())));
+        out.counter(&LOG_LINES, &[], log.written());
+        out.counter(&LOG_DROPPED, &[("reason", "queue_full")], log.dropped());
+        out.counter(
+            &LOG_DROPPED,
+            &[("reason", "write_error")],
+            log.write_errors(),
+        );
+
+        let snapshot = self.telemetry.snapshot();
+        if !snapshot.enabled() {
+            return;
+        }
+        // TCP only for now: UDP flows do not record into the shards yet.
+        for entry in table
+            .services()
+            .iter()
+            .filter(|e| e.service.protocol == Protocol::Tcp)
+        {
+            let name = entry.service.name.as_str();
+            let s = snapshot.service(entry);
+            let labels = [("service", name)];
+            histogram(out, &CONNECT_LATENCY, &labels, &s.connect);
+            histogram(out, &DURATION, &labels, &s.duration);
+            for kind in ConnectError::ALL {
+                out.counter(
+                    &CONNECT_ERRORS,
+                    &[("service", name), ("reason", kind.name())],
+                    s.connect_errors(kind),
+                );
+            }
+            for reason in RELAY_ENDS {
+                out.counter(
+                    &CLOSED,
+                    &[("service", name), ("reason", reason.name())],
+                    s.closed(reason),
+                );
+            }
+            if entry.affinity.is_some() {
+                for outcome in [AffinityOutcome::Hit, AffinityOutcome::Miss] {
+                    out.counter(
+                        &AFFINITY,
+                        &[("service", name), ("result", outcome.name())],
+                        s.affinity(outcome),
+                    );
+                }
+            }
+        }
+    }
+}
