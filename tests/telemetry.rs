@@ -583,3 +583,90 @@ fn drained_with(driver: &str) {
         0.0
     );
 }
+
+/// UDP flows: affinity hits and misses are counted, and each flow that ends writes one decision
+/// line with its datagrams, bytes and close reason.
+#[test]
+fn udp_flows_count_affinity_and_write_decision_lines() {
+    for driver in DRIVERS {
+        udp_flows_with(driver);
+    }
+}
+
+fn udp_flows_with(driver: &str) {
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n], from);
+        }
+    });
+    let path = write_config(
+        &format!("udp-telemetry-{driver}"),
+        &format!(
+            "admin: 127.0.0.1:0\nservices:\n  - name: dns\n    protocol: udp\n    \
+             listen: [\"127.0.0.1:0\"]\n    idle_timeout: 300ms\n    \
+             session_affinity: client_ip\n    backends:\n      - address: \"{backend_addr}\"\n"
+        ),
+    );
+    let proxy = start(&path, driver, &["--decision-log", "-"]);
+    let admin = admin_addr(&proxy);
+    let to = proxy.addr();
+    let ask = |c: &std::net::UdpSocket, msg: &[u8]| {
+        c.send_to(msg, to).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = c.recv_from(&mut buf).expect("answer");
+        assert_eq!(&buf[..n], msg);
+    };
+    let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    first.set_read_timeout(Some(PATIENCE)).unwrap();
+    let second = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    second.set_read_timeout(Some(PATIENCE)).unwrap();
+    for msg in [&b"one"[..], b"two", b"three"] {
+        ask(&first, msg);
+    }
+    // Same client IP, another port: another flow, pinned by affinity.
+    ask(&second, b"four");
+
+    // Both flows end on their idle timeout and log a line each.
+    let lines = stdout_decisions(&proxy, 2);
+    let a = &lines[&first.local_addr().unwrap().port()];
+    let b = &lines[&second.local_addr().unwrap().port()];
+    for line in [a, b] {
+        assert_eq!(line["protocol"], "udp", "{driver}: {line}");
+        assert_eq!(line["close"], "idle_timeout", "{driver}: {line}");
+        assert_eq!(line["backend"], backend_addr.to_string());
+        assert_eq!(line["attempts"], 1);
+        assert_eq!(line["frontend"], to.to_string());
+    }
+    assert_eq!(a["affinity"], "miss", "{driver}: {a}");
+    assert_eq!(b["affinity"], "hit", "{driver}: {b}");
+    assert_eq!(a["datagrams_to_backend"], 3);
+    assert_eq!(a["datagrams_to_client"], 3);
+    assert_eq!(a["bytes_to_backend"], 11);
+    assert_eq!(b["datagrams_to_backend"], 1);
+    assert_eq!(b["bytes_to_client"], 4);
+
+    let m = scrape(admin);
+    let svc = [("service", "dns")];
+    assert_eq!(
+        value(
+            &m,
+            "ringlb_affinity_lookups_total",
+            &[("service", "dns"), ("result", "miss")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "ringlb_affinity_lookups_total",
+            &[("service", "dns"), ("result", "hit")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&m, "ringlb_udp_flows_opened_total", &svc), 2.0);
+    assert_eq!(value(&m, "ringlb_udp_flows_active", &svc), 0.0);
+    let _ = std::fs::remove_file(&path);
+}

@@ -92,12 +92,6 @@ pub(crate) async fn connect(
     Err(ConnectFailure::AllFailed)
 }
 
-/// The backend for a new connection or UDP flow: the client's pinned one when the service has
-/// ClientIP affinity and it is still eligible, else the scheduler's pick (then pinned).
-pub(crate) fn choose(entry: &ServiceEntry, flow: &Flow) -> Option<usize> {
-    choose_traced(entry, flow).backend
-}
-
 /// What [`choose_traced`] decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Choice {
@@ -107,8 +101,10 @@ pub(crate) struct Choice {
     pub(crate) affinity: AffinityOutcome,
 }
 
-/// As [`choose`], telling whether affinity answered ([`AffinityOutcome::Hit`]) or the
-/// scheduler had to pick ([`AffinityOutcome::Miss`]).
+/// The backend for a new connection or UDP flow: the client's pinned one when the service has
+/// ClientIP affinity and it is still eligible, else the scheduler's pick (then pinned); and
+/// whether affinity answered ([`AffinityOutcome::Hit`]) or the scheduler had to pick
+/// ([`AffinityOutcome::Miss`]).
 pub(crate) fn choose_traced(entry: &ServiceEntry, flow: &Flow) -> Choice {
     let Some(scheduler) = entry.scheduler.as_ref() else {
         let affinity = match entry.affinity {

@@ -204,6 +204,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         telemetry,
         ..
     } = start;
+    let telemetry = Rc::new(WorkerTelemetry::new(telemetry, id));
     let worker = Rc::new(Worker {
         table,
         pool: BufferPool::new(buffer_size, POOL_KEEP),
@@ -211,8 +212,8 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         open: Cell::new(0),
         stopping: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
-        udp: Rc::new(Udp::new(hash_seed(id), busy_poll)),
-        telemetry: Rc::new(WorkerTelemetry::new(telemetry, id)),
+        udp: Rc::new(Udp::new(hash_seed(id), busy_poll, Rc::clone(&telemetry))),
+        telemetry,
     });
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.

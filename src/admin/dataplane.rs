@@ -74,14 +74,23 @@ impl Collect for DataPlane {
         if !snapshot.enabled() {
             return;
         }
-        // TCP only for now: UDP flows do not record into the shards yet.
-        for entry in table
-            .services()
-            .iter()
-            .filter(|e| e.service.protocol == Protocol::Tcp)
-        {
+        for entry in table.services() {
             let name = entry.service.name.as_str();
             let s = snapshot.service(entry);
+            if entry.affinity.is_some() {
+                for outcome in [AffinityOutcome::Hit, AffinityOutcome::Miss] {
+                    out.counter(
+                        &AFFINITY,
+                        &[("service", name), ("result", outcome.name())],
+                        s.affinity(outcome),
+                    );
+                }
+            }
+            // The connection histograms and reasons are TCP's; UDP flows count in the
+            // ringlb_udp_* counters.
+            if entry.service.protocol != Protocol::Tcp {
+                continue;
+            }
             let labels = [("service", name)];
             histogram(out, &CONNECT_LATENCY, &labels, &s.connect);
             histogram(out, &DURATION, &labels, &s.duration);
@@ -98,15 +107,6 @@ impl Collect for DataPlane {
                     &[("service", name), ("reason", reason.name())],
                     s.closed(reason),
                 );
-            }
-            if entry.affinity.is_some() {
-                for outcome in [AffinityOutcome::Hit, AffinityOutcome::Miss] {
-                    out.counter(
-                        &AFFINITY,
-                        &[("service", name), ("result", outcome.name())],
-                        s.affinity(outcome),
-                    );
-                }
             }
         }
     }

@@ -300,7 +300,6 @@ impl WorkerTelemetry {
 
     /// Counts what affinity did for a new flow of `entry` (UDP; TCP counts through
     /// [`ConnTrace::chose`]).
-    #[allow(dead_code, reason = "for the UDP flow table's call site")]
     pub(crate) fn affinity(&self, entry: &ServiceEntry, outcome: AffinityOutcome) {
         if outcome != AffinityOutcome::Off {
             if let Some(stats) = self.stats(entry) {

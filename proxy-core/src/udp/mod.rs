@@ -28,8 +28,9 @@ use config::{FrontendKey, ServiceEntry, Table};
 use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
-use crate::connect::choose;
+use crate::connect::{candidates, choose_traced};
 use crate::sys::with_socket;
+use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 
 /// Datagrams a reply task handles per wake-up before letting the worker's other tasks run.
@@ -53,6 +54,7 @@ pub(crate) struct Udp {
     /// `recvmmsg` headers for flows' upstream sockets, IPv4 and IPv6 (nix keeps the address
     /// length the kernel wrote per header, so each family has its own).
     reply_headers: [RefCell<sock::RecvHeaders>; 2],
+    telemetry: Rc<WorkerTelemetry>,
 }
 
 /// One UDP frontend socket of this worker.
@@ -91,6 +93,7 @@ struct Run {
     id: FlowId,
     upstream: Rc<UdpSocket>,
     service: Arc<ServiceEntry>,
+    trace: Option<Rc<FlowTrace>>,
     first: usize,
     count: usize,
     size: usize,
@@ -115,6 +118,50 @@ pub(crate) struct FlowIo {
     service: Arc<ServiceEntry>,
     /// Counts the flow as inactive on its backend (IPVS counts UDP as inactive).
     _guard: ConnectionGuard,
+    /// What the decision log needs, kept only while the log is on.
+    trace: Option<Rc<FlowTrace>>,
+}
+
+/// A flow's line of the decision log in the making: its placement, its traffic and, once it
+/// ends, why. Written when the flow's payload is dropped.
+struct FlowTrace {
+    telemetry: Rc<WorkerTelemetry>,
+    client: SocketAddr,
+    frontend: SocketAddr,
+    backend: SocketAddr,
+    candidates: u32,
+    affinity: AffinityOutcome,
+    opened: Instant,
+    datagrams: Cell<Datagrams>,
+    bytes: Cell<(u64, u64)>,
+    close: Cell<CloseReason>,
+}
+
+impl FlowTrace {
+    fn to_backend(&self, datagrams: u64, bytes: u64) {
+        let mut d = self.datagrams.get();
+        d.to_backend += datagrams;
+        self.datagrams.set(d);
+        let (b, c) = self.bytes.get();
+        self.bytes.set((b + bytes, c));
+    }
+
+    fn to_client(&self, datagrams: u64, bytes: u64) {
+        let mut d = self.datagrams.get();
+        d.to_client += datagrams;
+        self.datagrams.set(d);
+        let (b, c) = self.bytes.get();
+        self.bytes.set((b, c + bytes));
+    }
+}
+
+impl FlowIo {
+    /// Records why the flow ends (for the decision log).
+    fn ending(&self, why: CloseReason) {
+        if let Some(t) = &self.trace {
+            t.close.set(why);
+        }
+    }
 }
 
 impl Drop for FlowIo {
@@ -123,11 +170,35 @@ impl Drop for FlowIo {
     fn drop(&mut self) {
         self.service.counters.flows.fetch_sub(1, Relaxed);
         let _ = with_socket(&*self.upstream, |s| s.shutdown(std::net::Shutdown::Read));
+        if let Some(t) = &self.trace {
+            if t.telemetry.logging() {
+                let (bytes_to_backend, bytes_to_client) = t.bytes.get();
+                t.telemetry.log(Decision {
+                    service: Arc::clone(&self.service),
+                    client: t.client,
+                    frontend: t.frontend,
+                    candidates: t.candidates,
+                    affinity: t.affinity,
+                    backend: Some(t.backend),
+                    attempts: 1,
+                    bytes_to_backend,
+                    bytes_to_client,
+                    datagrams: Some(t.datagrams.get()),
+                    duration: t.opened.elapsed(),
+                    ended: std::time::SystemTime::now(),
+                    close: t.close.get(),
+                });
+            }
+        }
     }
 }
 
 impl Udp {
-    pub(crate) fn new(seed: u64, busy_poll: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        seed: u64,
+        busy_poll: Option<Duration>,
+        telemetry: Rc<WorkerTelemetry>,
+    ) -> Self {
         Self {
             flows: RefCell::new(FlowTable::new(seed)),
             alarm: Alarm::default(),
@@ -138,6 +209,7 @@ impl Udp {
                 RefCell::new(sock::RecvHeaders::new()),
                 RefCell::new(sock::RecvHeaders::new()),
             ],
+            telemetry,
         }
     }
 
@@ -162,7 +234,7 @@ impl Udp {
     /// Ends the flows of a frontend that stopped (their replies would have no socket to leave
     /// from).
     pub(crate) fn unlisten(&self, key: &FrontendKey) {
-        self.end_where(|f| f.payload.frontend.key != *key);
+        self.end_where(|f| f.payload.frontend.key != *key, CloseReason::Stopped);
     }
 
     /// After a table swap: ends every flow whose backend is no longer usable for its frontend
@@ -170,21 +242,24 @@ impl Udp {
     /// next datagram is balanced again. Other flows keep their backend.
     pub(crate) fn revalidate(&self, table: &Table) {
         let mut usable: HashMap<FrontendKey, HashSet<SocketAddr>> = HashMap::new();
-        self.end_where(|f| {
-            let key = f.payload.frontend.key;
-            usable
-                .entry(key)
-                .or_insert_with(|| {
-                    table.lookup(&key).map_or_else(HashSet::new, |e| {
-                        e.backends
-                            .iter()
-                            .filter(|b| b.weight > 0)
-                            .map(|b| b.address)
-                            .collect()
+        self.end_where(
+            |f| {
+                let key = f.payload.frontend.key;
+                usable
+                    .entry(key)
+                    .or_insert_with(|| {
+                        table.lookup(&key).map_or_else(HashSet::new, |e| {
+                            e.backends
+                                .iter()
+                                .filter(|b| b.weight > 0)
+                                .map(|b| b.address)
+                                .collect()
+                        })
                     })
-                })
-                .contains(&f.backend)
-        });
+                    .contains(&f.backend)
+            },
+            CloseReason::Rebalanced,
+        );
     }
 
     /// Ends every flow (the worker stops).
@@ -194,15 +269,18 @@ impl Udp {
         drop(ended);
     }
 
-    fn end_where(&self, keep: impl FnMut(&Flow<FlowIo>) -> bool) {
+    fn end_where(&self, keep: impl FnMut(&Flow<FlowIo>) -> bool, why: CloseReason) {
         let mut ended = Vec::new();
         self.flows.borrow_mut().retain(keep, &mut ended);
         for (flow, _) in &ended {
-            flow.payload
-                .service
-                .counters
-                .flows_rebalanced
-                .fetch_add(1, Relaxed);
+            flow.payload.ending(why);
+            if why == CloseReason::Rebalanced {
+                flow.payload
+                    .service
+                    .counters
+                    .flows_rebalanced
+                    .fetch_add(1, Relaxed);
+            }
         }
         if !ended.is_empty() {
             tracing::debug!(flows = ended.len(), "ended UDP flows of unusable backends");
@@ -218,6 +296,7 @@ impl Udp {
         loop {
             self.flows.borrow_mut().expire(Instant::now(), &mut ended);
             for (flow, _) in ended.drain(..) {
+                flow.payload.ending(CloseReason::IdleTimeout);
                 flow.payload
                     .service
                     .counters
@@ -307,6 +386,7 @@ impl Udp {
             let found = match flows.lookup(&key, now) {
                 Lookup::Live(id, flow) => Some((id, flow)),
                 Lookup::Expired(flow) => {
+                    flow.payload.ending(CloseReason::IdleTimeout);
                     flow.payload
                         .service
                         .counters
@@ -325,6 +405,7 @@ impl Udp {
                         id,
                         upstream: Rc::clone(&flow.payload.upstream),
                         service: Arc::clone(&flow.payload.service),
+                        trace: flow.payload.trace.clone(),
                         first: i,
                         count: 1,
                         size: r.len,
@@ -399,6 +480,9 @@ impl Udp {
                 counters
                     .bytes_to_backend
                     .fetch_add((sent * run.size) as u64, Relaxed);
+                if let Some(t) = &run.trace {
+                    t.to_backend(sent as u64, (sent * run.size) as u64);
+                }
                 let lost = run.count - sent;
                 if lost > 0 {
                     counters.datagrams_dropped.fetch_add(lost as u64, Relaxed);
@@ -409,7 +493,9 @@ impl Udp {
                 // and balance these datagrams afresh (a new socket cannot be refused yet, so
                 // this does not recurse again).
                 counters.flows_rebalanced.fetch_add(1, Relaxed);
-                drop(self.flows.borrow_mut().remove(run.id));
+                if let Some(flow) = self.flows.borrow_mut().remove(run.id) {
+                    flow.payload.ending(CloseReason::Rebalanced);
+                }
                 self.from_clients(frontend, received, run.range(), bufs, table);
             }
             Err(_) => {
@@ -452,8 +538,27 @@ impl Udp {
             client: key.client,
             dest: key.local,
         };
-        let Some(idx) = choose(&entry, &pick) else {
+        let choice = choose_traced(&entry, &pick);
+        self.telemetry.affinity(&entry, choice.affinity);
+        let Some(idx) = choice.backend else {
             counters.no_backend.fetch_add(1, Relaxed);
+            if self.telemetry.logging() {
+                self.telemetry.log(Decision {
+                    service: Arc::clone(&entry),
+                    client: key.client,
+                    frontend: key.local,
+                    candidates: 0,
+                    affinity: choice.affinity,
+                    backend: None,
+                    attempts: 0,
+                    bytes_to_backend: 0,
+                    bytes_to_client: 0,
+                    datagrams: Some(Datagrams::default()),
+                    duration: Duration::ZERO,
+                    ended: std::time::SystemTime::now(),
+                    close: CloseReason::NoBackend,
+                });
+            }
             return unwind(true);
         };
         let backend = entry.backends[idx].address;
@@ -464,10 +569,27 @@ impl Udp {
                 return unwind(true);
             }
         };
+        let trace = self.telemetry.logging().then(|| {
+            Rc::new(FlowTrace {
+                telemetry: Rc::clone(&self.telemetry),
+                client: key.client,
+                frontend: key.local,
+                backend,
+                candidates: candidates(&entry),
+                affinity: choice.affinity,
+                opened: now,
+                datagrams: Cell::default(),
+                bytes: Cell::default(),
+                close: Cell::new(CloseReason::Stopped),
+            })
+        });
         match sock::send(upstream.as_raw_fd(), data) {
             Ok(n) => {
                 counters.datagrams_to_backend.fetch_add(1, Relaxed);
                 counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+                if let Some(t) = &trace {
+                    t.to_backend(1, n as u64);
+                }
             }
             Err(_) => {
                 counters.datagrams_dropped.fetch_add(1, Relaxed);
@@ -480,6 +602,7 @@ impl Udp {
             frontend: Rc::clone(frontend),
             _guard: entry.states[idx].udp_flow(),
             service: Arc::clone(&entry),
+            trace,
         };
         let id = self.flows.borrow_mut().insert(key, backend, idle, io, now);
         self.alarm
@@ -565,6 +688,7 @@ impl Udp {
             Err(e) if sock::is_refused(&e) => {
                 // ICMP unreachable from the backend: end the flow so the client's next
                 // datagram is balanced to a live backend.
+                flow.payload.ending(CloseReason::Rebalanced);
                 flow.payload
                     .service
                     .counters
@@ -625,6 +749,9 @@ impl Udp {
         }
         counters.datagrams_to_client.fetch_add(sent, Relaxed);
         counters.bytes_to_client.fetch_add(bytes, Relaxed);
+        if let Some(t) = &flow.payload.trace {
+            t.to_client(sent, bytes);
+        }
         let lost = n as u64 - sent;
         if lost > 0 {
             counters.datagrams_dropped.fetch_add(lost, Relaxed);
