@@ -81,6 +81,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", requires = "kubernetes")]
     pub service_proxy_name: Option<String>,
 
+    /// With --kubernetes: steer traffic for cluster IPs, external IPs, load balancer IPs and
+    /// node addresses at node ports to ringlb through its own nftables table (`ip ringlb`,
+    /// replaced at start, deleted at exit; needs CAP_NET_ADMIN and the `nft` program).
+    /// Without it, ringlb binds those addresses itself, so they must be local.
+    #[arg(long, requires = "kubernetes")]
+    pub nftables: bool,
+
     /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", requires = "to")]
     pub listen: Option<SocketAddr>,

@@ -1,13 +1,16 @@
 //! `ringlb run --kubernetes`: the Kubernetes watch as the config source of `serve`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use config::k8s::NodeOptions;
+use config::k8s::{NodeOptions, Resolved};
 use config::kube::{KubeOptions, KubeWatch};
-use config::Config;
+use config::{Config, Table};
+use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::RunArgs;
@@ -22,6 +25,20 @@ pub struct Kube {
     control: Arc<Mutex<Option<mpsc::Sender<Control>>>>,
     /// The version of the snapshot the data plane serves.
     applied: Cell<u64>,
+    /// With `--nftables`: the table that steers frontends to the portals.
+    steering: Option<RefCell<OwnedTable>>,
+}
+
+/// The nftables table, deleted when ringlb exits.
+struct OwnedTable(Steering);
+
+impl Drop for OwnedTable {
+    fn drop(&mut self) {
+        match self.0.remove() {
+            Ok(()) => tracing::info!("nftables table ip {} deleted", proxy_core::steer::TABLE),
+            Err(e) => tracing::error!("cannot delete the nftables table: {e}"),
+        }
+    }
 }
 
 impl Kube {
@@ -71,12 +88,17 @@ impl Kube {
             services = snapshot.resolved.config.services.len(),
             "Kubernetes API listed"
         );
+        let steering = args
+            .nftables
+            .then(|| RefCell::new(OwnedTable(Steering::new("nft"))));
         let kube = Kube {
             watch,
             control,
             applied: Cell::new(snapshot.version),
+            steering,
         };
-        Ok((kube, snapshot.resolved.config.clone()))
+        let config = kube.served(&snapshot.resolved.config);
+        Ok((kube, config))
     }
 
     /// Sends a [`Control::Kube`] to `tx` after every change from now on.
@@ -94,9 +116,11 @@ impl Kube {
         if snapshot.version <= self.applied.get() {
             return;
         }
-        let config = &snapshot.resolved.config;
+        let config = &self.served(&snapshot.resolved.config);
         if config == serving {
             self.applied.set(snapshot.version);
+            // Frontends or verdicts may have changed even so (a new external IP).
+            self.log_steer(proxy, &snapshot.resolved);
             return;
         }
         match proxy.reload(config.clone(), backend_drain) {
@@ -115,6 +139,7 @@ impl Kube {
                     removed = ?report.removed,
                     "Kubernetes changes applied"
                 );
+                self.log_steer(proxy, &snapshot.resolved);
             }
             Err(e) => tracing::error!(
                 changed = ?snapshot.changed,
@@ -122,4 +147,88 @@ impl Kube {
             ),
         }
     }
+
+    /// What the data plane serves for `config`: with `--nftables` each service listens on
+    /// one portal, a wildcard IPv4 socket on a port the kernel picks (kept across reloads),
+    /// and the nftables table redirects its frontends there; else the frontends themselves.
+    fn served(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        if self.steering.is_some() {
+            for svc in &mut config.services {
+                svc.listen = vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)];
+            }
+        }
+        config
+    }
+
+    /// Writes the first nftables table (replacing a stale one) for the served model. An error
+    /// here means ringlb cannot do its job: the caller stops.
+    pub fn start_steering(&self, proxy: &Proxy) -> anyhow::Result<()> {
+        let Some(snapshot) = self.watch.latest() else {
+            return Ok(());
+        };
+        self.steer(proxy, &snapshot.resolved)
+            .context("cannot program the nftables table (needs CAP_NET_ADMIN and nft)")
+    }
+
+    fn log_steer(&self, proxy: &Proxy, resolved: &Resolved) {
+        if let Err(e) = self.steer(proxy, resolved) {
+            tracing::error!("nftables table not updated, the previous one keeps steering: {e:#}");
+        }
+    }
+
+    /// Brings the nftables table in line with `resolved` and the portals `proxy` serves.
+    fn steer(&self, proxy: &Proxy, resolved: &Resolved) -> anyhow::Result<()> {
+        let Some(steering) = &self.steering else {
+            return Ok(());
+        };
+        let entries = steer_entries(resolved, &proxy.table());
+        let report = steering.borrow_mut().0.sync(&entries)?;
+        for e in &report.unsteered {
+            tracing::warn!(frontend = %e.frontend, "IPv6 frontends are not steered yet");
+        }
+        if report.lines > 0 {
+            announce_line(&format!(
+                "nftables full={} lines={} steered={} took_us={}",
+                report.full,
+                report.lines,
+                report.steered,
+                report.took.as_micros()
+            ));
+            tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, "nftables table updated");
+        }
+        Ok(())
+    }
+}
+
+/// Every frontend of `resolved` with its verdict: redirect to the service's portal (its
+/// listen port in `table`), reject when no endpoint exists anywhere, drop when policy `Local`
+/// leaves none on this node (kube-proxy's rules).
+fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
+    let portals: HashMap<&str, u16> = table
+        .services()
+        .iter()
+        .filter_map(|s| Some((s.service.name.as_str(), s.service.listen.first()?.port())))
+        .collect();
+    let mut out = Vec::new();
+    for (svc, port) in resolved.config.services.iter().zip(&resolved.ports) {
+        let verdict = if svc.backends.is_empty() {
+            if port.any_endpoints {
+                Verdict::Drop
+            } else {
+                Verdict::Reject
+            }
+        } else {
+            match portals.get(svc.name.as_str()) {
+                Some(&p) => Verdict::Redirect(p),
+                None => continue,
+            }
+        };
+        out.extend(svc.listen.iter().map(|&frontend| SteerEntry {
+            protocol: svc.protocol,
+            frontend,
+            verdict,
+        }));
+    }
+    out
 }

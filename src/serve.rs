@@ -293,6 +293,10 @@ fn serve_with(
         .map(|listener| AdminServer::start(listener, Arc::clone(&admin_state)))
         .transpose()?;
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
+    if let Some(kube) = kube {
+        // Steered before `ready`: ready means traffic to the frontends arrives.
+        kube.start_steering(&proxy)?;
+    }
     let decision_writer = DecisionWriter::start(decision_output, proxy.telemetry())?;
     admin_state.attach(DataPlane {
         telemetry: proxy.telemetry(),

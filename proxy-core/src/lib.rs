@@ -21,6 +21,7 @@ mod idle;
 mod listener;
 mod pool;
 mod relay;
+pub mod steer;
 mod sys;
 mod telemetry;
 mod udp;

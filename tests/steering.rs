@@ -1,0 +1,348 @@
+//! Node mode with nftables steering, end to end in network namespaces this test creates: a
+//! "pod" namespace as the client, a "node" namespace running `ringlb run --kubernetes
+//! --nftables` against a small static API server, and a "backend" namespace with the
+//! endpoint. Addresses are private and exist only inside these namespaces; the host's own
+//! networking is never touched. Skipped, with the reason printed, where namespaces cannot be
+//! created or `nft` is missing.
+
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+/// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates stay in
+/// that namespace wherever they are used later.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("open the namespace");
+        // SAFETY: setns on this thread only, with a descriptor that stays open for the call;
+        // the thread ends after `f`, so no other code runs in the namespace by surprise.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in the namespace")
+}
+
+/// A named network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn create(tag: &str) -> Result<Netns, String> {
+        let name = format!("rlb-steer-{tag}-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns add failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        Ok(ns)
+    }
+
+    /// `ip -n NS ARGS`, which must succeed.
+    fn ip(&self, args: &[&str]) {
+        let st = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip -n {} {args:?}", self.0);
+    }
+
+    /// Runs a command inside the namespace.
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A veth pair from `a` (address `a_addr`) to `b` (address `b_addr`), created inside `a`.
+fn link(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.0,
+    ]);
+    a.ip(&["addr", "add", a_addr, "dev", a_if]);
+    b.ip(&["addr", "add", b_addr, "dev", b_if]);
+    a.ip(&["link", "set", a_if, "up"]);
+    b.ip(&["link", "set", b_if, "up"]);
+}
+
+/// The objects the static API server lists; watches stay open and never report a change.
+fn objects() -> Vec<(&'static str, Value)> {
+    let svc = |name: &str, ip: &str, extra: Value| {
+        let mut spec = json!({"clusterIP": ip, "clusterIPs": [ip],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        if let Some(np) = extra.get("nodePort") {
+            spec["ports"][0]["nodePort"] = np.clone();
+            spec.as_object_mut().unwrap().remove("nodePort");
+        }
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "shop", "resourceVersion": "1"},
+               "spec": spec})
+    };
+    let slice = |name: &str, service: &str, node: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": name, "namespace": "shop", "resourceVersion": "1",
+                            "labels": {"kubernetes.io/service-name": service}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["10.241.2.2"], "nodeName": node,
+                              "conditions": {"ready": true}}]})
+    };
+    vec![
+        (
+            "services",
+            svc(
+                "web",
+                "10.96.0.10",
+                json!({"type": "NodePort", "externalIPs": ["10.241.9.9"], "nodePort": 30080}),
+            ),
+        ),
+        ("services", svc("empty", "10.96.0.11", json!({}))),
+        (
+            "services",
+            svc(
+                "local",
+                "10.96.0.12",
+                json!({"internalTrafficPolicy": "Local"}),
+            ),
+        ),
+        ("endpointslices", slice("web-1", "web", "node-a")),
+        ("endpointslices", slice("local-1", "local", "node-b")),
+        (
+            "nodes",
+            json!({"apiVersion": "v1", "kind": "Node",
+                   "metadata": {"name": "node-a", "resourceVersion": "1"}}),
+        ),
+    ]
+}
+
+/// Answers one request on `s`: a list of the resource the path names, or a watch that stays
+/// open (bounded) until `stop`.
+fn answer_api(mut s: TcpStream, stop: Arc<AtomicBool>) {
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        match reader.read_line(&mut header) {
+            Ok(n) if n > 2 => {}
+            _ => break,
+        }
+    }
+    let target = request.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let resource = path.rsplit('/').next().unwrap_or("");
+    let list_kind = match resource {
+        "services" => "ServiceList",
+        "endpointslices" => "EndpointSliceList",
+        "nodes" => "NodeList",
+        _ => {
+            let _ = s.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return;
+        }
+    };
+    if query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1")
+    {
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for _ in 0..1200 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        return;
+    }
+    let items: Vec<Value> = objects()
+        .into_iter()
+        .filter(|(r, _)| *r == resource)
+        .map(|(_, o)| o)
+        .collect();
+    let body = json!({"apiVersion": "v1", "kind": list_kind,
+                      "metadata": {"resourceVersion": "1"}, "items": items})
+    .to_string();
+    let _ = write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Serves `listener` on threads until `stop`.
+fn serve_api(listener: TcpListener, stop: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || answer_api(s, stop));
+        }
+    });
+}
+
+/// Connects from namespace `ns` and reads the backend's name line.
+fn ask(ns: &str, to: &str) -> std::io::Result<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(read_name(&mut s))
+    })
+}
+
+fn have_nft() -> bool {
+    Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
+    if !have_nft() {
+        println!("skipped: nft is not installed (apt-get install nftables)");
+        return;
+    }
+    let (pod, node, backend) = match (
+        Netns::create("pod"),
+        Netns::create("node"),
+        Netns::create("be"),
+    ) {
+        (Ok(p), Ok(n), Ok(b)) => (p, n, b),
+        (p, n, b) => {
+            let why = [p.err(), n.err(), b.err()].into_iter().flatten().next();
+            println!("skipped: cannot create network namespaces: {why:?}");
+            return;
+        }
+    };
+    link(&node, "n0", "10.241.1.1/24", &pod, "p0", "10.241.1.2/24");
+    link(
+        &node,
+        "n1",
+        "10.241.2.1/24",
+        &backend,
+        "b0",
+        "10.241.2.2/24",
+    );
+    pod.ip(&["route", "add", "default", "via", "10.241.1.1"]);
+    backend.ip(&["route", "add", "default", "via", "10.241.2.1"]);
+    // A node has a default route; locally sent packets need a route before NAT redirects them.
+    node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
+    let fwd = node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    assert!(fwd.status.success(), "ip_forward in the node namespace");
+
+    // The endpoint, in its own namespace.
+    let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8080").unwrap());
+    std::thread::spawn(move || {
+        for s in be.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(b"web\n");
+        }
+    });
+    // The API server, on the node's loopback.
+    let api = in_netns(&node.0, || TcpListener::bind("127.0.0.1:0").unwrap());
+    let api_addr = api.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    serve_api(api, Arc::clone(&stop));
+    let kubeconfig = write_config(
+        "steering-kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: \
+             http://{api_addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  \
+             context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+        ),
+    );
+    // A stale table from an earlier run is replaced.
+    let stale = node.exec(&["nft", "add table ip ringlb; add chain ip ringlb stale"]);
+    assert!(stale.status.success());
+
+    let mut proxy = Ringlb::start_in_netns(
+        &node.0,
+        &[
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "node-a",
+            "--node-address",
+            "10.241.1.1",
+            "--nftables",
+            "--admin",
+            "off",
+            "--workers",
+            "2",
+        ],
+    );
+    let listed = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        !table.contains("stale"),
+        "the stale table was replaced:\n{table}"
+    );
+    assert!(table.contains("10.96.0.10 . tcp . 80"), "{table}");
+
+    // From a pod (prerouting), to each kind of frontend.
+    for to in ["10.96.0.10:80", "10.241.1.1:30080", "10.241.9.9:80"] {
+        assert_eq!(ask(&pod.0, to).unwrap(), "web", "{to}");
+    }
+    // From the node itself (output).
+    assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
+    // No endpoint anywhere: refused at once.
+    let started = Instant::now();
+    let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Policy Local, the only endpoint on another node: dropped (the client times out).
+    let dropped = ask(&pod.0, "10.96.0.12:80").unwrap_err();
+    assert!(
+        matches!(dropped.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "{dropped}"
+    );
+
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
+    let gone = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
+    assert!(!gone.status.success(), "the table is deleted at exit");
+    stop.store(true, Ordering::Relaxed);
+    let _ = std::fs::remove_file(kubeconfig);
+}
