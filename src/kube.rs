@@ -14,6 +14,7 @@ use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::RunArgs;
+use crate::healthcheck::HealthChecks;
 use crate::serve::{announce_line, Control};
 
 /// How often ringlb says it is still waiting for the API at start.
@@ -27,6 +28,8 @@ pub struct Kube {
     applied: Cell<u64>,
     /// With `--nftables`: the table that steers frontends to the portals.
     steering: Option<RefCell<OwnedTable>>,
+    /// The `healthCheckNodePort` servers.
+    health: RefCell<HealthChecks>,
 }
 
 /// The nftables table, deleted when ringlb exits.
@@ -96,6 +99,7 @@ impl Kube {
             control,
             applied: Cell::new(snapshot.version),
             steering,
+            health: RefCell::new(HealthChecks::new(node_name.clone())),
         };
         let config = kube.served(&snapshot.resolved.config);
         Ok((kube, config))
@@ -161,17 +165,20 @@ impl Kube {
         config
     }
 
-    /// Writes the first nftables table (replacing a stale one) for the served model. An error
-    /// here means ringlb cannot do its job: the caller stops.
+    /// Starts the `healthCheckNodePort` servers and writes the first nftables table
+    /// (replacing a stale one) for the served model. An nftables error here means ringlb
+    /// cannot do its job: the caller stops.
     pub fn start_steering(&self, proxy: &Proxy) -> anyhow::Result<()> {
         let Some(snapshot) = self.watch.latest() else {
             return Ok(());
         };
+        self.health.borrow_mut().sync(&snapshot.resolved);
         self.steer(proxy, &snapshot.resolved)
             .context("cannot program the nftables table (needs CAP_NET_ADMIN and nft)")
     }
 
     fn log_steer(&self, proxy: &Proxy, resolved: &Resolved) {
+        self.health.borrow_mut().sync(resolved);
         if let Err(e) = self.steer(proxy, resolved) {
             tracing::error!("nftables table not updated, the previous one keeps steering: {e:#}");
         }

@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod decisions;
 mod demo;
+mod healthcheck;
 mod kube;
 mod serve;
 

@@ -136,7 +136,27 @@ fn objects() -> Vec<(&'static str, Value)> {
                 json!({"internalTrafficPolicy": "Local"}),
             ),
         ),
+        (
+            "services",
+            svc(
+                "lb",
+                "10.96.0.13",
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                       "healthCheckNodePort": 32100, "nodePort": 30081}),
+            ),
+        ),
+        (
+            "services",
+            svc(
+                "far",
+                "10.96.0.14",
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                       "healthCheckNodePort": 32101, "nodePort": 30082}),
+            ),
+        ),
         ("endpointslices", slice("web-1", "web", "node-a")),
+        ("endpointslices", slice("lb-1", "lb", "node-a")),
+        ("endpointslices", slice("far-1", "far", "node-b")),
         ("endpointslices", slice("local-1", "local", "node-b")),
         (
             "nodes",
@@ -226,6 +246,20 @@ fn ask(ns: &str, to: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(read_name(&mut s))
+    })
+}
+
+/// `GET /healthz` from namespace `ns`: the whole response.
+fn http_get(ns: &str, to: &str) -> String {
+    let to: SocketAddr = to.parse().unwrap();
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
     })
 }
 
@@ -325,6 +359,25 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     for to in ["10.96.0.10:80", "10.241.1.1:30080", "10.241.9.9:80"] {
         assert_eq!(ask(&pod.0, to).unwrap(), "web", "{to}");
     }
+    // externalTrafficPolicy: Local with a local endpoint: its node port serves, and its
+    // healthCheckNodePort says so like kube-proxy; with none here, 503.
+    assert_eq!(ask(&pod.0, "10.241.1.1:30081").unwrap(), "web");
+    let ok = http_get(&pod.0, "10.241.1.1:32100");
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert!(ok.contains("X-Content-Type-Options: nosniff\r\n"), "{ok}");
+    assert!(ok.contains("Content-Type: application/json\r\n"), "{ok}");
+    assert!(
+        ok.ends_with(
+            "\r\n\r\n{\n\t\"service\": {\n\t\t\"namespace\": \"shop\",\n\t\t\"name\": \"lb\"\n\t},\n\t\"localEndpoints\": 1,\n\t\"serviceProxyHealthy\": true\n}"
+        ),
+        "{ok}"
+    );
+    let unavailable = http_get(&pod.0, "10.241.1.1:32101");
+    assert!(unavailable.starts_with("HTTP/1.1 503 "), "{unavailable}");
+    assert!(
+        unavailable.contains("\"localEndpoints\": 0,"),
+        "{unavailable}"
+    );
     // From the node itself (output).
     assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
     // No endpoint anywhere: refused at once.
