@@ -9,7 +9,7 @@ mod support;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,6 +154,20 @@ fn objects() -> Vec<(&'static str, Value)> {
                        "healthCheckNodePort": 32101, "nodePort": 30082}),
             ),
         ),
+        (
+            "services",
+            svc(
+                "dns",
+                "10.96.0.15",
+                json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP",
+                                  "targetPort": 5353}]}),
+            ),
+        ),
+        ("endpointslices", {
+            let mut s = slice("dns-1", "dns", "node-a");
+            s["ports"] = json!([{"name": "dns", "port": 5353, "protocol": "UDP"}]);
+            s
+        }),
         ("endpointslices", slice("web-1", "web", "node-a")),
         ("endpointslices", slice("lb-1", "lb", "node-a")),
         ("endpointslices", slice("far-1", "far", "node-b")),
@@ -312,6 +326,14 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
             let _ = s.write_all(b"web\n");
         }
     });
+    let udp_be = in_netns(&backend.0, || UdpSocket::bind("10.241.2.2:5353").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp_be.recv_from(&mut buf) {
+            let reply = [b"dns:".as_slice(), &buf[..n]].concat();
+            let _ = udp_be.send_to(&reply, from);
+        }
+    });
     // The API server, on the node's loopback.
     let api = in_netns(&node.0, || TcpListener::bind("127.0.0.1:0").unwrap());
     let api_addr = api.local_addr().unwrap();
@@ -378,6 +400,17 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         unavailable.contains("\"localEndpoints\": 0,"),
         "{unavailable}"
     );
+    // UDP through its portal: the answer comes back from the cluster IP the pod asked.
+    let (answer, from) = in_netns(&pod.0, || {
+        let c = UdpSocket::bind("0.0.0.0:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.send_to(b"q1", "10.96.0.15:53").unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = c.recv_from(&mut buf).expect("a UDP answer");
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    });
+    assert_eq!(answer, "dns:q1");
+    assert_eq!(from, "10.96.0.15:53".parse::<SocketAddr>().unwrap());
     // From the node itself (output).
     assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
     // No endpoint anywhere: refused at once.
