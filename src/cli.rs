@@ -88,6 +88,12 @@ pub struct RunArgs {
     #[arg(long, requires = "kubernetes")]
     pub nftables: bool,
 
+    /// With --kubernetes: where the node health server answers `/healthz` and `/livez` like
+    /// kube-proxy's (200 while the last change from the API is in effect, else 503), e.g.
+    /// 0.0.0.0:10256 as kube-proxy. Default: none.
+    #[arg(long, value_name = "ADDR", requires = "kubernetes")]
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
+
     /// Quick mode: the address to listen on (IP:port; port 0 picks a free port).
     #[arg(long, value_name = "ADDR", requires = "to")]
     pub listen: Option<SocketAddr>,

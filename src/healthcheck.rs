@@ -4,6 +4,11 @@
 //! JSON body and headers, so cloud load balancers send external traffic only to nodes that
 //! can serve it locally (`externalTrafficPolicy: Local`).
 //!
+//! The node's own health server (`--healthz-bind-address`, kube-proxy's port 10256) answers
+//! `/healthz` and `/livez` like kube-proxy's `proxier_health.go`: 200 while the last change
+//! from the API was applied (table and nftables), 503 after a failed one, with the time of
+//! the last successful update.
+//!
 //! One small blocking thread per port: these are probed every few seconds by a load
 //! balancer, never on the data path.
 
@@ -12,7 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use config::k8s::Resolved;
 
@@ -20,6 +25,113 @@ use config::k8s::Resolved;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request head lines read at most.
 const MAX_HEADER_LINES: usize = 100;
+
+/// Whether this node's proxy is up to date, shared by the servers here.
+#[derive(Debug)]
+pub struct NodeHealth {
+    healthy: AtomicBool,
+    last_updated: Mutex<SystemTime>,
+}
+
+impl Default for NodeHealth {
+    fn default() -> Self {
+        NodeHealth {
+            healthy: AtomicBool::new(true),
+            last_updated: Mutex::new(SystemTime::now()),
+        }
+    }
+}
+
+impl NodeHealth {
+    /// A change from the API is now in effect.
+    pub fn updated(&self) {
+        *self.last_updated.lock().expect("health lock") = SystemTime::now();
+        self.healthy.store(true, Ordering::Relaxed);
+    }
+
+    /// A change from the API could not be applied; healthy again after the next success.
+    pub fn failed(&self) {
+        self.healthy.store(false, Ordering::Relaxed);
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// `/healthz` and `/livez`: status and body.
+    fn response(&self) -> (u16, String) {
+        let at = |t: SystemTime| humantime::format_rfc3339_nanos(t).to_string();
+        let last = *self.last_updated.lock().expect("health lock");
+        let healthy = self.healthy();
+        let body = format!(
+            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": true, \"healthy\": {healthy}}}",
+            at(last),
+            at(SystemTime::now())
+        );
+        (if healthy { 200 } else { 503 }, body)
+    }
+}
+
+/// Starts the node health server on `addr`; it runs until the process ends.
+pub fn serve_node(addr: SocketAddr, health: Arc<NodeHealth>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringlb-healthz".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let health = Arc::clone(&health);
+                std::thread::spawn(move || {
+                    let path = read_head(&conn);
+                    let (status, body) = match path.as_str() {
+                        "/healthz" | "/livez" => health.response(),
+                        _ => (404, "404 page not found\n".to_owned()),
+                    };
+                    write_response(&conn, status, &[], &body);
+                });
+            }
+        })?;
+    Ok(local)
+}
+
+/// Reads a request head (bounded) and returns its path.
+fn read_head(conn: &TcpStream) -> String {
+    let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let mut reader = BufReader::new(conn);
+    let mut path = String::new();
+    for i in 0..MAX_HEADER_LINES {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 2 => {}
+            _ => break,
+        }
+        if i == 0 {
+            let target = line.split_whitespace().nth(1).unwrap_or("/");
+            path = target.split('?').next().unwrap_or("/").to_owned();
+        }
+    }
+    path
+}
+
+fn write_response(mut conn: &TcpStream, status: u16, headers: &[(&str, String)], body: &str) {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Service Unavailable",
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let _ = write!(
+        conn,
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
 
 /// What one port reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +193,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(port: u16, health: Health) -> std::io::Result<Server> {
+    fn start(port: u16, health: Health, node: Arc<NodeHealth>) -> std::io::Result<Server> {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
         let addr = listener.local_addr()?;
         let health = Arc::new(Mutex::new(health));
@@ -96,7 +208,8 @@ impl Server {
                     }
                     let Ok(conn) = conn else { continue };
                     let snapshot = h.lock().expect("health lock").clone();
-                    std::thread::spawn(move || answer(conn, &snapshot));
+                    let healthy = node.healthy();
+                    std::thread::spawn(move || answer(conn, &snapshot, healthy));
                 }
             })?;
         Ok(Server { health, stop, addr })
@@ -113,43 +226,30 @@ impl Server {
 }
 
 /// Reads the request head and answers it (any method, any path, as kube-proxy).
-fn answer(conn: TcpStream, health: &Health) {
-    let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let mut reader = BufReader::new(&conn);
-    for _ in 0..MAX_HEADER_LINES {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 2 => {}
-            _ => break,
-        }
-    }
-    let (status, body) = response(health, true);
-    let reason = if status == 200 {
-        "OK"
-    } else {
-        "Service Unavailable"
-    };
-    let mut conn = &conn;
-    let _ = write!(
-        conn,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
-         X-Load-Balancing-Endpoint-Weight: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        health.local_endpoints,
-        body.len()
-    );
+fn answer(conn: TcpStream, health: &Health, proxy_healthy: bool) {
+    read_head(&conn);
+    let (status, body) = response(health, proxy_healthy);
+    let weight = [(
+        "X-Load-Balancing-Endpoint-Weight",
+        health.local_endpoints.to_string(),
+    )];
+    write_response(&conn, status, &weight, &body);
 }
 
 /// The running health check servers of this node.
 pub struct HealthChecks {
     node: String,
+    health: Arc<NodeHealth>,
     servers: HashMap<u16, Server>,
 }
 
 impl HealthChecks {
-    /// None running yet; `node` is this node's name.
-    pub fn new(node: String) -> HealthChecks {
+    /// None running yet; `node` is this node's name, `health` what `serviceProxyHealthy`
+    /// reports.
+    pub fn new(node: String, health: Arc<NodeHealth>) -> HealthChecks {
         HealthChecks {
             node,
+            health,
             servers: HashMap::new(),
         }
     }
@@ -171,7 +271,7 @@ impl HealthChecks {
                 continue;
             }
             let service = format!("{}/{}", health.namespace, health.name);
-            match Server::start(port, health) {
+            match Server::start(port, health, Arc::clone(&self.health)) {
                 Ok(server) => {
                     tracing::info!(%service, port, "serving healthCheckNodePort");
                     self.servers.insert(port, server);
@@ -224,5 +324,21 @@ mod tests {
         };
         assert_eq!(response(&none, true).0, 503);
         assert_eq!(response(&none, true).1.lines().count(), 8);
+    }
+
+    #[test]
+    fn node_health_follows_the_last_update() {
+        let node = NodeHealth::default();
+        let (status, body) = node.response();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("{\"lastUpdated\": \""), "{body}");
+        assert!(
+            body.ends_with("\"nodeEligible\": true, \"healthy\": true}"),
+            "{body}"
+        );
+        node.failed();
+        assert_eq!(node.response().0, 503);
+        node.updated();
+        assert_eq!(node.response().0, 200);
     }
 }

@@ -14,7 +14,7 @@ use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::RunArgs;
-use crate::healthcheck::HealthChecks;
+use crate::healthcheck::{HealthChecks, NodeHealth};
 use crate::serve::{announce_line, Control};
 
 /// How often ringlb says it is still waiting for the API at start.
@@ -30,6 +30,8 @@ pub struct Kube {
     steering: Option<RefCell<OwnedTable>>,
     /// The `healthCheckNodePort` servers.
     health: RefCell<HealthChecks>,
+    /// Whether the last change is in effect (`/healthz`, `serviceProxyHealthy`).
+    node_health: Arc<NodeHealth>,
 }
 
 /// The nftables table, deleted when ringlb exits.
@@ -91,6 +93,14 @@ impl Kube {
             services = snapshot.resolved.config.services.len(),
             "Kubernetes API listed"
         );
+        let node_health = Arc::new(NodeHealth::default());
+        if let Some(addr) = args.healthz_bind_address {
+            // Not fatal: a node health port in use must not keep Services down.
+            match crate::healthcheck::serve_node(addr, Arc::clone(&node_health)) {
+                Ok(local) => announce_line(&format!("healthz addr={local}")),
+                Err(e) => tracing::error!(%addr, error = %e, "cannot serve the node /healthz"),
+            }
+        }
         let steering = args
             .nftables
             .then(|| RefCell::new(OwnedTable(Steering::new("nft"))));
@@ -99,7 +109,11 @@ impl Kube {
             control,
             applied: Cell::new(snapshot.version),
             steering,
-            health: RefCell::new(HealthChecks::new(node_name.clone())),
+            health: RefCell::new(HealthChecks::new(
+                node_name.clone(),
+                Arc::clone(&node_health),
+            )),
+            node_health,
         };
         let config = kube.served(&snapshot.resolved.config);
         Ok((kube, config))
@@ -145,10 +159,13 @@ impl Kube {
                 );
                 self.log_steer(proxy, &snapshot.resolved);
             }
-            Err(e) => tracing::error!(
-                changed = ?snapshot.changed,
-                "Kubernetes changes not applied, the current table keeps serving: {e}"
-            ),
+            Err(e) => {
+                self.node_health.failed();
+                tracing::error!(
+                    changed = ?snapshot.changed,
+                    "Kubernetes changes not applied, the current table keeps serving: {e}"
+                )
+            }
         }
     }
 
@@ -179,8 +196,14 @@ impl Kube {
 
     fn log_steer(&self, proxy: &Proxy, resolved: &Resolved) {
         self.health.borrow_mut().sync(resolved);
-        if let Err(e) = self.steer(proxy, resolved) {
-            tracing::error!("nftables table not updated, the previous one keeps steering: {e:#}");
+        match self.steer(proxy, resolved) {
+            Ok(()) => self.node_health.updated(),
+            Err(e) => {
+                self.node_health.failed();
+                tracing::error!(
+                    "nftables table not updated, the previous one keeps steering: {e:#}"
+                );
+            }
         }
     }
 

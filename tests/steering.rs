@@ -363,6 +363,8 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
             "--node-address",
             "10.241.1.1",
             "--nftables",
+            "--healthz-bind-address",
+            "0.0.0.0:10256",
             "--admin",
             "off",
             "--workers",
@@ -411,6 +413,13 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     });
     assert_eq!(answer, "dns:q1");
     assert_eq!(from, "10.96.0.15:53".parse::<SocketAddr>().unwrap());
+    // The node's own health, as kube-proxy's on 10256.
+    let healthz = http_get(&pod.0, "10.241.1.1:10256");
+    assert!(healthz.starts_with("HTTP/1.1 200 "), "{healthz}");
+    assert!(
+        healthz.contains("\"nodeEligible\": true, \"healthy\": true}"),
+        "{healthz}"
+    );
     // From the node itself (output).
     assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
     // No endpoint anywhere: refused at once.
