@@ -88,6 +88,17 @@ pub struct RunArgs {
     #[arg(long, requires = "kubernetes")]
     pub nftables: bool,
 
+    /// With --kubernetes: NodePorts are served on this host's interface addresses within
+    /// these CIDRs (repeat, or comma-separate), as kube-proxy's `--nodeport-addresses`; read
+    /// once at start. Adds to --node-address.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "kubernetes"
+    )]
+    pub nodeport_addresses: Vec<proxy_core::steer::Cidr>,
+
     /// With --kubernetes: where the node health server answers `/healthz` and `/livez` like
     /// kube-proxy's (200 while the last change from the API is in effect, else 503), e.g.
     /// 0.0.0.0:10256 as kube-proxy. Default: none.

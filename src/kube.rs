@@ -67,7 +67,7 @@ impl Kube {
             node: NodeOptions {
                 node_name: node_name.clone(),
                 zone: None,
-                node_addresses: args.node_addresses.clone(),
+                node_addresses: node_addresses(args)?,
                 service_proxy_name: args.service_proxy_name.clone(),
             },
         };
@@ -229,6 +229,30 @@ impl Kube {
         }
         Ok(())
     }
+}
+
+/// The addresses that take NodePorts: `--node-address`, and this host's addresses within a
+/// `--nodeport-addresses` CIDR.
+fn node_addresses(args: &RunArgs) -> anyhow::Result<Vec<std::net::IpAddr>> {
+    let mut out = args.node_addresses.clone();
+    if !args.nodeport_addresses.is_empty() {
+        let local = proxy_core::steer::local_addresses()
+            .context("cannot list this host's addresses for --nodeport-addresses")?;
+        let matched: Vec<_> = local
+            .into_iter()
+            .filter(|ip| args.nodeport_addresses.iter().any(|c| c.contains(*ip)))
+            .collect();
+        if matched.is_empty() {
+            tracing::warn!(cidrs = ?args.nodeport_addresses, "no address of this host is in --nodeport-addresses: NodePorts are not served");
+        }
+        tracing::info!(addresses = ?matched, "NodePort addresses from --nodeport-addresses");
+        for ip in matched {
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every frontend of `resolved` with its verdict: redirect to the service's portal (its

@@ -360,8 +360,8 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
             kubeconfig.to_str().unwrap(),
             "--node-name",
             "node-a",
-            "--node-address",
-            "10.241.1.1",
+            "--nodeport-addresses",
+            "10.241.1.0/24",
             "--nftables",
             "--healthz-bind-address",
             "0.0.0.0:10256",
@@ -422,6 +422,9 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     );
     // From the node itself (output).
     assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
+    // A node address outside --nodeport-addresses does not take NodePorts (nothing listens).
+    let outside = ask(&pod.0, "10.241.2.1:30080").unwrap_err();
+    assert_eq!(outside.kind(), ErrorKind::ConnectionRefused, "{outside}");
     // No endpoint anywhere: refused at once.
     let started = Instant::now();
     let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();

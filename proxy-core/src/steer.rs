@@ -317,6 +317,62 @@ impl Steering {
     }
 }
 
+/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/64`), as kube-proxy's
+/// `--nodeport-addresses` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => {
+                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let host_bits = bits - u32::from(self.prefix);
+        host_bits >= bits || (net >> host_bits) == (ip >> host_bits)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s}: not a CIDR (want ADDR/PREFIX)"))?;
+        let addr: IpAddr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(format!("{s}: prefix longer than {max}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+/// This host's interface addresses (in the network namespace of the calling thread).
+pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(Ipv4Addr::from(v4.ip())));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// The destination a connection had before netfilter redirected it (`SO_ORIGINAL_DST`), or
 /// `None` when it was not translated or the socket is not IPv4 TCP.
 pub fn original_dst(socket: &impl std::os::fd::AsRawFd) -> Option<SocketAddr> {
@@ -415,6 +471,30 @@ add element ip ringlb portals { 10.96.0.20 . udp . 53 : 40002 }
 ";
         assert_eq!(diff_ruleset(&old, &new), want);
         assert_eq!(diff_ruleset(&new, &new), "", "no change, no transaction");
+    }
+
+    #[test]
+    fn cidrs_contain_what_kube_proxy_would_match() {
+        let c: Cidr = "10.241.1.0/24".parse().unwrap();
+        assert!(c.contains("10.241.1.1".parse().unwrap()));
+        assert!(!c.contains("10.241.2.1".parse().unwrap()));
+        assert!(!c.contains("fd00::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.168.7.7".parse().unwrap()));
+        let host: Cidr = "fd00::1/128".parse().unwrap();
+        assert!(host.contains("fd00::1".parse().unwrap()));
+        assert!(!host.contains("fd00::2".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn local_addresses_include_loopback() {
+        let addrs = local_addresses().unwrap();
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
     }
 
     #[test]
