@@ -39,14 +39,13 @@ use crate::decisions::DecisionLogControl;
 pub struct AdminBind {
     /// The address (port 0: a free one).
     pub addr: SocketAddr,
-    /// Asked for with `--admin` or the `admin:` key: a taken address is a startup error. The
-    /// default address, when taken, only gets a warning and ringlb runs without the admin API,
-    /// so several ringlb processes started from config files can run side by side.
+    /// Asked for with `--admin` or the `admin:` key (else the default address). Either way a
+    /// taken address is a startup error; the message says how to pick another.
     pub explicit: bool,
 }
 
-/// Binds the admin listener before anything else starts, so that a taken port fails early.
-/// `Ok(None)` when the default address is taken (see [`AdminBind::explicit`]).
+/// Binds the admin listener before anything else starts, so that a taken port fails early (as
+/// Envoy's admin listener does): a second ringlb on one host must choose its own `--admin`.
 pub fn bind(bind: AdminBind) -> anyhow::Result<Option<std::net::TcpListener>> {
     match std::net::TcpListener::bind(bind.addr) {
         Ok(listener) => {
@@ -55,16 +54,10 @@ pub fn bind(bind: AdminBind) -> anyhow::Result<Option<std::net::TcpListener>> {
             }
             Ok(Some(listener))
         }
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse && !bind.explicit => {
-            tracing::warn!(
-                addr = %bind.addr,
-                "the default admin address is in use (another ringlb?); running without the admin API. Set --admin ADDR or `admin:` in the config (`off` to disable)"
-            );
-            Ok(None)
-        }
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => anyhow::bail!(
-            "cannot listen for the admin API on {}: address already in use (choose another with --admin ADDR or `admin:`, or `off`)",
-            bind.addr
+            "cannot listen for the admin API on {}{}: address already in use (another ringlb?); choose another with --admin ADDR or `admin:`, or `off`",
+            bind.addr,
+            if bind.explicit { "" } else { " (the default)" }
         ),
         Err(e) => Err(e).with_context(|| format!("cannot listen for the admin API on {}", bind.addr)),
     }

@@ -32,9 +32,31 @@ pub struct StartFailure {
     pub stderr: String,
 }
 
+/// `args` with `--admin 127.0.0.1:0` added when they start ringlb from a config file or the
+/// Kubernetes API and choose no admin address (neither `--admin` nor an `admin:` key): the
+/// default admin port is fixed, and a taken admin port is a startup error, so tests that run
+/// side by side each take a free one.
+pub fn with_test_admin(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let running = args.first() == Some(&"run");
+    let from_file_or_api = args
+        .iter()
+        .any(|a| *a == "--config" || *a == "--kubernetes");
+    let config_sets_admin = args
+        .iter()
+        .position(|a| *a == "--config")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .is_some_and(|text| text.lines().any(|l| l.starts_with("admin:")));
+    if running && from_file_or_api && !args.contains(&"--admin") && !config_sets_admin {
+        out.extend(["--admin".to_owned(), "127.0.0.1:0".to_owned()]);
+    }
+    out
+}
+
 pub fn ringlb_command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringlb"));
-    cmd.args(args).env(
+    cmd.args(with_test_admin(args)).env(
         "RINGLB_LOG",
         std::env::var("RINGLB_TEST_LOG").unwrap_or_else(|_| "info".into()),
     );
@@ -63,7 +85,7 @@ impl Ringlb {
     pub fn start_in_netns(netns: &str, args: &[&str]) -> Ringlb {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_ringlb")])
-            .args(args)
+            .args(with_test_admin(args))
             .env("RINGLB_LOG", "info");
         match Self::try_start_command(cmd) {
             Ok(r) => r,
