@@ -156,8 +156,15 @@ impl FlowTrace {
 }
 
 impl FlowIo {
-    /// Records why the flow ends (for the decision log).
+    /// Records why the flow ends: in its service's counters (idle timeouts, re-balanced flows)
+    /// and for the decision log.
     fn ending(&self, why: CloseReason) {
+        let counters = &self.service.counters;
+        match why {
+            CloseReason::IdleTimeout => counters.idle_timeouts.fetch_add(1, Relaxed),
+            CloseReason::Rebalanced => counters.flows_rebalanced.fetch_add(1, Relaxed),
+            _ => 0,
+        };
         if let Some(t) = &self.trace {
             t.close.set(why);
         }
@@ -274,13 +281,6 @@ impl Udp {
         self.flows.borrow_mut().retain(keep, &mut ended);
         for (flow, _) in &ended {
             flow.payload.ending(why);
-            if why == CloseReason::Rebalanced {
-                flow.payload
-                    .service
-                    .counters
-                    .flows_rebalanced
-                    .fetch_add(1, Relaxed);
-            }
         }
         if !ended.is_empty() {
             tracing::debug!(flows = ended.len(), "ended UDP flows of unusable backends");
@@ -297,11 +297,6 @@ impl Udp {
             self.flows.borrow_mut().expire(Instant::now(), &mut ended);
             for (flow, _) in ended.drain(..) {
                 flow.payload.ending(CloseReason::IdleTimeout);
-                flow.payload
-                    .service
-                    .counters
-                    .idle_timeouts
-                    .fetch_add(1, Relaxed);
             }
             let next = self.flows.borrow().next_check();
             self.alarm
@@ -387,11 +382,6 @@ impl Udp {
                 Lookup::Live(id, flow) => Some((id, flow)),
                 Lookup::Expired(flow) => {
                     flow.payload.ending(CloseReason::IdleTimeout);
-                    flow.payload
-                        .service
-                        .counters
-                        .idle_timeouts
-                        .fetch_add(1, Relaxed);
                     None
                 }
                 Lookup::Missing => None,
@@ -492,7 +482,6 @@ impl Udp {
                 // The backend answered an earlier datagram with ICMP unreachable: end the flow
                 // and balance these datagrams afresh (a new socket cannot be refused yet, so
                 // this does not recurse again).
-                counters.flows_rebalanced.fetch_add(1, Relaxed);
                 if let Some(flow) = self.flows.borrow_mut().remove(run.id) {
                     flow.payload.ending(CloseReason::Rebalanced);
                 }
@@ -689,11 +678,6 @@ impl Udp {
                 // ICMP unreachable from the backend: end the flow so the client's next
                 // datagram is balanced to a live backend.
                 flow.payload.ending(CloseReason::Rebalanced);
-                flow.payload
-                    .service
-                    .counters
-                    .flows_rebalanced
-                    .fetch_add(1, Relaxed);
                 drop(flows.remove(id));
                 return Polled::Ended;
             }
