@@ -233,14 +233,20 @@ fn histograms_with(driver: &str) {
     assert_eq!(under(&life_idle, f64::INFINITY), 1.0);
 }
 
-/// Waits for `n` decision log lines on ringlb's stdout and returns them by client port.
-fn stdout_decisions(proxy: &Ringlb, n: usize) -> HashMap<u16, Json> {
+/// Waits for `n` decision log lines on ringlb's stdout and returns them by client port and
+/// frontend port (the kernel may give two connections to different frontends one client port).
+fn stdout_decisions(proxy: &Ringlb, n: usize) -> HashMap<(u16, u16), Json> {
     (0..n)
         .map(|_| {
             let line = proxy.wait_line("{");
             let json: Json = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("decision line {line:?}: {e}"));
-            (client_port(&json), json)
+            let frontend = json["frontend"]
+                .as_str()
+                .and_then(|f| f.parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("no frontend in {json}"))
+                .port();
+            ((client_port(&json), frontend), json)
         })
         .collect()
 }
@@ -328,9 +334,12 @@ fn decision_log_with(driver: &str) {
     let refused = reset_by(cold);
 
     let lines = stdout_decisions(&proxy, 6);
-    assert!(!lines.contains_key(&unlogged), "logged while off");
+    assert!(
+        !lines.contains_key(&(unlogged, web.port())),
+        "logged while off"
+    );
     for (port, len) in &sizes {
-        let line = &lines[port];
+        let line = &lines[&(*port, web.port())];
         assert_well_formed(line);
         assert_eq!(line["service"], "web", "{line}");
         assert_eq!(line["client"], format!("127.0.0.1:{port}"));
@@ -345,7 +354,7 @@ fn decision_log_with(driver: &str) {
         assert_eq!(line["close"], "eof");
     }
     for (port, affinity) in [(first, "miss"), (second, "hit")] {
-        let line = &lines[&port];
+        let line = &lines[&(port, sticky.port())];
         assert_well_formed(line);
         assert_eq!(line["service"], "sticky", "{line}");
         assert_eq!(line["scheduler"], "wrr");
@@ -355,14 +364,14 @@ fn decision_log_with(driver: &str) {
         assert_eq!(line["bytes_to_client"], 2, "the name and a newline");
         assert_eq!(line["close"], "eof");
     }
-    let line = &lines[&failed];
+    let line = &lines[&(failed, dead.port())];
     assert_well_formed(line);
     assert_eq!(line["service"], "dead");
     assert_eq!(line["backend"], Json::Null, "{line}");
     assert_eq!(line["attempts"], 2);
     assert_eq!(line["candidates"], 2);
     assert_eq!(line["close"], "connect_failed");
-    let line = &lines[&refused];
+    let line = &lines[&(refused, cold.port())];
     assert_well_formed(line);
     assert_eq!(line["service"], "cold");
     assert_eq!(line["backend"], Json::Null);
@@ -377,7 +386,10 @@ fn decision_log_with(driver: &str) {
     json_of(admin, "POST", "/decision-log?enabled=true");
     let last = echo_round_trip(web, 6);
     let next = stdout_decisions(&proxy, 1);
-    assert!(next.contains_key(&last), "{next:?} (quiet port {quiet})");
+    assert!(
+        next.contains_key(&(last, web.port())),
+        "{next:?} (quiet port {quiet})"
+    );
 
     // The writer counts a batch once its write returned: a moment after the line is out.
     let deadline = Instant::now() + PATIENCE;
@@ -569,7 +581,7 @@ fn drained_with(driver: &str) {
     assert_eq!(proxy.wait_line("reloaded "), "reloaded version=2");
     let mut rest = Vec::new();
     held.read_to_end(&mut rest).unwrap();
-    let line = &stdout_decisions(&proxy, 1)[&port];
+    let line = &stdout_decisions(&proxy, 1)[&(port, proxy.addr().port())];
     assert_eq!(line["close"], "drained", "{line}");
     let m = scrape_until(admin, "the drained connection counted", |m| {
         series(
@@ -631,8 +643,8 @@ fn udp_flows_with(driver: &str) {
 
     // Both flows end on their idle timeout and log a line each.
     let lines = stdout_decisions(&proxy, 2);
-    let a = &lines[&first.local_addr().unwrap().port()];
-    let b = &lines[&second.local_addr().unwrap().port()];
+    let a = &lines[&(first.local_addr().unwrap().port(), to.port())];
+    let b = &lines[&(second.local_addr().unwrap().port(), to.port())];
     for line in [a, b] {
         assert_eq!(line["protocol"], "udp", "{driver}: {line}");
         assert_eq!(line["close"], "idle_timeout", "{driver}: {line}");
