@@ -559,15 +559,7 @@ fn describe(config: &Config) -> String {
     let mut s = String::new();
     for svc in &config.services {
         let sc = &svc.scheduler;
-        let flags: Vec<&str> = [
-            (sc.sh_fallback, "sh-fallback"),
-            (sc.sh_port, "sh-port"),
-            (sc.mh_fallback, "mh-fallback"),
-            (sc.mh_port, "mh-port"),
-        ]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
+        let flags: Vec<&str> = sc.flag_names().collect();
         let _ = write!(
             s,
             "service {} ({}): scheduler {}",

@@ -227,6 +227,19 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The flags that are on, by their IPVS names (`sh-fallback`, `sh-port`, `mh-fallback`,
+    /// `mh-port`), in that order.
+    pub fn flag_names(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.sh_fallback, "sh-fallback"),
+            (self.sh_port, "sh-port"),
+            (self.mh_fallback, "mh-fallback"),
+            (self.mh_port, "mh-port"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+    }
+
     /// `kind` with every flag off and the default `mh` table size.
     pub const fn new(kind: SchedulerKind) -> Self {
         Self {

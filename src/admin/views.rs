@@ -57,15 +57,7 @@ impl<'a> ConfigView<'a> {
 fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
     let svc = &entry.service;
     let sc = &svc.scheduler;
-    let scheduler_flags = [
-        (sc.sh_fallback, "sh-fallback"),
-        (sc.sh_port, "sh-port"),
-        (sc.mh_fallback, "mh-fallback"),
-        (sc.mh_port, "mh-port"),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect();
+    let scheduler_flags = sc.flag_names().collect();
     ServiceConfig {
         name: &svc.name,
         protocol: svc.protocol.name(),
