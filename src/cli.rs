@@ -178,8 +178,8 @@ pub struct DataPlaneArgs {
     #[arg(long)]
     pub share_port: bool,
 
-    /// Low-latency UDP: poll a drained socket again for up to this long (e.g. 50us) before
-    /// sleeping. Cuts the cross-core wake-up from each datagram's latency; keeps a core busy
+    /// Low-latency UDP: after each relayed datagram, keep the worker polling for up to this
+    /// long (e.g. 50us) before it sleeps. Cuts the cross-core wake-up from each datagram's latency; keeps a core busy
     /// while traffic arrives at least that often. Off by default.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub busy_poll: Option<Duration>,

@@ -64,9 +64,9 @@ pub struct ProxyOptions {
     pub share_ports: bool,
     /// Relay buffer size in bytes.
     pub buffer_size: usize,
-    /// Low-latency mode for UDP: a drained socket is polled again for this long before its
-    /// task sleeps (`None`: sleep at once). Trades a busy core for not paying a cross-core
-    /// wake-up per datagram.
+    /// Low-latency mode for UDP: after each relayed datagram a worker keeps polling (without
+    /// blocking) for this long before it may sleep (`None`: sleep at once). Trades a busy core
+    /// for not paying a cross-core wake-up per datagram.
     pub busy_poll: Option<Duration>,
     /// Collect per-worker histograms and counters (see [`Telemetry`]); off costs nothing.
     pub telemetry: bool,

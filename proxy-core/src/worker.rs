@@ -230,6 +230,9 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let sweeper = Rc::clone(&worker);
     monoio::spawn(async move { sweeper.idle.run().await });
     monoio::spawn(Rc::clone(&worker.udp).sweep());
+    if let Some(busy) = worker.udp.busy_poll() {
+        monoio::spawn(busy.keep());
+    }
     monoio::spawn(Rc::clone(&worker).commands(commands));
 
     shutdown.cancelled().await;

@@ -37,6 +37,8 @@ use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 const BATCH: usize = sock::BATCH;
 /// Batches a frontend task receives per wake-up before letting the other tasks run.
 const ROUNDS: usize = 4;
+/// The resolution of monoio's timers.
+const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Most bytes one segmented send carries (a UDP datagram's limit).
 const MAX_GSO_BYTES: usize = 65_000;
 
@@ -49,8 +51,8 @@ pub(crate) struct Udp {
     batch: RefCell<Box<[u8]>>,
     /// Whether UDP segmentation offload works here (cleared on the first refusal).
     gso: Cell<bool>,
-    /// Low-latency mode: how long a drained socket is polled again before its task sleeps.
-    busy_poll: Option<Duration>,
+    /// Low-latency mode: keeps the worker polling for a while after each relayed datagram.
+    busy: Option<Rc<BusyPoll>>,
     /// `recvmmsg` headers for flows' upstream sockets, IPv4 and IPv6 (nix keeps the address
     /// length the kernel wrote per header, so each family has its own).
     reply_headers: [RefCell<sock::RecvHeaders>; 2],
@@ -211,13 +213,18 @@ impl Udp {
             alarm: Alarm::default(),
             batch: RefCell::new(sock::batch_buffer()),
             gso: Cell::new(true),
-            busy_poll,
+            busy: busy_poll.map(|budget| Rc::new(BusyPoll::new(budget))),
             reply_headers: [
                 RefCell::new(sock::RecvHeaders::new()),
                 RefCell::new(sock::RecvHeaders::new()),
             ],
             telemetry,
         }
+    }
+
+    /// The low-latency mode's keeper, to spawn on the worker (`None` when the mode is off).
+    pub(crate) fn busy_poll(&self) -> Option<Rc<BusyPoll>> {
+        self.busy.clone()
     }
 
     /// Starts serving a frontend socket (converted on this thread so it registers here).
@@ -313,7 +320,6 @@ impl Udp {
             if frontend.socket.readable(false).await.is_err() || frontend.closed.get() {
                 break;
             }
-            let mut spin = Spin::new(self.busy_poll);
             let mut full = 0;
             loop {
                 let polled = {
@@ -338,23 +344,17 @@ impl Udp {
                 };
                 match polled {
                     Polled::Got(n) => {
-                        spin.reset();
-                        if n < BATCH && self.busy_poll.is_none() {
+                        if n < BATCH {
                             // Drained: the readiness wait checks the socket's real state.
                             continue 'wait;
                         }
-                        full = if n == BATCH { full + 1 } else { 0 };
+                        full += 1;
                         if full == ROUNDS {
                             // Let the worker's other tasks run; the wait returns at once.
                             continue 'wait;
                         }
                     }
-                    Polled::Empty => {
-                        if !spin.again().await || frontend.closed.get() {
-                            continue 'wait;
-                        }
-                    }
-                    Polled::Failed => continue 'wait,
+                    Polled::Empty | Polled::Failed => continue 'wait,
                     Polled::Ended => break 'wait,
                 }
             }
@@ -373,6 +373,9 @@ impl Udp {
         table: &TableRef,
     ) {
         let now = Instant::now();
+        if let Some(busy) = &self.busy {
+            busy.activity(now);
+        }
         let mut run: Option<Run> = None;
         for i in range {
             let r = received[i];
@@ -620,7 +623,6 @@ impl Udp {
             if upstream.readable(false).await.is_err() {
                 break;
             }
-            let mut spin = Spin::new(self.busy_poll);
             let mut handled = 0;
             loop {
                 if handled >= BATCH * ROUNDS {
@@ -629,19 +631,13 @@ impl Udp {
                 }
                 match self.reply_batch(id, &upstream, out, client, source) {
                     Polled::Got(n) => {
-                        spin.reset();
                         handled += n;
-                        if n < BATCH && self.busy_poll.is_none() {
+                        if n < BATCH {
                             // Drained: the readiness wait checks the socket's real state.
                             continue 'wait;
                         }
                     }
-                    Polled::Empty => {
-                        if !spin.again().await {
-                            continue 'wait;
-                        }
-                    }
-                    Polled::Failed => continue 'wait,
+                    Polled::Empty | Polled::Failed => continue 'wait,
                     Polled::Ended => break 'wait,
                 }
             }
@@ -740,7 +736,11 @@ impl Udp {
         if lost > 0 {
             counters.datagrams_dropped.fetch_add(lost, Relaxed);
         }
-        flows.touch(id, Instant::now());
+        let now = Instant::now();
+        flows.touch(id, now);
+        if let Some(busy) = &self.busy {
+            busy.activity(now);
+        }
         Polled::Got(n)
     }
 }
@@ -760,54 +760,186 @@ enum Polled {
 /// The worker's view of the published table.
 pub(crate) type TableRef = arc_swap::ArcSwap<Table>;
 
-/// Bounded busy polling (the low-latency mode): after a socket is drained, its task polls it
-/// again, yielding to the worker's other tasks in between, until `budget` passes with nothing
-/// new; only then does it wait for readiness (and the worker may sleep). Waking a sleeping
-/// worker on the other core costs tens of microseconds per datagram; a spinning one picks the
-/// datagram up within a system call. The price is a core kept busy while traffic arrives at
-/// least once per budget.
-struct Spin {
-    budget: Option<Duration>,
-    idle_since: Option<Instant>,
+/// Bounded busy polling (the low-latency mode). Waking a sleeping worker on the other core
+/// costs tens of microseconds per datagram; a worker that keeps running picks a datagram up
+/// within one pass of its loop. After each datagram a socket task relays, [`BusyPoll::keep`]
+/// keeps the worker's runtime from sleeping for `budget`: every pass of the runtime then
+/// reaps readiness from the kernel without blocking (one `io_uring_enter`, or `epoll_wait`
+/// with a zero timeout, for all sockets at once), so an idle socket costs no system call of
+/// its own. The price is a core kept busy while traffic arrives at least once per budget.
+pub(crate) struct BusyPoll {
+    budget: Duration,
+    last: Cell<Instant>,
+    /// The keeper's waker while it is parked (the budget passed with no traffic).
+    parked: Cell<Option<std::task::Waker>>,
+    /// Passes the keeper has made.
+    passes: Cell<u64>,
 }
 
-impl Spin {
-    fn new(budget: Option<Duration>) -> Self {
+impl BusyPoll {
+    fn new(budget: Duration) -> Self {
         Self {
             budget,
-            idle_since: None,
+            last: Cell::new(Instant::now()),
+            parked: Cell::new(None),
+            passes: Cell::new(0),
         }
     }
 
-    /// Something arrived: the budget starts again at the next empty poll.
-    fn reset(&mut self) {
-        self.idle_since = None;
+    /// A socket task relayed datagrams at `now`: the budget starts again.
+    fn activity(&self, now: Instant) {
+        self.last.set(now);
+        if let Some(keeper) = self.parked.take() {
+            keeper.wake();
+        }
     }
 
-    /// After an empty poll: `true` (having yielded once) to poll again, `false` to sleep.
-    async fn again(&mut self) -> bool {
-        let Some(budget) = self.budget else {
-            return false;
-        };
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        if since.elapsed() >= budget {
-            return false;
-        }
+    fn idle(&self) -> bool {
+        self.last.get().elapsed() >= self.budget
+    }
+
+    /// The keeper: runs for the life of the worker, yielding on every pass while traffic is
+    /// recent and parking once `budget` passes without any.
+    pub(crate) async fn keep(self: Rc<Self>) {
         // A task that wakes itself while running is put at the front of monoio's queue and
-        // would starve the worker's other tasks (the reply tasks this mode exists for). A
-        // wake from a separate, freshly spawned task goes to the back: round robin.
-        let mut yielded = false;
-        std::future::poll_fn(|cx| {
-            if yielded {
-                std::task::Poll::Ready(())
-            } else {
-                yielded = true;
-                let waker = cx.waker().clone();
-                monoio::spawn(async move { waker.wake() });
-                std::task::Poll::Pending
+        // would starve the socket tasks; a wake from another task goes to the back. So the
+        // keeper yields by waking a partner task that wakes it back: one pass of the runtime
+        // (and its non-blocking reap) between, and no allocation per pass.
+        let partner = Rc::new(Partner::default());
+        monoio::spawn(Rc::clone(&partner).serve());
+        let mut timers_run = Instant::now();
+        loop {
+            let passes = self.passes.get() + 1;
+            self.passes.set(passes);
+            // The clock is read every few passes: a pass takes about a microsecond.
+            if !passes.is_multiple_of(16) {
+                partner.bounce().await;
+                continue;
             }
+            if self.idle() {
+                std::future::poll_fn(|cx| {
+                    if self.idle() {
+                        self.parked.set(Some(cx.waker().clone()));
+                        std::task::Poll::Pending
+                    } else {
+                        std::task::Poll::Ready(())
+                    }
+                })
+                .await;
+            }
+            let now = Instant::now();
+            if now.duration_since(timers_run) < TIMER_TICK {
+                partner.bounce().await;
+                continue;
+            }
+            // monoio fires timers only when its queue runs empty and it parks, which a
+            // spinning keeper prevents: once per timer tick, wait on a timer that is
+            // already due, so the runtime parks without blocking and fires every due timer
+            // (idle timeouts, the flow sweeper).
+            timers_run = now;
+            let due = monoio::time::Instant::from_std(now.checked_sub(TIMER_TICK).unwrap_or(now));
+            monoio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// The keeper's partner: wakes the keeper each time the keeper wakes it.
+#[derive(Default)]
+struct Partner {
+    /// The partner's waker, while it waits to be asked.
+    idle: Cell<Option<std::task::Waker>>,
+    /// The keeper's waker, while it waits to be woken back.
+    keeper: Cell<Option<std::task::Waker>>,
+}
+
+impl Partner {
+    /// The keeper's side: asks the partner for a wake and waits for it.
+    async fn bounce(&self) {
+        let mut asked = false;
+        std::future::poll_fn(|cx| {
+            if asked {
+                return std::task::Poll::Ready(());
+            }
+            asked = true;
+            self.keeper.set(Some(cx.waker().clone()));
+            if let Some(partner) = self.idle.take() {
+                partner.wake();
+            }
+            std::task::Poll::Pending
         })
         .await;
-        true
+    }
+
+    /// The partner's side, for the life of the keeper.
+    async fn serve(self: Rc<Self>) {
+        std::future::poll_fn(|cx| {
+            if let Some(keeper) = self.keeper.take() {
+                keeper.wake();
+            }
+            self.idle.set(Some(cx.waker().clone()));
+            std::task::Poll::<()>::Pending
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `done` between runtime passes until it holds, for at most five seconds.
+    async fn until(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            monoio::time::sleep(Duration::from_micros(200)).await;
+        }
+        done()
+    }
+
+    fn parked(busy: &BusyPoll) -> bool {
+        let waker = busy.parked.take();
+        let parked = waker.is_some();
+        busy.parked.set(waker);
+        parked
+    }
+
+    #[test]
+    fn the_keeper_spins_after_traffic_and_parks_when_idle() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let busy = Rc::new(BusyPoll::new(Duration::from_millis(200)));
+            monoio::spawn(Rc::clone(&busy).keep());
+            for round in 0..2 {
+                busy.activity(Instant::now());
+                let before = busy.passes.get();
+                // Hot: the keeper makes passes while other tasks (this one) still run.
+                assert!(
+                    until(|| busy.passes.get() > before + 32).await,
+                    "round {round}: the keeper did not spin"
+                );
+                assert!(!parked(&busy), "round {round}: parked within the budget");
+                // Timers still fire while it spins (the sleeps in `until` are timers too).
+                let fired = Rc::new(Cell::new(false));
+                let flag = Rc::clone(&fired);
+                monoio::spawn(async move {
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                    flag.set(true);
+                });
+                busy.activity(Instant::now());
+                assert!(until(|| fired.get()).await, "round {round}: timer starved");
+                assert!(!parked(&busy), "round {round}: parked within the budget");
+                // Idle for longer than the budget: it parks and stops making passes.
+                assert!(until(|| parked(&busy)).await, "round {round}: never parked");
+                let still = busy.passes.get();
+                monoio::time::sleep(Duration::from_millis(5)).await;
+                assert_eq!(busy.passes.get(), still, "round {round}: spun while parked");
+            }
+        });
     }
 }
