@@ -31,6 +31,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::oneshot;
 
 use self::exposition::TableSeries;
+pub use self::views::UdpFlowsView;
 use self::views::{ConfigView, StatsView};
 use crate::decisions::DecisionLogControl;
 
@@ -122,6 +123,8 @@ pub struct DataPlane {
     pub telemetry: Arc<proxy_core::Telemetry>,
     /// The decision log's switch and counters.
     pub decisions: Arc<DecisionLogControl>,
+    /// Lists the workers' live UDP flows.
+    pub flows: proxy_core::FlowList,
 }
 
 /// What the admin API reads: the live table, the phase and the control plane's counters.
@@ -195,6 +198,8 @@ const GRACE: Duration = Duration::from_secs(2);
 /// At most this many admin connections at once; more are closed at accept, so that scrapers
 /// cannot take file descriptors the data plane needs.
 const MAX_CONNECTIONS: usize = 128;
+/// How long `/udp/flows` waits for a busy worker to list its flows.
+const FLOW_LIST_WAIT: Duration = Duration::from_secs(1);
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -317,6 +322,7 @@ const INDEX: &str = "ringlb admin API (GET; POST only where said)
   /config         the live table as JSON
   /stats          counters per service and backend: JSON, or ?format=text for a table
   /metrics        Prometheus text exposition
+  /udp/flows      live UDP flows as JSON (what `--takeover` reads)
   /decision-log   the per-connection decision log's state as JSON;
                   POST /decision-log?enabled=true|false switches it
 ";
@@ -326,7 +332,9 @@ const INDEX: &str = "ringlb admin API (GET; POST only where said)
 fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let allow = match path {
-        "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics" => "GET, HEAD",
+        "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics" | "/udp/flows" => {
+            "GET, HEAD"
+        }
         "/decision-log" => "GET, HEAD, POST",
         _ => {
             return text(
@@ -374,6 +382,14 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
             state.metrics(),
         ),
         "/decision-log" => decision_log(state, req),
+        "/udp/flows" => {
+            let flows = state
+                .data_plane
+                .get()
+                .map(|dp| dp.flows.udp(FLOW_LIST_WAIT))
+                .unwrap_or_default();
+            json(&UdpFlowsView::new(state.phase() == Phase::Draining, &flows))
+        }
         _ => text(StatusCode::OK, INDEX.into()),
     }
 }

@@ -178,9 +178,15 @@ pub struct DataPlaneArgs {
     #[arg(long)]
     pub share_port: bool,
 
+    /// Restart without re-balancing UDP flows: read the live UDP flows of the ringlb being
+    /// replaced from its admin API at ADDR (`GET /udp/flows`) before binding, and keep each
+    /// of those clients on its backend. Implies --share-port.
+    #[arg(long, value_name = "ADDR")]
+    pub takeover: Option<SocketAddr>,
+
     /// Low-latency UDP: after each relayed datagram, keep the worker polling for up to this
-    /// long (e.g. 50us) before it sleeps. Cuts the cross-core wake-up from each datagram's latency; keeps a core busy
-    /// while traffic arrives at least that often. Off by default.
+    /// long (e.g. 50us) before it sleeps. Cuts the cross-core wake-up from each datagram's
+    /// latency; keeps a core busy while traffic arrives at least that often. Off by default.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub busy_poll: Option<Duration>,
 

@@ -9,6 +9,7 @@ mod demo;
 mod healthcheck;
 mod kube;
 mod serve;
+mod takeover;
 
 use std::process::ExitCode;
 

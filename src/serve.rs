@@ -268,7 +268,7 @@ fn serve_with(
             .workers
             .map_or_else(|| ProxyOptions::default().workers, usize::from),
         io_driver: dp.io_driver.into(),
-        share_ports: dp.share_port,
+        share_ports: dp.share_port || dp.takeover.is_some(),
         busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
         telemetry: !dp.no_telemetry,
         ..ProxyOptions::default()
@@ -286,6 +286,11 @@ fn serve_with(
     };
     config = names.follow(&last_good, &dns)?;
     let mut serving = config.clone();
+    if let Some(old) = dp.takeover {
+        // Before binding: from the moment this process joins the port groups, the kernel may
+        // hand it datagrams of the old process's flows.
+        crate::takeover::start(old, Arc::clone(&options.handed_over))?;
+    }
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
     let admin_state = Arc::new(AdminState::new(Arc::clone(&table)));
@@ -301,6 +306,7 @@ fn serve_with(
     admin_state.attach(DataPlane {
         telemetry: proxy.telemetry(),
         decisions: decision_writer.control(),
+        flows: proxy.flow_list(),
     });
     admin_state.set_ready();
     announce(&proxy, &table.load());

@@ -548,3 +548,93 @@ fn a_wildcard_frontend_answers_from_the_address_the_client_used() {
     }
     drop(server);
 }
+
+/// A zero-downtime restart with `--takeover`: the new process reads the old one's UDP flows
+/// (`GET /udp/flows`) before it joins the port, so after the old one stops every client's next
+/// datagram reaches the backend it had. The clients ask again in an order a fresh round robin
+/// could not reproduce (both `a` clients first), so a restart that re-balanced would fail.
+#[test]
+fn a_restart_with_takeover_keeps_each_udp_client_on_its_backend() {
+    for driver in DRIVERS {
+        let backends = [udp_backend("a"), udp_backend("b")];
+        let old = quick(
+            driver,
+            &backends,
+            &[
+                "--proto",
+                "udp",
+                "--scheduler",
+                "rr",
+                "--admin",
+                "127.0.0.1:0",
+            ],
+        );
+        let old_admin = support::admin::admin_addr(&old);
+        let front = old.addr();
+        let clients: Vec<UdpSocket> = (0..8).map(|_| client()).collect();
+        let before: Vec<String> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ask(c, front, &format!("hello {i}")).0)
+            .collect();
+        assert!(before.iter().any(|b| b == "a") && before.iter().any(|b| b == "b"));
+
+        let listed = support::admin::get_json(old_admin, "/udp/flows");
+        assert_eq!(listed["draining"], false);
+        let flows = listed["flows"].as_array().unwrap();
+        assert_eq!(flows.len(), 8, "{listed}");
+        for (c, name) in clients.iter().zip(&before) {
+            let client = c.local_addr().unwrap().to_string();
+            let flow = flows
+                .iter()
+                .find(|f| f["client"] == client.as_str())
+                .unwrap_or_else(|| panic!("no flow of {client} in {listed}"));
+            let backend = if name == "a" {
+                backends[0]
+            } else {
+                backends[1]
+            };
+            assert_eq!(flow["backend"], backend.to_string().as_str());
+            assert_eq!(flow["frontend"], front.to_string().as_str());
+            assert_eq!(flow["service"], "default");
+        }
+
+        let front_arg = front.to_string();
+        let to = format!("{},{}", backends[0], backends[1]);
+        let old_admin_arg = old_admin.to_string();
+        let mut new = Ringlb::start(&[
+            "run",
+            "--listen",
+            &front_arg,
+            "--to",
+            &to,
+            "--proto",
+            "udp",
+            "--scheduler",
+            "rr",
+            "--io-driver",
+            driver,
+            "--workers",
+            "2",
+            "--takeover",
+            &old_admin_arg,
+        ]);
+        new.wait_stderr("took over UDP flows");
+        let mut old = old;
+        old.signal(libc::SIGTERM);
+        assert!(old.wait_exit().success());
+
+        // Both `a` clients first, then the `b` ones.
+        let mut order: Vec<usize> = (0..8).filter(|&i| before[i] == "a").collect();
+        order.extend((0..8).filter(|&i| before[i] == "b"));
+        for i in order {
+            let (name, _) = ask(&clients[i], front, &format!("again {i}"));
+            assert_eq!(
+                name, before[i],
+                "client {i} moved after the restart ({driver})"
+            );
+        }
+        new.signal(libc::SIGTERM);
+        assert!(new.wait_exit().success());
+    }
+}

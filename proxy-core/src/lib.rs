@@ -45,6 +45,7 @@ pub use telemetry::{
     AffinityOutcome, CloseReason, ConnectError, Datagrams, Decision, DecisionLog,
     HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
 };
+pub use udp::handover::{HandedOver, UdpFlowInfo};
 
 /// Relay buffer size: large buffers decide bulk throughput (see `shared/notes`), and a
 /// connection only holds one while bytes are in flight.
@@ -68,6 +69,9 @@ pub struct ProxyOptions {
     /// blocking) for this long before it may sleep (`None`: sleep at once). Trades a busy core
     /// for not paying a cross-core wake-up per datagram.
     pub busy_poll: Option<Duration>,
+    /// UDP flows handed over by the process this one replaces (see [`HandedOver`]): their
+    /// clients keep their backends. Empty by default.
+    pub handed_over: Arc<HandedOver>,
     /// Collect per-worker histograms and counters (see [`Telemetry`]); off costs nothing.
     pub telemetry: bool,
 }
@@ -80,6 +84,7 @@ impl Default for ProxyOptions {
             share_ports: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
             busy_poll: None,
+            handed_over: HandedOver::new(),
             telemetry: true,
         }
     }
@@ -170,6 +175,35 @@ pub struct ReloadReport {
     pub removed: Vec<SocketAddr>,
 }
 
+/// Lists the live UDP flows of a running [`Proxy`] from any thread.
+#[derive(Clone, Debug)]
+pub struct FlowList {
+    commands: Vec<flume::Sender<worker::Command>>,
+}
+
+impl FlowList {
+    /// Every worker's live UDP flows. A worker that does not answer within `wait` (busy, or
+    /// stopped) is left out.
+    pub fn udp(&self, wait: Duration) -> Vec<UdpFlowInfo> {
+        let (tx, rx) = mpsc::channel();
+        let asked = self
+            .commands
+            .iter()
+            .filter(|c| c.send(worker::Command::UdpFlows(tx.clone())).is_ok())
+            .count();
+        drop(tx);
+        let deadline = Instant::now() + wait;
+        let mut flows = Vec::new();
+        for _ in 0..asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(mut some) => flows.append(&mut some),
+                Err(_) => break,
+            }
+        }
+        flows
+    }
+}
+
 /// A running data plane.
 #[derive(Debug)]
 pub struct Proxy {
@@ -232,6 +266,7 @@ impl Proxy {
                 done: done_tx.clone(),
                 commands: command_rx,
                 telemetry: Arc::clone(&telemetry),
+                handed_over: Arc::clone(&options.handed_over),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{id}"))
@@ -364,6 +399,13 @@ impl Proxy {
     /// The data plane's histograms, counters and decision log, for scrapers and log writers.
     pub fn telemetry(&self) -> Arc<Telemetry> {
         Arc::clone(&self.telemetry)
+    }
+
+    /// A handle that lists the workers' live UDP flows, for the admin API.
+    pub fn flow_list(&self) -> FlowList {
+        FlowList {
+            commands: self.commands.clone(),
+        }
     }
 
     /// The I/O driver each worker ended up with.

@@ -22,6 +22,7 @@ use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{set_reset_on_close, with_socket};
 use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
+use crate::udp::handover::{HandedOver, UdpFlowInfo};
 use crate::udp::{Udp, UdpFrontend};
 use crate::ProxyError;
 
@@ -45,6 +46,7 @@ pub(crate) struct WorkerStart {
     pub(crate) done: mpsc::Sender<usize>,
     pub(crate) commands: flume::Receiver<Command>,
     pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) handed_over: Arc<HandedOver>,
 }
 
 /// What the control plane asks of a running worker.
@@ -63,6 +65,8 @@ pub(crate) enum Command {
         /// Told once this worker has applied the swap (and every command before it).
         applied: mpsc::Sender<()>,
     },
+    /// List this worker's live UDP flows.
+    UdpFlows(mpsc::Sender<Vec<UdpFlowInfo>>),
 }
 
 /// One frontend's socket on this worker.
@@ -162,6 +166,9 @@ impl Worker {
                     }
                     let _ = applied.send(());
                 }
+                Command::UdpFlows(reply) => {
+                    let _ = reply.send(self.udp.flows(std::time::Instant::now()));
+                }
             }
         }
     }
@@ -202,6 +209,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         done,
         commands,
         telemetry,
+        handed_over,
         ..
     } = start;
     let telemetry = Rc::new(WorkerTelemetry::new(telemetry, id));
@@ -212,7 +220,12 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         open: Cell::new(0),
         stopping: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
-        udp: Rc::new(Udp::new(hash_seed(id), busy_poll, Rc::clone(&telemetry))),
+        udp: Rc::new(Udp::new(
+            hash_seed(id),
+            busy_poll,
+            Rc::clone(&telemetry),
+            handed_over,
+        )),
         telemetry,
     });
     for (key, std_listener) in listeners {
@@ -241,8 +254,10 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     for (_, frontend) in worker.frontends.borrow_mut().drain() {
         frontend.close();
     }
-    // UDP has no goodbye to wait for: its flows end with the worker.
+    // UDP has no goodbye to wait for: its flows end with the worker, and its sockets close
+    // now, not at exit, so they stop taking datagrams meant for a successor on the port.
     worker.udp.clear();
+    worker.udp.sockets_closed().await;
     while worker.open.get() > 0 {
         monoio::time::sleep(DRAIN_POLL).await;
     }

@@ -1,5 +1,6 @@
 //! `/config` and `/stats`: the live table as JSON, and its counters as JSON or an aligned text
-//! table in the spirit of `ipvsadm -Ln --stats`.
+//! table in the spirit of `ipvsadm -Ln --stats`. `/udp/flows`: the live UDP flows, in the
+//! form a successor process reads back (`--takeover`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,7 +8,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use balancers::BackendState;
 use config::{ServiceEntry, Table};
-use serde::Serialize;
+use proxy_core::UdpFlowInfo;
+use serde::{Deserialize, Serialize};
 
 /// `/config`: what the live table serves.
 #[derive(Debug, Serialize)]
@@ -283,4 +285,67 @@ mod tests {
         ];
         assert_eq!(aligned(&rows), "a     bb  c\ndddd  e   f\n");
     }
+}
+
+/// `/udp/flows`: every worker's live UDP flows, and whether the process is draining (then its
+/// frontends are closed and the list is final).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UdpFlowsView {
+    pub draining: bool,
+    pub flows: Vec<UdpFlowView>,
+}
+
+/// One UDP flow (durations in milliseconds).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UdpFlowView {
+    pub service: String,
+    pub frontend: SocketAddr,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    pub backend: SocketAddr,
+    pub idle_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+impl UdpFlowsView {
+    /// The view of `flows`, sorted by service, frontend and client.
+    pub fn new(draining: bool, flows: &[UdpFlowInfo]) -> Self {
+        let mut flows: Vec<UdpFlowView> = flows
+            .iter()
+            .map(|f| UdpFlowView {
+                service: f.service.clone(),
+                frontend: f.frontend,
+                client: f.client,
+                local: f.local,
+                backend: f.backend,
+                idle_ms: millis(f.idle_for),
+                idle_timeout_ms: millis(f.idle_timeout),
+            })
+            .collect();
+        flows.sort_by(|a, b| {
+            (&a.service, a.frontend, a.client, a.local)
+                .cmp(&(&b.service, b.frontend, b.client, b.local))
+        });
+        UdpFlowsView { draining, flows }
+    }
+
+    /// The flows as the data plane takes them back.
+    pub fn into_infos(self) -> Vec<UdpFlowInfo> {
+        self.flows
+            .into_iter()
+            .map(|f| UdpFlowInfo {
+                service: f.service,
+                frontend: f.frontend,
+                client: f.client,
+                local: f.local,
+                backend: f.backend,
+                idle_for: std::time::Duration::from_millis(f.idle_ms),
+                idle_timeout: std::time::Duration::from_millis(f.idle_timeout_ms),
+            })
+            .collect()
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

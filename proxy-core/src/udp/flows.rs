@@ -49,6 +49,11 @@ impl<T> Flow<T> {
     pub(crate) fn due(&self) -> Instant {
         self.last + self.idle
     }
+
+    /// Time since the flow's last datagram.
+    pub(crate) fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last)
+    }
 }
 
 /// What [`FlowTable::lookup`] found.
@@ -283,6 +288,13 @@ impl<T> FlowTable<T> {
                 out.push((flow, End::Invalidated));
             }
         }
+    }
+
+    /// Every live flow (in no particular order).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Flow<T>> {
+        self.index
+            .values()
+            .filter_map(|id| self.slots[id.slot as usize].flow.as_ref())
     }
 
     /// Ends every flow (the worker stops), appending them to `out`.

@@ -9,6 +9,7 @@
 //! `LIFECYCLE.md` beside this file describes a flow's states and transitions.
 
 mod flows;
+pub(crate) mod handover;
 #[cfg(test)]
 mod sim;
 pub(crate) mod sock;
@@ -28,15 +29,18 @@ use config::{FrontendKey, ServiceEntry, Table};
 use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
-use crate::connect::{candidates, choose_traced};
+use crate::connect::{candidates, choose_traced, Choice};
 use crate::sys::with_socket;
 use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
+use handover::{HandedOver, UdpFlowInfo};
 
 /// Datagrams a reply task handles per wake-up before letting the worker's other tasks run.
 const BATCH: usize = sock::BATCH;
 /// Batches a frontend task receives per wake-up before letting the other tasks run.
 const ROUNDS: usize = 4;
+/// How long a stopping worker waits for its UDP sockets to close.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// The resolution of monoio's timers.
 const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Most bytes one segmented send carries (a UDP datagram's limit).
@@ -57,6 +61,10 @@ pub(crate) struct Udp {
     /// length the kernel wrote per header, so each family has its own).
     reply_headers: [RefCell<sock::RecvHeaders>; 2],
     telemetry: Rc<WorkerTelemetry>,
+    /// Flows of the process this one replaced: their clients keep their backends.
+    handed_over: Arc<HandedOver>,
+    /// Every frontend socket this worker opened, until it is dropped (and closed).
+    sockets: RefCell<Vec<std::rc::Weak<UdpFrontend>>>,
 }
 
 /// One UDP frontend socket of this worker.
@@ -207,6 +215,7 @@ impl Udp {
         seed: u64,
         busy_poll: Option<Duration>,
         telemetry: Rc<WorkerTelemetry>,
+        handed_over: Arc<HandedOver>,
     ) -> Self {
         Self {
             flows: RefCell::new(FlowTable::new(seed)),
@@ -219,7 +228,26 @@ impl Udp {
                 RefCell::new(sock::RecvHeaders::new()),
             ],
             telemetry,
+            handed_over,
+            sockets: RefCell::new(Vec::new()),
         }
+    }
+
+    /// This worker's live flows at `now`, for listing and for a successor process.
+    pub(crate) fn flows(&self, now: Instant) -> Vec<UdpFlowInfo> {
+        self.flows
+            .borrow()
+            .iter()
+            .map(|f| UdpFlowInfo {
+                service: f.payload.service.service.name.clone(),
+                frontend: f.payload.frontend.key.addr,
+                client: f.key.client,
+                local: f.key.local,
+                backend: f.backend,
+                idle_for: f.idle_for(now),
+                idle_timeout: f.idle,
+            })
+            .collect()
     }
 
     /// The low-latency mode's keeper, to spawn on the worker (`None` when the mode is off).
@@ -242,6 +270,9 @@ impl Udp {
             headers: RefCell::new(sock::RecvHeaders::new()),
         });
         monoio::spawn(Rc::clone(self).frontend_loop(Rc::clone(&frontend), table));
+        let mut sockets = self.sockets.borrow_mut();
+        sockets.retain(|s| s.strong_count() > 0);
+        sockets.push(Rc::downgrade(&frontend));
         Ok(frontend)
     }
 
@@ -281,6 +312,25 @@ impl Udp {
         let mut ended = Vec::new();
         self.flows.borrow_mut().clear(&mut ended);
         drop(ended);
+    }
+
+    /// After the frontends were closed and the flows ended: waits (at most [`CLOSE_WAIT`])
+    /// until the tasks holding the frontend sockets have seen it and every socket is closed.
+    /// A UDP socket stays in its `SO_REUSEPORT` group until its last reference goes, and the
+    /// kernel keeps handing it a share of the port's datagrams, which are lost. Left to process
+    /// exit, an io_uring poll still pending on it would keep it there until the ring is torn
+    /// down after exit: a restart (the new process on the same port) would lose datagrams.
+    pub(crate) async fn sockets_closed(&self) {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        loop {
+            self.sockets.borrow_mut().retain(|s| s.strong_count() > 0);
+            if self.sockets.borrow().is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // One more pass of the runtime submits the last sockets' close.
+        monoio::time::sleep(Duration::from_millis(1)).await;
     }
 
     fn end_where(&self, keep: impl FnMut(&Flow<FlowIo>) -> bool, why: CloseReason) {
@@ -530,7 +580,24 @@ impl Udp {
             client: key.client,
             dest: key.local,
         };
-        let choice = choose_traced(&entry, &pick);
+        // A flow handed over by the process this one replaced keeps its backend while that
+        // backend is still usable; otherwise the scheduler decides as for any new flow.
+        let handed = self
+            .handed_over
+            .backend(frontend.key.addr, key.client, key.local, now)
+            .and_then(|b| {
+                entry
+                    .backends
+                    .iter()
+                    .position(|x| x.address == b && x.weight > 0)
+            });
+        let choice = match handed {
+            Some(idx) => Choice {
+                backend: Some(idx),
+                affinity: AffinityOutcome::Off,
+            },
+            None => choose_traced(&entry, &pick),
+        };
         self.telemetry.affinity(&entry, choice.affinity);
         let Some(idx) = choice.backend else {
             counters.no_backend.fetch_add(1, Relaxed);
