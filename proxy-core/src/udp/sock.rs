@@ -15,18 +15,22 @@ use nix::sys::socket::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// A socket for one worker of a UDP frontend: `SO_REUSEPORT`, non-blocking, with packet info
-/// on so a wildcard frontend learns each datagram's destination.
+/// A socket for one worker of a UDP frontend: `SO_REUSEPORT`, non-blocking. A wildcard
+/// frontend turns packet info on to learn each datagram's destination; on a frontend bound to
+/// one address it would only cost a control message per datagram.
 pub(crate) fn frontend_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
+    let wildcard = addr.ip().is_unspecified();
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
-        setsockopt(socket.as_raw_fd(), sockopt::Ipv6RecvPacketInfo, &true)?;
-    } else {
+        if wildcard {
+            setsockopt(socket.as_raw_fd(), sockopt::Ipv6RecvPacketInfo, &true)?;
+        }
+    } else if wildcard {
         setsockopt(socket.as_raw_fd(), sockopt::Ipv4PacketInfo, &true)?;
     }
     socket.set_nonblocking(true)?;
