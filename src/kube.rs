@@ -225,7 +225,7 @@ impl Kube {
                 report.steered,
                 report.took.as_micros()
             ));
-            tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, "nftables table updated");
+            tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables table updated");
         }
         Ok(())
     }

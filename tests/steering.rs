@@ -437,10 +437,60 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         "{dropped}"
     );
 
+    assert!(
+        Command::new("conntrack").arg("--version").output().is_ok(),
+        "the conntrack program is needed (apt-get install conntrack)"
+    );
+    // A UDP client that keeps one source port across a ringlb restart: its conntrack entry
+    // points at the old process's portal, and conntrack would keep using it for as long as
+    // the client keeps sending. The new process deletes such entries after its first sync.
+    let pod_udp = in_netns(&pod.0, || {
+        let c = UdpSocket::bind("0.0.0.0:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        c
+    });
+    let ask_udp = |c: &UdpSocket, msg: &str| -> Option<String> {
+        c.send_to(msg.as_bytes(), "10.96.0.15:53").unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = c.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(ask_udp(&pod_udp, "before").as_deref(), Some("dns:before"));
+
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
     let gone = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
     assert!(!gone.status.success(), "the table is deleted at exit");
+
+    let restarted = Ringlb::start_in_netns(
+        &node.0,
+        &[
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--node-name",
+            "node-a",
+            "--nftables",
+            "--admin",
+            "off",
+        ],
+    );
+    // The cleanup runs on its own thread: the client retries as UDP clients do, always from
+    // the same port (a stale entry would swallow every try).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut answer = None;
+    while answer.is_none() && Instant::now() < deadline {
+        answer = ask_udp(&pod_udp, "after");
+    }
+    assert_eq!(
+        answer.as_deref(),
+        Some("dns:after"),
+        "the UDP client is served after the restart:\n{}",
+        restarted.stderr()
+    );
+    drop(restarted);
     stop.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_file(kubeconfig);
 }
