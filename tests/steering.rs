@@ -351,26 +351,30 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     let stale = node.exec(&["nft", "add table ip ringlb; add chain ip ringlb stale"]);
     assert!(stale.status.success());
 
-    let mut proxy = Ringlb::start_in_netns(
-        &node.0,
-        &[
+    let kubeconfig_arg = kubeconfig.to_str().unwrap().to_owned();
+    let node_proxy = |extra: &[&str]| {
+        let mut args = vec![
             "run",
             "--kubernetes",
             "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
+            &kubeconfig_arg,
             "--node-name",
             "node-a",
-            "--nodeport-addresses",
-            "10.241.1.0/24",
             "--nftables",
-            "--healthz-bind-address",
-            "0.0.0.0:10256",
             "--admin",
             "off",
-            "--workers",
-            "2",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        Ringlb::start_in_netns(&node.0, &args)
+    };
+    let mut proxy = node_proxy(&[
+        "--nodeport-addresses",
+        "10.241.1.0/24",
+        "--healthz-bind-address",
+        "0.0.0.0:10256",
+        "--workers",
+        "2",
+    ]);
     let listed = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(
@@ -463,20 +467,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     let gone = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
     assert!(!gone.status.success(), "the table is deleted at exit");
 
-    let restarted = Ringlb::start_in_netns(
-        &node.0,
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
-        ],
-    );
+    let restarted = node_proxy(&[]);
     // The cleanup runs on its own thread: the client retries as UDP clients do, always from
     // the same port (a stale entry would swallow every try).
     let deadline = Instant::now() + Duration::from_secs(5);
