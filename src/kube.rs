@@ -213,7 +213,14 @@ impl Kube {
             return Ok(());
         };
         let entries = steer_entries(resolved, &proxy.table());
-        let report = steering.borrow_mut().0.sync(&entries)?;
+        let mut cluster_ips: Vec<std::net::IpAddr> = resolved
+            .ports
+            .iter()
+            .flat_map(|p| p.cluster_ips.iter().copied())
+            .collect();
+        cluster_ips.sort_unstable();
+        cluster_ips.dedup();
+        let report = steering.borrow_mut().0.sync(&entries, &cluster_ips)?;
         for e in &report.unsteered {
             tracing::warn!(frontend = %e.frontend, "IPv6 frontends are not steered yet");
         }

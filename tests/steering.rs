@@ -434,6 +434,32 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
     assert!(started.elapsed() < Duration::from_secs(1));
+    // A cluster IP on a port or protocol its service does not have: refused, from a pod and
+    // from the node, TCP and UDP (kube-proxy's cluster-ips-check).
+    for ns in [&pod.0, &node.0] {
+        let unserved = ask(ns, "10.96.0.10:81").unwrap_err();
+        assert_eq!(
+            unserved.kind(),
+            ErrorKind::ConnectionRefused,
+            "{ns}: {unserved}"
+        );
+        let udp_refused = in_netns(ns, || {
+            let c = UdpSocket::bind("0.0.0.0:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c.connect("10.96.0.10:53").unwrap();
+            // On the node the reject happens in its own output path: the send itself fails.
+            match c.send(b"q") {
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => ErrorKind::ConnectionRefused,
+                Err(e) => e.kind(),
+                Ok(_) => c.recv(&mut [0u8; 64]).unwrap_err().kind(),
+            }
+        });
+        assert_eq!(
+            udp_refused,
+            ErrorKind::ConnectionRefused,
+            "{ns}: UDP to a TCP-only port"
+        );
+    }
     // Policy Local, the only endpoint on another node: dropped (the client times out).
     let dropped = ask(&pod.0, "10.96.0.12:80").unwrap_err();
     assert!(
@@ -524,18 +550,25 @@ fn nftables_transactions_at_ten_thousand_services() {
             ]
         })
         .collect();
+    let cluster_ips: Vec<std::net::IpAddr> = (0..SERVICES)
+        .map(|i| std::net::Ipv4Addr::from(0x0a60_0000 + i).into())
+        .collect();
     let name = ns.0.clone();
     let lines = in_netns(&name, move || {
         // `nft` runs as a child of this thread and so in its namespace.
         let mut steering = Steering::new("nft");
-        let full = steering.sync(&entries).expect("whole table");
+        let full = steering.sync(&entries, &cluster_ips).expect("whole table");
         let mut changed = entries.clone();
         let mut toggles = Vec::new();
         for round in 0..10 {
             changed[2 * round].verdict = Verdict::Reject;
-            toggles.push(steering.sync(&changed).expect("one change"));
+            toggles.push(steering.sync(&changed, &cluster_ips).expect("one change"));
             changed[2 * round].verdict = entries[2 * round].verdict;
-            toggles.push(steering.sync(&changed).expect("one change back"));
+            toggles.push(
+                steering
+                    .sync(&changed, &cluster_ips)
+                    .expect("one change back"),
+            );
         }
         let mut took: Vec<Duration> = toggles.iter().map(|r| r.took).collect();
         took.sort();

@@ -225,6 +225,7 @@ pub fn resolve_node_service(
                     any_endpoints: sets.any,
                     node_port: port.node_port,
                     health_check_node_port: svc.health_check_node_port,
+                    cluster_ips: svc.cluster_ips.clone(),
                 },
             ));
         }

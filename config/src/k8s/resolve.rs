@@ -118,6 +118,8 @@ pub struct ResolvedPort {
     pub node_port: Option<u16>,
     /// `spec.healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
+    /// The Service's cluster IPs (empty for headless services).
+    pub cluster_ips: Vec<IpAddr>,
 }
 
 /// Which frontends of a Kubernetes service port a ringlb service carries. Node mode splits a
@@ -389,6 +391,7 @@ pub(crate) fn resolve(
                 any_endpoints: true,
                 node_port: port.node_port,
                 health_check_node_port: svc.health_check_node_port,
+                cluster_ips: svc.cluster_ips.clone(),
             });
         }
     }
