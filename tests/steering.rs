@@ -434,6 +434,24 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
     assert!(started.elapsed() < Duration::from_secs(1));
+    // The portal behind 10.96.0.10:80 cannot be reached directly, from a pod at the node's
+    // address or from the node itself, only through the redirect.
+    let portals = node.exec(&["nft", "list", "map", "ip", "ringlb", "portals"]);
+    let portals = String::from_utf8_lossy(&portals.stdout).into_owned();
+    let portal: u16 = portals
+        .split("10.96.0.10 . tcp . 80 : ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no portal for 10.96.0.10:80 in {portals}"));
+    for (ns, to) in [(&pod.0, "10.241.1.1"), (&node.0, "127.0.0.1")] {
+        let direct = ask(ns, &format!("{to}:{portal}")).unwrap_err();
+        assert_eq!(
+            direct.kind(),
+            ErrorKind::ConnectionRefused,
+            "{ns} to {to}:{portal}: {direct}"
+        );
+    }
     // A cluster IP on a port or protocol its service does not have: refused, from a pod and
     // from the node, TCP and UDP (kube-proxy's cluster-ips-check).
     for ns in [&pod.0, &node.0] {

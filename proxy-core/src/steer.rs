@@ -19,6 +19,10 @@
 //!   port unreachable) or `drop` (policy `Local`, none on this node), checked for new
 //!   connections in filter chains at the input, forward and output hooks, as kube-proxy does.
 //!
+//! - `portal-ports`: the portals' protocol and port. Portals listen on the wildcard address,
+//!   so a client could reach `<node address>:<portal>` directly and bypass the maps (and
+//!   policy `Local`); new traffic to a portal port that no redirect translated is rejected in
+//!   the input hook, which traffic from pods and from the node itself both pass.
 //! - `cluster-ips`: every cluster IP. New traffic to one that nothing redirected (a port or
 //!   protocol the service does not have) is rejected, from pods (forward hook) and from the
 //!   node (output, after the `nat` chains), as kube-proxy's `cluster-ips-check` does. (kube-proxy
@@ -95,6 +99,17 @@ impl Proto {
 pub struct State(BTreeMap<Key, Verdict>, BTreeSet<Ipv4Addr>);
 
 impl State {
+    /// The protocol and port of every portal some frontend is redirected to.
+    fn portal_ports(&self) -> BTreeSet<(Proto, u16)> {
+        self.0
+            .iter()
+            .filter_map(|(&(_, proto, _), v)| match v {
+                Verdict::Redirect(port) => Some((proto, *port)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Builds the state from `entries` and the services' `cluster_ips`; returns it with the
     /// entries that cannot be steered (IPv6 frontends). A frontend listed twice keeps its
     /// first verdict.
@@ -174,6 +189,9 @@ pub fn full_ruleset(state: &State) -> String {
         "add map {t} no-endpoints {{ type {key} : verdict ; }}"
     ));
     line(format!("add set {t} cluster-ips {{ type ipv4_addr ; }}"));
+    line(format!(
+        "add set {t} portal-ports {{ type inet_proto . inet_service ; }}"
+    ));
     line(format!("add chain {t} reject-chain"));
     line(format!("add rule {t} reject-chain reject"));
     line(format!("add chain {t} cluster-ips-check"));
@@ -196,6 +214,9 @@ pub fn full_ruleset(state: &State) -> String {
             "add rule {t} filter-{hook} ct state new {lookup} vmap @no-endpoints"
         ));
     }
+    line(format!(
+        "add rule {t} filter-input ct state new ct status ! dnat meta l4proto . th dport @portal-ports reject"
+    ));
     // After the nat chains: what they redirected no longer goes to a cluster IP.
     line(format!(
         "add rule {t} filter-forward ct state new jump cluster-ips-check"
@@ -212,6 +233,12 @@ pub fn full_ruleset(state: &State) -> String {
     }
     for ip in &state.1 {
         line(format!("add element {t} cluster-ips {{ {ip} }}"));
+    }
+    for (proto, port) in state.portal_ports() {
+        line(format!(
+            "add element {t} portal-ports {{ {} . {port} }}",
+            proto.name()
+        ));
     }
     out
 }
@@ -238,6 +265,19 @@ pub fn diff_ruleset(old: &State, new: &State) -> String {
     }
     for ip in new.1.difference(&old.1) {
         out.push_str(&format!("add element {t} cluster-ips {{ {ip} }}\n"));
+    }
+    let (old_ports, new_ports) = (old.portal_ports(), new.portal_ports());
+    for (proto, port) in old_ports.difference(&new_ports) {
+        out.push_str(&format!(
+            "delete element {t} portal-ports {{ {} . {port} }}\n",
+            proto.name()
+        ));
+    }
+    for (proto, port) in new_ports.difference(&old_ports) {
+        out.push_str(&format!(
+            "add element {t} portal-ports {{ {} . {port} }}\n",
+            proto.name()
+        ));
     }
     out
 }
@@ -609,6 +649,7 @@ add table ip ringlb { comment \"owned by ringlb; replaced at start, deleted at e
 add map ip ringlb portals { type ipv4_addr . inet_proto . inet_service : inet_service ; }
 add map ip ringlb no-endpoints { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add set ip ringlb cluster-ips { type ipv4_addr ; }
+add set ip ringlb portal-ports { type inet_proto . inet_service ; }
 add chain ip ringlb reject-chain
 add rule ip ringlb reject-chain reject
 add chain ip ringlb cluster-ips-check
@@ -623,6 +664,7 @@ add chain ip ringlb filter-forward { type filter hook forward priority -110 ; }
 add rule ip ringlb filter-forward ct state new ip daddr . meta l4proto . th dport vmap @no-endpoints
 add chain ip ringlb filter-output { type filter hook output priority -110 ; }
 add rule ip ringlb filter-output ct state new ip daddr . meta l4proto . th dport vmap @no-endpoints
+add rule ip ringlb filter-input ct state new ct status ! dnat meta l4proto . th dport @portal-ports reject
 add rule ip ringlb filter-forward ct state new jump cluster-ips-check
 add chain ip ringlb filter-output-post-dnat { type filter hook output priority -90 ; }
 add rule ip ringlb filter-output-post-dnat ct state new jump cluster-ips-check
@@ -634,6 +676,8 @@ add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
 add element ip ringlb cluster-ips { 10.96.0.10 }
 add element ip ringlb cluster-ips { 10.96.0.11 }
 add element ip ringlb cluster-ips { 10.96.0.12 }
+add element ip ringlb portal-ports { tcp . 40000 }
+add element ip ringlb portal-ports { udp . 40001 }
 ";
         assert_eq!(full_ruleset(&state), want);
     }
@@ -642,7 +686,7 @@ add element ip ringlb cluster-ips { 10.96.0.12 }
     fn a_diff_touches_only_changed_elements() {
         let (old, _) = State::new(&entries(), &cluster_ips());
         let mut changed = entries();
-        changed[0].verdict = Verdict::Reject; // endpoints gone
+        changed[0].verdict = Verdict::Reject; // endpoints gone; tcp 40000 still serves 30080
         changed.remove(3); // service deleted
         changed.push(entry(
             Protocol::Udp,
@@ -660,6 +704,7 @@ add element ip ringlb no-endpoints { 10.96.0.10 . tcp . 80 : goto reject-chain }
 add element ip ringlb portals { 10.96.0.20 . udp . 53 : 40002 }
 delete element ip ringlb cluster-ips { 10.96.0.11 }
 add element ip ringlb cluster-ips { 10.96.0.20 }
+add element ip ringlb portal-ports { udp . 40002 }
 ";
         assert_eq!(diff_ruleset(&old, &new), want);
         assert_eq!(diff_ruleset(&new, &new), "", "no change, no transaction");
