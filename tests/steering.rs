@@ -367,7 +367,14 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         args.extend_from_slice(extra);
         Ringlb::start_in_netns(&node.0, &args)
     };
+    let decisions = std::env::temp_dir().join(format!(
+        "ringlb-test-{}-steering-decisions.jsonl",
+        std::process::id()
+    ));
+    let decisions_arg = decisions.to_str().unwrap().to_owned();
     let mut proxy = node_proxy(&[
+        "--decision-log",
+        &decisions_arg,
         "--nodeport-addresses",
         "10.241.1.0/24",
         "--healthz-bind-address",
@@ -386,6 +393,23 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // From a pod (prerouting), to each kind of frontend.
     for to in ["10.96.0.10:80", "10.241.1.1:30080", "10.241.9.9:80"] {
         assert_eq!(ask(&pod.0, to).unwrap(), "web", "{to}");
+    }
+    // Each connection came through a portal, but the data plane saw the address the client
+    // dialled (SO_ORIGINAL_DST): the decision log names it, as the scheduler's `dest` does.
+    for frontend in ["10.96.0.10:80", "10.241.1.1:30080", "10.241.9.9:80"] {
+        let want = format!("\"frontend\":\"{frontend}\"");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(&decisions).unwrap_or_default();
+            if log.lines().any(|l| l.contains(&want)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no decision line with {want}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // externalTrafficPolicy: Local with a local endpoint: its node port serves, and its
     // healthCheckNodePort says so like kube-proxy; with none here, 503.
@@ -526,6 +550,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         restarted.stderr()
     );
     drop(restarted);
+    let _ = std::fs::remove_file(&decisions);
     stop.store(true, Ordering::Relaxed);
     let _ = std::fs::remove_file(kubeconfig);
 }

@@ -336,12 +336,10 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
     counters.active.fetch_add(1, Relaxed);
     guard.service = Some(Arc::clone(&entry));
     let _ = client.set_nodelay(true);
-    let mut trace = worker.telemetry.open(&entry, &client, key.addr);
+    let dest = destination(&client, key.addr);
+    let mut trace = worker.telemetry.open(&entry, dest);
 
-    let flow = Flow {
-        client: peer,
-        dest: key.addr,
-    };
+    let flow = Flow { client: peer, dest };
     // Boxed: the connect step is short-lived and must not widen the future every open
     // connection keeps for its whole life.
     let upstream = match Box::pin(connect(&entry, &flow, &mut trace)).await {
@@ -402,6 +400,20 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
+}
+
+/// The address the client dialled, for the scheduler (`dh`) and the decision log. A listener
+/// bound to one address is that address (no system call). On a wildcard listener it is the
+/// destination before netfilter redirected the connection there (`SO_ORIGINAL_DST`: node
+/// mode's portals, where it is the cluster IP, external IP or node port the client used), or
+/// else the local address the connection reached.
+fn destination(client: &TcpStream, listen: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    crate::steer::original_dst(client)
+        .or_else(|| client.local_addr().ok())
+        .unwrap_or(listen)
 }
 
 /// A per-worker seed for the UDP flow table's hash, so clients cannot aim collisions at it.

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime};
 
 use config::{ServiceCounters, ServiceEntry, Table};
-use monoio::net::TcpStream;
 
 use crate::connect::{candidates, Choice};
 
@@ -308,21 +307,11 @@ impl WorkerTelemetry {
         }
     }
 
-    /// Starts tracing a TCP connection of `entry` accepted on `client` (listener `listen`).
-    pub(crate) fn open(
-        &self,
-        entry: &ServiceEntry,
-        client: &TcpStream,
-        listen: SocketAddr,
-    ) -> ConnTrace {
+    /// Starts tracing a TCP connection of `entry` that reached `frontend` (the address the
+    /// client dialled).
+    pub(crate) fn open(&self, entry: &ServiceEntry, frontend: SocketAddr) -> ConnTrace {
         let stats = self.stats(entry);
         let log = self.logging().then(|| {
-            // A wildcard listener: the address the client actually reached.
-            let frontend = if listen.ip().is_unspecified() {
-                client.local_addr().unwrap_or(listen)
-            } else {
-                listen
-            };
             Box::new(LogFacts {
                 frontend,
                 candidates: 0,
