@@ -5,9 +5,11 @@
 //! can serve it locally (`externalTrafficPolicy: Local`).
 //!
 //! The node's own health server (`--healthz-bind-address`, kube-proxy's port 10256) answers
-//! `/healthz` and `/livez` like kube-proxy's `proxier_health.go`: 200 while the last change
-//! from the API was applied (table and nftables), 503 after a failed one, with the time of
-//! the last successful update.
+//! `/healthz` and `/livez` like kube-proxy's `proxier_health.go`: `/livez` 200 while the last
+//! change from the API was applied (table and nftables), 503 after a failed one; `/healthz`
+//! the same and also 503 while the node is not eligible for load balancer traffic (being
+//! deleted, or tainted `ToBeDeletedByClusterAutoscaler`: KEP-3836), so cloud load balancers
+//! drain a node before it goes. Bodies as kube-proxy's; times in RFC 3339.
 //!
 //! One small blocking thread per port: these are probed every few seconds by a load
 //! balancer, never on the data path.
@@ -31,18 +33,26 @@ const MAX_HEADER_LINES: usize = 100;
 pub struct NodeHealth {
     healthy: AtomicBool,
     last_updated: Mutex<SystemTime>,
+    /// Whether the node may take load balancer traffic (kept by the Kubernetes watch).
+    eligible: Arc<AtomicBool>,
 }
 
 impl Default for NodeHealth {
     fn default() -> Self {
-        NodeHealth {
-            healthy: AtomicBool::new(true),
-            last_updated: Mutex::new(SystemTime::now()),
-        }
+        NodeHealth::new(Arc::new(AtomicBool::new(true)))
     }
 }
 
 impl NodeHealth {
+    /// Healthy, with the node's eligibility read from `eligible`.
+    pub fn new(eligible: Arc<AtomicBool>) -> Self {
+        NodeHealth {
+            healthy: AtomicBool::new(true),
+            last_updated: Mutex::new(SystemTime::now()),
+            eligible,
+        }
+    }
+
     /// A change from the API is now in effect.
     pub fn updated(&self) {
         *self.last_updated.lock().expect("health lock") = SystemTime::now();
@@ -58,17 +68,33 @@ impl NodeHealth {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// `/healthz` and `/livez`: status and body.
-    fn response(&self) -> (u16, String) {
+    /// `/healthz` (`with_node`: the node's eligibility counts and is reported) or `/livez`:
+    /// status and body. While healthy, `lastUpdated` is the current time, as kube-proxy keeps
+    /// it for older clients.
+    fn response(&self, with_node: bool) -> (u16, String) {
         let at = |t: SystemTime| humantime::format_rfc3339_nanos(t).to_string();
-        let last = *self.last_updated.lock().expect("health lock");
+        let now = SystemTime::now();
         let healthy = self.healthy();
-        let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": true, \"healthy\": {healthy}}}",
+        let last = if healthy {
+            now
+        } else {
+            *self.last_updated.lock().expect("health lock")
+        };
+        let times = format!(
+            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\"",
             at(last),
-            at(SystemTime::now())
+            at(now)
         );
-        (if healthy { 200 } else { 503 }, body)
+        if with_node {
+            let eligible = self.eligible.load(Ordering::Relaxed);
+            let ok = healthy && eligible;
+            (
+                if ok { 200 } else { 503 },
+                format!("{times}, \"nodeEligible\": {eligible}}}"),
+            )
+        } else {
+            (if healthy { 200 } else { 503 }, format!("{times}}}"))
+        }
     }
 }
 
@@ -85,7 +111,8 @@ pub fn serve_node(addr: SocketAddr, health: Arc<NodeHealth>) -> std::io::Result<
                 std::thread::spawn(move || {
                     let path = read_head(&conn);
                     let (status, body) = match path.as_str() {
-                        "/healthz" | "/livez" => health.response(),
+                        "/healthz" => health.response(true),
+                        "/livez" => health.response(false),
                         _ => (404, "404 page not found\n".to_owned()),
                     };
                     write_response(&conn, status, &[], &body);
@@ -327,18 +354,32 @@ mod tests {
     }
 
     #[test]
-    fn node_health_follows_the_last_update() {
-        let node = NodeHealth::default();
-        let (status, body) = node.response();
+    fn node_health_follows_the_last_update_and_the_nodes_eligibility() {
+        let eligible = Arc::new(AtomicBool::new(true));
+        let node = NodeHealth::new(Arc::clone(&eligible));
+        let (status, body) = node.response(true);
         assert_eq!(status, 200);
         assert!(body.starts_with("{\"lastUpdated\": \""), "{body}");
+        assert!(body.ends_with("\", \"nodeEligible\": true}"), "{body}");
+        let (status, live) = node.response(false);
+        assert_eq!(status, 200);
         assert!(
-            body.ends_with("\"nodeEligible\": true, \"healthy\": true}"),
-            "{body}"
+            live.ends_with("Z\"}") && !live.contains("nodeEligible"),
+            "{live}"
         );
+
         node.failed();
-        assert_eq!(node.response().0, 503);
+        assert_eq!(node.response(true).0, 503);
+        assert_eq!(node.response(false).0, 503);
         node.updated();
-        assert_eq!(node.response().0, 200);
+        assert_eq!(node.response(true).0, 200);
+
+        // Tainted ToBeDeletedByClusterAutoscaler or being deleted: /healthz sends load
+        // balancers away, /livez still says the proxy itself is fine.
+        eligible.store(false, Ordering::Relaxed);
+        let (status, body) = node.response(true);
+        assert_eq!(status, 503);
+        assert!(body.ends_with("\"nodeEligible\": false}"), "{body}");
+        assert_eq!(node.response(false).0, 200);
     }
 }

@@ -93,7 +93,7 @@ impl Kube {
             services = snapshot.resolved.config.services.len(),
             "Kubernetes API listed"
         );
-        let node_health = Arc::new(NodeHealth::default());
+        let node_health = Arc::new(NodeHealth::new(watch.node_eligibility()));
         if let Some(addr) = args.healthz_bind_address {
             // Not fatal: a node health port in use must not keep Services down.
             match crate::healthcheck::serve_node(addr, Arc::clone(&node_health)) {

@@ -595,6 +595,45 @@ fn service_proxy_name_selects_only_our_services_and_policy_local_keeps_local_end
         .all(|n| !matches!(n.reason, NotProxiedReason::OtherProxy(_))));
 }
 
+/// KEP-3836, as kube-proxy's `SyncNode`: the node is not eligible for load balancer traffic
+/// (its `/healthz` answers 503) while tainted `ToBeDeletedByClusterAutoscaler` or being
+/// deleted, and is again once the taint goes.
+#[test]
+fn a_node_tainted_for_deletion_or_being_deleted_is_not_eligible() {
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    let (watch, _changes) = start_watch(&api, None);
+    watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    let eligible = watch.node_eligibility();
+    let becomes = |want: bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while eligible.load(std::sync::atomic::Ordering::Relaxed) != want {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: eligibility never became {want}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    becomes(true, "a plain node");
+
+    let mut tainted = node("node-a", "zone-a");
+    tainted["spec"] = json!({"taints": [
+        {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+        {"key": "ToBeDeletedByClusterAutoscaler", "value": "1763800000", "effect": "NoSchedule"}]});
+    api.apply(tainted);
+    becomes(false, "the autoscaler's taint");
+
+    api.apply(node("node-a", "zone-a"));
+    becomes(true, "the taint removed");
+
+    let mut deleting = node("node-a", "zone-a");
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:00Z");
+    deleting["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    api.apply(deleting);
+    becomes(false, "a deletion timestamp");
+}
+
 /// The real binary: `ringlb run --kubernetes --kubeconfig` serves real TCP to loopback
 /// backends listed in EndpointSlices, on a Service cluster IP in 127.0.0.0/8, and follows a
 /// slice change.

@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -81,10 +82,37 @@ pub struct KubeSnapshot {
     pub changed: Vec<String>,
 }
 
-#[derive(Default)]
 struct Shared {
     latest: Mutex<Option<Arc<KubeSnapshot>>>,
     published: Condvar,
+    /// Whether this node is eligible to take load balancer traffic: not being deleted and
+    /// not tainted `ToBeDeletedByClusterAutoscaler` (kube-proxy's `SyncNode`). True until the
+    /// Node says otherwise.
+    node_eligible: Arc<AtomicBool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            latest: Mutex::default(),
+            published: Condvar::new(),
+            node_eligible: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+/// The Cluster Autoscaler's taint on a node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether `node` may take load balancer traffic, as kube-proxy's `SyncNode` decides: not
+/// being deleted and not tainted [`TO_BE_DELETED_TAINT`].
+pub fn node_eligible(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_none()
+        && !node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT))
 }
 
 /// The running watch; dropping it stops the watch thread.
@@ -161,6 +189,12 @@ impl KubeWatch {
                 )))
             }
         }
+    }
+
+    /// This node's eligibility for load balancer traffic (see [`node_eligible`]), kept up to
+    /// date by the watch, for the node health server.
+    pub fn node_eligibility(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.shared.0.node_eligible)
     }
 
     /// The latest published state, if the watchers have listed everything once.
@@ -314,6 +348,19 @@ async fn watch(
             },
             Event::Node(boxed) => match *boxed {
                 Ok(e) => {
+                    let eligible = match &e {
+                        watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                            Some(node_eligible(n))
+                        }
+                        watcher::Event::Delete(_) => Some(false),
+                        _ => None,
+                    };
+                    if let Some(eligible) = eligible {
+                        let was = shared.0.node_eligible.swap(eligible, Ordering::Relaxed);
+                        if was != eligible {
+                            tracing::info!(node = %node.node_name, eligible, "node eligibility for load balancer traffic changed");
+                        }
+                    }
                     let zone = match &e {
                         watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
                             Some(k8s::api::node_zone(n.metadata.labels.as_ref()))
