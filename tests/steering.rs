@@ -444,10 +444,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // The node's own health, as kube-proxy's on 10256.
     let healthz = http_get(&pod.0, "10.241.1.1:10256");
     assert!(healthz.starts_with("HTTP/1.1 200 "), "{healthz}");
-    assert!(
-        healthz.ends_with(", \"nodeEligible\": true}"),
-        "{healthz}"
-    );
+    assert!(healthz.ends_with(", \"nodeEligible\": true}"), "{healthz}");
     // From the node itself (output).
     assert_eq!(ask(&node.0, "10.96.0.10:80").unwrap(), "web");
     // A node address outside --nodeport-addresses does not take NodePorts (nothing listens).
