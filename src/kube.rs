@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, Resolved};
-use config::kube::{KubeOptions, KubeWatch};
+use config::kube::{KubeOptions, KubeWatch, NodeAddresses};
 use config::{Config, Table};
 use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
@@ -19,6 +19,8 @@ use crate::serve::{announce_line, Control};
 
 /// How often ringlb says it is still waiting for the API at start.
 const SYNC_WAIT_LOG: Duration = Duration::from_secs(10);
+/// How often this host's addresses are read again for `--nodeport-addresses`.
+const ADDRESS_POLL: Duration = Duration::from_secs(2);
 
 /// The running watch and where it reports changes.
 pub struct Kube {
@@ -62,12 +64,13 @@ impl Kube {
                  (a DaemonSet sets it from spec.nodeName through the downward API)"
             ),
         };
+        let addresses = node_addresses(args)?;
         let options = KubeOptions {
             kubeconfig: args.kubeconfig.clone(),
             node: NodeOptions {
                 node_name: node_name.clone(),
                 zone: None,
-                node_addresses: node_addresses(args)?,
+                node_addresses: addresses.clone(),
                 service_proxy_name: args.service_proxy_name.clone(),
             },
         };
@@ -80,6 +83,7 @@ impl Kube {
         })
         .context("cannot watch the Kubernetes API")?;
         tracing::info!(node = %node_name, service_proxy_name = ?args.service_proxy_name, "watching Services and EndpointSlices");
+        follow_host_addresses(args, addresses, watch.node_addresses());
         let snapshot = loop {
             if let Some(s) = watch.wait_synced(SYNC_WAIT_LOG) {
                 break s;
@@ -241,25 +245,65 @@ impl Kube {
 /// The addresses that take NodePorts: `--node-address`, and this host's addresses within a
 /// `--nodeport-addresses` CIDR.
 fn node_addresses(args: &RunArgs) -> anyhow::Result<Vec<std::net::IpAddr>> {
-    let mut out = args.node_addresses.clone();
+    let out = host_node_addresses(&args.node_addresses, &args.nodeport_addresses)
+        .context("cannot list this host's addresses for --nodeport-addresses")?;
     if !args.nodeport_addresses.is_empty() {
-        let local = proxy_core::steer::local_addresses()
-            .context("cannot list this host's addresses for --nodeport-addresses")?;
-        let matched: Vec<_> = local
-            .into_iter()
-            .filter(|ip| args.nodeport_addresses.iter().any(|c| c.contains(*ip)))
-            .collect();
-        if matched.is_empty() {
+        if out.len() == args.node_addresses.len() {
             tracing::warn!(cidrs = ?args.nodeport_addresses, "no address of this host is in --nodeport-addresses: NodePorts are not served");
         }
-        tracing::info!(addresses = ?matched, "NodePort addresses from --nodeport-addresses");
-        for ip in matched {
-            if !out.contains(&ip) {
-                out.push(ip);
-            }
+        tracing::info!(addresses = ?out, "NodePort addresses from --nodeport-addresses");
+    }
+    Ok(out)
+}
+
+/// `fixed`, then this host's addresses within one of `cidrs`.
+fn host_node_addresses(
+    fixed: &[std::net::IpAddr],
+    cidrs: &[proxy_core::steer::Cidr],
+) -> std::io::Result<Vec<std::net::IpAddr>> {
+    let mut out = fixed.to_vec();
+    if cidrs.is_empty() {
+        return Ok(out);
+    }
+    for ip in proxy_core::steer::local_addresses()? {
+        if cidrs.iter().any(|c| c.contains(ip)) && !out.contains(&ip) {
+            out.push(ip);
         }
     }
     Ok(out)
+}
+
+/// With `--nodeport-addresses`: reads this host's addresses again every [`ADDRESS_POLL`] and
+/// hands a changed set to the watch (an address added by DHCP or a new interface takes
+/// NodePorts, a removed one stops), as kube-proxy reads them again on every sync. A
+/// `getifaddrs` every few seconds costs microseconds; the thread ends with the watch.
+fn follow_host_addresses(args: &RunArgs, first: Vec<std::net::IpAddr>, to: NodeAddresses) {
+    if args.nodeport_addresses.is_empty() {
+        return;
+    }
+    let fixed = args.node_addresses.clone();
+    let cidrs = args.nodeport_addresses.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ringlb-addresses".into())
+        .spawn(move || {
+            let mut current = first;
+            loop {
+                std::thread::sleep(ADDRESS_POLL);
+                let Ok(now) = host_node_addresses(&fixed, &cidrs) else {
+                    continue;
+                };
+                if now != current {
+                    tracing::info!(addresses = ?now, "this host's NodePort addresses changed");
+                    if !to.set(now.clone()) {
+                        return;
+                    }
+                    current = now;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot follow this host's addresses; NodePort addresses stay as read at start");
+    }
 }
 
 /// Every frontend of `resolved` with its verdict: redirect to the service's portal (its

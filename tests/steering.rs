@@ -450,6 +450,24 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // A node address outside --nodeport-addresses does not take NodePorts (nothing listens).
     let outside = ask(&pod.0, "10.241.2.1:30080").unwrap_err();
     assert_eq!(outside.kind(), ErrorKind::ConnectionRefused, "{outside}");
+    // A new address of this host within --nodeport-addresses takes NodePorts once ringlb has
+    // read the host's addresses again (every 2 s).
+    node.ip(&["addr", "add", "10.241.1.7/24", "dev", "n0"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match ask(&pod.0, "10.241.1.7:30080") {
+            Ok(answer) => {
+                assert_eq!(answer, "web");
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the new node address never took the NodePort: {e}\n{}",
+                proxy.stderr()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // No endpoint anywhere: refused at once.
     let started = Instant::now();
     let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();

@@ -20,6 +20,7 @@
 //! to its slices). [`crate::k8s::resolve_node_service`] checks the first rule again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -101,6 +102,17 @@ impl Default for Shared {
     }
 }
 
+/// Sends new node addresses to a running [`KubeWatch`] from any thread.
+#[derive(Clone, Debug)]
+pub struct NodeAddresses(tokio::sync::mpsc::UnboundedSender<Vec<IpAddr>>);
+
+impl NodeAddresses {
+    /// The addresses NodePorts listen on from now on. `false` once the watch has stopped.
+    pub fn set(&self, addresses: Vec<IpAddr>) -> bool {
+        self.0.send(addresses).is_ok()
+    }
+}
+
 /// The Cluster Autoscaler's taint on a node it is about to delete.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
@@ -120,6 +132,7 @@ pub fn node_eligible(node: &Node) -> bool {
 pub struct KubeWatch {
     shared: Arc<SharedHandle>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    addresses: tokio::sync::mpsc::UnboundedSender<Vec<IpAddr>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -141,6 +154,7 @@ impl KubeWatch {
     ) -> Result<KubeWatch, KubeError> {
         let shared = Arc::new(SharedHandle(Shared::default()));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (addr_tx, addr_rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let state = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -166,7 +180,7 @@ impl KubeWatch {
                     };
                     let _ = ready_tx.send(Ok(()));
                     tokio::select! {
-                        () = watch(client, options.node, state, on_change) => {}
+                        () = watch(client, options.node, addr_rx, state, on_change) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -175,6 +189,7 @@ impl KubeWatch {
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(KubeWatch {
                 shared,
+                addresses: addr_tx,
                 stop: Some(stop_tx),
                 thread: Some(thread),
             }),
@@ -189,6 +204,12 @@ impl KubeWatch {
                 )))
             }
         }
+    }
+
+    /// A handle that replaces the node addresses NodePorts listen on (this host's addresses
+    /// changed); every Service is resolved again when they differ.
+    pub fn node_addresses(&self) -> NodeAddresses {
+        NodeAddresses(self.addresses.clone())
     }
 
     /// This node's eligibility for load balancer traffic (see [`node_eligible`]), kept up to
@@ -263,6 +284,8 @@ enum Event {
     Service(Box<watcher::Result<watcher::Event<Service>>>),
     Slice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
     Node(Box<watcher::Result<watcher::Event<Node>>>),
+    /// This host's NodePort addresses changed.
+    NodeAddresses(Vec<IpAddr>),
 }
 
 type Key = (String, String);
@@ -271,6 +294,7 @@ type Key = (String, String);
 async fn watch(
     client: Client,
     mut node: NodeOptions,
+    addresses: tokio::sync::mpsc::UnboundedReceiver<Vec<IpAddr>>,
     shared: Arc<SharedHandle>,
     on_change: impl Fn(),
 ) {
@@ -292,9 +316,12 @@ async fn watch(
         .default_backoff()
         .map(|e| Event::Node(Box::new(e)));
     // Watcher streams must be pinned before `.next()`.
+    let address_events = futures_util::stream::unfold(addresses, |mut rx| async move {
+        rx.recv().await.map(|a| (Event::NodeAddresses(a), rx))
+    });
     let mut events = std::pin::pin!(futures_util::stream::select(
         futures_util::stream::select(svc_events, slice_events),
-        node_events,
+        futures_util::stream::select(node_events, address_events),
     ));
 
     let mut state = State::default();
@@ -346,6 +373,14 @@ async fn watch(
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
                 Err(e) => watch_failed(&e),
             },
+            Event::NodeAddresses(addresses) => {
+                if addresses != node.node_addresses {
+                    tracing::info!(node = %node.node_name, ?addresses, "NodePort addresses changed; resolving every service again");
+                    node.node_addresses = addresses;
+                    state.full = true;
+                }
+                state.full
+            }
             Event::Node(boxed) => match *boxed {
                 Ok(e) => {
                     let eligible = match &e {
