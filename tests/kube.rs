@@ -688,3 +688,100 @@ fn ringlb_run_kubernetes_serves_a_cluster_ip_and_follows_endpoint_slices() {
     }
     std::fs::remove_file(kubeconfig).unwrap();
 }
+
+/// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
+/// 10,000 Services watched through the fake API server, the time from an EndpointSlice
+/// change (written to the API) to the first new connection that reaches the new endpoint,
+/// through the real binary. Each Service has its own cluster IP in 127.10.0.0/16, bound
+/// directly (without `--nftables` ringlb listens on them; with it an endpoint change touches
+/// no nftables element, since the portal stays). Prints the numbers; bounded in time.
+#[test]
+#[ignore = "benchmark: 10,000 Services; run with --ignored --nocapture"]
+fn endpoint_slice_change_to_traffic_at_ten_thousand_services() {
+    raise_nofile();
+    const SERVICES: u32 = 10_000;
+    const CHANGES: usize = 10;
+    let ip_of = |i: u32| IpAddr::V4(Ipv4Addr::from(0x7f0a_0000 + i)); // 127.10.0.0 + i
+    let port = std::net::TcpListener::bind(SocketAddr::new(ip_of(0), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (a, b) = (name_server("a"), name_server("b"));
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    let started = Instant::now();
+    for i in 0..SERVICES {
+        let ip = ip_of(i).to_string();
+        api.apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+            "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                     "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}}));
+        // Every other Service's endpoint is never dialled.
+        let backend = if i == 0 {
+            a
+        } else {
+            "127.0.0.1:9".parse().unwrap()
+        };
+        let mut s = slice(
+            &format!("svc-{i}-1"),
+            &format!("svc-{i}"),
+            json!([{"addresses": [backend.ip().to_string()]}]),
+            backend.port(),
+        );
+        s["metadata"]["namespace"] = json!("bench");
+        api.apply(s);
+    }
+    let kubeconfig = api.kubeconfig();
+    let proxy = Ringlb::start(&[
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--admin",
+        "off",
+        // One listening socket per Service and worker: 10,000 stay under the usual
+        // 20,000-descriptor hard limit.
+        "--workers",
+        "1",
+    ]);
+    let listed = started.elapsed();
+    assert_eq!(proxy.addrs.len(), SERVICES as usize);
+    let front = SocketAddr::new(ip_of(0), port);
+    assert_eq!(answer(front), "a");
+
+    let mut took = Vec::with_capacity(CHANGES);
+    for round in 0..CHANGES {
+        let (to, name) = if round % 2 == 0 { (b, "b") } else { (a, "a") };
+        let mut s = slice(
+            "svc-0-1",
+            "svc-0",
+            json!([{"addresses": [to.ip().to_string()]}]),
+            to.port(),
+        );
+        s["metadata"]["namespace"] = json!("bench");
+        let changed = Instant::now();
+        api.apply(s);
+        let deadline = changed + Duration::from_secs(20);
+        while answer(front) != name {
+            assert!(
+                Instant::now() < deadline,
+                "the change to {name} never reached traffic"
+            );
+        }
+        took.push(changed.elapsed());
+    }
+    took.sort();
+    println!(
+        "{SERVICES} Services: listed and serving {listed:?} after the API held them; \
+         EndpointSlice change to traffic over {CHANGES} changes: min {:?}, median {:?}, max {:?} \
+         (includes the watch's {:?} settle window)",
+        took[0],
+        took[CHANGES / 2],
+        took[CHANGES - 1],
+        config::kube::SETTLE
+    );
+    std::fs::remove_file(kubeconfig).unwrap();
+}
