@@ -634,6 +634,23 @@ fn a_node_tainted_for_deletion_or_being_deleted_is_not_eligible() {
     becomes(false, "a deletion timestamp");
 }
 
+/// `ringlb run --kubernetes` as node `node-a` of the API in `kubeconfig`, one worker, no
+/// admin API.
+fn node_a(kubeconfig: &Path) -> Ringlb {
+    Ringlb::start(&[
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--admin",
+        "off",
+        "--workers",
+        "1",
+    ])
+}
+
 /// The real binary: `ringlb run --kubernetes --kubeconfig` serves real TCP to loopback
 /// backends listed in EndpointSlices, on a Service cluster IP in 127.0.0.0/8, and follows a
 /// slice change.
@@ -664,18 +681,7 @@ fn ringlb_run_kubernetes_serves_a_cluster_ip_and_follows_endpoint_slices() {
     api.apply(slice("web-a", "web", eps(&[a]), a.port()));
     api.apply(slice("web-b", "web", eps(&[b]), b.port()));
     let kubeconfig = api.kubeconfig();
-    let proxy = Ringlb::start(&[
-        "run",
-        "--kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-        "--admin",
-        "off",
-        "--workers",
-        "1",
-    ]);
+    let proxy = node_a(&kubeconfig);
     assert_eq!(proxy.addrs, [cluster]);
     let mut seen: Vec<String> = (0..4).map(|_| answer(cluster)).collect();
     seen.sort();
@@ -733,20 +739,9 @@ fn endpoint_slice_change_to_traffic_at_ten_thousand_services() {
         api.apply(s);
     }
     let kubeconfig = api.kubeconfig();
-    let proxy = Ringlb::start(&[
-        "run",
-        "--kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-        "--admin",
-        "off",
-        // One listening socket per Service and worker: 10,000 stay under the usual
-        // 20,000-descriptor hard limit.
-        "--workers",
-        "1",
-    ]);
+    // One worker: one listening socket per Service and worker, and 10,000 stay under the
+    // usual 20,000-descriptor hard limit.
+    let proxy = node_a(&kubeconfig);
     let listed = started.elapsed();
     assert_eq!(proxy.addrs.len(), SERVICES as usize);
     let front = SocketAddr::new(ip_of(0), port);
