@@ -174,3 +174,125 @@ spec: {clusterIP: 127.0.0.82, ports: [{port: 80}]}
         .iter()
         .any(|n| n.reason == NotProxiedReason::NotSelected("ringlb".into())));
 }
+
+const DUAL_STACK: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: fd00:241:96::10
+  clusterIPs: [fd00:241:96::10, 10.241.96.10]
+  externalIPs: [10.241.9.9, fd00:241:9::9]
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.241.2.2], nodeName: node-a}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8081}]
+endpoints:
+  - {addresses: ['fd00:241:2::2'], nodeName: node-a}
+  - {addresses: ['fd00:241:2::3'], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v4only, namespace: shop}
+spec:
+  type: NodePort
+  clusterIP: 10.241.96.11
+  externalIPs: [fd00:241:9::11]
+  ports: [{name: http, port: 80, nodePort: 30081}]
+";
+
+fn dual_stack_options() -> NodeOptions {
+    let mut o = options(None);
+    o.node_addresses = vec![
+        "10.241.1.1".parse().unwrap(),
+        "fd00:241:1::1".parse().unwrap(),
+    ];
+    o
+}
+
+fn listen(r: &Resolved, name: &str) -> Vec<String> {
+    let s = r.config.services.iter().find(|s| s.name == name).unwrap();
+    s.listen.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn each_address_family_is_served_apart_with_its_own_endpoints() {
+    let r = resolve_node(&objects(DUAL_STACK), &dual_stack_options());
+    let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+    // The first cluster IP's family keeps the plain name.
+    assert_eq!(
+        names,
+        ["shop.v4only.http", "shop.web.http", "shop.web.http.ipv4"]
+    );
+    assert_eq!(
+        listen(&r, "shop.web.http"),
+        [
+            "[fd00:241:96::10]:80",
+            "[fd00:241:9::9]:80",
+            "[fd00:241:1::1]:30080"
+        ]
+    );
+    assert_eq!(
+        backends(&r, "shop.web.http"),
+        ["[fd00:241:2::2]:8081", "[fd00:241:2::3]:8081"]
+    );
+    assert_eq!(
+        listen(&r, "shop.web.http.ipv4"),
+        ["10.241.96.10:80", "10.241.9.9:80", "10.241.1.1:30080"]
+    );
+    assert_eq!(backends(&r, "shop.web.http.ipv4"), ["10.241.2.2:8080"]);
+    // A single-stack Service takes neither the other family's node addresses nor its
+    // external IPs, and says so for the latter.
+    assert_eq!(
+        listen(&r, "shop.v4only.http"),
+        ["10.241.96.11:80", "10.241.1.1:30081"]
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("shop.v4only: external or load balancer IPs fd00:241:9::11")),
+        "{:?}",
+        r.warnings
+    );
+}
+
+#[test]
+fn a_dual_stack_service_without_endpoints_of_one_family_refuses_on_that_family_only() {
+    // Without the IPv6 slice.
+    let text: Vec<&str> = DUAL_STACK
+        .split("---")
+        .filter(|doc| !doc.contains("name: web-v6"))
+        .collect();
+    let text = text.join("---");
+    let r = resolve_node(&objects(&text), &dual_stack_options());
+    let at = |name: &str| {
+        let i = r
+            .config
+            .services
+            .iter()
+            .position(|s| s.name == name)
+            .unwrap();
+        (&r.config.services[i], &r.ports[i])
+    };
+    let (v6, v6_port) = at("shop.web.http");
+    assert!(v6.backends.is_empty());
+    assert!(
+        !v6_port.any_endpoints,
+        "no IPv6 endpoint anywhere: rejected"
+    );
+    let (v4, v4_port) = at("shop.web.http.ipv4");
+    assert_eq!(v4.backends.len(), 1);
+    assert!(v4_port.any_endpoints);
+}

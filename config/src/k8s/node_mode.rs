@@ -23,6 +23,13 @@
 //!   set under `internalTrafficPolicy: Local`, external ones under `externalTrafficPolicy:
 //!   Local`, else the cluster set. When the two policies differ, the port becomes two ringlb
 //!   services, `namespace.name.port` (cluster IPs) and `namespace.name.port.external`.
+//! - Address families are served apart, as kube-proxy runs one single-stack proxier per
+//!   family: a Service is served in each family it has a cluster IP of, with that family's
+//!   cluster IPs, external IPs, load balancer IPs and node addresses and only that family's
+//!   endpoints (so a dual-stack Service with IPv4 endpoints only works on IPv4 and refuses on
+//!   IPv6). The first cluster IP's family keeps the plain name; the other's ringlb services
+//!   end in `.ipv6` (or `.ipv4`). External IPs and load balancer IPs of a family the Service
+//!   has no cluster IP of are not served (a warning says so).
 //! - A port with frontends but no usable endpoint is still served, with no backends: new
 //!   connections are refused, as kube-proxy rejects them. [`ResolvedPort::any_endpoints`]
 //!   tells a rejection (none anywhere) from a policy `Local` drop (none here).
@@ -34,7 +41,7 @@ use balancers::{Scheduler, SchedulerConfig};
 
 use super::resolve::{endpoints_of, service_port_name, Source};
 use super::types::{
-    EndpointSlice, IpMode, Object, PortProtocol, Service, ServiceType, TrafficPolicy,
+    EndpointSlice, IpMode, Object, PortProtocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
 use super::{
     Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
@@ -125,6 +132,29 @@ pub fn resolve_node_service(
     } else {
         Source::Slices(slices)
     };
+    // kube-proxy proxies each address family on its own (one proxier per family): a
+    // family's frontends exist only if the Service has a cluster IP of that family, and they
+    // go to that family's endpoints only.
+    let mut families: Vec<bool> = Vec::new();
+    for ip in &svc.cluster_ips {
+        if !families.contains(&ip.is_ipv6()) {
+            families.push(ip.is_ipv6());
+        }
+    }
+    let stray: Vec<String> = svc
+        .external_ips
+        .iter()
+        .chain(&lb_ips)
+        .filter(|ip| !families.contains(&ip.is_ipv6()))
+        .map(ToString::to_string)
+        .collect();
+    if !stray.is_empty() {
+        out.warnings.push(format!(
+            "{whole}: external or load balancer IPs {} not served: the Service has no cluster \
+             IP of their family (kube-proxy serves each family only with its own cluster IP)",
+            stray.join(", ")
+        ));
+    }
     for port in &svc.ports {
         let name = service_port_name(svc, port);
         let protocol = match port.protocol {
@@ -138,99 +168,153 @@ pub fn resolve_node_service(
                 continue;
             }
         };
-        let at_port = |ip: &IpAddr| SocketAddr::new(*ip, port.port);
-        let internal: Vec<SocketAddr> = svc.cluster_ips.iter().map(at_port).collect();
-        let mut external: Vec<SocketAddr> = svc
-            .external_ips
-            .iter()
-            .chain(&lb_ips)
-            .map(at_port)
-            .collect();
-        if let (Some(np), ServiceType::NodePort | ServiceType::LoadBalancer) =
-            (port.node_port, svc.service_type)
-        {
-            external.extend(
-                options
-                    .node_addresses
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, np)),
-            );
-        }
-        let mut seen: std::collections::HashSet<SocketAddr> = internal.iter().copied().collect();
-        external.retain(|a| seen.insert(*a));
-
-        let eps = endpoints_of(&source, port).unwrap_or_default();
-        let sets = categorize(&eps, options);
-        let itp = svc.internal_traffic_policy;
-        let etp = svc.external_traffic_policy;
-        let groups = if external.is_empty() {
-            vec![(name.clone(), Frontends::All, internal, itp)]
-        } else if itp == etp {
-            let mut all = internal;
-            all.extend(external);
-            vec![(name.clone(), Frontends::All, all, itp)]
-        } else {
-            vec![
-                (name.clone(), Frontends::Internal, internal, itp),
-                (
-                    format!("{name}.external"),
-                    Frontends::External,
-                    external,
-                    etp,
-                ),
-            ]
-        };
-        for (svc_name, frontends, listen, policy) in groups {
-            let usable = match policy {
-                TrafficPolicy::Cluster => &sets.cluster,
-                TrafficPolicy::Local => &sets.local,
+        let all_eps = endpoints_of(&source, port).unwrap_or_default();
+        for (i, &v6) in families.iter().enumerate() {
+            // The primary family (that of the first cluster IP) keeps the plain name.
+            let base = match (i, v6) {
+                (0, _) => name.clone(),
+                (_, true) => format!("{name}.ipv6"),
+                (_, false) => format!("{name}.ipv4"),
             };
-            let endpoints: Vec<ResolvedEndpoint> = eps
+            let family = |ip: &IpAddr| ip.is_ipv6() == v6;
+            let at_port = |ip: &IpAddr| SocketAddr::new(*ip, port.port);
+            let internal: Vec<SocketAddr> = svc
+                .cluster_ips
                 .iter()
-                .zip(usable)
-                .map(|(e, &usable)| ResolvedEndpoint {
-                    usable,
-                    ..e.clone()
-                })
+                .filter(|ip| family(ip))
+                .map(at_port)
                 .collect();
-            let backends: Vec<Backend> = endpoints
+            let mut external: Vec<SocketAddr> = svc
+                .external_ips
                 .iter()
-                .filter(|e| e.usable)
-                .map(|e| Backend::new(e.address, ServiceDefaults::WEIGHT))
+                .chain(&lb_ips)
+                .filter(|ip| family(ip))
+                .map(at_port)
                 .collect();
-            let mut scheduler = svc.scheduler;
-            let specs: Vec<_> = backends.iter().map(Backend::spec).collect();
-            if !specs.is_empty() {
-                if let Err(e) = Scheduler::build(&scheduler, &specs) {
-                    out.warnings.push(format!(
-                        "{svc_name}: scheduler {} cannot serve its {} endpoints ({e}); using rr",
-                        scheduler.kind,
-                        specs.len()
-                    ));
-                    scheduler = SchedulerConfig::default();
-                }
+            if let (Some(np), ServiceType::NodePort | ServiceType::LoadBalancer) =
+                (port.node_port, svc.service_type)
+            {
+                external.extend(
+                    options
+                        .node_addresses
+                        .iter()
+                        .filter(|ip| family(ip))
+                        .map(|ip| SocketAddr::new(*ip, np)),
+                );
             }
-            let mut model =
-                ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
-            model.session_affinity = svc.session_affinity;
-            out.services.push((
-                model,
-                ResolvedPort {
-                    service: meta.key(),
-                    port_name: port.name.clone(),
-                    external_traffic_policy: etp,
-                    internal_traffic_policy: itp,
-                    endpoints,
-                    frontends,
-                    any_endpoints: sets.any,
-                    node_port: port.node_port,
-                    health_check_node_port: svc.health_check_node_port,
-                    cluster_ips: svc.cluster_ips.clone(),
-                },
-            ));
+            let mut seen: std::collections::HashSet<SocketAddr> =
+                internal.iter().copied().collect();
+            external.retain(|a| seen.insert(*a));
+            let eps: Vec<ResolvedEndpoint> = all_eps
+                .iter()
+                .filter(|e| family(&e.address.ip()))
+                .cloned()
+                .collect();
+            let part = PortFamily {
+                name: base,
+                protocol,
+                internal,
+                external,
+                endpoints: eps,
+            };
+            resolve_family(svc, port, part, options, &mut out);
         }
     }
     out
+}
+
+/// One service port in one address family: its frontends and endpoints of that family.
+struct PortFamily {
+    /// The ringlb name (of the internal part, when the policies split the port).
+    name: String,
+    protocol: Protocol,
+    /// Cluster IPs at `port`.
+    internal: Vec<SocketAddr>,
+    /// External IPs and load balancer IPs at `port`, node addresses at `nodePort`.
+    external: Vec<SocketAddr>,
+    endpoints: Vec<ResolvedEndpoint>,
+}
+
+/// The ringlb services of one service port in one address family.
+fn resolve_family(
+    svc: &Service,
+    port: &ServicePort,
+    part: PortFamily,
+    options: &NodeOptions,
+    out: &mut NodeService,
+) {
+    let PortFamily {
+        name,
+        protocol,
+        internal,
+        external,
+        endpoints: eps,
+    } = part;
+    let sets = categorize(&eps, options);
+    let itp = svc.internal_traffic_policy;
+    let etp = svc.external_traffic_policy;
+    let groups = if external.is_empty() {
+        vec![(name, Frontends::All, internal, itp)]
+    } else if itp == etp {
+        let mut all = internal;
+        all.extend(external);
+        vec![(name, Frontends::All, all, itp)]
+    } else {
+        let external_name = format!("{name}.external");
+        vec![
+            (name, Frontends::Internal, internal, itp),
+            (external_name, Frontends::External, external, etp),
+        ]
+    };
+    for (svc_name, frontends, listen, policy) in groups {
+        let usable = match policy {
+            TrafficPolicy::Cluster => &sets.cluster,
+            TrafficPolicy::Local => &sets.local,
+        };
+        let endpoints: Vec<ResolvedEndpoint> = eps
+            .iter()
+            .zip(usable)
+            .map(|(e, &usable)| ResolvedEndpoint {
+                usable,
+                ..e.clone()
+            })
+            .collect();
+        let backends: Vec<Backend> = endpoints
+            .iter()
+            .filter(|e| e.usable)
+            .map(|e| Backend::new(e.address, ServiceDefaults::WEIGHT))
+            .collect();
+        let mut scheduler = svc.scheduler;
+        let specs: Vec<_> = backends.iter().map(Backend::spec).collect();
+        if !specs.is_empty() {
+            if let Err(e) = Scheduler::build(&scheduler, &specs) {
+                out.warnings.push(format!(
+                    "{svc_name}: scheduler {} cannot serve its {} endpoints ({e}); using rr",
+                    scheduler.kind,
+                    specs.len()
+                ));
+                scheduler = SchedulerConfig::default();
+            }
+        }
+        let mut model =
+            ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
+        model.session_affinity = svc.session_affinity;
+        out.services.push((
+            model,
+            ResolvedPort {
+                service: svc.meta.key(),
+                port_name: port.name.clone(),
+                external_traffic_policy: etp,
+                internal_traffic_policy: itp,
+                endpoints,
+                frontends,
+                any_endpoints: sets.any,
+                node_port: port.node_port,
+                health_check_node_port: svc.health_check_node_port,
+                cluster_ips: svc.cluster_ips.clone(),
+            },
+        ));
+    }
 }
 
 /// The usable endpoints of one service port under each traffic policy (flags aligned with
