@@ -82,8 +82,9 @@ pub struct RunArgs {
     pub service_proxy_name: Option<String>,
 
     /// With --kubernetes: steer traffic for cluster IPs, external IPs, load balancer IPs and
-    /// node addresses at node ports to ringlb through its own nftables table (`ip ringlb`,
-    /// replaced at start, deleted at exit; needs CAP_NET_ADMIN and the `nft` program).
+    /// node addresses at node ports to ringlb through its own nftables tables (`ip ringlb`
+    /// and `ip6 ringlb`, replaced at start, deleted at exit; needs CAP_NET_ADMIN and the
+    /// `nft` program).
     /// Without it, ringlb binds those addresses itself, so they must be local.
     #[arg(long, requires = "kubernetes")]
     pub nftables: bool,

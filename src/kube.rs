@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -36,14 +36,14 @@ pub struct Kube {
     node_health: Arc<NodeHealth>,
 }
 
-/// The nftables table, deleted when ringlb exits.
+/// The nftables tables, deleted when ringlb exits.
 struct OwnedTable(Steering);
 
 impl Drop for OwnedTable {
     fn drop(&mut self) {
         match self.0.remove() {
-            Ok(()) => tracing::info!("nftables table ip {} deleted", proxy_core::steer::TABLE),
-            Err(e) => tracing::error!("cannot delete the nftables table: {e}"),
+            Ok(()) => tracing::info!("nftables tables {} deleted", proxy_core::steer::TABLE),
+            Err(e) => tracing::error!("cannot delete the nftables tables: {e}"),
         }
     }
 }
@@ -174,20 +174,35 @@ impl Kube {
     }
 
     /// What the data plane serves for `config`: with `--nftables` each service listens on
-    /// one portal, a wildcard IPv4 socket on a port the kernel picks (kept across reloads),
-    /// and the nftables table redirects its frontends there; else the frontends themselves.
+    /// a portal per address family of its frontends, a wildcard socket (`0.0.0.0`, `[::]`)
+    /// on a port the kernel picks (kept across reloads), and the nftables tables redirect its
+    /// frontends there; else the frontends themselves.
     fn served(&self, config: &Config) -> Config {
         let mut config = config.clone();
-        if self.steering.is_some() {
+        if let Some(steering) = &self.steering {
+            let ipv6 = steering.borrow().0.ipv6();
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+            let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0);
             for svc in &mut config.services {
-                svc.listen = vec![SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0)];
+                let mut portals = Vec::new();
+                if svc.listen.iter().any(SocketAddr::is_ipv4) {
+                    portals.push(v4);
+                }
+                if ipv6 && svc.listen.iter().any(SocketAddr::is_ipv6) {
+                    portals.push(v6);
+                }
+                if portals.is_empty() {
+                    // IPv6 frontends on a host without IPv6: nothing reaches this one.
+                    portals.push(v4);
+                }
+                svc.listen = portals;
             }
         }
         config
     }
 
-    /// Starts the `healthCheckNodePort` servers and writes the first nftables table
-    /// (replacing a stale one) for the served model. An nftables error here means ringlb
+    /// Starts the `healthCheckNodePort` servers and writes the first nftables tables
+    /// (replacing stale ones) for the served model. An nftables error here means ringlb
     /// cannot do its job: the caller stops.
     pub fn start_steering(&self, proxy: &Proxy) -> anyhow::Result<()> {
         let Some(snapshot) = self.watch.latest() else {
@@ -195,7 +210,7 @@ impl Kube {
         };
         self.health.borrow_mut().sync(&snapshot.resolved);
         self.steer(proxy, &snapshot.resolved)
-            .context("cannot program the nftables table (needs CAP_NET_ADMIN and nft)")
+            .context("cannot program the nftables tables (needs CAP_NET_ADMIN and nft)")
     }
 
     fn log_steer(&self, proxy: &Proxy, resolved: &Resolved) {
@@ -205,13 +220,13 @@ impl Kube {
             Err(e) => {
                 self.node_health.failed();
                 tracing::error!(
-                    "nftables table not updated, the previous one keeps steering: {e:#}"
+                    "nftables tables not updated, the previous ones keep steering: {e:#}"
                 );
             }
         }
     }
 
-    /// Brings the nftables table in line with `resolved` and the portals `proxy` serves.
+    /// Brings the nftables tables in line with `resolved` and the portals `proxy` serves.
     fn steer(&self, proxy: &Proxy, resolved: &Resolved) -> anyhow::Result<()> {
         let Some(steering) = &self.steering else {
             return Ok(());
@@ -226,7 +241,7 @@ impl Kube {
         cluster_ips.dedup();
         let report = steering.borrow_mut().0.sync(&entries, &cluster_ips)?;
         for e in &report.unsteered {
-            tracing::warn!(frontend = %e.frontend, "IPv6 frontends are not steered yet");
+            tracing::warn!(frontend = %e.frontend, "not steered: this host has no IPv6");
         }
         if report.lines > 0 {
             announce_line(&format!(
@@ -236,7 +251,7 @@ impl Kube {
                 report.steered,
                 report.took.as_micros()
             ));
-            tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables table updated");
+            tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables tables updated");
         }
         Ok(())
     }
@@ -306,34 +321,48 @@ fn follow_host_addresses(args: &RunArgs, first: Vec<std::net::IpAddr>, to: NodeA
     }
 }
 
-/// Every frontend of `resolved` with its verdict: redirect to the service's portal (its
-/// listen port in `table`), reject when no endpoint exists anywhere, drop when policy `Local`
-/// leaves none on this node (kube-proxy's rules).
+/// Every frontend of `resolved` with its verdict: redirect to the service's portal of the
+/// frontend's address family (its listen ports in `table`), reject when no endpoint exists
+/// anywhere, drop when policy `Local` leaves none on this node (kube-proxy's rules).
 fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
-    let portals: HashMap<&str, u16> = table
-        .services()
-        .iter()
-        .filter_map(|s| Some((s.service.name.as_str(), s.service.listen.first()?.port())))
-        .collect();
+    // Service name → (IPv4 portal, IPv6 portal).
+    let mut portals: HashMap<&str, (Option<u16>, Option<u16>)> = HashMap::new();
+    for s in table.services().iter() {
+        let entry = portals.entry(s.service.name.as_str()).or_default();
+        for addr in &s.service.listen {
+            match addr {
+                SocketAddr::V4(a) => entry.0 = Some(a.port()),
+                SocketAddr::V6(a) => entry.1 = Some(a.port()),
+            }
+        }
+    }
     let mut out = Vec::new();
     for (svc, port) in resolved.config.services.iter().zip(&resolved.ports) {
-        let verdict = if svc.backends.is_empty() {
-            if port.any_endpoints {
-                Verdict::Drop
+        let served = portals.get(svc.name.as_str()).copied().unwrap_or_default();
+        for &frontend in &svc.listen {
+            let verdict = if svc.backends.is_empty() {
+                if port.any_endpoints {
+                    Verdict::Drop
+                } else {
+                    Verdict::Reject
+                }
             } else {
-                Verdict::Reject
-            }
-        } else {
-            match portals.get(svc.name.as_str()) {
-                Some(&p) => Verdict::Redirect(p),
-                None => continue,
-            }
-        };
-        out.extend(svc.listen.iter().map(|&frontend| SteerEntry {
-            protocol: svc.protocol,
-            frontend,
-            verdict,
-        }));
+                let portal = if frontend.is_ipv4() {
+                    served.0
+                } else {
+                    served.1
+                };
+                match portal {
+                    Some(p) => Verdict::Redirect(p),
+                    None => continue,
+                }
+            };
+            out.push(SteerEntry {
+                protocol: svc.protocol,
+                frontend,
+                verdict,
+            });
+        }
     }
     out
 }

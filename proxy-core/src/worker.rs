@@ -404,14 +404,14 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
 
 /// The address the client dialled, for the scheduler (`dh`) and the decision log. A listener
 /// bound to one address is that address (no system call). On a wildcard listener it is the
-/// destination before netfilter redirected the connection there (`SO_ORIGINAL_DST`: node
-/// mode's portals, where it is the cluster IP, external IP or node port the client used), or
-/// else the local address the connection reached.
+/// destination before netfilter redirected the connection there (`SO_ORIGINAL_DST`, or
+/// `IP6T_SO_ORIGINAL_DST` on `[::]`: node mode's portals, where it is the cluster IP, external
+/// IP or node port the client used), or else the local address the connection reached.
 fn destination(client: &TcpStream, listen: SocketAddr) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }
-    crate::steer::original_dst(client)
+    crate::steer::original_dst(client, listen.is_ipv6())
         .or_else(|| client.local_addr().ok())
         .unwrap_or(listen)
 }

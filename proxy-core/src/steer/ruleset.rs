@@ -1,0 +1,619 @@
+//! The text of ringlb's nftables tables, as pure functions of the steering [`State`]: the
+//! whole tables ([`full_ruleset`]), the elements that changed ([`diff_ruleset`]), their removal
+//! ([`delete_ruleset`]), and the UDP frontends whose conntrack entries went stale
+//! ([`stale_udp`]). See the parent module for what the tables do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use config::Protocol;
+
+/// What happens to new traffic for one frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    /// Redirect to the local portal listener on this port (of the frontend's family).
+    Redirect(u16),
+    /// No endpoint anywhere: refuse (TCP reset, ICMP port unreachable).
+    Reject,
+    /// Policy `Local` and no endpoint on this node: drop, as kube-proxy does.
+    Drop,
+}
+
+/// One frontend of a service and its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteerEntry {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The address clients use (cluster IP, external IP, LB IP or node address, and port).
+    pub frontend: SocketAddr,
+    /// What to do with it.
+    pub verdict: Verdict,
+}
+
+/// An address family, with its table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The table, as nft names it.
+    fn table(self) -> &'static str {
+        match self {
+            Family::V4 => "ip ringlb",
+            Family::V6 => "ip6 ringlb",
+        }
+    }
+
+    fn addr_type(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        }
+    }
+
+    fn daddr(self) -> &'static str {
+        match self {
+            Family::V4 => "ip daddr",
+            Family::V6 => "ip6 daddr",
+        }
+    }
+
+    /// The families whose tables ringlb writes.
+    fn written(ipv6: bool) -> &'static [Family] {
+        if ipv6 {
+            &[Family::V4, Family::V6]
+        } else {
+            &[Family::V4]
+        }
+    }
+}
+
+/// A map key: `ip daddr . meta l4proto . th dport` (`ip6 daddr` for IPv6).
+type Key = (IpAddr, Proto, u16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// The steering state: every steered frontend with its verdict, every cluster IP, and whether
+/// the IPv6 table is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    frontends: BTreeMap<Key, Verdict>,
+    cluster_ips: BTreeSet<IpAddr>,
+    ipv6: bool,
+}
+
+impl State {
+    /// The protocol and port of every portal of `family` some frontend is redirected to.
+    fn portal_ports(&self, family: Family) -> BTreeSet<(Proto, u16)> {
+        self.frontends
+            .iter()
+            .filter(|((ip, _, _), _)| Family::of(ip) == family)
+            .filter_map(|(&(_, proto, _), v)| match v {
+                Verdict::Redirect(port) => Some((proto, *port)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Builds the state from `entries` and the services' `cluster_ips`, with the IPv6 table
+    /// if `ipv6`; returns it with the entries that cannot be steered (IPv6 frontends without
+    /// it). A frontend listed twice keeps its first verdict.
+    pub fn new(
+        entries: &[SteerEntry],
+        cluster_ips: &[IpAddr],
+        ipv6: bool,
+    ) -> (State, Vec<SteerEntry>) {
+        let steered = |ip: &IpAddr| ipv6 || ip.is_ipv4();
+        let mut frontends = BTreeMap::new();
+        let mut unsteered = Vec::new();
+        for e in entries {
+            let proto = match e.protocol {
+                Protocol::Tcp => Proto::Tcp,
+                Protocol::Udp => Proto::Udp,
+            };
+            if steered(&e.frontend.ip()) {
+                frontends
+                    .entry((e.frontend.ip(), proto, e.frontend.port()))
+                    .or_insert(e.verdict);
+            } else {
+                unsteered.push(*e);
+            }
+        }
+        let cluster_ips = cluster_ips.iter().copied().filter(steered).collect();
+        let state = State {
+            frontends,
+            cluster_ips,
+            ipv6,
+        };
+        (state, unsteered)
+    }
+
+    /// How many frontends are steered.
+    pub fn len(&self) -> usize {
+        self.frontends.len()
+    }
+
+    /// Whether no frontend is steered.
+    pub fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+    }
+}
+
+/// The table, map and element text of one frontend.
+fn element(key: &Key, verdict: Verdict) -> (&'static str, &'static str, String) {
+    let (map, k) = key_only(key, verdict);
+    let e = match verdict {
+        Verdict::Redirect(to) => format!("{k} : {to}"),
+        Verdict::Reject => format!("{k} : goto reject-chain"),
+        Verdict::Drop => format!("{k} : drop"),
+    };
+    (Family::of(&key.0).table(), map, e)
+}
+
+fn key_only(key: &Key, verdict: Verdict) -> (&'static str, String) {
+    let (ip, proto, port) = key;
+    let map = match verdict {
+        Verdict::Redirect(_) => "portals",
+        Verdict::Reject | Verdict::Drop => "no-endpoints",
+    };
+    (map, format!("{ip} . {} . {port}", proto.name()))
+}
+
+/// The fixed part of one family's table: created empty (after deleting whatever a previous
+/// ringlb left in it), its maps and sets, and its chains.
+fn skeleton(family: Family, line: &mut impl FnMut(String)) {
+    let t = family.table();
+    let key = format!("{} . inet_proto . inet_service", family.addr_type());
+    let lookup = format!("{} . meta l4proto . th dport", family.daddr());
+    line(format!("add table {t}"));
+    line(format!("delete table {t}"));
+    line(format!(
+        "add table {t} {{ comment \"owned by ringlb; replaced at start, deleted at exit\" ; }}"
+    ));
+    line(format!(
+        "add map {t} portals {{ type {key} : inet_service ; }}"
+    ));
+    line(format!(
+        "add map {t} no-endpoints {{ type {key} : verdict ; }}"
+    ));
+    line(format!(
+        "add set {t} cluster-ips {{ type {} ; }}",
+        family.addr_type()
+    ));
+    line(format!(
+        "add set {t} portal-ports {{ type inet_proto . inet_service ; }}"
+    ));
+    line(format!("add chain {t} reject-chain"));
+    // TCP gets a reset, the rest ICMP port unreachable (see the module docs).
+    line(format!(
+        "add rule {t} reject-chain meta l4proto tcp reject with tcp reset"
+    ));
+    line(format!("add rule {t} reject-chain reject"));
+    line(format!("add chain {t} cluster-ips-check"));
+    line(format!(
+        "add rule {t} cluster-ips-check {} @cluster-ips goto reject-chain",
+        family.daddr()
+    ));
+    for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+        line(format!(
+            "add chain {t} {chain} {{ type nat hook {hook} priority -100 ; }}"
+        ));
+        line(format!(
+            "add rule {t} {chain} meta l4proto {{ tcp, udp }} redirect to : {lookup} map @portals"
+        ));
+    }
+    for hook in ["input", "forward", "output"] {
+        line(format!(
+            "add chain {t} filter-{hook} {{ type filter hook {hook} priority -110 ; }}"
+        ));
+        line(format!(
+            "add rule {t} filter-{hook} ct state new {lookup} vmap @no-endpoints"
+        ));
+    }
+    line(format!(
+        "add rule {t} filter-input ct state new ct status ! dnat meta l4proto . th dport @portal-ports goto reject-chain"
+    ));
+    // After the nat chains: what they redirected no longer goes to a cluster IP.
+    line(format!(
+        "add rule {t} filter-forward ct state new jump cluster-ips-check"
+    ));
+    line(format!(
+        "add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}"
+    ));
+    line(format!(
+        "add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check"
+    ));
+}
+
+/// Both tables (the IPv6 one if `state` has it) as one transaction: each is created (so the
+/// `delete` cannot fail), deleted with whatever a previous ringlb left in it, and written
+/// again with `state`.
+pub fn full_ruleset(state: &State) -> String {
+    let mut out = String::new();
+    let mut line = |l: String| {
+        out.push_str(&l);
+        out.push('\n');
+    };
+    for &family in Family::written(state.ipv6) {
+        skeleton(family, &mut line);
+    }
+    for (k, v) in &state.frontends {
+        let (t, map, e) = element(k, *v);
+        line(format!("add element {t} {map} {{ {e} }}"));
+    }
+    for ip in &state.cluster_ips {
+        let t = Family::of(ip).table();
+        line(format!("add element {t} cluster-ips {{ {ip} }}"));
+    }
+    for &family in Family::written(state.ipv6) {
+        for (proto, port) in state.portal_ports(family) {
+            line(format!(
+                "add element {} portal-ports {{ {} . {port} }}",
+                family.table(),
+                proto.name()
+            ));
+        }
+    }
+    out
+}
+
+/// The transaction that turns `old` into `new` (both with the same tables): deletes the
+/// elements that left or changed, adds those that came or changed. Empty when nothing
+/// changed.
+pub fn diff_ruleset(old: &State, new: &State) -> String {
+    debug_assert_eq!(old.ipv6, new.ipv6, "a diff cannot add or remove a table");
+    let mut out = String::new();
+    for (k, v) in &old.frontends {
+        if new.frontends.get(k) != Some(v) {
+            let (map, e) = key_only(k, *v);
+            let t = Family::of(&k.0).table();
+            out.push_str(&format!("delete element {t} {map} {{ {e} }}\n"));
+        }
+    }
+    for (k, v) in &new.frontends {
+        if old.frontends.get(k) != Some(v) {
+            let (t, map, e) = element(k, *v);
+            out.push_str(&format!("add element {t} {map} {{ {e} }}\n"));
+        }
+    }
+    for ip in old.cluster_ips.difference(&new.cluster_ips) {
+        let t = Family::of(ip).table();
+        out.push_str(&format!("delete element {t} cluster-ips {{ {ip} }}\n"));
+    }
+    for ip in new.cluster_ips.difference(&old.cluster_ips) {
+        let t = Family::of(ip).table();
+        out.push_str(&format!("add element {t} cluster-ips {{ {ip} }}\n"));
+    }
+    for &family in Family::written(new.ipv6) {
+        let t = family.table();
+        let (old_ports, new_ports) = (old.portal_ports(family), new.portal_ports(family));
+        for (proto, port) in old_ports.difference(&new_ports) {
+            out.push_str(&format!(
+                "delete element {t} portal-ports {{ {} . {port} }}\n",
+                proto.name()
+            ));
+        }
+        for (proto, port) in new_ports.difference(&old_ports) {
+            out.push_str(&format!(
+                "add element {t} portal-ports {{ {} . {port} }}\n",
+                proto.name()
+            ));
+        }
+    }
+    out
+}
+
+/// UDP frontends whose conntrack entries may send clients to a portal that no longer serves
+/// them: after the first sync (`old` is `None`) every UDP frontend, since entries may point at
+/// a previous process's portals; after later ones, those that were redirected and now are
+/// redirected elsewhere, rejected, dropped or gone.
+pub fn stale_udp(old: Option<&State>, new: &State) -> Vec<(IpAddr, u16)> {
+    let udp = |k: &Key| k.1 == Proto::Udp;
+    match old {
+        None => new
+            .frontends
+            .keys()
+            .filter(|k| udp(k))
+            .map(|&(ip, _, port)| (ip, port))
+            .collect(),
+        Some(old) => old
+            .frontends
+            .iter()
+            .filter(|(k, v)| {
+                udp(k) && matches!(v, Verdict::Redirect(_)) && new.frontends.get(*k) != Some(*v)
+            })
+            .map(|(&(ip, _, port), _)| (ip, port))
+            .collect(),
+    }
+}
+
+/// The transaction that removes the tables (the IPv6 one too if `ipv6`).
+pub fn delete_ruleset(ipv6: bool) -> String {
+    Family::written(ipv6)
+        .iter()
+        .map(|f| format!("add table {t}\ndelete table {t}\n", t = f.table()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_udp_frontends_are_those_whose_portal_went_away() {
+        let udp = |f: &str, v| entry(Protocol::Udp, f, v);
+        let tcp = |f: &str, v| entry(Protocol::Tcp, f, v);
+        let (old, _) = State::new(
+            &[
+                udp("10.96.0.10:53", Verdict::Redirect(40001)),
+                udp("10.96.0.11:53", Verdict::Redirect(40002)),
+                udp("10.96.0.12:53", Verdict::Redirect(40003)),
+                udp("10.96.0.13:53", Verdict::Redirect(40004)),
+                udp("10.96.0.14:53", Verdict::Reject),
+                tcp("10.96.0.15:80", Verdict::Redirect(40005)),
+                udp("[fd00::10]:53", Verdict::Redirect(40007)),
+                udp("[fd00::11]:53", Verdict::Redirect(40008)),
+            ],
+            &[],
+            true,
+        );
+        let (new, _) = State::new(
+            &[
+                udp("10.96.0.10:53", Verdict::Redirect(40001)),
+                udp("10.96.0.11:53", Verdict::Redirect(40009)),
+                udp("10.96.0.12:53", Verdict::Reject),
+                udp("10.96.0.14:53", Verdict::Redirect(40006)),
+                tcp("10.96.0.15:80", Verdict::Redirect(40010)),
+                udp("[fd00::10]:53", Verdict::Drop),
+                udp("[fd00::11]:53", Verdict::Redirect(40008)),
+            ],
+            &[],
+            true,
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            stale_udp(Some(&old), &new),
+            vec![
+                (ip("10.96.0.11"), 53),
+                (ip("10.96.0.12"), 53),
+                (ip("10.96.0.13"), 53),
+                (ip("fd00::10"), 53)
+            ],
+            "portal moved, lost its endpoints, removed; unchanged, newly served and TCP are not"
+        );
+        assert_eq!(
+            stale_udp(None, &new),
+            vec![
+                (ip("10.96.0.10"), 53),
+                (ip("10.96.0.11"), 53),
+                (ip("10.96.0.12"), 53),
+                (ip("10.96.0.14"), 53),
+                (ip("fd00::10"), 53),
+                (ip("fd00::11"), 53)
+            ],
+            "after the first sync: every UDP frontend"
+        );
+    }
+
+    fn entry(protocol: Protocol, frontend: &str, verdict: Verdict) -> SteerEntry {
+        SteerEntry {
+            protocol,
+            frontend: frontend.parse().unwrap(),
+            verdict,
+        }
+    }
+
+    /// IPv4 frontends on portals 40000 (TCP) and 40001 (UDP), IPv6 ones on the IPv6 portals
+    /// 40000 (TCP: the same number, another socket) and 40100 (UDP).
+    fn entries() -> Vec<SteerEntry> {
+        vec![
+            entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Redirect(40000)),
+            entry(Protocol::Udp, "10.96.0.10:53", Verdict::Redirect(40001)),
+            entry(Protocol::Tcp, "192.168.1.5:30080", Verdict::Redirect(40000)),
+            entry(Protocol::Tcp, "10.96.0.11:80", Verdict::Reject),
+            entry(Protocol::Tcp, "10.96.0.12:443", Verdict::Drop),
+            entry(Protocol::Tcp, "[fd00::10]:80", Verdict::Redirect(40000)),
+            entry(Protocol::Udp, "[fd00::10]:53", Verdict::Redirect(40100)),
+            entry(Protocol::Tcp, "[fd00:1::5]:30080", Verdict::Redirect(40000)),
+            entry(Protocol::Tcp, "[fd00::11]:80", Verdict::Reject),
+            entry(Protocol::Tcp, "[fd00::12]:443", Verdict::Drop),
+        ]
+    }
+
+    fn cluster_ips() -> Vec<IpAddr> {
+        [
+            "10.96.0.10",
+            "10.96.0.11",
+            "10.96.0.12",
+            "fd00::10",
+            "fd00::11",
+            "fd00::12",
+        ]
+        .iter()
+        .map(|ip| ip.parse().unwrap())
+        .collect()
+    }
+
+    /// One family's fixed part, `ip` / `ip ringlb` style names filled in.
+    fn skeleton_text(family: &str, addr: &str, daddr: &str) -> String {
+        let t = format!("{family} ringlb");
+        format!(
+            "\
+add table {t}
+delete table {t}
+add table {t} {{ comment \"owned by ringlb; replaced at start, deleted at exit\" ; }}
+add map {t} portals {{ type {addr} . inet_proto . inet_service : inet_service ; }}
+add map {t} no-endpoints {{ type {addr} . inet_proto . inet_service : verdict ; }}
+add set {t} cluster-ips {{ type {addr} ; }}
+add set {t} portal-ports {{ type inet_proto . inet_service ; }}
+add chain {t} reject-chain
+add rule {t} reject-chain meta l4proto tcp reject with tcp reset
+add rule {t} reject-chain reject
+add chain {t} cluster-ips-check
+add rule {t} cluster-ips-check {daddr} @cluster-ips goto reject-chain
+add chain {t} nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add rule {t} nat-prerouting meta l4proto {{ tcp, udp }} redirect to : {daddr} . meta l4proto . th dport map @portals
+add chain {t} nat-output {{ type nat hook output priority -100 ; }}
+add rule {t} nat-output meta l4proto {{ tcp, udp }} redirect to : {daddr} . meta l4proto . th dport map @portals
+add chain {t} filter-input {{ type filter hook input priority -110 ; }}
+add rule {t} filter-input ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
+add chain {t} filter-forward {{ type filter hook forward priority -110 ; }}
+add rule {t} filter-forward ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
+add chain {t} filter-output {{ type filter hook output priority -110 ; }}
+add rule {t} filter-output ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
+add rule {t} filter-input ct state new ct status ! dnat meta l4proto . th dport @portal-ports goto reject-chain
+add rule {t} filter-forward ct state new jump cluster-ips-check
+add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}
+add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check
+"
+        )
+    }
+
+    #[test]
+    fn the_full_ruleset_is_golden() {
+        let (state, unsteered) = State::new(&entries(), &cluster_ips(), true);
+        assert!(unsteered.is_empty(), "{unsteered:?}");
+        let want = skeleton_text("ip", "ipv4_addr", "ip daddr")
+            + &skeleton_text("ip6", "ipv6_addr", "ip6 daddr")
+            + "\
+add element ip ringlb portals { 10.96.0.10 . tcp . 80 : 40000 }
+add element ip ringlb portals { 10.96.0.10 . udp . 53 : 40001 }
+add element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 : goto reject-chain }
+add element ip ringlb no-endpoints { 10.96.0.12 . tcp . 443 : drop }
+add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
+add element ip6 ringlb portals { fd00::10 . tcp . 80 : 40000 }
+add element ip6 ringlb portals { fd00::10 . udp . 53 : 40100 }
+add element ip6 ringlb no-endpoints { fd00::11 . tcp . 80 : goto reject-chain }
+add element ip6 ringlb no-endpoints { fd00::12 . tcp . 443 : drop }
+add element ip6 ringlb portals { fd00:1::5 . tcp . 30080 : 40000 }
+add element ip ringlb cluster-ips { 10.96.0.10 }
+add element ip ringlb cluster-ips { 10.96.0.11 }
+add element ip ringlb cluster-ips { 10.96.0.12 }
+add element ip6 ringlb cluster-ips { fd00::10 }
+add element ip6 ringlb cluster-ips { fd00::11 }
+add element ip6 ringlb cluster-ips { fd00::12 }
+add element ip ringlb portal-ports { tcp . 40000 }
+add element ip ringlb portal-ports { udp . 40001 }
+add element ip6 ringlb portal-ports { tcp . 40000 }
+add element ip6 ringlb portal-ports { udp . 40100 }
+";
+        assert_eq!(full_ruleset(&state), want);
+        assert_eq!(
+            delete_ruleset(true),
+            "add table ip ringlb\ndelete table ip ringlb\nadd table ip6 ringlb\ndelete table ip6 ringlb\n"
+        );
+    }
+
+    #[test]
+    fn without_ipv6_only_the_ip_table_is_written_and_ipv6_frontends_are_reported() {
+        let (state, unsteered) = State::new(&entries(), &cluster_ips(), false);
+        let reported: Vec<String> = unsteered.iter().map(|e| e.frontend.to_string()).collect();
+        assert_eq!(
+            reported,
+            [
+                "[fd00::10]:80",
+                "[fd00::10]:53",
+                "[fd00:1::5]:30080",
+                "[fd00::11]:80",
+                "[fd00::12]:443"
+            ]
+        );
+        let want = skeleton_text("ip", "ipv4_addr", "ip daddr")
+            + "\
+add element ip ringlb portals { 10.96.0.10 . tcp . 80 : 40000 }
+add element ip ringlb portals { 10.96.0.10 . udp . 53 : 40001 }
+add element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 : goto reject-chain }
+add element ip ringlb no-endpoints { 10.96.0.12 . tcp . 443 : drop }
+add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
+add element ip ringlb cluster-ips { 10.96.0.10 }
+add element ip ringlb cluster-ips { 10.96.0.11 }
+add element ip ringlb cluster-ips { 10.96.0.12 }
+add element ip ringlb portal-ports { tcp . 40000 }
+add element ip ringlb portal-ports { udp . 40001 }
+";
+        assert_eq!(full_ruleset(&state), want);
+        assert_eq!(
+            delete_ruleset(false),
+            "add table ip ringlb\ndelete table ip ringlb\n"
+        );
+    }
+
+    #[test]
+    fn a_diff_touches_only_changed_elements() {
+        let (old, _) = State::new(&entries(), &cluster_ips(), true);
+        let mut changed = entries();
+        changed[0].verdict = Verdict::Reject; // endpoints gone; tcp 40000 still serves 30080
+        changed.remove(3); // service deleted
+        changed.push(entry(
+            Protocol::Udp,
+            "10.96.0.20:53",
+            Verdict::Redirect(40002),
+        ));
+        // IPv6: a portal moved (the IPv4 UDP portal's number stays in the ip table), a
+        // service lost its endpoints, a cluster IP went and one came.
+        changed[5].verdict = Verdict::Redirect(40101); // [fd00::10]:53
+        changed[6].verdict = Verdict::Drop; // [fd00:1::5]:30080
+        let mut ips = cluster_ips();
+        ips.retain(|ip| {
+            *ip != IpAddr::from([10, 96, 0, 11]) && *ip != "fd00::12".parse::<IpAddr>().unwrap()
+        });
+        ips.push(IpAddr::from([10, 96, 0, 20]));
+        ips.push("fd00::20".parse().unwrap());
+        let (new, _) = State::new(&changed, &ips, true);
+        let want = "\
+delete element ip ringlb portals { 10.96.0.10 . tcp . 80 }
+delete element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 }
+delete element ip6 ringlb portals { fd00::10 . udp . 53 }
+delete element ip6 ringlb portals { fd00:1::5 . tcp . 30080 }
+add element ip ringlb no-endpoints { 10.96.0.10 . tcp . 80 : goto reject-chain }
+add element ip ringlb portals { 10.96.0.20 . udp . 53 : 40002 }
+add element ip6 ringlb portals { fd00::10 . udp . 53 : 40101 }
+add element ip6 ringlb no-endpoints { fd00:1::5 . tcp . 30080 : drop }
+delete element ip ringlb cluster-ips { 10.96.0.11 }
+delete element ip6 ringlb cluster-ips { fd00::12 }
+add element ip ringlb cluster-ips { 10.96.0.20 }
+add element ip6 ringlb cluster-ips { fd00::20 }
+add element ip ringlb portal-ports { udp . 40002 }
+delete element ip6 ringlb portal-ports { udp . 40100 }
+add element ip6 ringlb portal-ports { udp . 40101 }
+";
+        assert_eq!(diff_ruleset(&old, &new), want);
+        assert_eq!(diff_ruleset(&new, &new), "", "no change, no transaction");
+    }
+
+    #[test]
+    fn the_first_of_two_claims_on_a_frontend_wins() {
+        let (state, _) = State::new(
+            &[
+                entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Redirect(1)),
+                entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Reject),
+            ],
+            &[],
+            false,
+        );
+        assert_eq!(state.len(), 1);
+        assert!(full_ruleset(&state).contains("10.96.0.10 . tcp . 80 : 1 }"));
+    }
+}
