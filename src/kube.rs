@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, Resolved};
-use config::kube::{KubeOptions, KubeWatch, NodeAddresses};
+use config::kube::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use config::{Config, Table};
-use proxy_core::steer::{SteerEntry, Steering, Verdict};
+use proxy_core::steer::{Cidr, SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::RunArgs;
@@ -141,8 +141,8 @@ impl Kube {
         let config = &self.served(&snapshot.resolved.config);
         if config == serving {
             self.applied.set(snapshot.version);
-            // Frontends or verdicts may have changed even so (a new external IP).
-            self.log_steer(proxy, &snapshot.resolved);
+            // Frontends, verdicts or service CIDRs may have changed even so.
+            self.log_steer(proxy, &snapshot);
             return;
         }
         match proxy.reload(config.clone(), backend_drain) {
@@ -161,7 +161,7 @@ impl Kube {
                     removed = ?report.removed,
                     "Kubernetes changes applied"
                 );
-                self.log_steer(proxy, &snapshot.resolved);
+                self.log_steer(proxy, &snapshot);
             }
             Err(e) => {
                 self.node_health.failed();
@@ -209,13 +209,13 @@ impl Kube {
             return Ok(());
         };
         self.health.borrow_mut().sync(&snapshot.resolved);
-        self.steer(proxy, &snapshot.resolved)
+        self.steer(proxy, &snapshot)
             .context("cannot program the nftables tables (needs CAP_NET_ADMIN and nft)")
     }
 
-    fn log_steer(&self, proxy: &Proxy, resolved: &Resolved) {
-        self.health.borrow_mut().sync(resolved);
-        match self.steer(proxy, resolved) {
+    fn log_steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
+        self.health.borrow_mut().sync(&snapshot.resolved);
+        match self.steer(proxy, snapshot) {
             Ok(()) => self.node_health.updated(),
             Err(e) => {
                 self.node_health.failed();
@@ -226,11 +226,23 @@ impl Kube {
         }
     }
 
-    /// Brings the nftables tables in line with `resolved` and the portals `proxy` serves.
-    fn steer(&self, proxy: &Proxy, resolved: &Resolved) -> anyhow::Result<()> {
+    /// Brings the nftables tables in line with `snapshot` and the portals `proxy` serves.
+    fn steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) -> anyhow::Result<()> {
         let Some(steering) = &self.steering else {
             return Ok(());
         };
+        let resolved = &snapshot.resolved;
+        let service_cidrs: Vec<Cidr> = snapshot
+            .service_cidrs
+            .iter()
+            .filter_map(|c| match c.parse() {
+                Ok(cidr) => Some(cidr),
+                Err(e) => {
+                    tracing::warn!("ServiceCIDR {e}: left out of service-cidrs");
+                    None
+                }
+            })
+            .collect();
         let entries = steer_entries(resolved, &proxy.table());
         let mut cluster_ips: Vec<std::net::IpAddr> = resolved
             .ports
@@ -239,7 +251,10 @@ impl Kube {
             .collect();
         cluster_ips.sort_unstable();
         cluster_ips.dedup();
-        let report = steering.borrow_mut().0.sync(&entries, &cluster_ips)?;
+        let report = steering
+            .borrow_mut()
+            .0
+            .sync(&entries, &cluster_ips, &service_cidrs)?;
         for e in &report.unsteered {
             tracing::warn!(frontend = %e.frontend, "not steered: this host has no IPv6");
         }

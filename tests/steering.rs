@@ -487,6 +487,12 @@ fn dual_stack_objects() -> Objects {
         ),
         ("endpointslices", dns6),
         (
+            "servicecidrs",
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                   "metadata": {"name": "kubernetes", "resourceVersion": "1"},
+                   "spec": {"cidrs": ["10.241.96.0/24", "fd00:241:96::/112"]}}),
+        ),
+        (
             "nodes",
             json!({"apiVersion": "v1", "kind": "Node",
                    "metadata": {"name": "node-a", "resourceVersion": "1"}}),
@@ -617,6 +623,22 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     let listed = node.exec(&["nft", "list", "table", "ip6", "ringlb"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(table.contains("fd00:241:96::14 . tcp . 80"), "{table}");
+    // The service CIDRs are not needed to start serving; they follow once listed.
+    for (family, cidr) in [("ip", "10.241.96.0/24"), ("ip6", "fd00:241:96::/112")] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let set = node.exec(&["nft", "list", "set", family, "ringlb", "service-cidrs"]);
+            if String::from_utf8_lossy(&set.stdout).contains(cidr) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cidr} never reached {family} ringlb:\n{}",
+                proxy.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // `dh` hashes the address the client dialled (IP6T_SO_ORIGINAL_DST / SO_ORIGINAL_DST),
     // so every connection to one frontend lands on one endpoint; the cluster IP and the node
@@ -748,6 +770,39 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
         );
     }
 
+    // An unallocated address of a service CIDR: dropped, from a pod and from the node, as
+    // kube-proxy drops it. (Something answers there if the traffic gets through.)
+    backend.ip(&["addr", "add", "10.241.96.99/32", "dev", "lo"]);
+    backend.ip(&["addr", "add", "fd00:241:96::99/128", "dev", "lo", "nodad"]);
+    for at in ["10.241.96.99:80", "[fd00:241:96::99]:80"] {
+        let at: SocketAddr = at.parse().unwrap();
+        let leak = in_netns(&backend.0, move || TcpListener::bind(at).unwrap());
+        std::thread::spawn(move || {
+            for s in leak.incoming() {
+                let Ok(mut s) = s else { continue };
+                let _ = s.write_all(b"leak\n");
+            }
+        });
+    }
+    let tries: Vec<_> = [&pod.0, &node.0]
+        .into_iter()
+        .flat_map(|ns| {
+            [
+                (ns.clone(), "10.241.96.99:80"),
+                (ns.clone(), "[fd00:241:96::99]:80"),
+            ]
+        })
+        .map(|(ns, to)| std::thread::spawn(move || (ns.clone(), to, ask(&ns, to))))
+        .collect();
+    for t in tries {
+        let (ns, to, got) = t.join().unwrap();
+        let err = got.expect_err(&format!("{ns} reached unallocated {to}"));
+        assert!(
+            matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+            "{ns} to {to}: {err}"
+        );
+    }
+
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
     for family in ["ip", "ip6"] {
@@ -805,16 +860,22 @@ fn nftables_transactions_at_ten_thousand_services() {
     let lines = in_netns(&name, move || {
         // `nft` runs as a child of this thread and so in its namespace.
         let mut steering = Steering::new("nft");
-        let full = steering.sync(&entries, &cluster_ips).expect("whole table");
+        let full = steering
+            .sync(&entries, &cluster_ips, &[])
+            .expect("whole table");
         let mut changed = entries.clone();
         let mut toggles = Vec::new();
         for round in 0..10 {
             changed[2 * round].verdict = Verdict::Reject;
-            toggles.push(steering.sync(&changed, &cluster_ips).expect("one change"));
+            toggles.push(
+                steering
+                    .sync(&changed, &cluster_ips, &[])
+                    .expect("one change"),
+            );
             changed[2 * round].verdict = entries[2 * round].verdict;
             toggles.push(
                 steering
-                    .sync(&changed, &cluster_ips)
+                    .sync(&changed, &cluster_ips, &[])
                     .expect("one change back"),
             );
         }

@@ -1,5 +1,6 @@
 //! Kubernetes node mode as a configuration source: Services, EndpointSlices and this node's
-//! Node watched with kube-rs, resolved into the model by [`crate::k8s::resolve_node_service`].
+//! Node watched with kube-rs, resolved into the model by [`crate::k8s::resolve_node_service`],
+//! and the cluster's ServiceCIDRs (for node mode's steering), as kube-proxy watches them.
 //!
 //! [`KubeWatch::start`] runs the watchers on a thread of their own (`ringlb-kube`, a
 //! current-thread tokio runtime); the data plane never sees it. Each watcher feeds a
@@ -29,6 +30,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -81,6 +83,11 @@ pub struct KubeSnapshot {
     /// `namespace/name` of the Kubernetes Services resolved again for this publication
     /// (every Service after a re-list).
     pub changed: Vec<String>,
+    /// The cluster's service CIDRs: `spec.cidrs` of every `networking.k8s.io/v1 ServiceCIDR`,
+    /// sorted and without repeats, as kube-proxy collects them. Empty until they are listed,
+    /// and where the API server does not serve ServiceCIDRs (before Kubernetes 1.33, or with
+    /// `MultiCIDRServiceAllocator` off) or ringlb may not list them.
+    pub service_cidrs: Vec<String>,
 }
 
 struct Shared {
@@ -284,6 +291,7 @@ enum Event {
     Service(Box<watcher::Result<watcher::Event<Service>>>),
     Slice(Box<watcher::Result<watcher::Event<EndpointSlice>>>),
     Node(Box<watcher::Result<watcher::Event<Node>>>),
+    ServiceCidr(Box<watcher::Result<watcher::Event<ServiceCIDR>>>),
     /// This host's NodePort addresses changed.
     NodeAddresses(Vec<IpAddr>),
 }
@@ -312,16 +320,27 @@ async fn watch(
         .map(|e| Event::Slice(Box::new(e)));
     let node_config =
         watcher::Config::default().fields(&format!("metadata.name={}", node.node_name));
-    let node_events = watcher(Api::<Node>::all(client), node_config)
+    let node_events = watcher(Api::<Node>::all(client.clone()), node_config)
         .default_backoff()
         .map(|e| Event::Node(Box::new(e)));
+    // Not needed to start serving (kube-proxy does not wait for them either), and ends where
+    // the API is not served or not allowed.
+    let (cidrs, cidr_writer) = reflector::store::<ServiceCIDR>();
+    let cidr_events = watcher(Api::<ServiceCIDR>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(cidr_writer)
+        .take_while(|e| std::future::ready(service_cidrs_served(e)))
+        .map(|e| Event::ServiceCidr(Box::new(e)));
     // Watcher streams must be pinned before `.next()`.
     let address_events = futures_util::stream::unfold(addresses, |mut rx| async move {
         rx.recv().await.map(|a| (Event::NodeAddresses(a), rx))
     });
     let mut events = std::pin::pin!(futures_util::stream::select(
         futures_util::stream::select(svc_events, slice_events),
-        futures_util::stream::select(node_events, address_events),
+        futures_util::stream::select(
+            futures_util::stream::select(node_events, address_events),
+            cidr_events,
+        ),
     ));
 
     let mut state = State::default();
@@ -334,7 +353,12 @@ async fn watch(
                 Ok(e) => e,
                 Err(_) => {
                     deadline = None;
-                    state.publish(&services, &slices, &node, &shared, &on_change);
+                    let stores = Stores {
+                        services: &services,
+                        slices: &slices,
+                        cidrs: &cidrs,
+                    };
+                    state.publish(&stores, &node, &shared, &on_change);
                     continue;
                 }
             },
@@ -370,6 +394,12 @@ async fn watch(
                     state.full = true;
                     true
                 }
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
+                Err(e) => watch_failed(&e),
+            },
+            Event::ServiceCidr(e) => match *e {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => true,
+                Ok(watcher::Event::InitDone) => true,
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => false,
                 Err(e) => watch_failed(&e),
             },
@@ -424,6 +454,43 @@ async fn watch(
     }
 }
 
+/// Whether the ServiceCIDR watch goes on after `e`: not after the API server said it does
+/// not serve the API (404) or ringlb may not list it (403), which is logged once.
+fn service_cidrs_served(e: &watcher::Result<watcher::Event<ServiceCIDR>>) -> bool {
+    let Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) = e else {
+        return true;
+    };
+    match status.code {
+        404 => {
+            tracing::info!("the API server does not serve networking.k8s.io/v1 ServiceCIDRs (Kubernetes before 1.33, or MultiCIDRServiceAllocator off): traffic to unallocated service addresses is not dropped");
+            false
+        }
+        403 => {
+            tracing::warn!("not allowed to list networking.k8s.io/v1 ServiceCIDRs (give ringlb's ClusterRole list and watch on servicecidrs): traffic to unallocated service addresses is not dropped");
+            false
+        }
+        _ => true,
+    }
+}
+
+/// The stores [`State::publish`] reads.
+struct Stores<'a> {
+    services: &'a Store<Service>,
+    slices: &'a Store<EndpointSlice>,
+    cidrs: &'a Store<ServiceCIDR>,
+}
+
+/// `spec.cidrs` of every ServiceCIDR in `store`, sorted, without repeats.
+fn service_cidrs(store: &Store<ServiceCIDR>) -> Vec<String> {
+    let set: BTreeSet<String> = store
+        .state()
+        .iter()
+        .filter_map(|c| c.spec.as_ref()?.cidrs.clone())
+        .flatten()
+        .collect();
+    set.into_iter().collect()
+}
+
 /// Logs a watch error (the watcher retries with backoff); marks nothing.
 fn watch_failed(e: &watcher::Error) -> bool {
     tracing::warn!(error = %e, "Kubernetes watch failed; retrying with backoff, the current table keeps serving");
@@ -451,6 +518,8 @@ struct State {
     /// Resolve everything at the next publication.
     full: bool,
     version: u64,
+    /// The service CIDRs last published.
+    service_cidrs: Vec<String>,
 }
 
 impl State {
@@ -522,15 +591,16 @@ impl State {
         Some(out)
     }
 
-    /// Resolves what changed, puts the model together and publishes it.
+    /// Resolves what changed, puts the model together and publishes it (also when only the
+    /// service CIDRs changed).
     fn publish(
         &mut self,
-        services: &Store<Service>,
-        slices: &Store<EndpointSlice>,
+        stores: &Stores<'_>,
         node: &NodeOptions,
         shared: &SharedHandle,
         on_change: &impl Fn(),
     ) {
+        let (services, slices) = (stores.services, stores.slices);
         let keys: Vec<Key> = if std::mem::take(&mut self.full) {
             let mut all: BTreeSet<Key> = self.resolved.keys().cloned().collect();
             all.extend(services.state().iter().map(|s| key_of(&s.metadata)));
@@ -568,8 +638,14 @@ impl State {
             changed.push(label);
         }
         let first = self.version == 0;
-        if changed.is_empty() && !first {
+        let cidrs = service_cidrs(stores.cidrs);
+        let cidrs_changed = cidrs != self.service_cidrs;
+        if changed.is_empty() && !first && !cidrs_changed {
             return;
+        }
+        if cidrs_changed {
+            tracing::info!(service_cidrs = ?cidrs, "service CIDRs changed");
+            self.service_cidrs = cidrs;
         }
         self.version += 1;
         let resolved = k8s::assemble(self.resolved.values());
@@ -584,6 +660,7 @@ impl State {
             version: self.version,
             resolved,
             changed,
+            service_cidrs: self.service_cidrs.clone(),
         });
         *shared.0.latest.lock().expect("kube state lock") = Some(snapshot);
         shared.0.published.notify_all();

@@ -31,9 +31,10 @@
 //!   the input hook, which traffic from pods and from the node itself both pass.
 //! - `cluster-ips`: every cluster IP. New traffic to one that nothing redirected (a port or
 //!   protocol the service does not have) is rejected, from pods (forward hook) and from the
-//!   node (output, after the `nat` chains), as kube-proxy's `cluster-ips-check` does. (kube-proxy
-//!   also drops traffic to unallocated addresses of the service CIDRs; ringlb is not told the
-//!   service CIDRs, so such traffic is routed as any other.)
+//!   node (output, after the `nat` chains), as kube-proxy's `cluster-ips-check` does.
+//! - `service-cidrs` (an interval set): the cluster's service CIDRs (`ServiceCIDR` objects).
+//!   In the same check, new traffic to an address of theirs that is no cluster IP (an
+//!   unallocated one) is dropped, as kube-proxy drops it.
 //! - Stale UDP conntrack entries: conntrack keeps a UDP flow's translation for as long as the
 //!   client keeps sending (120 s after the last datagram once answered), so a client whose
 //!   entry points at a portal that no longer serves its frontend (the service's portal
@@ -129,17 +130,18 @@ impl Steering {
         self.ipv6
     }
 
-    /// Makes the tables steer `entries` and reject unserved ports of `cluster_ips`: the first
-    /// call replaces any tables a previous ringlb left behind with complete ones, later calls
-    /// change only the elements that differ.
-    /// Each call is one atomic transaction; on failure the table is as before, and the next
-    /// call writes it whole again.
+    /// Makes the tables steer `entries`, reject unserved ports of `cluster_ips` and drop
+    /// unallocated addresses of `service_cidrs`: the first call replaces any tables a
+    /// previous ringlb left behind with complete ones, later calls change only the elements
+    /// that differ. Each call is one atomic transaction; on failure the tables are as before,
+    /// and the next call writes them whole again.
     pub fn sync(
         &mut self,
         entries: &[SteerEntry],
         cluster_ips: &[IpAddr],
+        service_cidrs: &[Cidr],
     ) -> Result<SyncReport, SteerError> {
-        let (state, unsteered) = State::new(entries, cluster_ips, self.ipv6);
+        let (state, unsteered) = State::new(entries, cluster_ips, service_cidrs, self.ipv6);
         let (full, text) = match &self.current {
             Some(old) => (false, diff_ruleset(old, &state)),
             None => (true, full_ruleset(&state)),
@@ -243,8 +245,8 @@ fn flush_udp_conntrack(program: String, frontends: Vec<(IpAddr, u16)>) {
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/64`), as kube-proxy's
-/// `--nodeport-addresses` takes them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--nodeport-addresses` and `ServiceCIDR` objects give them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
@@ -262,6 +264,45 @@ impl Cidr {
         };
         let host_bits = bits - u32::from(self.prefix);
         host_bits >= bits || (net >> host_bits) == (ip >> host_bits)
+    }
+
+    /// Whether every address of `other` lies in this range.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix && self.contains(other.addr)
+    }
+
+    /// The range with its host bits cleared (`10.96.0.1/12` → `10.96.0.0/12`).
+    pub fn network(&self) -> Cidr {
+        let keep = |bits: u32| {
+            let host_bits = bits - u32::from(self.prefix);
+            if host_bits >= bits {
+                0
+            } else {
+                u128::MAX << host_bits
+            }
+        };
+        let addr = match self.addr {
+            IpAddr::V4(a) => {
+                let mask = keep(32) as u32;
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & keep(128))),
+        };
+        Cidr {
+            addr,
+            prefix: self.prefix,
+        }
+    }
+
+    /// Whether it is an IPv6 range.
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -370,6 +411,22 @@ mod tests {
         assert!(!host.contains("fd00::2".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("10.0.0.0".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn cidrs_cover_narrower_ranges_and_print_their_network() {
+        let c = |s: &str| s.parse::<Cidr>().unwrap();
+        assert!(c("10.96.0.0/12").covers(&c("10.96.0.0/24")));
+        assert!(c("10.96.0.0/12").covers(&c("10.96.0.0/12")));
+        assert!(!c("10.96.0.0/24").covers(&c("10.96.0.0/12")));
+        assert!(!c("10.96.0.0/12").covers(&c("fd00::/108")));
+        assert_eq!(c("10.96.7.1/12").network().to_string(), "10.96.0.0/12");
+        assert_eq!(c("10.96.7.1/32").network().to_string(), "10.96.7.1/32");
+        assert_eq!(c("10.96.7.1/0").network().to_string(), "0.0.0.0/0");
+        assert_eq!(
+            c("fd00:241:96::1:2/108").network().to_string(),
+            "fd00:241:96::/108"
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ pub fn ask(ns: &str, to: &str) -> std::io::Result<String> {
 }
 
 /// The objects an API server lists: `(resource, object)`, resource as in the URL path
-/// (`services`, `endpointslices`, `nodes`).
+/// (`services`, `endpointslices`, `nodes`, `servicecidrs`; others are not served: 404).
 pub type Objects = Vec<(&'static str, Value)>;
 
 /// A static API server on `127.0.0.1` of a namespace: lists `objects`, and holds watches
@@ -197,6 +197,7 @@ fn answer(mut s: TcpStream, objects: &Objects, stop: &AtomicBool) {
         "services" => "ServiceList",
         "endpointslices" => "EndpointSliceList",
         "nodes" => "NodeList",
+        "servicecidrs" => "ServiceCIDRList",
         _ => {
             let _ = s.write_all(
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

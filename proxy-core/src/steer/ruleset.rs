@@ -8,6 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use config::Protocol;
 
+use super::Cidr;
+
 /// What happens to new traffic for one frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
@@ -95,12 +97,15 @@ impl Proto {
     }
 }
 
-/// The steering state: every steered frontend with its verdict, every cluster IP, and whether
-/// the IPv6 table is written.
+/// The steering state: every steered frontend with its verdict, every cluster IP, the
+/// service CIDRs, and whether the IPv6 table is written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     frontends: BTreeMap<Key, Verdict>,
     cluster_ips: BTreeSet<IpAddr>,
+    /// Normalized: host bits cleared, none inside another (an interval set refuses
+    /// overlapping elements).
+    service_cidrs: BTreeSet<Cidr>,
     ipv6: bool,
 }
 
@@ -117,12 +122,14 @@ impl State {
             .collect()
     }
 
-    /// Builds the state from `entries` and the services' `cluster_ips`, with the IPv6 table
-    /// if `ipv6`; returns it with the entries that cannot be steered (IPv6 frontends without
-    /// it). A frontend listed twice keeps its first verdict.
+    /// Builds the state from `entries`, the services' `cluster_ips` and the cluster's
+    /// `service_cidrs`, with the IPv6 table if `ipv6`; returns it with the entries that
+    /// cannot be steered (IPv6 frontends without it). A frontend listed twice keeps its first
+    /// verdict.
     pub fn new(
         entries: &[SteerEntry],
         cluster_ips: &[IpAddr],
+        service_cidrs: &[Cidr],
         ipv6: bool,
     ) -> (State, Vec<SteerEntry>) {
         let steered = |ip: &IpAddr| ipv6 || ip.is_ipv4();
@@ -142,9 +149,20 @@ impl State {
             }
         }
         let cluster_ips = cluster_ips.iter().copied().filter(steered).collect();
+        let cidrs: Vec<Cidr> = service_cidrs
+            .iter()
+            .filter(|c| ipv6 || !c.is_ipv6())
+            .map(Cidr::network)
+            .collect();
+        let service_cidrs = cidrs
+            .iter()
+            .filter(|c| !cidrs.iter().any(|o| o != *c && o.covers(c)))
+            .copied()
+            .collect();
         let state = State {
             frontends,
             cluster_ips,
+            service_cidrs,
             ipv6,
         };
         (state, unsteered)
@@ -181,6 +199,15 @@ fn key_only(key: &Key, verdict: Verdict) -> (&'static str, String) {
     (map, format!("{ip} . {} . {port}", proto.name()))
 }
 
+/// The table of `cidr`'s family.
+fn cidr_table(cidr: &Cidr) -> &'static str {
+    if cidr.is_ipv6() {
+        Family::V6.table()
+    } else {
+        Family::V4.table()
+    }
+}
+
 /// The fixed part of one family's table: created empty (after deleting whatever a previous
 /// ringlb left in it), its maps and sets, and its chains.
 fn skeleton(family: Family, line: &mut impl FnMut(String)) {
@@ -205,6 +232,10 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
     line(format!(
         "add set {t} portal-ports {{ type inet_proto . inet_service ; }}"
     ));
+    line(format!(
+        "add set {t} service-cidrs {{ type {} ; flags interval ; }}",
+        family.addr_type()
+    ));
     line(format!("add chain {t} reject-chain"));
     // TCP gets a reset, the rest ICMP port unreachable (see the module docs).
     line(format!(
@@ -214,6 +245,10 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
     line(format!("add chain {t} cluster-ips-check"));
     line(format!(
         "add rule {t} cluster-ips-check {} @cluster-ips goto reject-chain",
+        family.daddr()
+    ));
+    line(format!(
+        "add rule {t} cluster-ips-check {} @service-cidrs drop",
         family.daddr()
     ));
     for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
@@ -267,6 +302,10 @@ pub fn full_ruleset(state: &State) -> String {
         let t = Family::of(ip).table();
         line(format!("add element {t} cluster-ips {{ {ip} }}"));
     }
+    for cidr in &state.service_cidrs {
+        let t = cidr_table(cidr);
+        line(format!("add element {t} service-cidrs {{ {cidr} }}"));
+    }
     for &family in Family::written(state.ipv6) {
         for (proto, port) in state.portal_ports(family) {
             line(format!(
@@ -305,6 +344,15 @@ pub fn diff_ruleset(old: &State, new: &State) -> String {
     for ip in new.cluster_ips.difference(&old.cluster_ips) {
         let t = Family::of(ip).table();
         out.push_str(&format!("add element {t} cluster-ips {{ {ip} }}\n"));
+    }
+    // Deletions first: a range may give way to a wider or narrower one.
+    for cidr in old.service_cidrs.difference(&new.service_cidrs) {
+        let t = cidr_table(cidr);
+        out.push_str(&format!("delete element {t} service-cidrs {{ {cidr} }}\n"));
+    }
+    for cidr in new.service_cidrs.difference(&old.service_cidrs) {
+        let t = cidr_table(cidr);
+        out.push_str(&format!("add element {t} service-cidrs {{ {cidr} }}\n"));
     }
     for &family in Family::written(new.ipv6) {
         let t = family.table();
@@ -377,6 +425,7 @@ mod tests {
                 udp("[fd00::11]:53", Verdict::Redirect(40008)),
             ],
             &[],
+            &[],
             true,
         );
         let (new, _) = State::new(
@@ -389,6 +438,7 @@ mod tests {
                 udp("[fd00::10]:53", Verdict::Drop),
                 udp("[fd00::11]:53", Verdict::Redirect(40008)),
             ],
+            &[],
             &[],
             true,
         );
@@ -456,6 +506,19 @@ mod tests {
         .collect()
     }
 
+    /// Service CIDRs as a cluster may have them: one inside another, one with host bits.
+    fn service_cidrs() -> Vec<Cidr> {
+        [
+            "10.96.0.0/12",
+            "10.96.0.0/24",
+            "fd00::/108",
+            "192.168.0.1/16",
+        ]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect()
+    }
+
     /// One family's fixed part, `ip` / `ip ringlb` style names filled in.
     fn skeleton_text(family: &str, addr: &str, daddr: &str) -> String {
         let t = format!("{family} ringlb");
@@ -468,11 +531,13 @@ add map {t} portals {{ type {addr} . inet_proto . inet_service : inet_service ; 
 add map {t} no-endpoints {{ type {addr} . inet_proto . inet_service : verdict ; }}
 add set {t} cluster-ips {{ type {addr} ; }}
 add set {t} portal-ports {{ type inet_proto . inet_service ; }}
+add set {t} service-cidrs {{ type {addr} ; flags interval ; }}
 add chain {t} reject-chain
 add rule {t} reject-chain meta l4proto tcp reject with tcp reset
 add rule {t} reject-chain reject
 add chain {t} cluster-ips-check
 add rule {t} cluster-ips-check {daddr} @cluster-ips goto reject-chain
+add rule {t} cluster-ips-check {daddr} @service-cidrs drop
 add chain {t} nat-prerouting {{ type nat hook prerouting priority -100 ; }}
 add rule {t} nat-prerouting meta l4proto {{ tcp, udp }} redirect to : {daddr} . meta l4proto . th dport map @portals
 add chain {t} nat-output {{ type nat hook output priority -100 ; }}
@@ -493,7 +558,7 @@ add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check
 
     #[test]
     fn the_full_ruleset_is_golden() {
-        let (state, unsteered) = State::new(&entries(), &cluster_ips(), true);
+        let (state, unsteered) = State::new(&entries(), &cluster_ips(), &service_cidrs(), true);
         assert!(unsteered.is_empty(), "{unsteered:?}");
         let want = skeleton_text("ip", "ipv4_addr", "ip daddr")
             + &skeleton_text("ip6", "ipv6_addr", "ip6 daddr")
@@ -514,6 +579,9 @@ add element ip ringlb cluster-ips { 10.96.0.12 }
 add element ip6 ringlb cluster-ips { fd00::10 }
 add element ip6 ringlb cluster-ips { fd00::11 }
 add element ip6 ringlb cluster-ips { fd00::12 }
+add element ip ringlb service-cidrs { 10.96.0.0/12 }
+add element ip ringlb service-cidrs { 192.168.0.0/16 }
+add element ip6 ringlb service-cidrs { fd00::/108 }
 add element ip ringlb portal-ports { tcp . 40000 }
 add element ip ringlb portal-ports { udp . 40001 }
 add element ip6 ringlb portal-ports { tcp . 40000 }
@@ -528,7 +596,7 @@ add element ip6 ringlb portal-ports { udp . 40100 }
 
     #[test]
     fn without_ipv6_only_the_ip_table_is_written_and_ipv6_frontends_are_reported() {
-        let (state, unsteered) = State::new(&entries(), &cluster_ips(), false);
+        let (state, unsteered) = State::new(&entries(), &cluster_ips(), &service_cidrs(), false);
         let reported: Vec<String> = unsteered.iter().map(|e| e.frontend.to_string()).collect();
         assert_eq!(
             reported,
@@ -550,6 +618,8 @@ add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
 add element ip ringlb cluster-ips { 10.96.0.10 }
 add element ip ringlb cluster-ips { 10.96.0.11 }
 add element ip ringlb cluster-ips { 10.96.0.12 }
+add element ip ringlb service-cidrs { 10.96.0.0/12 }
+add element ip ringlb service-cidrs { 192.168.0.0/16 }
 add element ip ringlb portal-ports { tcp . 40000 }
 add element ip ringlb portal-ports { udp . 40001 }
 ";
@@ -562,7 +632,7 @@ add element ip ringlb portal-ports { udp . 40001 }
 
     #[test]
     fn a_diff_touches_only_changed_elements() {
-        let (old, _) = State::new(&entries(), &cluster_ips(), true);
+        let (old, _) = State::new(&entries(), &cluster_ips(), &service_cidrs(), true);
         let mut changed = entries();
         changed[0].verdict = Verdict::Reject; // endpoints gone; tcp 40000 still serves 30080
         changed.remove(3); // service deleted
@@ -581,7 +651,12 @@ add element ip ringlb portal-ports { udp . 40001 }
         });
         ips.push(IpAddr::from([10, 96, 0, 20]));
         ips.push("fd00::20".parse().unwrap());
-        let (new, _) = State::new(&changed, &ips, true);
+        // The IPv4 service CIDR narrowed (10.96.0.0/24 was inside it), 192.168/16 went.
+        let cidrs: Vec<Cidr> = ["10.96.0.0/16", "fd00::/108"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let (new, _) = State::new(&changed, &ips, &cidrs, true);
         let want = "\
 delete element ip ringlb portals { 10.96.0.10 . tcp . 80 }
 delete element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 }
@@ -595,6 +670,9 @@ delete element ip ringlb cluster-ips { 10.96.0.11 }
 delete element ip6 ringlb cluster-ips { fd00::12 }
 add element ip ringlb cluster-ips { 10.96.0.20 }
 add element ip6 ringlb cluster-ips { fd00::20 }
+delete element ip ringlb service-cidrs { 10.96.0.0/12 }
+delete element ip ringlb service-cidrs { 192.168.0.0/16 }
+add element ip ringlb service-cidrs { 10.96.0.0/16 }
 add element ip ringlb portal-ports { udp . 40002 }
 delete element ip6 ringlb portal-ports { udp . 40100 }
 add element ip6 ringlb portal-ports { udp . 40101 }
@@ -610,6 +688,7 @@ add element ip6 ringlb portal-ports { udp . 40101 }
                 entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Redirect(1)),
                 entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Reject),
             ],
+            &[],
             &[],
             false,
         );
