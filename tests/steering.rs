@@ -117,23 +117,89 @@ fn http_get(ns: &str, to: &str) -> String {
     })
 }
 
-#[test]
-fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
+/// The pod, node and backend namespaces of a steering test, or `None` (with the reason
+/// printed) where `nft` is missing or namespaces cannot be created.
+fn pod_node_backend(pod: &str, node: &str, backend: &str) -> Option<(Netns, Netns, Netns)> {
     if !have_nft() {
         println!("skipped: nft is not installed (apt-get install nftables)");
-        return;
+        return None;
     }
-    let (pod, node, backend) = match (
-        Netns::create("pod"),
-        Netns::create("node"),
-        Netns::create("be"),
+    match (
+        Netns::create(pod),
+        Netns::create(node),
+        Netns::create(backend),
     ) {
-        (Ok(p), Ok(n), Ok(b)) => (p, n, b),
+        (Ok(p), Ok(n), Ok(b)) => Some((p, n, b)),
         (p, n, b) => {
             let why = [p.err(), n.err(), b.err()].into_iter().flatten().next();
             println!("skipped: cannot create network namespaces: {why:?}");
-            return;
+            None
         }
+    }
+}
+
+/// The portal `frontend` (TCP) is redirected to cannot be dialled directly: from `pod` at
+/// `at[0]` (a node address) and from `node` at `at[1]` (loopback).
+fn assert_portal_not_dialable(node: &Netns, pod: &Netns, frontend: &str, at: &[&str; 2]) {
+    let frontend: SocketAddr = frontend.parse().unwrap();
+    let family = if frontend.is_ipv6() { "ip6" } else { "ip" };
+    let listed = node.exec(&["nft", "list", "map", family, "ringlb", "portals"]);
+    let portals = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let portal: u16 = portals
+        .split(&format!("{} . tcp . {} : ", frontend.ip(), frontend.port()))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no portal for {frontend} in {portals}"));
+    for (ns, to) in [(&pod.0, at[0]), (&node.0, at[1])] {
+        let to = SocketAddr::new(to.parse().unwrap(), portal).to_string();
+        let direct = ask(ns, &to).unwrap_err();
+        assert_eq!(
+            direct.kind(),
+            ErrorKind::ConnectionRefused,
+            "{ns} to {to}: {direct}"
+        );
+    }
+}
+
+/// New TCP to `tcp` and UDP to `udp` (ports the Service lacks for that protocol) are refused
+/// from each of `namespaces`.
+fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &'static str) {
+    for ns in namespaces {
+        let unserved = ask(ns, tcp).unwrap_err();
+        assert_eq!(
+            unserved.kind(),
+            ErrorKind::ConnectionRefused,
+            "{ns}: {unserved}"
+        );
+        let any: &str = if udp.starts_with('[') {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let udp_refused = in_netns(ns, move || {
+            let c = UdpSocket::bind(any).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            c.connect(udp).unwrap();
+            // On the node the reject happens in its own output path: the send itself fails.
+            match c.send(b"q") {
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => ErrorKind::ConnectionRefused,
+                Err(e) => e.kind(),
+                Ok(_) => c.recv(&mut [0u8; 64]).unwrap_err().kind(),
+            }
+        });
+        assert_eq!(
+            udp_refused,
+            ErrorKind::ConnectionRefused,
+            "{ns}: UDP to a TCP-only port"
+        );
+    }
+}
+
+#[test]
+fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
+    let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
+        return;
     };
     link(
         &node,
@@ -302,48 +368,10 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     assert!(started.elapsed() < Duration::from_secs(1));
     // The portal behind 10.96.0.10:80 cannot be reached directly, from a pod at the node's
     // address or from the node itself, only through the redirect.
-    let portals = node.exec(&["nft", "list", "map", "ip", "ringlb", "portals"]);
-    let portals = String::from_utf8_lossy(&portals.stdout).into_owned();
-    let portal: u16 = portals
-        .split("10.96.0.10 . tcp . 80 : ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no portal for 10.96.0.10:80 in {portals}"));
-    for (ns, to) in [(&pod.0, "10.241.1.1"), (&node.0, "127.0.0.1")] {
-        let direct = ask(ns, &format!("{to}:{portal}")).unwrap_err();
-        assert_eq!(
-            direct.kind(),
-            ErrorKind::ConnectionRefused,
-            "{ns} to {to}:{portal}: {direct}"
-        );
-    }
+    assert_portal_not_dialable(&node, &pod, "10.96.0.10:80", &["10.241.1.1", "127.0.0.1"]);
     // A cluster IP on a port or protocol its service does not have: refused, from a pod and
     // from the node, TCP and UDP (kube-proxy's cluster-ips-check).
-    for ns in [&pod.0, &node.0] {
-        let unserved = ask(ns, "10.96.0.10:81").unwrap_err();
-        assert_eq!(
-            unserved.kind(),
-            ErrorKind::ConnectionRefused,
-            "{ns}: {unserved}"
-        );
-        let udp_refused = in_netns(ns, || {
-            let c = UdpSocket::bind("0.0.0.0:0").unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            c.connect("10.96.0.10:53").unwrap();
-            // On the node the reject happens in its own output path: the send itself fails.
-            match c.send(b"q") {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => ErrorKind::ConnectionRefused,
-                Err(e) => e.kind(),
-                Ok(_) => c.recv(&mut [0u8; 64]).unwrap_err().kind(),
-            }
-        });
-        assert_eq!(
-            udp_refused,
-            ErrorKind::ConnectionRefused,
-            "{ns}: UDP to a TCP-only port"
-        );
-    }
+    assert_unserved_ports_refused([&pod.0, &node.0], "10.96.0.10:81", "10.96.0.10:53");
     // Policy Local, the only endpoint on another node: dropped (the client times out).
     let dropped = ask(&pod.0, "10.96.0.12:80").unwrap_err();
     assert!(
@@ -523,21 +551,8 @@ fn dh_pick(backends: &[&str], dest: &str) -> String {
 
 #[test]
 fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
-    if !have_nft() {
-        println!("skipped: nft is not installed (apt-get install nftables)");
+    let Some((pod, node, backend)) = pod_node_backend("pod6", "node6", "be6") else {
         return;
-    }
-    let (pod, node, backend) = match (
-        Netns::create("pod6"),
-        Netns::create("node6"),
-        Netns::create("be6"),
-    ) {
-        (Ok(p), Ok(n), Ok(b)) => (p, n, b),
-        (p, n, b) => {
-            let why = [p.err(), n.err(), b.err()].into_iter().flatten().next();
-            println!("skipped: cannot create network namespaces: {why:?}");
-            return;
-        }
     };
     if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
         println!("skipped: this kernel has no IPv6");
@@ -727,48 +742,18 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     );
     // A cluster IP on a port or protocol its Service does not have: refused, from a pod and
     // from the node, TCP and UDP.
-    for ns in [&pod.0, &node.0] {
-        let unserved = ask(ns, "[fd00:241:96::14]:81").unwrap_err();
-        assert_eq!(
-            unserved.kind(),
-            ErrorKind::ConnectionRefused,
-            "{ns}: {unserved}"
-        );
-        let udp_refused = in_netns(ns, || {
-            let c = UdpSocket::bind("[::]:0").unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            c.connect("[fd00:241:96::14]:53").unwrap();
-            // On the node the reject happens in its own output path: the send itself fails.
-            match c.send(b"q") {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => ErrorKind::ConnectionRefused,
-                Err(e) => e.kind(),
-                Ok(_) => c.recv(&mut [0u8; 64]).unwrap_err().kind(),
-            }
-        });
-        assert_eq!(
-            udp_refused,
-            ErrorKind::ConnectionRefused,
-            "{ns}: UDP to a TCP-only port"
-        );
-    }
+    assert_unserved_ports_refused(
+        [&pod.0, &node.0],
+        "[fd00:241:96::14]:81",
+        "[fd00:241:96::14]:53",
+    );
     // The IPv6 portal behind [fd00:241:96::14]:80 cannot be dialled directly.
-    let portals = node.exec(&["nft", "list", "map", "ip6", "ringlb", "portals"]);
-    let portals = String::from_utf8_lossy(&portals.stdout).into_owned();
-    let portal: u16 = portals
-        .split("fd00:241:96::14 . tcp . 80 : ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no portal for [fd00:241:96::14]:80 in {portals}"));
-    for (ns, to) in [(&pod.0, "fd00:241:1::1"), (&node.0, "::1")] {
-        let to = SocketAddr::new(to.parse().unwrap(), portal).to_string();
-        let direct = ask(ns, &to).unwrap_err();
-        assert_eq!(
-            direct.kind(),
-            ErrorKind::ConnectionRefused,
-            "{ns} to {to}: {direct}"
-        );
-    }
+    assert_portal_not_dialable(
+        &node,
+        &pod,
+        "[fd00:241:96::14]:80",
+        &["fd00:241:1::1", "::1"],
+    );
 
     // An unallocated address of a service CIDR: dropped, from a pod and from the node, as
     // kube-proxy drops it. (Something answers there if the traffic gets through.)
