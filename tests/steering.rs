@@ -117,6 +117,23 @@ fn http_get(ns: &str, to: &str) -> String {
     })
 }
 
+/// Waits (at most 5 s) until the decision log at `path` has a line naming `frontend`.
+fn wait_decision_line(path: &std::path::Path, frontend: &str) {
+    let want = format!("\"frontend\":\"{frontend}\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.lines().any(|l| l.contains(&want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision line with {want}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The pod, node and backend namespaces of a steering test, or `None` (with the reason
 /// printed) where `nft` is missing or namespaces cannot be created.
 fn pod_node_backend(pod: &str, node: &str, backend: &str) -> Option<(Netns, Netns, Netns)> {
@@ -290,19 +307,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // Each connection came through a portal, but the data plane saw the address the client
     // dialled (SO_ORIGINAL_DST): the decision log names it, as the scheduler's `dest` does.
     for frontend in ["10.96.0.10:80", "10.241.1.1:30080", "10.241.9.9:80"] {
-        let want = format!("\"frontend\":\"{frontend}\"");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = std::fs::read_to_string(&decisions).unwrap_or_default();
-            if log.lines().any(|l| l.contains(&want)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no decision line with {want}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_decision_line(&decisions, frontend);
     }
     // externalTrafficPolicy: Local with a local endpoint: its node port serves, and its
     // healthCheckNodePort says so like kube-proxy; with none here, 503.
@@ -691,19 +696,7 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     assert!(BACKENDS_V6.contains(&answer.as_str()), "{answer}");
     // The decision log names the frontend each client dialled.
     for frontend in ["[fd00:241:96::14]:80", "[fd00:241:1::1]:30080"] {
-        let want = format!("\"frontend\":\"{frontend}\"");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let log = std::fs::read_to_string(&decisions).unwrap_or_default();
-            if log.lines().any(|l| l.contains(&want)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no decision line with {want}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_decision_line(&decisions, frontend);
     }
     // UDP over IPv6: the answer comes back from the cluster IP the pod asked.
     let (answer, from) = in_netns(&pod.0, || {
