@@ -98,7 +98,7 @@ pub struct RunArgs {
         value_delimiter = ',',
         requires = "kubernetes"
     )]
-    pub nodeport_addresses: Vec<proxy_core::steer::Cidr>,
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
 
     /// With --kubernetes: where the node health server answers `/healthz` and `/livez` like
     /// kube-proxy's (200 while the last change from the API is in effect, else 503), e.g.

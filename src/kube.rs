@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, Resolved};
 use config::kube::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use config::{Config, Table};
-use proxy_core::steer::{Cidr, SteerEntry, Steering, Verdict};
+use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::RunArgs;
@@ -232,13 +232,13 @@ impl Kube {
             return Ok(());
         };
         let resolved = &snapshot.resolved;
-        let service_cidrs: Vec<Cidr> = snapshot
+        let service_cidrs: Vec<ipnet::IpNet> = snapshot
             .service_cidrs
             .iter()
             .filter_map(|c| match c.parse() {
                 Ok(cidr) => Some(cidr),
                 Err(e) => {
-                    tracing::warn!("ServiceCIDR {e}: left out of service-cidrs");
+                    tracing::warn!("ServiceCIDR {c}: {e}: left out of service-cidrs");
                     None
                 }
             })
@@ -289,14 +289,14 @@ fn node_addresses(args: &RunArgs) -> anyhow::Result<Vec<std::net::IpAddr>> {
 /// `fixed`, then this host's addresses within one of `cidrs`.
 fn host_node_addresses(
     fixed: &[std::net::IpAddr],
-    cidrs: &[proxy_core::steer::Cidr],
+    cidrs: &[ipnet::IpNet],
 ) -> std::io::Result<Vec<std::net::IpAddr>> {
     let mut out = fixed.to_vec();
     if cidrs.is_empty() {
         return Ok(out);
     }
     for ip in proxy_core::steer::local_addresses()? {
-        if cidrs.iter().any(|c| c.contains(ip)) && !out.contains(&ip) {
+        if cidrs.iter().any(|c| c.contains(&ip)) && !out.contains(&ip) {
             out.push(ip);
         }
     }

@@ -56,6 +56,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
+
 mod ruleset;
 
 pub use ruleset::{
@@ -139,7 +141,7 @@ impl Steering {
         &mut self,
         entries: &[SteerEntry],
         cluster_ips: &[IpAddr],
-        service_cidrs: &[Cidr],
+        service_cidrs: &[IpNet],
     ) -> Result<SyncReport, SteerError> {
         let (state, unsteered) = State::new(entries, cluster_ips, service_cidrs, self.ipv6);
         let (full, text) = match &self.current {
@@ -244,85 +246,6 @@ fn flush_udp_conntrack(program: String, frontends: Vec<(IpAddr, u16)>) {
     }
 }
 
-/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/64`), as kube-proxy's
-/// `--nodeport-addresses` and `ServiceCIDR` objects give them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` lies in the range.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let (net, ip, bits) = match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(i)) => {
-                (u128::from(u32::from(n)), u128::from(u32::from(i)), 32)
-            }
-            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
-            _ => return false,
-        };
-        let host_bits = bits - u32::from(self.prefix);
-        host_bits >= bits || (net >> host_bits) == (ip >> host_bits)
-    }
-
-    /// Whether every address of `other` lies in this range.
-    pub fn covers(&self, other: &Cidr) -> bool {
-        self.prefix <= other.prefix && self.contains(other.addr)
-    }
-
-    /// The range with its host bits cleared (`10.96.0.1/12` → `10.96.0.0/12`).
-    pub fn network(&self) -> Cidr {
-        let keep = |bits: u32| {
-            let host_bits = bits - u32::from(self.prefix);
-            if host_bits >= bits {
-                0
-            } else {
-                u128::MAX << host_bits
-            }
-        };
-        let addr = match self.addr {
-            IpAddr::V4(a) => {
-                let mask = keep(32) as u32;
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-            }
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & keep(128))),
-        };
-        Cidr {
-            addr,
-            prefix: self.prefix,
-        }
-    }
-
-    /// Whether it is an IPv6 range.
-    pub fn is_ipv6(&self) -> bool {
-        self.addr.is_ipv6()
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s}: not a CIDR (want ADDR/PREFIX)"))?;
-        let addr: IpAddr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(format!("{s}: prefix longer than {max}"));
-        }
-        Ok(Cidr { addr, prefix })
-    }
-}
-
 /// This host's interface addresses (in the network namespace of the calling thread).
 pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
@@ -397,37 +320,6 @@ fn getsockopt_into<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidrs_contain_what_kube_proxy_would_match() {
-        let c: Cidr = "10.241.1.0/24".parse().unwrap();
-        assert!(c.contains("10.241.1.1".parse().unwrap()));
-        assert!(!c.contains("10.241.2.1".parse().unwrap()));
-        assert!(!c.contains("fd00::1".parse().unwrap()));
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("192.168.7.7".parse().unwrap()));
-        let host: Cidr = "fd00::1/128".parse().unwrap();
-        assert!(host.contains("fd00::1".parse().unwrap()));
-        assert!(!host.contains("fd00::2".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("10.0.0.0".parse::<Cidr>().is_err());
-    }
-
-    #[test]
-    fn cidrs_cover_narrower_ranges_and_print_their_network() {
-        let c = |s: &str| s.parse::<Cidr>().unwrap();
-        assert!(c("10.96.0.0/12").covers(&c("10.96.0.0/24")));
-        assert!(c("10.96.0.0/12").covers(&c("10.96.0.0/12")));
-        assert!(!c("10.96.0.0/24").covers(&c("10.96.0.0/12")));
-        assert!(!c("10.96.0.0/12").covers(&c("fd00::/108")));
-        assert_eq!(c("10.96.7.1/12").network().to_string(), "10.96.0.0/12");
-        assert_eq!(c("10.96.7.1/32").network().to_string(), "10.96.7.1/32");
-        assert_eq!(c("10.96.7.1/0").network().to_string(), "0.0.0.0/0");
-        assert_eq!(
-            c("fd00:241:96::1:2/108").network().to_string(),
-            "fd00:241:96::/108"
-        );
-    }
 
     #[test]
     fn local_addresses_include_loopback() {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use config::Protocol;
 
-use super::Cidr;
+use ipnet::IpNet;
 
 /// What happens to new traffic for one frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,7 +105,7 @@ pub struct State {
     cluster_ips: BTreeSet<IpAddr>,
     /// Normalized: host bits cleared, none inside another (an interval set refuses
     /// overlapping elements).
-    service_cidrs: BTreeSet<Cidr>,
+    service_cidrs: BTreeSet<IpNet>,
     ipv6: bool,
 }
 
@@ -129,7 +129,7 @@ impl State {
     pub fn new(
         entries: &[SteerEntry],
         cluster_ips: &[IpAddr],
-        service_cidrs: &[Cidr],
+        service_cidrs: &[IpNet],
         ipv6: bool,
     ) -> (State, Vec<SteerEntry>) {
         let steered = |ip: &IpAddr| ipv6 || ip.is_ipv4();
@@ -149,14 +149,14 @@ impl State {
             }
         }
         let cluster_ips = cluster_ips.iter().copied().filter(steered).collect();
-        let cidrs: Vec<Cidr> = service_cidrs
+        let cidrs: Vec<IpNet> = service_cidrs
             .iter()
-            .filter(|c| ipv6 || !c.is_ipv6())
-            .map(Cidr::network)
+            .filter(|c| ipv6 || matches!(c, IpNet::V4(_)))
+            .map(IpNet::trunc)
             .collect();
         let service_cidrs = cidrs
             .iter()
-            .filter(|c| !cidrs.iter().any(|o| o != *c && o.covers(c)))
+            .filter(|c| !cidrs.iter().any(|o| o != *c && o.contains(*c)))
             .copied()
             .collect();
         let state = State {
@@ -200,8 +200,8 @@ fn key_only(key: &Key, verdict: Verdict) -> (&'static str, String) {
 }
 
 /// The table of `cidr`'s family.
-fn cidr_table(cidr: &Cidr) -> &'static str {
-    if cidr.is_ipv6() {
+fn cidr_table(cidr: &IpNet) -> &'static str {
+    if let IpNet::V6(_) = cidr {
         Family::V6.table()
     } else {
         Family::V4.table()
@@ -507,7 +507,7 @@ mod tests {
     }
 
     /// Service CIDRs as a cluster may have them: one inside another, one with host bits.
-    fn service_cidrs() -> Vec<Cidr> {
+    fn service_cidrs() -> Vec<IpNet> {
         [
             "10.96.0.0/12",
             "10.96.0.0/24",
@@ -652,7 +652,7 @@ add element ip ringlb portal-ports { udp . 40001 }
         ips.push(IpAddr::from([10, 96, 0, 20]));
         ips.push("fd00::20".parse().unwrap());
         // The IPv4 service CIDR narrowed (10.96.0.0/24 was inside it), 192.168/16 went.
-        let cidrs: Vec<Cidr> = ["10.96.0.0/16", "fd00::/108"]
+        let cidrs: Vec<IpNet> = ["10.96.0.0/16", "fd00::/108"]
             .iter()
             .map(|c| c.parse().unwrap())
             .collect();
