@@ -90,8 +90,8 @@ pub struct RunArgs {
     pub nftables: bool,
 
     /// With --kubernetes: NodePorts are served on this host's interface addresses within
-    /// these CIDRs (repeat, or comma-separate), as kube-proxy's `--nodeport-addresses`; read
-    /// once at start. Adds to --node-address.
+    /// these CIDRs (repeat, or comma-separate), as kube-proxy's `--nodeport-addresses`; the
+    /// addresses are read again every 2 s. Adds to --node-address.
     #[arg(
         long,
         value_name = "CIDR",
@@ -99,6 +99,19 @@ pub struct RunArgs {
         requires = "kubernetes"
     )]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
+
+    /// With --nftables: the pods' address ranges (repeat, or comma-separate), as
+    /// kube-proxy's `--cluster-cidr` with `--detect-local-mode=ClusterCIDR`. Traffic from them
+    /// (and from the node itself) to the external IPs, load balancer IPs and node ports of an
+    /// `externalTrafficPolicy: Local` service goes to its endpoints cluster-wide, as
+    /// kube-proxy short-circuits it; without this option, only the node's own traffic is.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "nftables"
+    )]
+    pub cluster_cidr: Vec<ipnet::IpNet>,
 
     /// With --kubernetes: where the node health server answers `/healthz` and `/livez` like
     /// kube-proxy's (200 while the last change from the API is in effect, else 503), e.g.

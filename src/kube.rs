@@ -1,7 +1,7 @@
 //! `ringlb run --kubernetes`: the Kubernetes watch as the config source of `serve`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +72,7 @@ impl Kube {
                 zone: None,
                 node_addresses: addresses.clone(),
                 service_proxy_name: args.service_proxy_name.clone(),
+                source_ranges_enforced: args.nftables,
             },
         };
         let control: Arc<Mutex<Option<mpsc::Sender<Control>>>> = Arc::default();
@@ -105,9 +106,10 @@ impl Kube {
                 Err(e) => tracing::error!(%addr, error = %e, "cannot serve the node /healthz"),
             }
         }
-        let steering = args
-            .nftables
-            .then(|| RefCell::new(OwnedTable(Steering::new("nft"))));
+        let steering = args.nftables.then(|| {
+            let steering = Steering::new("nft").with_pod_cidrs(args.cluster_cidr.clone());
+            RefCell::new(OwnedTable(steering))
+        });
         let kube = Kube {
             watch,
             control,
@@ -338,7 +340,8 @@ fn follow_host_addresses(args: &RunArgs, first: Vec<std::net::IpAddr>, to: NodeA
 
 /// Every frontend of `resolved` with its verdict: redirect to the service's portal of the
 /// frontend's address family (its listen ports in `table`), reject when no endpoint exists
-/// anywhere, drop when policy `Local` leaves none on this node (kube-proxy's rules).
+/// anywhere, drop when policy `Local` leaves none on this node (kube-proxy's rules); with the
+/// short-circuit portal and the admitted sources where the Service has them.
 fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
     // Service name → (IPv4 portal, IPv6 portal).
     let mut portals: HashMap<&str, (Option<u16>, Option<u16>)> = HashMap::new();
@@ -351,9 +354,23 @@ fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
             }
         }
     }
+    let portal = |name: &str, frontend: &SocketAddr| {
+        let served = portals.get(name).copied().unwrap_or_default();
+        if frontend.is_ipv4() {
+            served.0
+        } else {
+            served.1
+        }
+    };
+    let with_backends: HashSet<&str> = resolved
+        .config
+        .services
+        .iter()
+        .filter(|s| !s.backends.is_empty())
+        .map(|s| s.name.as_str())
+        .collect();
     let mut out = Vec::new();
     for (svc, port) in resolved.config.services.iter().zip(&resolved.ports) {
-        let served = portals.get(svc.name.as_str()).copied().unwrap_or_default();
         for &frontend in &svc.listen {
             let verdict = if svc.backends.is_empty() {
                 if port.any_endpoints {
@@ -362,20 +379,27 @@ fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
                     Verdict::Reject
                 }
             } else {
-                let portal = if frontend.is_ipv4() {
-                    served.0
-                } else {
-                    served.1
-                };
-                match portal {
+                match portal(&svc.name, &frontend) {
                     Some(p) => Verdict::Redirect(p),
                     None => continue,
                 }
             };
+            let local_portal = port
+                .short_circuit
+                .as_deref()
+                .filter(|name| with_backends.contains(name))
+                .and_then(|name| portal(name, &frontend));
+            let sources = port
+                .firewall
+                .as_ref()
+                .filter(|fw| fw.frontends.contains(&frontend))
+                .map(|fw| fw.sources.clone());
             out.push(SteerEntry {
                 protocol: svc.protocol,
                 frontend,
                 verdict,
+                local_portal,
+                sources,
             });
         }
     }

@@ -433,6 +433,160 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     let _ = std::fs::remove_file(&decisions);
 }
 
+/// The objects of the source-range and short-circuit test: a load balancer IP guarded by
+/// `loadBalancerSourceRanges` (admitting the "outside" network only), and a policy `Local`
+/// service whose only endpoint is on another node.
+fn guarded_objects() -> Objects {
+    let svc = |name: &str, ip: &str, lb_ip: &str, node_port: u16, extra: Value| {
+        let mut spec = json!({"type": "LoadBalancer", "clusterIP": ip, "clusterIPs": [ip],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
+                       "nodePort": node_port}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "shop", "resourceVersion": "1"},
+               "spec": spec,
+               "status": {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}})
+    };
+    let slice = |service: &str, node: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": format!("{service}-1"), "namespace": "shop",
+                            "resourceVersion": "1",
+                            "labels": {"kubernetes.io/service-name": service}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "endpoints": [{"addresses": ["10.241.2.2"], "nodeName": node,
+                              "conditions": {"ready": true}}]})
+    };
+    vec![
+        (
+            "services",
+            svc(
+                "guarded",
+                "10.96.0.20",
+                "10.241.9.20",
+                30090,
+                json!({"loadBalancerSourceRanges": ["10.241.3.0/24"]}),
+            ),
+        ),
+        (
+            "services",
+            svc(
+                "far",
+                "10.96.0.21",
+                "10.241.9.21",
+                30091,
+                json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32102}),
+            ),
+        ),
+        ("endpointslices", slice("guarded", "node-a")),
+        ("endpointslices", slice("far", "node-b")),
+    ]
+}
+
+/// New TCP from `ns` to `to` is dropped: the client times out.
+fn assert_dropped(ns: &str, to: &str) {
+    let dropped = ask(ns, to).unwrap_err();
+    assert!(
+        matches!(dropped.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
+        "{ns} to {to}: {dropped}"
+    );
+}
+
+#[test]
+fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() {
+    let Some((pod, node, backend)) = pod_node_backend("fwpod", "fwnode", "fwbe") else {
+        return;
+    };
+    let outside = match Netns::create("fwext") {
+        Ok(ns) => ns,
+        Err(e) => {
+            println!("skipped: cannot create network namespaces: {e}");
+            return;
+        }
+    };
+    link(
+        &node,
+        "n0",
+        &["10.241.1.1/24"],
+        &pod,
+        "p0",
+        &["10.241.1.2/24"],
+    );
+    link(
+        &node,
+        "n1",
+        &["10.241.2.1/24"],
+        &backend,
+        "b0",
+        &["10.241.2.2/24"],
+    );
+    link(
+        &node,
+        "n2",
+        &["10.241.3.1/24"],
+        &outside,
+        "e0",
+        &["10.241.3.2/24"],
+    );
+    pod.ip(&["route", "add", "default", "via", "10.241.1.1"]);
+    backend.ip(&["route", "add", "default", "via", "10.241.2.1"]);
+    outside.ip(&["route", "add", "default", "via", "10.241.3.1"]);
+    node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
+    node.sysctl("net.ipv4.ip_forward=1");
+    let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8080").unwrap());
+    std::thread::spawn(move || {
+        for s in be.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(b"web\n");
+        }
+    });
+    let api = FakeApi::start(&node.0, "guarded", guarded_objects());
+    let proxy = Ringlb::start_in_netns(
+        &node.0,
+        &[
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            api.kubeconfig(),
+            "--node-name",
+            "node-a",
+            "--nftables",
+            "--admin",
+            "off",
+            "--nodeport-addresses",
+            "10.241.1.0/24",
+            "--cluster-cidr",
+            "10.241.1.0/24",
+            "--workers",
+            "1",
+        ],
+    );
+
+    // loadBalancerSourceRanges admit the outside network to the load balancer IP, and no
+    // one else: not the pods either.
+    assert_eq!(ask(&outside.0, "10.241.9.20:80").unwrap(), "web");
+    assert_dropped(&pod.0, "10.241.9.20:80");
+    // The ranges guard the load balancer IP only, as kube-proxy's: not the cluster IP or
+    // the node port.
+    assert_eq!(ask(&pod.0, "10.96.0.20:80").unwrap(), "web");
+    assert_eq!(ask(&pod.0, "10.241.1.1:30090").unwrap(), "web");
+
+    // externalTrafficPolicy: Local, the only endpoint on another node: dropped for the
+    // outside, but a pod on this node (in --cluster-cidr) and the node itself reach the
+    // service's endpoints through its load balancer IP and its node port.
+    assert_dropped(&outside.0, "10.241.9.21:80");
+    assert_eq!(ask(&pod.0, "10.241.9.21:80").unwrap(), "web");
+    assert_eq!(ask(&pod.0, "10.241.1.1:30091").unwrap(), "web");
+    assert_eq!(ask(&node.0, "10.241.9.21:80").unwrap(), "web");
+    assert!(
+        http_get(&pod.0, "10.241.1.1:32102").starts_with("HTTP/1.1 503 "),
+        "no local endpoint for the load balancer's health check"
+    );
+    drop(proxy);
+}
+
 /// The objects of the dual-stack test: addresses only in 10.241.0.0/16 and fd00:241::/32.
 fn dual_stack_objects() -> Objects {
     let svc = |name: &str, ips: &[&str], port: Value, extra: Value| {
@@ -818,16 +972,16 @@ fn nftables_transactions_at_ten_thousand_services() {
             let portal = 20_000 + (i % 40_000) as u16;
             let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i); // 10.96.0.0 + i
             [
-                SteerEntry {
-                    protocol: config::Protocol::Tcp,
-                    frontend: SocketAddr::new(ip.into(), 80),
-                    verdict: Verdict::Redirect(portal),
-                },
-                SteerEntry {
-                    protocol: config::Protocol::Tcp,
-                    frontend: SocketAddr::new([10, 241, 1, 1].into(), 30_000 + (i % 2_768) as u16),
-                    verdict: Verdict::Redirect(portal),
-                },
+                SteerEntry::new(
+                    config::Protocol::Tcp,
+                    SocketAddr::new(ip.into(), 80),
+                    Verdict::Redirect(portal),
+                ),
+                SteerEntry::new(
+                    config::Protocol::Tcp,
+                    SocketAddr::new([10, 241, 1, 1].into(), 30_000 + (i % 2_768) as u16),
+                    Verdict::Redirect(portal),
+                ),
             ]
         })
         .collect();

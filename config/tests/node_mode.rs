@@ -14,6 +14,7 @@ fn options(zone: Option<&str>) -> NodeOptions {
         zone: zone.map(str::to_owned),
         node_addresses: vec!["127.0.0.100".parse::<IpAddr>().unwrap()],
         service_proxy_name: None,
+        source_ranges_enforced: true,
     }
 }
 
@@ -295,4 +296,98 @@ fn a_dual_stack_service_without_endpoints_of_one_family_refuses_on_that_family_o
     let (v4, v4_port) = at("shop.web.http.ipv4");
     assert_eq!(v4.backends.len(), 1);
     assert!(v4_port.any_endpoints);
+}
+
+const GUARDED: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: lb, namespace: shop}
+spec:
+  type: LoadBalancer
+  clusterIP: 127.0.0.80
+  externalIPs: [127.0.0.81]
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30081}]
+status:
+  loadBalancer:
+    ingress: [{ip: 127.0.0.82}, {ip: 127.0.0.83, ipMode: Proxy}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: shop, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [127.0.9.2], nodeName: node-b}
+";
+
+/// The manifest above with `spec.loadBalancerSourceRanges` (which manifests refuse, since
+/// standalone mode cannot enforce it) as the API would give it.
+fn guarded(ranges: Option<&[&str]>) -> Vec<Object> {
+    let mut objs = objects(GUARDED);
+    for o in &mut objs {
+        if let Object::Service(s) = o {
+            s.load_balancer_source_ranges =
+                ranges.map(|r| r.iter().map(|c| c.parse().unwrap()).collect());
+        }
+    }
+    objs
+}
+
+#[test]
+fn source_ranges_guard_load_balancer_ips_only_and_local_traffic_is_short_circuited() {
+    let r = resolve_node(&guarded(None), &options(None));
+    let names: Vec<&str> = r.config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["shop.lb.http", "shop.lb.http.external"]);
+    // Served in VIP mode only; no ranges, no firewall.
+    assert_eq!(
+        listen(&r, "shop.lb.http.external"),
+        ["127.0.0.81:80", "127.0.0.82:80", "127.0.0.100:30081"]
+    );
+    assert_eq!(r.ports[1].firewall, None);
+    // Policy Local with the only endpoint on node-b: nothing here for external clients, but
+    // this node's own and its pods' traffic goes to the cluster IP part's endpoints.
+    assert!(backends(&r, "shop.lb.http.external").is_empty());
+    assert_eq!(backends(&r, "shop.lb.http"), ["127.0.9.2:8080"]);
+    assert_eq!(r.ports[0].short_circuit, None);
+    assert_eq!(r.ports[1].short_circuit.as_deref(), Some("shop.lb.http"));
+
+    let r = resolve_node(&guarded(Some(&["10.0.0.0/8", "fd00::/8"])), &options(None));
+    let fw = r.ports[1].firewall.as_ref().expect("a firewall");
+    assert_eq!(fw.frontends, ["127.0.0.82:80".parse().unwrap()]);
+    assert_eq!(
+        fw.sources,
+        ["10.0.0.0/8".parse().unwrap()],
+        "this family only"
+    );
+    assert_eq!(r.ports[0].firewall, None, "cluster IPs are not guarded");
+    // A range with a node address admits the load balancer IPs too (kube-proxy's
+    // allowFromNode: a node reaching its own VIP speaks from it).
+    let r = resolve_node(&guarded(Some(&["127.0.0.0/24"])), &options(None));
+    let fw = r.ports[1].firewall.as_ref().expect("a firewall");
+    assert_eq!(
+        fw.sources,
+        [
+            "127.0.0.0/24".parse().unwrap(),
+            "127.0.0.82/32".parse().unwrap()
+        ]
+    );
+    // Ranges of the other family only: no one is admitted.
+    let r = resolve_node(&guarded(Some(&["fd00::/8"])), &options(None));
+    assert_eq!(r.ports[1].firewall.as_ref().unwrap().sources, []);
+    // Where nothing can enforce them, the load balancer IPs are not served at all.
+    let unenforced = NodeOptions {
+        source_ranges_enforced: false,
+        ..options(None)
+    };
+    let r = resolve_node(&guarded(Some(&["10.0.0.0/8"])), &unenforced);
+    assert_eq!(
+        listen(&r, "shop.lb.http.external"),
+        ["127.0.0.81:80", "127.0.0.100:30081"]
+    );
+    assert!(
+        r.warnings[0].contains("loadBalancerSourceRanges are enforced only with --nftables"),
+        "{:?}",
+        r.warnings
+    );
 }

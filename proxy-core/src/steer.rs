@@ -17,9 +17,21 @@
 //!   portal serves exactly one service, so the listener the connection arrives on names the
 //!   service; the original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, see
 //!   [`original_dst`]) tells its frontends apart.
+//! - `local-portals`: frontend → the portal for traffic from this node (`nat-output`) and from
+//!   the `pod-cidrs` ranges (`--cluster-cidr`, in `nat-prerouting`), looked up before
+//!   `portals`. Set for the external frontends of an `externalTrafficPolicy: Local` service:
+//!   such traffic goes to the service's cluster-wide endpoints (its cluster IP part's portal),
+//!   as kube-proxy short-circuits it, and a pod reaching its own load balancer IP on a node
+//!   without a local endpoint is served, as the service-proxy spec asks.
+//! - `firewall-ips` and `firewall-allow` (`loadBalancerSourceRanges`): new traffic to a
+//!   guarded load balancer IP and port from a source outside its ranges is dropped before any
+//!   translation (filter chains at the prerouting and output hooks), as kube-proxy's
+//!   `firewall-check`. One interval set keyed `frontend . source range` holds every
+//!   service's ranges, so a change is element updates, not per-service chains.
 //! - `no-endpoints`: frontend → `goto reject-chain` (no endpoint anywhere) or `drop` (policy
-//!   `Local`, none on this node), checked for new connections in filter chains at the input,
-//!   forward and output hooks, as kube-proxy does. `reject-chain` answers TCP with a reset
+//!   `Local`, none on this node), checked for new connections in filter chains at the input
+//!   and forward hooks, as kube-proxy does, and for the node's own traffic after its `nat`
+//!   chain (so the short-circuit is not dropped). `reject-chain` answers TCP with a reset
 //!   and everything else with ICMP port unreachable. (kube-proxy's plain `reject` answers TCP
 //!   with ICMP too; the client gets `ECONNREFUSED` either way, but an ICMPv6 error that
 //!   reaches a pod on this node while its `connect` still holds the socket lock is set aside
@@ -111,6 +123,7 @@ pub struct Steering {
     nft: String,
     conntrack: String,
     ipv6: bool,
+    pod_cidrs: Vec<IpNet>,
     current: Option<State>,
 }
 
@@ -123,8 +136,17 @@ impl Steering {
             nft: nft.into(),
             conntrack: "conntrack".into(),
             ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
+            pod_cidrs: Vec::new(),
             current: None,
         }
+    }
+
+    /// Traffic from these ranges (kube-proxy's `--cluster-cidr`: this node's pods) to the
+    /// external frontends of a policy `Local` service is short-circuited like the node's own
+    /// (see [`SteerEntry::local_portal`]); without them only the node's own is.
+    pub fn with_pod_cidrs(mut self, cidrs: Vec<IpNet>) -> Steering {
+        self.pod_cidrs = cidrs;
+        self
     }
 
     /// Whether IPv6 frontends are steered (the `ip6 ringlb` table is written).
@@ -143,7 +165,13 @@ impl Steering {
         cluster_ips: &[IpAddr],
         service_cidrs: &[IpNet],
     ) -> Result<SyncReport, SteerError> {
-        let (state, unsteered) = State::new(entries, cluster_ips, service_cidrs, self.ipv6);
+        let (state, unsteered) = State::new(
+            entries,
+            cluster_ips,
+            service_cidrs,
+            &self.pod_cidrs,
+            self.ipv6,
+        );
         let (full, text) = match &self.current {
             Some(old) => (false, diff_ruleset(old, &state)),
             None => (true, full_ruleset(&state)),

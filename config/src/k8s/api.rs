@@ -171,6 +171,25 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
         &format!("Service {key}: spec.externalIPs"),
         &mut warnings,
     );
+    // As kube-proxy: surrounding blanks are ignored, a range that does not parse is skipped.
+    let load_balancer_source_ranges = spec
+        .load_balancer_source_ranges
+        .as_ref()
+        .filter(|r| !r.is_empty())
+        .map(|ranges| {
+            ranges
+                .iter()
+                .filter_map(|r| match r.trim().parse::<ipnet::IpNet>() {
+                    Ok(net) => Some(net),
+                    Err(e) => {
+                        warnings.push(format!(
+                            "Service {key}: spec.loadBalancerSourceRanges: {r:?} left out: {e}"
+                        ));
+                        None
+                    }
+                })
+                .collect()
+        });
     let service = Service {
         service_type,
         cluster_ips,
@@ -184,10 +203,7 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
         internal_traffic_policy: policy(&spec.internal_traffic_policy),
         health_check_node_port: spec.health_check_node_port.and_then(port_number),
         load_balancer_ingress,
-        load_balancer_source_ranges: spec
-            .load_balancer_source_ranges
-            .as_ref()
-            .is_some_and(|r| !r.is_empty()),
+        load_balancer_source_ranges,
         scheduler,
         scheduler_loc: Loc::default(),
         meta,

@@ -42,7 +42,8 @@
 //! choosing the fallback set), `spec.selector` (only whether it is set), load balancer
 //! `hostname`s, and the address family of frontends (a dual-stack service sends IPv4 and
 //! IPv6 clients to all its backends). `spec.loadBalancerSourceRanges` is refused rather than
-//! ignored, since ignoring it would open the service to every client. SCTP service ports
+//! ignored, since ignoring it would open the service to every client (node mode enforces it
+//! through nftables). SCTP service ports
 //! are refused. UDP service ports resolve to [`crate::Protocol::Udp`].
 
 use std::path::{Path, PathBuf};
@@ -66,8 +67,8 @@ pub use node_mode::{
     assemble, resolve_node, resolve_node_service, NodeOptions, NodeService, ZONE_LABEL,
 };
 pub use resolve::{
-    service_port_name, Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint,
-    ResolvedPort, StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
+    service_port_name, Firewall, Frontends, NotProxied, NotProxiedReason, Resolved,
+    ResolvedEndpoint, ResolvedPort, StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
 };
 pub use service::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use types::{

@@ -12,9 +12,16 @@
 //!   with that exact label value are served. Headless and ExternalName Services are DNS only.
 //!   SCTP ports are not served.
 //! - Frontends: cluster IPs at `port` are *internal*; external IPs, VIP-mode load balancer
-//!   IPs at `port` and every node address at `nodePort` are *external*. Load balancer IPs of
-//!   a Service with `loadBalancerSourceRanges` are left out (ringlb cannot filter sources yet,
-//!   and serving them to everyone would open what the ranges close).
+//!   IPs at `port` and every node address at `nodePort` are *external*.
+//! - `loadBalancerSourceRanges` guard the load balancer IPs only (not external IPs or node
+//!   ports, as in kube-proxy): [`ResolvedPort::firewall`] lists them with the sources of
+//!   their family that may open flows, plus the load balancer IPs themselves when a node
+//!   address is in a range (kube-proxy's `allowFromNode`). Ranges set but none of the
+//!   family admit no one there.
+//! - Short-circuit: under `externalTrafficPolicy: Local` (and `internalTrafficPolicy:
+//!   Cluster`), traffic from this node and its pods to the external frontends goes to the
+//!   cluster-wide endpoints, as kube-proxy sends it ("subject to neither form of traffic
+//!   policy"); [`ResolvedPort::short_circuit`] names the ringlb service that serves it.
 //! - Endpoints: per service port by name and protocol, port number from each slice. The
 //!   cluster set is the ready endpoints, narrowed to this node's zone when *every* ready
 //!   endpoint has a zone hint and one of them names the zone; if it is empty, the serving and
@@ -38,13 +45,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use balancers::{Scheduler, SchedulerConfig};
+use ipnet::IpNet;
 
 use super::resolve::{endpoints_of, service_port_name, Source};
 use super::types::{
     EndpointSlice, IpMode, Object, PortProtocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
 use super::{
-    Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
+    Firewall, Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
     SERVICE_PROXY_NAME_LABEL,
 };
 use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
@@ -64,6 +72,10 @@ pub struct NodeOptions {
     /// Serve only Services labelled `service.kubernetes.io/service-proxy-name` with this
     /// value (to run beside kube-proxy); `None`: serve those without the label, as kube-proxy.
     pub service_proxy_name: Option<String>,
+    /// Whether the data plane can enforce `loadBalancerSourceRanges` (nftables steering).
+    /// Without it, the load balancer IPs of a Service with ranges are not served at all:
+    /// serving them to every client would open what the ranges close.
+    pub source_ranges_enforced: bool,
 }
 
 /// What one Kubernetes Service resolves to in node mode.
@@ -112,21 +124,22 @@ pub fn resolve_node_service(
         });
         return out;
     }
-    let lb_ips: Vec<IpAddr> = if svc.load_balancer_source_ranges {
-        if svc.load_balancer_ingress.iter().any(|i| i.ip.is_some()) {
-            out.warnings.push(format!(
-                "{whole}: load balancer IPs not served: loadBalancerSourceRanges is not \
-                 supported yet, and serving every client would open what the ranges close"
-            ));
-        }
-        Vec::new()
-    } else {
-        svc.load_balancer_ingress
-            .iter()
-            .filter(|i| i.ip_mode == IpMode::Vip)
-            .filter_map(|i| i.ip)
-            .collect()
-    };
+    let mut lb_ips: Vec<IpAddr> = svc
+        .load_balancer_ingress
+        .iter()
+        .filter(|i| i.ip_mode == IpMode::Vip)
+        .filter_map(|i| i.ip)
+        .collect();
+    if svc.load_balancer_source_ranges.is_some()
+        && !options.source_ranges_enforced
+        && !lb_ips.is_empty()
+    {
+        out.warnings.push(format!(
+            "{whole}: load balancer IPs not served: loadBalancerSourceRanges are enforced only \
+             with --nftables, and serving every client would open what the ranges close"
+        ));
+        lb_ips.clear();
+    }
     let source = if slices.is_empty() {
         Source::None
     } else {
@@ -205,6 +218,29 @@ pub fn resolve_node_service(
             let mut seen: std::collections::HashSet<SocketAddr> =
                 internal.iter().copied().collect();
             external.retain(|a| seen.insert(*a));
+            let firewall = svc.load_balancer_source_ranges.as_ref().map(|ranges| {
+                let frontends: Vec<SocketAddr> = lb_ips
+                    .iter()
+                    .filter(|ip| family(ip))
+                    .map(at_port)
+                    .filter(|a| external.contains(a))
+                    .collect();
+                let mut sources: Vec<IpNet> = ranges
+                    .iter()
+                    .filter(|r| family(&r.addr()))
+                    .copied()
+                    .collect();
+                // kube-proxy's `allowFromNode`: a load balancer IP is often also a local
+                // address, and the node's own requests to it then come from it.
+                let node_listed = options
+                    .node_addresses
+                    .iter()
+                    .any(|a| sources.iter().any(|r| r.contains(a)));
+                if node_listed {
+                    sources.extend(frontends.iter().map(|a| IpNet::from(a.ip())));
+                }
+                Firewall { frontends, sources }
+            });
             let eps: Vec<ResolvedEndpoint> = all_eps
                 .iter()
                 .filter(|e| family(&e.address.ip()))
@@ -216,6 +252,7 @@ pub fn resolve_node_service(
                 internal,
                 external,
                 endpoints: eps,
+                firewall: firewall.filter(|f| !f.frontends.is_empty()),
             };
             resolve_family(svc, port, part, options, &mut out);
         }
@@ -233,6 +270,8 @@ struct PortFamily {
     /// External IPs and load balancer IPs at `port`, node addresses at `nodePort`.
     external: Vec<SocketAddr>,
     endpoints: Vec<ResolvedEndpoint>,
+    /// `loadBalancerSourceRanges` over this family's load balancer IPs.
+    firewall: Option<Firewall>,
 }
 
 /// The ringlb services of one service port in one address family.
@@ -249,24 +288,35 @@ fn resolve_family(
         internal,
         external,
         endpoints: eps,
+        firewall,
     } = part;
     let sets = categorize(&eps, options);
     let itp = svc.internal_traffic_policy;
     let etp = svc.external_traffic_policy;
+    // Traffic from this node and its pods to the external frontends of a policy `Local`
+    // port is served by the cluster-wide endpoints, as kube-proxy short-circuits it
+    // (unless the internal policy is `Local` too: then there is no cluster-wide set).
     let groups = if external.is_empty() {
-        vec![(name, Frontends::All, internal, itp)]
+        vec![(name, Frontends::All, internal, itp, None)]
     } else if itp == etp {
         let mut all = internal;
         all.extend(external);
-        vec![(name, Frontends::All, all, itp)]
+        vec![(name, Frontends::All, all, itp, None)]
     } else {
         let external_name = format!("{name}.external");
+        let short_circuit = (etp == TrafficPolicy::Local).then(|| name.clone());
         vec![
-            (name, Frontends::Internal, internal, itp),
-            (external_name, Frontends::External, external, etp),
+            (name, Frontends::Internal, internal, itp, None),
+            (
+                external_name,
+                Frontends::External,
+                external,
+                etp,
+                short_circuit,
+            ),
         ]
     };
-    for (svc_name, frontends, listen, policy) in groups {
+    for (svc_name, frontends, listen, policy, short_circuit) in groups {
         let usable = match policy {
             TrafficPolicy::Cluster => &sets.cluster,
             TrafficPolicy::Local => &sets.local,
@@ -312,6 +362,10 @@ fn resolve_family(
                 node_port: port.node_port,
                 health_check_node_port: svc.health_check_node_port,
                 cluster_ips: svc.cluster_ips.clone(),
+                firewall: firewall
+                    .clone()
+                    .filter(|_| frontends != Frontends::Internal),
+                short_circuit,
             },
         ));
     }

@@ -120,6 +120,23 @@ pub struct ResolvedPort {
     pub health_check_node_port: Option<u16>,
     /// The Service's cluster IPs (empty for headless services).
     pub cluster_ips: Vec<IpAddr>,
+    /// Node mode: the load balancer IPs among these frontends that
+    /// `loadBalancerSourceRanges` guard, and who may open flows to them.
+    pub firewall: Option<Firewall>,
+    /// Node mode: the ringlb service (the cluster IP part of the same port) that serves
+    /// traffic from this node and its pods to these external frontends, when policy `Local`
+    /// would otherwise keep it on this node's endpoints (kube-proxy's short-circuit).
+    pub short_circuit: Option<String>,
+}
+
+/// Load balancer IPs whose new flows only some sources may open
+/// (`spec.loadBalancerSourceRanges`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Firewall {
+    /// The guarded frontends: load balancer IPs at the service port.
+    pub frontends: Vec<SocketAddr>,
+    /// The sources admitted (of the frontends' family); empty admits no one.
+    pub sources: Vec<ipnet::IpNet>,
 }
 
 /// Which frontends of a Kubernetes service port a ringlb service carries. Node mode splits a
@@ -392,6 +409,8 @@ pub(crate) fn resolve(
                 node_port: port.node_port,
                 health_check_node_port: svc.health_check_node_port,
                 cluster_ips: svc.cluster_ips.clone(),
+                firewall: None,
+                short_circuit: None,
             });
         }
     }

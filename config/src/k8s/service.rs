@@ -92,7 +92,7 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         ck.at(
             n.loc,
             "spec.loadBalancerSourceRanges",
-            "is not supported yet: ringlb would accept every client instead of these ranges",
+            "is not supported in standalone mode: ringlb would accept every client instead of these ranges (node mode with --nftables enforces them)",
         );
     }
     let load_balancer_ingress = load_balancer_ingress(ck, f);
@@ -110,7 +110,7 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         internal_traffic_policy: internal_traffic_policy?,
         health_check_node_port: health_check_node_port?,
         load_balancer_ingress: load_balancer_ingress?,
-        load_balancer_source_ranges: false,
+        load_balancer_source_ranges: None,
         scheduler: scheduler?,
         scheduler_loc,
     })

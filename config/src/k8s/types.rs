@@ -200,9 +200,10 @@ pub struct Service {
     pub health_check_node_port: Option<u16>,
     /// `status.loadBalancer.ingress`.
     pub load_balancer_ingress: Vec<LoadBalancerIngress>,
-    /// Whether `spec.loadBalancerSourceRanges` is set (manifests refuse it; node mode does not
-    /// serve the load balancer IPs of such a Service).
-    pub load_balancer_source_ranges: bool,
+    /// `spec.loadBalancerSourceRanges`, `None` when unset (manifests refuse it; node mode
+    /// lets only these sources open flows to the load balancer IPs). Ranges that do not parse
+    /// are left out with a warning, and a list left empty that way admits no one.
+    pub load_balancer_source_ranges: Option<Vec<ipnet::IpNet>>,
     /// The scheduler from the annotations `ringlb.io/scheduler` and `ringlb.io/scheduler-flags`
     /// (`rr` by default).
     pub scheduler: SchedulerConfig,

@@ -22,7 +22,7 @@ pub enum Verdict {
 }
 
 /// One frontend of a service and its verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SteerEntry {
     /// TCP or UDP.
     pub protocol: Protocol,
@@ -30,6 +30,26 @@ pub struct SteerEntry {
     pub frontend: SocketAddr,
     /// What to do with it.
     pub verdict: Verdict,
+    /// The portal (of the frontend's family) for traffic from this node and from the pod
+    /// ranges instead: kube-proxy's short-circuit of policy `Local` external frontends to
+    /// the cluster-wide endpoints. It overrides `verdict` for that traffic.
+    pub local_portal: Option<u16>,
+    /// `loadBalancerSourceRanges`: only these sources may open new flows (an empty list
+    /// admits no one); `None` admits everyone.
+    pub sources: Option<Vec<IpNet>>,
+}
+
+impl SteerEntry {
+    /// An entry with `verdict` for everyone.
+    pub fn new(protocol: Protocol, frontend: SocketAddr, verdict: Verdict) -> SteerEntry {
+        SteerEntry {
+            protocol,
+            frontend,
+            verdict,
+            local_portal: None,
+            sources: None,
+        }
+    }
 }
 
 /// An address family, with its table.
@@ -69,6 +89,13 @@ impl Family {
         }
     }
 
+    fn saddr(self) -> &'static str {
+        match self {
+            Family::V4 => "ip saddr",
+            Family::V6 => "ip6 saddr",
+        }
+    }
+
     /// The families whose tables ringlb writes.
     fn written(ipv6: bool) -> &'static [Family] {
         if ipv6 {
@@ -97,74 +124,101 @@ impl Proto {
     }
 }
 
-/// The steering state: every steered frontend with its verdict, every cluster IP, the
-/// service CIDRs, and whether the IPv6 table is written.
+/// The steering state: every steered frontend with its verdict (and its short-circuit
+/// portal and admitted sources, if any), every cluster IP, the service CIDRs, the pod ranges,
+/// and whether the IPv6 table is written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     frontends: BTreeMap<Key, Verdict>,
+    local_portals: BTreeMap<Key, u16>,
+    /// Guarded frontends (`firewall-ips`).
+    firewalled: BTreeSet<Key>,
+    /// What they admit (`firewall-allow`): frontend and source range.
+    admitted: BTreeSet<(Key, IpNet)>,
     cluster_ips: BTreeSet<IpAddr>,
-    /// Normalized: host bits cleared, none inside another (an interval set refuses
-    /// overlapping elements).
+    /// Normalized (see [`disjoint`]).
     service_cidrs: BTreeSet<IpNet>,
+    /// Where this node's pods are (`--cluster-cidr`), normalized.
+    pod_cidrs: BTreeSet<IpNet>,
     ipv6: bool,
+}
+
+/// `ranges` of the written families, host bits cleared, without those inside another (an
+/// interval set refuses overlapping elements).
+fn disjoint(ranges: &[IpNet], ipv6: bool) -> BTreeSet<IpNet> {
+    let nets: Vec<IpNet> = ranges
+        .iter()
+        .filter(|c| ipv6 || matches!(c, IpNet::V4(_)))
+        .map(IpNet::trunc)
+        .collect();
+    nets.iter()
+        .filter(|c| !nets.iter().any(|o| o != *c && o.contains(*c)))
+        .copied()
+        .collect()
 }
 
 impl State {
     /// The protocol and port of every portal of `family` some frontend is redirected to.
     fn portal_ports(&self, family: Family) -> BTreeSet<(Proto, u16)> {
-        self.frontends
-            .iter()
+        let redirects = self.frontends.iter().filter_map(|(k, v)| match v {
+            Verdict::Redirect(port) => Some((k, *port)),
+            _ => None,
+        });
+        redirects
+            .chain(self.local_portals.iter().map(|(k, port)| (k, *port)))
             .filter(|((ip, _, _), _)| Family::of(ip) == family)
-            .filter_map(|(&(_, proto, _), v)| match v {
-                Verdict::Redirect(port) => Some((proto, *port)),
-                _ => None,
-            })
+            .map(|(&(_, proto, _), port)| (proto, port))
             .collect()
     }
 
-    /// Builds the state from `entries`, the services' `cluster_ips` and the cluster's
-    /// `service_cidrs`, with the IPv6 table if `ipv6`; returns it with the entries that
-    /// cannot be steered (IPv6 frontends without it). A frontend listed twice keeps its first
-    /// verdict.
+    /// Builds the state from `entries`, the services' `cluster_ips`, the cluster's
+    /// `service_cidrs` and the ranges of this node's pods (`pod_cidrs`, for the
+    /// short-circuit), with the IPv6 table if `ipv6`; returns it with the entries that cannot
+    /// be steered (IPv6 frontends without it). A frontend listed twice keeps its first entry.
     pub fn new(
         entries: &[SteerEntry],
         cluster_ips: &[IpAddr],
         service_cidrs: &[IpNet],
+        pod_cidrs: &[IpNet],
         ipv6: bool,
     ) -> (State, Vec<SteerEntry>) {
         let steered = |ip: &IpAddr| ipv6 || ip.is_ipv4();
-        let mut frontends = BTreeMap::new();
+        let mut state = State {
+            cluster_ips: cluster_ips.iter().copied().filter(steered).collect(),
+            service_cidrs: disjoint(service_cidrs, ipv6),
+            pod_cidrs: disjoint(pod_cidrs, ipv6),
+            ipv6,
+            ..State::default()
+        };
         let mut unsteered = Vec::new();
         for e in entries {
             let proto = match e.protocol {
                 Protocol::Tcp => Proto::Tcp,
                 Protocol::Udp => Proto::Udp,
             };
-            if steered(&e.frontend.ip()) {
-                frontends
-                    .entry((e.frontend.ip(), proto, e.frontend.port()))
-                    .or_insert(e.verdict);
-            } else {
-                unsteered.push(*e);
+            let key = (e.frontend.ip(), proto, e.frontend.port());
+            if !steered(&key.0) {
+                unsteered.push(e.clone());
+                continue;
+            }
+            if state.frontends.contains_key(&key) {
+                continue;
+            }
+            state.frontends.insert(key, e.verdict);
+            if let Some(port) = e.local_portal {
+                state.local_portals.insert(key, port);
+            }
+            if let Some(sources) = &e.sources {
+                state.firewalled.insert(key);
+                let family = Family::of(&key.0);
+                state.admitted.extend(
+                    sources
+                        .iter()
+                        .filter(|s| Family::of(&s.addr()) == family)
+                        .map(|s| (key, s.trunc())),
+                );
             }
         }
-        let cluster_ips = cluster_ips.iter().copied().filter(steered).collect();
-        let cidrs: Vec<IpNet> = service_cidrs
-            .iter()
-            .filter(|c| ipv6 || matches!(c, IpNet::V4(_)))
-            .map(IpNet::trunc)
-            .collect();
-        let service_cidrs = cidrs
-            .iter()
-            .filter(|c| !cidrs.iter().any(|o| o != *c && o.contains(*c)))
-            .copied()
-            .collect();
-        let state = State {
-            frontends,
-            cluster_ips,
-            service_cidrs,
-            ipv6,
-        };
         (state, unsteered)
     }
 
@@ -191,21 +245,54 @@ fn element(key: &Key, verdict: Verdict) -> (&'static str, &'static str, String) 
 }
 
 fn key_only(key: &Key, verdict: Verdict) -> (&'static str, String) {
-    let (ip, proto, port) = key;
     let map = match verdict {
         Verdict::Redirect(_) => "portals",
         Verdict::Reject | Verdict::Drop => "no-endpoints",
     };
-    (map, format!("{ip} . {} . {port}", proto.name()))
+    (map, key_text(key))
+}
+
+/// `ip . proto . port`, as the maps and sets key it.
+fn key_text((ip, proto, port): &Key) -> String {
+    format!("{ip} . {} . {port}", proto.name())
 }
 
 /// The table of `cidr`'s family.
 fn cidr_table(cidr: &IpNet) -> &'static str {
-    if let IpNet::V6(_) = cidr {
-        Family::V6.table()
-    } else {
-        Family::V4.table()
+    Family::of(&cidr.addr()).table()
+}
+
+/// The elements of the sets and the `local-portals` map, as (table, set or map, element)
+/// lines: everything but the frontends' verdicts.
+fn set_elements(state: &State) -> BTreeSet<(&'static str, &'static str, String)> {
+    let mut out = BTreeSet::new();
+    for ip in &state.cluster_ips {
+        out.insert((Family::of(ip).table(), "cluster-ips", ip.to_string()));
     }
+    for cidr in &state.service_cidrs {
+        out.insert((cidr_table(cidr), "service-cidrs", cidr.to_string()));
+    }
+    for cidr in &state.pod_cidrs {
+        out.insert((cidr_table(cidr), "pod-cidrs", cidr.to_string()));
+    }
+    for &family in Family::written(state.ipv6) {
+        for (proto, port) in state.portal_ports(family) {
+            let e = format!("{} . {port}", proto.name());
+            out.insert((family.table(), "portal-ports", e));
+        }
+    }
+    for (k, port) in &state.local_portals {
+        let e = format!("{} : {port}", key_text(k));
+        out.insert((Family::of(&k.0).table(), "local-portals", e));
+    }
+    for k in &state.firewalled {
+        out.insert((Family::of(&k.0).table(), "firewall-ips", key_text(k)));
+    }
+    for (k, source) in &state.admitted {
+        let e = format!("{} . {source}", key_text(k));
+        out.insert((Family::of(&k.0).table(), "firewall-allow", e));
+    }
+    out
 }
 
 /// The fixed part of one family's table: created empty (after deleting whatever a previous
@@ -236,6 +323,18 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
         "add set {t} service-cidrs {{ type {} ; flags interval ; }}",
         family.addr_type()
     ));
+    line(format!(
+        "add set {t} pod-cidrs {{ type {} ; flags interval ; }}",
+        family.addr_type()
+    ));
+    line(format!(
+        "add map {t} local-portals {{ type {key} : inet_service ; }}"
+    ));
+    line(format!("add set {t} firewall-ips {{ type {key} ; }}"));
+    line(format!(
+        "add set {t} firewall-allow {{ type {key} . {} ; flags interval ; }}",
+        family.addr_type()
+    ));
     line(format!("add chain {t} reject-chain"));
     // TCP gets a reset, the rest ICMP port unreachable (see the module docs).
     line(format!(
@@ -251,20 +350,47 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
         "add rule {t} cluster-ips-check {} @service-cidrs drop",
         family.daddr()
     ));
-    for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
+    // loadBalancerSourceRanges, before any translation (kube-proxy's `firewall-check`).
+    line(format!("add chain {t} firewall-check"));
+    line(format!(
+        "add rule {t} firewall-check {lookup} @firewall-ips {lookup} . {} != @firewall-allow drop",
+        family.saddr()
+    ));
+    // The short-circuit comes first: from the pod ranges (prerouting) and from the node
+    // itself (output, all of it local).
+    let from_pods = format!("{} @pod-cidrs ", family.saddr());
+    for (chain, hook, local) in [
+        ("nat-prerouting", "prerouting", from_pods.as_str()),
+        ("nat-output", "output", ""),
+    ] {
         line(format!(
             "add chain {t} {chain} {{ type nat hook {hook} priority -100 ; }}"
+        ));
+        line(format!(
+            "add rule {t} {chain} {local}meta l4proto {{ tcp, udp }} redirect to : {lookup} map @local-portals"
         ));
         line(format!(
             "add rule {t} {chain} meta l4proto {{ tcp, udp }} redirect to : {lookup} map @portals"
         ));
     }
-    for hook in ["input", "forward", "output"] {
+    for hook in ["prerouting", "input", "forward", "output"] {
         line(format!(
             "add chain {t} filter-{hook} {{ type filter hook {hook} priority -110 ; }}"
         ));
+    }
+    for hook in ["prerouting", "output"] {
         line(format!(
-            "add rule {t} filter-{hook} ct state new {lookup} vmap @no-endpoints"
+            "add rule {t} filter-{hook} ct state new jump firewall-check"
+        ));
+    }
+    // The node's own traffic is checked after its nat chain, which short-circuits some of
+    // what policy `Local` would drop.
+    line(format!(
+        "add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}"
+    ));
+    for chain in ["filter-input", "filter-forward", "filter-output-post-dnat"] {
+        line(format!(
+            "add rule {t} {chain} ct state new {lookup} vmap @no-endpoints"
         ));
     }
     line(format!(
@@ -273,9 +399,6 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
     // After the nat chains: what they redirected no longer goes to a cluster IP.
     line(format!(
         "add rule {t} filter-forward ct state new jump cluster-ips-check"
-    ));
-    line(format!(
-        "add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}"
     ));
     line(format!(
         "add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check"
@@ -298,22 +421,8 @@ pub fn full_ruleset(state: &State) -> String {
         let (t, map, e) = element(k, *v);
         line(format!("add element {t} {map} {{ {e} }}"));
     }
-    for ip in &state.cluster_ips {
-        let t = Family::of(ip).table();
-        line(format!("add element {t} cluster-ips {{ {ip} }}"));
-    }
-    for cidr in &state.service_cidrs {
-        let t = cidr_table(cidr);
-        line(format!("add element {t} service-cidrs {{ {cidr} }}"));
-    }
-    for &family in Family::written(state.ipv6) {
-        for (proto, port) in state.portal_ports(family) {
-            line(format!(
-                "add element {} portal-ports {{ {} . {port} }}",
-                family.table(),
-                proto.name()
-            ));
-        }
+    for (t, set, e) in set_elements(state) {
+        line(format!("add element {t} {set} {{ {e} }}"));
     }
     out
 }
@@ -337,38 +446,15 @@ pub fn diff_ruleset(old: &State, new: &State) -> String {
             out.push_str(&format!("add element {t} {map} {{ {e} }}\n"));
         }
     }
-    for ip in old.cluster_ips.difference(&new.cluster_ips) {
-        let t = Family::of(ip).table();
-        out.push_str(&format!("delete element {t} cluster-ips {{ {ip} }}\n"));
+    // Deletions first: a range may give way to a wider or narrower one, a portal of a
+    // `local-portals` key may change.
+    let (old_sets, new_sets) = (set_elements(old), set_elements(new));
+    for (t, set, e) in old_sets.difference(&new_sets) {
+        let e = e.split(" : ").next().unwrap_or(e);
+        out.push_str(&format!("delete element {t} {set} {{ {e} }}\n"));
     }
-    for ip in new.cluster_ips.difference(&old.cluster_ips) {
-        let t = Family::of(ip).table();
-        out.push_str(&format!("add element {t} cluster-ips {{ {ip} }}\n"));
-    }
-    // Deletions first: a range may give way to a wider or narrower one.
-    for cidr in old.service_cidrs.difference(&new.service_cidrs) {
-        let t = cidr_table(cidr);
-        out.push_str(&format!("delete element {t} service-cidrs {{ {cidr} }}\n"));
-    }
-    for cidr in new.service_cidrs.difference(&old.service_cidrs) {
-        let t = cidr_table(cidr);
-        out.push_str(&format!("add element {t} service-cidrs {{ {cidr} }}\n"));
-    }
-    for &family in Family::written(new.ipv6) {
-        let t = family.table();
-        let (old_ports, new_ports) = (old.portal_ports(family), new.portal_ports(family));
-        for (proto, port) in old_ports.difference(&new_ports) {
-            out.push_str(&format!(
-                "delete element {t} portal-ports {{ {} . {port} }}\n",
-                proto.name()
-            ));
-        }
-        for (proto, port) in new_ports.difference(&old_ports) {
-            out.push_str(&format!(
-                "add element {t} portal-ports {{ {} . {port} }}\n",
-                proto.name()
-            ));
-        }
+    for (t, set, e) in new_sets.difference(&old_sets) {
+        out.push_str(&format!("add element {t} {set} {{ {e} }}\n"));
     }
     out
 }
@@ -390,7 +476,11 @@ pub fn stale_udp(old: Option<&State>, new: &State) -> Vec<(IpAddr, u16)> {
             .frontends
             .iter()
             .filter(|(k, v)| {
-                udp(k) && matches!(v, Verdict::Redirect(_)) && new.frontends.get(*k) != Some(*v)
+                let moved = matches!(v, Verdict::Redirect(_)) && new.frontends.get(*k) != Some(*v);
+                let short_circuit = old.local_portals.get(*k);
+                let local_moved =
+                    short_circuit.is_some() && new.local_portals.get(*k) != short_circuit;
+                udp(k) && (moved || local_moved)
             })
             .map(|(&(ip, _, port), _)| (ip, port))
             .collect(),
@@ -421,9 +511,14 @@ mod tests {
                 udp("10.96.0.13:53", Verdict::Redirect(40004)),
                 udp("10.96.0.14:53", Verdict::Reject),
                 tcp("10.96.0.15:80", Verdict::Redirect(40005)),
+                SteerEntry {
+                    local_portal: Some(40011),
+                    ..udp("10.96.0.16:53", Verdict::Drop)
+                },
                 udp("[fd00::10]:53", Verdict::Redirect(40007)),
                 udp("[fd00::11]:53", Verdict::Redirect(40008)),
             ],
+            &[],
             &[],
             &[],
             true,
@@ -435,9 +530,14 @@ mod tests {
                 udp("10.96.0.12:53", Verdict::Reject),
                 udp("10.96.0.14:53", Verdict::Redirect(40006)),
                 tcp("10.96.0.15:80", Verdict::Redirect(40010)),
+                SteerEntry {
+                    local_portal: Some(40012),
+                    ..udp("10.96.0.16:53", Verdict::Drop)
+                },
                 udp("[fd00::10]:53", Verdict::Drop),
                 udp("[fd00::11]:53", Verdict::Redirect(40008)),
             ],
+            &[],
             &[],
             &[],
             true,
@@ -449,9 +549,11 @@ mod tests {
                 (ip("10.96.0.11"), 53),
                 (ip("10.96.0.12"), 53),
                 (ip("10.96.0.13"), 53),
+                (ip("10.96.0.16"), 53),
                 (ip("fd00::10"), 53)
             ],
-            "portal moved, lost its endpoints, removed; unchanged, newly served and TCP are not"
+            "portal moved (or its short-circuit portal), lost its endpoints, removed; \
+             unchanged, newly served and TCP are not"
         );
         assert_eq!(
             stale_udp(None, &new),
@@ -460,6 +562,7 @@ mod tests {
                 (ip("10.96.0.11"), 53),
                 (ip("10.96.0.12"), 53),
                 (ip("10.96.0.14"), 53),
+                (ip("10.96.0.16"), 53),
                 (ip("fd00::10"), 53),
                 (ip("fd00::11"), 53)
             ],
@@ -468,11 +571,16 @@ mod tests {
     }
 
     fn entry(protocol: Protocol, frontend: &str, verdict: Verdict) -> SteerEntry {
-        SteerEntry {
-            protocol,
-            frontend: frontend.parse().unwrap(),
-            verdict,
-        }
+        SteerEntry::new(protocol, frontend.parse().unwrap(), verdict)
+    }
+
+    fn nets(ranges: &[&str]) -> Vec<IpNet> {
+        ranges.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    /// Pod ranges: one inside another, one with host bits.
+    fn pod_cidrs() -> Vec<IpNet> {
+        nets(&["10.244.0.0/16", "10.244.1.0/24", "fd00:244::1/64"])
     }
 
     /// IPv4 frontends on portals 40000 (TCP) and 40001 (UDP), IPv6 ones on the IPv6 portals
@@ -489,6 +597,17 @@ mod tests {
             entry(Protocol::Tcp, "[fd00:1::5]:30080", Verdict::Redirect(40000)),
             entry(Protocol::Tcp, "[fd00::11]:80", Verdict::Reject),
             entry(Protocol::Tcp, "[fd00::12]:443", Verdict::Drop),
+            // Policy Local without a local endpoint, short-circuited to the cluster IP's
+            // portal; guarded by source ranges (a node address among them lets the VIP in).
+            SteerEntry {
+                local_portal: Some(40000),
+                sources: Some(nets(&["192.168.0.0/16", "10.96.0.99/32", "fd00::/8"])),
+                ..entry(Protocol::Tcp, "10.96.0.99:80", Verdict::Drop)
+            },
+            SteerEntry {
+                sources: Some(Vec::new()),
+                ..entry(Protocol::Tcp, "[fd00::99]:80", Verdict::Redirect(40000))
+            },
         ]
     }
 
@@ -522,6 +641,8 @@ mod tests {
     /// One family's fixed part, `ip` / `ip ringlb` style names filled in.
     fn skeleton_text(family: &str, addr: &str, daddr: &str) -> String {
         let t = format!("{family} ringlb");
+        let saddr = daddr.replace("daddr", "saddr");
+        let lookup = format!("{daddr} . meta l4proto . th dport");
         format!(
             "\
 add table {t}
@@ -532,25 +653,36 @@ add map {t} no-endpoints {{ type {addr} . inet_proto . inet_service : verdict ; 
 add set {t} cluster-ips {{ type {addr} ; }}
 add set {t} portal-ports {{ type inet_proto . inet_service ; }}
 add set {t} service-cidrs {{ type {addr} ; flags interval ; }}
+add set {t} pod-cidrs {{ type {addr} ; flags interval ; }}
+add map {t} local-portals {{ type {addr} . inet_proto . inet_service : inet_service ; }}
+add set {t} firewall-ips {{ type {addr} . inet_proto . inet_service ; }}
+add set {t} firewall-allow {{ type {addr} . inet_proto . inet_service . {addr} ; flags interval ; }}
 add chain {t} reject-chain
 add rule {t} reject-chain meta l4proto tcp reject with tcp reset
 add rule {t} reject-chain reject
 add chain {t} cluster-ips-check
 add rule {t} cluster-ips-check {daddr} @cluster-ips goto reject-chain
 add rule {t} cluster-ips-check {daddr} @service-cidrs drop
+add chain {t} firewall-check
+add rule {t} firewall-check {lookup} @firewall-ips {lookup} . {saddr} != @firewall-allow drop
 add chain {t} nat-prerouting {{ type nat hook prerouting priority -100 ; }}
-add rule {t} nat-prerouting meta l4proto {{ tcp, udp }} redirect to : {daddr} . meta l4proto . th dport map @portals
+add rule {t} nat-prerouting {saddr} @pod-cidrs meta l4proto {{ tcp, udp }} redirect to : {lookup} map @local-portals
+add rule {t} nat-prerouting meta l4proto {{ tcp, udp }} redirect to : {lookup} map @portals
 add chain {t} nat-output {{ type nat hook output priority -100 ; }}
-add rule {t} nat-output meta l4proto {{ tcp, udp }} redirect to : {daddr} . meta l4proto . th dport map @portals
+add rule {t} nat-output meta l4proto {{ tcp, udp }} redirect to : {lookup} map @local-portals
+add rule {t} nat-output meta l4proto {{ tcp, udp }} redirect to : {lookup} map @portals
+add chain {t} filter-prerouting {{ type filter hook prerouting priority -110 ; }}
 add chain {t} filter-input {{ type filter hook input priority -110 ; }}
-add rule {t} filter-input ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
 add chain {t} filter-forward {{ type filter hook forward priority -110 ; }}
-add rule {t} filter-forward ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
 add chain {t} filter-output {{ type filter hook output priority -110 ; }}
-add rule {t} filter-output ct state new {daddr} . meta l4proto . th dport vmap @no-endpoints
+add rule {t} filter-prerouting ct state new jump firewall-check
+add rule {t} filter-output ct state new jump firewall-check
+add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}
+add rule {t} filter-input ct state new {lookup} vmap @no-endpoints
+add rule {t} filter-forward ct state new {lookup} vmap @no-endpoints
+add rule {t} filter-output-post-dnat ct state new {lookup} vmap @no-endpoints
 add rule {t} filter-input ct state new ct status ! dnat meta l4proto . th dport @portal-ports goto reject-chain
 add rule {t} filter-forward ct state new jump cluster-ips-check
-add chain {t} filter-output-post-dnat {{ type filter hook output priority -90 ; }}
 add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check
 "
         )
@@ -558,7 +690,13 @@ add rule {t} filter-output-post-dnat ct state new jump cluster-ips-check
 
     #[test]
     fn the_full_ruleset_is_golden() {
-        let (state, unsteered) = State::new(&entries(), &cluster_ips(), &service_cidrs(), true);
+        let (state, unsteered) = State::new(
+            &entries(),
+            &cluster_ips(),
+            &service_cidrs(),
+            &pod_cidrs(),
+            true,
+        );
         assert!(unsteered.is_empty(), "{unsteered:?}");
         let want = skeleton_text("ip", "ipv4_addr", "ip daddr")
             + &skeleton_text("ip6", "ipv6_addr", "ip6 daddr")
@@ -567,25 +705,34 @@ add element ip ringlb portals { 10.96.0.10 . tcp . 80 : 40000 }
 add element ip ringlb portals { 10.96.0.10 . udp . 53 : 40001 }
 add element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 : goto reject-chain }
 add element ip ringlb no-endpoints { 10.96.0.12 . tcp . 443 : drop }
+add element ip ringlb no-endpoints { 10.96.0.99 . tcp . 80 : drop }
 add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
 add element ip6 ringlb portals { fd00::10 . tcp . 80 : 40000 }
 add element ip6 ringlb portals { fd00::10 . udp . 53 : 40100 }
 add element ip6 ringlb no-endpoints { fd00::11 . tcp . 80 : goto reject-chain }
 add element ip6 ringlb no-endpoints { fd00::12 . tcp . 443 : drop }
+add element ip6 ringlb portals { fd00::99 . tcp . 80 : 40000 }
 add element ip6 ringlb portals { fd00:1::5 . tcp . 30080 : 40000 }
 add element ip ringlb cluster-ips { 10.96.0.10 }
 add element ip ringlb cluster-ips { 10.96.0.11 }
 add element ip ringlb cluster-ips { 10.96.0.12 }
+add element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 10.96.0.99/32 }
+add element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 192.168.0.0/16 }
+add element ip ringlb firewall-ips { 10.96.0.99 . tcp . 80 }
+add element ip ringlb local-portals { 10.96.0.99 . tcp . 80 : 40000 }
+add element ip ringlb pod-cidrs { 10.244.0.0/16 }
+add element ip ringlb portal-ports { tcp . 40000 }
+add element ip ringlb portal-ports { udp . 40001 }
+add element ip ringlb service-cidrs { 10.96.0.0/12 }
+add element ip ringlb service-cidrs { 192.168.0.0/16 }
 add element ip6 ringlb cluster-ips { fd00::10 }
 add element ip6 ringlb cluster-ips { fd00::11 }
 add element ip6 ringlb cluster-ips { fd00::12 }
-add element ip ringlb service-cidrs { 10.96.0.0/12 }
-add element ip ringlb service-cidrs { 192.168.0.0/16 }
-add element ip6 ringlb service-cidrs { fd00::/108 }
-add element ip ringlb portal-ports { tcp . 40000 }
-add element ip ringlb portal-ports { udp . 40001 }
+add element ip6 ringlb firewall-ips { fd00::99 . tcp . 80 }
+add element ip6 ringlb pod-cidrs { fd00:244::/64 }
 add element ip6 ringlb portal-ports { tcp . 40000 }
 add element ip6 ringlb portal-ports { udp . 40100 }
+add element ip6 ringlb service-cidrs { fd00::/108 }
 ";
         assert_eq!(full_ruleset(&state), want);
         assert_eq!(
@@ -596,7 +743,13 @@ add element ip6 ringlb portal-ports { udp . 40100 }
 
     #[test]
     fn without_ipv6_only_the_ip_table_is_written_and_ipv6_frontends_are_reported() {
-        let (state, unsteered) = State::new(&entries(), &cluster_ips(), &service_cidrs(), false);
+        let (state, unsteered) = State::new(
+            &entries(),
+            &cluster_ips(),
+            &service_cidrs(),
+            &pod_cidrs(),
+            false,
+        );
         let reported: Vec<String> = unsteered.iter().map(|e| e.frontend.to_string()).collect();
         assert_eq!(
             reported,
@@ -605,7 +758,8 @@ add element ip6 ringlb portal-ports { udp . 40100 }
                 "[fd00::10]:53",
                 "[fd00:1::5]:30080",
                 "[fd00::11]:80",
-                "[fd00::12]:443"
+                "[fd00::12]:443",
+                "[fd00::99]:80"
             ]
         );
         let want = skeleton_text("ip", "ipv4_addr", "ip daddr")
@@ -614,14 +768,20 @@ add element ip ringlb portals { 10.96.0.10 . tcp . 80 : 40000 }
 add element ip ringlb portals { 10.96.0.10 . udp . 53 : 40001 }
 add element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 : goto reject-chain }
 add element ip ringlb no-endpoints { 10.96.0.12 . tcp . 443 : drop }
+add element ip ringlb no-endpoints { 10.96.0.99 . tcp . 80 : drop }
 add element ip ringlb portals { 192.168.1.5 . tcp . 30080 : 40000 }
 add element ip ringlb cluster-ips { 10.96.0.10 }
 add element ip ringlb cluster-ips { 10.96.0.11 }
 add element ip ringlb cluster-ips { 10.96.0.12 }
-add element ip ringlb service-cidrs { 10.96.0.0/12 }
-add element ip ringlb service-cidrs { 192.168.0.0/16 }
+add element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 10.96.0.99/32 }
+add element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 192.168.0.0/16 }
+add element ip ringlb firewall-ips { 10.96.0.99 . tcp . 80 }
+add element ip ringlb local-portals { 10.96.0.99 . tcp . 80 : 40000 }
+add element ip ringlb pod-cidrs { 10.244.0.0/16 }
 add element ip ringlb portal-ports { tcp . 40000 }
 add element ip ringlb portal-ports { udp . 40001 }
+add element ip ringlb service-cidrs { 10.96.0.0/12 }
+add element ip ringlb service-cidrs { 192.168.0.0/16 }
 ";
         assert_eq!(full_ruleset(&state), want);
         assert_eq!(
@@ -632,7 +792,13 @@ add element ip ringlb portal-ports { udp . 40001 }
 
     #[test]
     fn a_diff_touches_only_changed_elements() {
-        let (old, _) = State::new(&entries(), &cluster_ips(), &service_cidrs(), true);
+        let (old, _) = State::new(
+            &entries(),
+            &cluster_ips(),
+            &service_cidrs(),
+            &pod_cidrs(),
+            true,
+        );
         let mut changed = entries();
         changed[0].verdict = Verdict::Reject; // endpoints gone; tcp 40000 still serves 30080
         changed.remove(3); // service deleted
@@ -645,6 +811,10 @@ add element ip ringlb portal-ports { udp . 40001 }
         // service lost its endpoints, a cluster IP went and one came.
         changed[5].verdict = Verdict::Redirect(40101); // [fd00::10]:53
         changed[6].verdict = Verdict::Drop; // [fd00:1::5]:30080
+                                            // The short-circuit portal moved, a source range narrowed, a guard went.
+        changed[9].local_portal = Some(40003); // 10.96.0.99:80
+        changed[9].sources = Some(nets(&["192.168.0.0/24", "10.96.0.99/32"]));
+        changed[10].sources = None; // [fd00::99]:80
         let mut ips = cluster_ips();
         ips.retain(|ip| {
             *ip != IpAddr::from([10, 96, 0, 11]) && *ip != "fd00::12".parse::<IpAddr>().unwrap()
@@ -656,7 +826,7 @@ add element ip ringlb portal-ports { udp . 40001 }
             .iter()
             .map(|c| c.parse().unwrap())
             .collect();
-        let (new, _) = State::new(&changed, &ips, &cidrs, true);
+        let (new, _) = State::new(&changed, &ips, &cidrs, &pod_cidrs(), true);
         let want = "\
 delete element ip ringlb portals { 10.96.0.10 . tcp . 80 }
 delete element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 }
@@ -667,14 +837,20 @@ add element ip ringlb portals { 10.96.0.20 . udp . 53 : 40002 }
 add element ip6 ringlb portals { fd00::10 . udp . 53 : 40101 }
 add element ip6 ringlb no-endpoints { fd00:1::5 . tcp . 30080 : drop }
 delete element ip ringlb cluster-ips { 10.96.0.11 }
-delete element ip6 ringlb cluster-ips { fd00::12 }
-add element ip ringlb cluster-ips { 10.96.0.20 }
-add element ip6 ringlb cluster-ips { fd00::20 }
+delete element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 192.168.0.0/16 }
+delete element ip ringlb local-portals { 10.96.0.99 . tcp . 80 }
 delete element ip ringlb service-cidrs { 10.96.0.0/12 }
 delete element ip ringlb service-cidrs { 192.168.0.0/16 }
-add element ip ringlb service-cidrs { 10.96.0.0/16 }
-add element ip ringlb portal-ports { udp . 40002 }
+delete element ip6 ringlb cluster-ips { fd00::12 }
+delete element ip6 ringlb firewall-ips { fd00::99 . tcp . 80 }
 delete element ip6 ringlb portal-ports { udp . 40100 }
+add element ip ringlb cluster-ips { 10.96.0.20 }
+add element ip ringlb firewall-allow { 10.96.0.99 . tcp . 80 . 192.168.0.0/24 }
+add element ip ringlb local-portals { 10.96.0.99 . tcp . 80 : 40003 }
+add element ip ringlb portal-ports { tcp . 40003 }
+add element ip ringlb portal-ports { udp . 40002 }
+add element ip ringlb service-cidrs { 10.96.0.0/16 }
+add element ip6 ringlb cluster-ips { fd00::20 }
 add element ip6 ringlb portal-ports { udp . 40101 }
 ";
         assert_eq!(diff_ruleset(&old, &new), want);
@@ -688,6 +864,7 @@ add element ip6 ringlb portal-ports { udp . 40101 }
                 entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Redirect(1)),
                 entry(Protocol::Tcp, "10.96.0.10:80", Verdict::Reject),
             ],
+            &[],
             &[],
             &[],
             false,
