@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -221,7 +221,7 @@ struct Server {
 
 impl Server {
     fn start(port: u16, health: Health, node: Arc<NodeHealth>) -> std::io::Result<Server> {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+        let listener = any_address(port)?;
         let addr = listener.local_addr()?;
         let health = Arc::new(Mutex::new(health));
         let stop = Arc::new(AtomicBool::new(false));
@@ -249,6 +249,33 @@ impl Server {
             &SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port()),
             Duration::from_secs(1),
         );
+    }
+}
+
+/// A listener on every address of both families at `port` (one dual-stack `[::]` socket, as
+/// kube-proxy's `:port` listener), or on `0.0.0.0` where the host has no IPv6: load
+/// balancers probe over whichever family they reach the node by.
+fn any_address(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        socket.set_only_v6(false)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
+        socket.listen(128)?;
+        Ok(socket.into())
+    };
+    match dual() {
+        Ok(listener) => Ok(listener),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -672,6 +672,21 @@ fn dual_stack_objects() -> Objects {
             "endpointslices",
             slice("local6-6", "local6", "IPv6", &["fd00:241:2::2"], "node-b"),
         ),
+        (
+            "services",
+            svc(
+                "lb6",
+                &["fd00:241:96::16"],
+                json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
+                       "nodePort": 30083}),
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                       "healthCheckNodePort": 32103}),
+            ),
+        ),
+        (
+            "endpointslices",
+            slice("lb6-6", "lb6", "IPv6", &["fd00:241:2::2"], "node-a"),
+        ),
         ("endpointslices", dns6),
         (
             "servicecidrs",
@@ -797,6 +812,10 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     let listed = node.exec(&["nft", "list", "table", "ip6", "ringlb"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(table.contains("fd00:241:96::14 . tcp . 80"), "{table}");
+    // A load balancer probing the node over IPv6 gets its healthCheckNodePort answer.
+    let probed = http_get(&pod.0, "[fd00:241:1::1]:32103");
+    assert!(probed.starts_with("HTTP/1.1 200 "), "{probed}");
+    assert!(probed.contains("\"localEndpoints\": 1,"), "{probed}");
     // The service CIDRs are not needed to start serving; they follow once listed.
     for (family, cidr) in [("ip", "10.241.96.0/24"), ("ip6", "fd00:241:96::/112")] {
         let deadline = Instant::now() + Duration::from_secs(10);
