@@ -361,15 +361,26 @@ fn source_ranges_guard_load_balancer_ips_only_and_local_traffic_is_short_circuit
         "this family only"
     );
     assert_eq!(r.ports[0].firewall, None, "cluster IPs are not guarded");
-    // A range with a node address admits the load balancer IPs too (kube-proxy's
-    // allowFromNode: a node reaching its own VIP speaks from it).
-    let r = resolve_node(&guarded(Some(&["127.0.0.0/24"])), &options(None));
+    // A range with a node address admits every node address and the load balancer IPs too
+    // (the spec's "any local IP"; kube-proxy's allowFromNode: a node reaching its own VIP
+    // speaks from it).
+    let mut two_addresses = options(None);
+    two_addresses
+        .node_addresses
+        .push("127.0.0.101".parse().unwrap());
+    let r = resolve_node(
+        &guarded(Some(&["127.0.0.100/32", "10.0.0.0/8"])),
+        &two_addresses,
+    );
     let fw = r.ports[1].firewall.as_ref().expect("a firewall");
+    let sources: Vec<String> = fw.sources.iter().map(ToString::to_string).collect();
     assert_eq!(
-        fw.sources,
+        sources,
         [
-            "127.0.0.0/24".parse().unwrap(),
-            "127.0.0.82/32".parse().unwrap()
+            "10.0.0.0/8",
+            "127.0.0.82/32",
+            "127.0.0.100/32",
+            "127.0.0.101/32"
         ]
     );
     // Ranges of the other family only: no one is admitted.

@@ -51,9 +51,11 @@
 //!   client keeps sending (120 s after the last datagram once answered), so a client whose
 //!   entry points at a portal that no longer serves its frontend (the service's portal
 //!   changed, ringlb restarted with new portals, or the frontend lost its endpoints) would be
-//!   black-holed for as long as it keeps trying: kube-proxy's longest-lived UDP bug class.
-//!   After each transaction, [`Steering::sync`] deletes the UDP entries of exactly those
-//!   frontends (all of them after the first, whole-table transaction), with `conntrack -D`
+//!   black-holed for as long as it keeps trying: kube-proxy's longest-lived UDP bug class. So
+//!   would a client that sent before its frontend was served at all (its datagrams then
+//!   left untranslated, by the default route). After each transaction, [`Steering::sync`]
+//!   deletes the UDP entries of every frontend whose verdict or short-circuit portal changed,
+//!   came or went (all of them after the first, whole-table transaction), with `conntrack -D`
 //!   on a thread of its own, as kube-proxy's conntrack cleanup does after its syncs. TCP needs
 //!   none of this: a stale TCP entry draws a reset, and a new connection gets a new entry.
 //!

@@ -15,9 +15,9 @@
 //!   IPs at `port` and every node address at `nodePort` are *external*.
 //! - `loadBalancerSourceRanges` guard the load balancer IPs only (not external IPs or node
 //!   ports, as in kube-proxy): [`ResolvedPort::firewall`] lists them with the sources of
-//!   their family that may open flows, plus the load balancer IPs themselves when a node
-//!   address is in a range (kube-proxy's `allowFromNode`). Ranges set but none of the
-//!   family admit no one there.
+//!   their family that may open flows, plus every node address and the load balancer IPs
+//!   themselves when a node address is in a range (the spec's "any local IP", kube-proxy's
+//!   `allowFromNode`). Ranges set but none of the family admit no one there.
 //! - Short-circuit: under `externalTrafficPolicy: Local` (and `internalTrafficPolicy:
 //!   Cluster`), traffic from this node and its pods to the external frontends goes to the
 //!   cluster-wide endpoints, as kube-proxy sends it ("subject to neither form of traffic
@@ -230,14 +230,20 @@ pub fn resolve_node_service(
                     .filter(|r| family(&r.addr()))
                     .copied()
                     .collect();
-                // kube-proxy's `allowFromNode`: a load balancer IP is often also a local
-                // address, and the node's own requests to it then come from it.
-                let node_listed = options
-                    .node_addresses
-                    .iter()
-                    .any(|a| sources.iter().any(|r| r.contains(a)));
-                if node_listed {
-                    sources.extend(frontends.iter().map(|a| IpNet::from(a.ip())));
+                // A node address in the ranges admits every local address (the spec), and
+                // the load balancer IPs themselves (kube-proxy's `allowFromNode`: a VIP is
+                // often also a local address, and the node's requests to it come from it).
+                let node_addresses = options.node_addresses.iter().filter(|a| family(a));
+                if node_addresses
+                    .clone()
+                    .any(|a| sources.iter().any(|r| r.contains(a)))
+                {
+                    let local = node_addresses
+                        .copied()
+                        .chain(frontends.iter().map(|a| a.ip()));
+                    sources.extend(local.map(IpNet::from));
+                    sources.sort_unstable();
+                    sources.dedup();
                 }
                 Firewall { frontends, sources }
             });

@@ -211,12 +211,13 @@ impl State {
             if let Some(sources) = &e.sources {
                 state.firewalled.insert(key);
                 let family = Family::of(&key.0);
-                state.admitted.extend(
-                    sources
-                        .iter()
-                        .filter(|s| Family::of(&s.addr()) == family)
-                        .map(|s| (key, s.trunc())),
-                );
+                let of_family: Vec<IpNet> = sources
+                    .iter()
+                    .filter(|s| Family::of(&s.addr()) == family)
+                    .copied()
+                    .collect();
+                let ranges = disjoint(&of_family, true);
+                state.admitted.extend(ranges.into_iter().map(|s| (key, s)));
             }
         }
         (state, unsteered)
@@ -459,32 +460,22 @@ pub fn diff_ruleset(old: &State, new: &State) -> String {
     out
 }
 
-/// UDP frontends whose conntrack entries may send clients to a portal that no longer serves
-/// them: after the first sync (`old` is `None`) every UDP frontend, since entries may point at
-/// a previous process's portals; after later ones, those that were redirected and now are
-/// redirected elsewhere, rejected, dropped or gone.
+/// UDP frontends whose conntrack entries may be stale: after the first sync (`old` is
+/// `None`) every UDP frontend, since entries may point at a previous process's portals; after
+/// later ones, every UDP frontend whose verdict or short-circuit portal changed, came or went.
+/// That covers the service-proxy spec's two cases (a frontend that lost its endpoints or
+/// moved, and one that gained endpoints, whose client may hold an entry made before, e.g. one
+/// forwarded untranslated while the cluster IP was not yet served).
 pub fn stale_udp(old: Option<&State>, new: &State) -> Vec<(IpAddr, u16)> {
-    let udp = |k: &Key| k.1 == Proto::Udp;
-    match old {
-        None => new
-            .frontends
-            .keys()
-            .filter(|k| udp(k))
-            .map(|&(ip, _, port)| (ip, port))
-            .collect(),
-        Some(old) => old
-            .frontends
-            .iter()
-            .filter(|(k, v)| {
-                let moved = matches!(v, Verdict::Redirect(_)) && new.frontends.get(*k) != Some(*v);
-                let short_circuit = old.local_portals.get(*k);
-                let local_moved =
-                    short_circuit.is_some() && new.local_portals.get(*k) != short_circuit;
-                udp(k) && (moved || local_moved)
-            })
-            .map(|(&(ip, _, port), _)| (ip, port))
-            .collect(),
-    }
+    let empty = State::default();
+    let old = old.unwrap_or(&empty);
+    let steering =
+        |s: &State, k: &Key| (s.frontends.get(k).copied(), s.local_portals.get(k).copied());
+    let keys: BTreeSet<&Key> = old.frontends.keys().chain(new.frontends.keys()).collect();
+    keys.into_iter()
+        .filter(|k| k.1 == Proto::Udp && steering(old, k) != steering(new, k))
+        .map(|&(ip, _, port)| (ip, port))
+        .collect()
 }
 
 /// The transaction that removes the tables (the IPv6 one too if `ipv6`).
@@ -500,7 +491,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stale_udp_frontends_are_those_whose_portal_went_away() {
+    fn stale_udp_frontends_are_those_whose_steering_changed() {
         let udp = |f: &str, v| entry(Protocol::Udp, f, v);
         let tcp = |f: &str, v| entry(Protocol::Tcp, f, v);
         let (old, _) = State::new(
@@ -549,11 +540,12 @@ mod tests {
                 (ip("10.96.0.11"), 53),
                 (ip("10.96.0.12"), 53),
                 (ip("10.96.0.13"), 53),
+                (ip("10.96.0.14"), 53),
                 (ip("10.96.0.16"), 53),
                 (ip("fd00::10"), 53)
             ],
-            "portal moved (or its short-circuit portal), lost its endpoints, removed; \
-             unchanged, newly served and TCP are not"
+            "portal moved (or its short-circuit portal), lost its endpoints, removed, newly \
+             served; unchanged and TCP are not"
         );
         assert_eq!(
             stale_udp(None, &new),
@@ -601,7 +593,12 @@ mod tests {
             // portal; guarded by source ranges (a node address among them lets the VIP in).
             SteerEntry {
                 local_portal: Some(40000),
-                sources: Some(nets(&["192.168.0.0/16", "10.96.0.99/32", "fd00::/8"])),
+                sources: Some(nets(&[
+                    "192.168.0.0/16",
+                    "10.96.0.99/32",
+                    "192.168.7.0/24", // inside the first: left out (sets refuse overlaps)
+                    "fd00::/8",
+                ])),
                 ..entry(Protocol::Tcp, "10.96.0.99:80", Verdict::Drop)
             },
             SteerEntry {
