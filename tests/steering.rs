@@ -213,24 +213,22 @@ fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &'static
     }
 }
 
-#[test]
-fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
-    let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
-        return;
-    };
+/// The IPv4 network of a steering test: the pod at 10.241.1.2 and the backend at 10.241.2.2,
+/// each linked to the node (10.241.1.1, 10.241.2.1), which forwards.
+fn wire_ipv4(pod: &Netns, node: &Netns, backend: &Netns) {
     link(
-        &node,
+        node,
         "n0",
         &["10.241.1.1/24"],
-        &pod,
+        pod,
         "p0",
         &["10.241.1.2/24"],
     );
     link(
-        &node,
+        node,
         "n1",
         &["10.241.2.1/24"],
-        &backend,
+        backend,
         "b0",
         &["10.241.2.2/24"],
     );
@@ -239,8 +237,10 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // A node has a default route; locally sent packets need a route before NAT redirects them.
     node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
     node.sysctl("net.ipv4.ip_forward=1");
+}
 
-    // The endpoint, in its own namespace.
+/// The endpoint at 10.241.2.2:8080 in `backend`: answers every connection with `web`.
+fn serve_web(backend: &Netns) {
     let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8080").unwrap());
     std::thread::spawn(move || {
         for s in be.incoming() {
@@ -248,6 +248,15 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
             let _ = s.write_all(b"web\n");
         }
     });
+}
+
+#[test]
+fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
+    let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
+        return;
+    };
+    wire_ipv4(&pod, &node, &backend);
+    serve_web(&backend);
     let udp_be = in_netns(&backend.0, || UdpSocket::bind("10.241.2.2:5353").unwrap());
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -506,22 +515,8 @@ fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() 
             return;
         }
     };
-    link(
-        &node,
-        "n0",
-        &["10.241.1.1/24"],
-        &pod,
-        "p0",
-        &["10.241.1.2/24"],
-    );
-    link(
-        &node,
-        "n1",
-        &["10.241.2.1/24"],
-        &backend,
-        "b0",
-        &["10.241.2.2/24"],
-    );
+    wire_ipv4(&pod, &node, &backend);
+    serve_web(&backend);
     link(
         &node,
         "n2",
@@ -530,18 +525,7 @@ fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() 
         "e0",
         &["10.241.3.2/24"],
     );
-    pod.ip(&["route", "add", "default", "via", "10.241.1.1"]);
-    backend.ip(&["route", "add", "default", "via", "10.241.2.1"]);
     outside.ip(&["route", "add", "default", "via", "10.241.3.1"]);
-    node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
-    node.sysctl("net.ipv4.ip_forward=1");
-    let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8080").unwrap());
-    std::thread::spawn(move || {
-        for s in be.incoming() {
-            let Ok(mut s) = s else { continue };
-            let _ = s.write_all(b"web\n");
-        }
-    });
     let api = FakeApi::start(&node.0, "guarded", guarded_objects());
     let proxy = Ringlb::start_in_netns(
         &node.0,
