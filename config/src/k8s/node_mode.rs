@@ -47,13 +47,12 @@ use std::net::{IpAddr, SocketAddr};
 use balancers::{Scheduler, SchedulerConfig};
 use ipnet::IpNet;
 
-use super::resolve::{endpoints_of, service_port_name, Source};
+use super::resolve::{endpoints_of, not_proxied_reason, service_port_name, Source};
 use super::types::{
     EndpointSlice, IpMode, Object, PortProtocol, Service, ServicePort, ServiceType, TrafficPolicy,
 };
 use super::{
     Firewall, Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
-    SERVICE_PROXY_NAME_LABEL,
 };
 use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
 
@@ -99,23 +98,11 @@ pub fn resolve_node_service(
     let mut out = NodeService::default();
     let meta = &svc.meta;
     let whole = format!("{}.{}", meta.namespace, meta.name);
-    let label = meta.labels.get(SERVICE_PROXY_NAME_LABEL);
-    let skip = match (&options.service_proxy_name, label) {
-        (None, Some(other)) => Some(NotProxiedReason::OtherProxy(other.clone())),
-        (Some(ours), Some(v)) if v == ours => None,
-        (Some(ours), _) => Some(NotProxiedReason::NotSelected(ours.clone())),
-        (None, None) => None,
-    };
-    let skip = skip.or_else(|| {
-        if svc.service_type == ServiceType::ExternalName {
-            Some(NotProxiedReason::ExternalName(
-                svc.external_name.clone().unwrap_or_default(),
-            ))
-        } else if svc.headless || svc.cluster_ips.is_empty() {
-            Some(NotProxiedReason::Headless)
-        } else {
-            None
-        }
+    // No cluster IP is headless too here: node mode serves only Services that have one.
+    let skip = not_proxied_reason(svc, options.service_proxy_name.as_deref()).or_else(|| {
+        svc.cluster_ips
+            .is_empty()
+            .then_some(NotProxiedReason::Headless)
     });
     if let Some(reason) = skip {
         out.not_proxied.push(NotProxied {

@@ -172,6 +172,29 @@ pub struct ResolvedEndpoint {
     pub usable: bool,
 }
 
+/// Why a Service is not proxied at all, or `None`: kube-proxy's label rules (a Service
+/// labelled `service.kubernetes.io/service-proxy-name` belongs to another proxy, unless
+/// `ours` names it; with `ours` set, only Services labelled with it are ours), then
+/// ExternalName and headless Services, which are DNS only.
+pub(crate) fn not_proxied_reason(svc: &Service, ours: Option<&str>) -> Option<NotProxiedReason> {
+    let label = svc.meta.labels.get(SERVICE_PROXY_NAME_LABEL);
+    match (ours, label) {
+        (None, Some(other)) => return Some(NotProxiedReason::OtherProxy(other.clone())),
+        (Some(ours), Some(v)) if v == ours => {}
+        (Some(ours), _) => return Some(NotProxiedReason::NotSelected(ours.to_owned())),
+        (None, None) => {}
+    }
+    if svc.service_type == ServiceType::ExternalName {
+        Some(NotProxiedReason::ExternalName(
+            svc.external_name.clone().unwrap_or_default(),
+        ))
+    } else if svc.headless {
+        Some(NotProxiedReason::Headless)
+    } else {
+        None
+    }
+}
+
 /// The ringlb name of a service port: `namespace.name.portname`, or `namespace.name.port`
 /// for an unnamed port. Kubernetes names and port names are DNS labels (no '.'), so the name
 /// is unambiguous and uses only the characters of ringlb names.
@@ -290,18 +313,7 @@ pub(crate) fn resolve(
     for (object, svc) in services {
         let meta = &svc.meta;
         let whole = format!("{}.{}", meta.namespace, meta.name);
-        let skip = if let Some(p) = meta.labels.get(SERVICE_PROXY_NAME_LABEL) {
-            Some(NotProxiedReason::OtherProxy(p.clone()))
-        } else if svc.service_type == ServiceType::ExternalName {
-            Some(NotProxiedReason::ExternalName(
-                svc.external_name.clone().unwrap_or_default(),
-            ))
-        } else if svc.headless {
-            Some(NotProxiedReason::Headless)
-        } else {
-            None
-        };
-        if let Some(reason) = skip {
+        if let Some(reason) = not_proxied_reason(svc, None) {
             out.not_proxied.push(NotProxied {
                 name: whole,
                 reason,
