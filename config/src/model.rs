@@ -9,7 +9,7 @@ use balancers::{BackendSpec, SchedulerConfig};
 use crate::names::Target;
 
 /// A whole validated configuration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     /// Services, in file order; names are unique.
     pub services: Vec<Service>,

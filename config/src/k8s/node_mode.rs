@@ -54,7 +54,7 @@ use super::types::{
 use super::{
     Firewall, Frontends, NotProxied, NotProxiedReason, Resolved, ResolvedEndpoint, ResolvedPort,
 };
-use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
+use crate::model::{Backend, Protocol, Service as ModelService, ServiceDefaults};
 
 /// The Node label with the node's zone, matched against endpoint zone hints.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -407,14 +407,7 @@ fn categorize(eps: &[ResolvedEndpoint], options: &NodeOptions) -> Sets {
 /// two Services (two Services with one external IP and port, say) stays with the first; the
 /// later one serves without it, with a warning.
 pub fn assemble<'a>(parts: impl IntoIterator<Item = &'a NodeService>) -> Resolved {
-    let mut out = Resolved {
-        config: Config {
-            services: Vec::new(),
-        },
-        ports: Vec::new(),
-        not_proxied: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut out = Resolved::default();
     let mut frontends: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
     for part in parts {
         out.not_proxied.extend(part.not_proxied.iter().cloned());

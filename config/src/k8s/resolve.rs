@@ -29,7 +29,7 @@ pub struct StandaloneOptions {
 }
 
 /// The result of [`super::resolve`]: the model, and what is deliberately not proxied.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resolved {
     /// One service per proxied (Kubernetes Service, service port). May be empty.
     pub config: Config,
@@ -301,14 +301,7 @@ pub(crate) fn resolve(
         }
     }
 
-    let mut out = Resolved {
-        config: Config {
-            services: Vec::new(),
-        },
-        ports: Vec::new(),
-        not_proxied: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut out = Resolved::default();
     let mut frontends: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
     for (object, svc) in services {
         let meta = &svc.meta;
