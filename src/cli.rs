@@ -113,6 +113,17 @@ pub struct RunArgs {
     )]
     pub cluster_cidr: Vec<ipnet::IpNet>,
 
+    /// With --nftables and --cluster-cidr: backends of `externalTrafficPolicy: Local` TCP
+    /// ports see the client's address, as with kube-proxy: ringlb connects from it
+    /// (`IP_TRANSPARENT`) and steers the replies back to itself with a packet mark, a policy
+    /// rule and routing table 2400 (`ip rule`/`ip route`, set at start, removed at exit).
+    #[arg(long, requires_all = ["nftables", "cluster_cidr"])]
+    pub preserve_client_ip: bool,
+
+    /// The packet mark bit(s) of --preserve-client-ip; pick one your CNI does not use.
+    #[arg(long, value_name = "HEX", default_value = "0x200000", value_parser = parse_mark)]
+    pub client_ip_mark: u32,
+
     /// With --kubernetes: where the node health server answers `/healthz` and `/livez` like
     /// kube-proxy's (200 while the last change from the API is in effect, else 503), e.g.
     /// 0.0.0.0:10256 as kube-proxy. Default: none.
@@ -265,6 +276,15 @@ impl From<DriverArg> for IoDriver {
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
         .map_err(|e: balancers::UnknownScheduler| e.to_string())
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    match u32::from_str_radix(digits, 16) {
+        Ok(0) => Err("the mark must have at least one bit set".to_owned()),
+        Ok(mark) => Ok(mark),
+        Err(e) => Err(format!("expected a hexadecimal mark such as 0x200000: {e}")),
+    }
 }
 
 fn parse_admin(s: &str) -> Result<config::Admin, String> {

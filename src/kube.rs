@@ -73,6 +73,7 @@ impl Kube {
                 node_addresses: addresses.clone(),
                 service_proxy_name: args.service_proxy_name.clone(),
                 source_ranges_enforced: args.nftables,
+                preserve_client_ip: args.preserve_client_ip,
             },
         };
         let control: Arc<Mutex<Option<mpsc::Sender<Control>>>> = Arc::default();
@@ -107,7 +108,10 @@ impl Kube {
             }
         }
         let steering = args.nftables.then(|| {
-            let steering = Steering::new("nft").with_pod_cidrs(args.cluster_cidr.clone());
+            let mut steering = Steering::new("nft").with_pod_cidrs(args.cluster_cidr.clone());
+            if args.preserve_client_ip {
+                steering = steering.with_client_ip_mark(args.client_ip_mark);
+            }
             RefCell::new(OwnedTable(steering))
         });
         let kube = Kube {

@@ -399,6 +399,7 @@ fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (KubeWatch, mpsc::Rec
             node_addresses: vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 100))],
             service_proxy_name: proxy_name.map(str::to_owned),
             source_ranges_enforced: false,
+            preserve_client_ip: false,
         },
     };
     let watch = KubeWatch::start(options, move || {

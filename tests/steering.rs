@@ -443,12 +443,13 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
 }
 
 /// The objects of the source-range and short-circuit test: a load balancer IP guarded by
-/// `loadBalancerSourceRanges` (admitting the "outside" network only), and a policy `Local`
-/// service whose only endpoint is on another node.
+/// `loadBalancerSourceRanges` (admitting the "outside" network only), a policy `Local`
+/// service whose only endpoint is on another node, and one whose endpoint (on port 8081)
+/// is here and tells each client its address.
 fn guarded_objects() -> Objects {
     let svc = |name: &str, ip: &str, lb_ip: &str, node_port: u16, extra: Value| {
         let mut spec = json!({"type": "LoadBalancer", "clusterIP": ip, "clusterIPs": [ip],
-            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http",
                        "nodePort": node_port}]});
         for (k, v) in extra.as_object().unwrap() {
             spec[k] = v.clone();
@@ -458,13 +459,13 @@ fn guarded_objects() -> Objects {
                "spec": spec,
                "status": {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}})
     };
-    let slice = |service: &str, node: &str| {
+    let slice = |service: &str, node: &str, port: u16| {
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": format!("{service}-1"), "namespace": "shop",
                             "resourceVersion": "1",
                             "labels": {"kubernetes.io/service-name": service}},
                "addressType": "IPv4",
-               "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+               "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
                "endpoints": [{"addresses": ["10.241.2.2"], "nodeName": node,
                               "conditions": {"ready": true}}]})
     };
@@ -489,8 +490,19 @@ fn guarded_objects() -> Objects {
                 json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32102}),
             ),
         ),
-        ("endpointslices", slice("guarded", "node-a")),
-        ("endpointslices", slice("far", "node-b")),
+        (
+            "services",
+            svc(
+                "keep",
+                "10.96.0.22",
+                "10.241.9.22",
+                30092,
+                json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32103}),
+            ),
+        ),
+        ("endpointslices", slice("guarded", "node-a", 8080)),
+        ("endpointslices", slice("far", "node-b", 8080)),
+        ("endpointslices", slice("keep", "node-a", 8081)),
     ]
 }
 
@@ -504,7 +516,7 @@ fn assert_dropped(ns: &str, to: &str) {
 }
 
 #[test]
-fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() {
+fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept() {
     let Some((pod, node, backend)) = pod_node_backend("fwpod", "fwnode", "fwbe") else {
         return;
     };
@@ -526,8 +538,20 @@ fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() 
         &["10.241.3.2/24"],
     );
     outside.ip(&["route", "add", "default", "via", "10.241.3.1"]);
+    // The local endpoint of `keep`: answers with the address it sees.
+    let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8081").unwrap());
+    std::thread::spawn(move || {
+        for s in be.incoming() {
+            let Ok(mut s) = s else { continue };
+            let peer = s
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = s.write_all(format!("{peer}\n").as_bytes());
+        }
+    });
     let api = FakeApi::start(&node.0, "guarded", guarded_objects());
-    let proxy = Ringlb::start_in_netns(
+    let mut proxy = Ringlb::start_in_netns(
         &node.0,
         &[
             "run",
@@ -543,6 +567,7 @@ fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() 
             "10.241.1.0/24",
             "--cluster-cidr",
             "10.241.1.0/24",
+            "--preserve-client-ip",
             "--workers",
             "1",
         ],
@@ -568,7 +593,24 @@ fn source_ranges_guard_load_balancer_ips_and_local_traffic_is_short_circuited() 
         http_get(&pod.0, "10.241.1.1:32102").starts_with("HTTP/1.1 503 "),
         "no local endpoint for the load balancer's health check"
     );
-    drop(proxy);
+
+    // --preserve-client-ip: the local endpoint of a policy Local service sees the outside
+    // client's own address, as behind kube-proxy. A pod's connection is short-circuited to
+    // the cluster-wide part, which connects from the node as usual.
+    assert_eq!(ask(&outside.0, "10.241.9.22:80").unwrap(), "10.241.3.2");
+    assert_eq!(ask(&pod.0, "10.241.9.22:80").unwrap(), "10.241.2.1");
+    let rules = node.exec(&["ip", "rule", "show"]);
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).contains("lookup 2400"),
+        "{rules:?}"
+    );
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
+    let rules = node.exec(&["ip", "rule", "show"]);
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains("lookup 2400"),
+        "the policy rule goes at exit: {rules:?}"
+    );
 }
 
 /// The objects of the dual-stack test: addresses only in 10.241.0.0/16 and fd00:241::/32.

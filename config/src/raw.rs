@@ -379,6 +379,7 @@ impl Validator {
             max_connect_attempts: max_connect_attempts?,
             session_affinity: session_affinity?,
             max_flows: max_flows?,
+            preserve_client_ip: false,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

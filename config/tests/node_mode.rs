@@ -15,6 +15,7 @@ fn options(zone: Option<&str>) -> NodeOptions {
         node_addresses: vec!["127.0.0.100".parse::<IpAddr>().unwrap()],
         service_proxy_name: None,
         source_ranges_enforced: true,
+        preserve_client_ip: false,
     }
 }
 
@@ -351,6 +352,23 @@ fn source_ranges_guard_load_balancer_ips_only_and_local_traffic_is_short_circuit
     assert_eq!(backends(&r, "shop.lb.http"), ["127.0.9.2:8080"]);
     assert_eq!(r.ports[0].short_circuit, None);
     assert_eq!(r.ports[1].short_circuit.as_deref(), Some("shop.lb.http"));
+    assert!(!r.config.services[1].preserve_client_ip, "not asked for");
+    let preserving = NodeOptions {
+        preserve_client_ip: true,
+        ..options(None)
+    };
+    let r = resolve_node(&guarded(None), &preserving);
+    let keeps: Vec<bool> = r
+        .config
+        .services
+        .iter()
+        .map(|s| s.preserve_client_ip)
+        .collect();
+    assert_eq!(
+        keeps,
+        [false, true],
+        "only the policy Local (external) part"
+    );
 
     let r = resolve_node(&guarded(Some(&["10.0.0.0/8", "fd00::/8"])), &options(None));
     let fw = r.ports[1].firewall.as_ref().expect("a firewall");

@@ -1,10 +1,14 @@
 //! Connecting to a backend with a deadline, retrying the next one on failure.
 
+use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 
 use balancers::{ConnectionGuard, Flow};
 use config::ServiceEntry;
 use monoio::net::TcpStream;
+use nix::sys::socket::{getsockopt, sockopt};
+use socket2::{Domain, Socket, Type};
 
 use crate::telemetry::{AffinityOutcome, ConnTrace, ConnectError};
 
@@ -58,7 +62,8 @@ pub(crate) async fn connect(
         // Counted as inactive while connecting (IPVS: not yet established), active once up.
         let mut guard = states[idx].connecting();
         let started = trace.attempt();
-        match monoio::time::timeout(svc.connect_timeout, TcpStream::connect_addr(addr)).await {
+        let source = svc.preserve_client_ip.then(|| flow.client.ip());
+        match monoio::time::timeout(svc.connect_timeout, connect_from(addr, source)).await {
             Ok(Ok(stream)) => {
                 trace.connected(started);
                 let _ = stream.set_nodelay(true);
@@ -90,6 +95,37 @@ pub(crate) async fn connect(
         }
     }
     Err(ConnectFailure::AllFailed)
+}
+
+/// Connects to `addr`, from `source` when given: a socket with `IP_TRANSPARENT` bound to an
+/// address this host need not own (the client's), the port left to the kernel. The backend
+/// sees the client; its replies come back to this socket only through the policy routing
+/// that steering sets up (`socket transparent` marks them for local delivery). Without
+/// `source`, or across address families, a plain connect.
+async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source.filter(|s| s.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect_addr(addr).await;
+    };
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    // The option sits at the IP level for IPv6 sockets too (one flag of the socket).
+    socket.set_ip_transparent(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    stream.writable(false).await?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    match getsockopt(fd, sockopt::SocketError).map_err(io::Error::from)? {
+        0 => Ok(stream),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// What [`choose_traced`] decided.

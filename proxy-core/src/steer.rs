@@ -100,6 +100,16 @@ pub enum SteerError {
         /// What it said.
         stderr: String,
     },
+    /// `ip` refused a policy-routing change (`--preserve-client-ip`).
+    #[error("`ip {command}` failed ({status}): {stderr}")]
+    Routing {
+        /// The arguments.
+        command: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it said.
+        stderr: String,
+    },
 }
 
 /// What one [`Steering::sync`] did.
@@ -126,6 +136,7 @@ pub struct Steering {
     conntrack: String,
     ipv6: bool,
     pod_cidrs: Vec<IpNet>,
+    client_ip_mark: Option<u32>,
     current: Option<State>,
 }
 
@@ -139,8 +150,19 @@ impl Steering {
             conntrack: "conntrack".into(),
             ipv6: std::path::Path::new("/proc/sys/net/ipv6").exists(),
             pod_cidrs: Vec::new(),
+            client_ip_mark: None,
             current: None,
         }
+    }
+
+    /// Replies from backends to sockets that connected from a client's address
+    /// (`--preserve-client-ip`) are delivered locally: marked `mark` in a `mangle-prerouting`
+    /// chain (`socket transparent 1`), and a policy rule sends that mark to routing table
+    /// [`CLIENT_IP_TABLE`], which routes everything to `lo`, as for TPROXY. The rule and
+    /// table are written with the first tables and removed with them.
+    pub fn with_client_ip_mark(mut self, mark: u32) -> Steering {
+        self.client_ip_mark = Some(mark);
+        self
     }
 
     /// Traffic from these ranges (kube-proxy's `--cluster-cidr`: this node's pods) to the
@@ -174,6 +196,7 @@ impl Steering {
             &self.pod_cidrs,
             self.ipv6,
         );
+        let state = state.with_client_ip_mark(self.client_ip_mark);
         let (full, text) = match &self.current {
             Some(old) => (false, diff_ruleset(old, &state)),
             None => (true, full_ruleset(&state)),
@@ -194,6 +217,9 @@ impl Steering {
                 return Err(e);
             }
         }
+        if let (true, Some(mark)) = (full, self.client_ip_mark) {
+            self.client_ip_routing(mark, true)?;
+        }
         let stale = stale_udp(self.current.as_ref(), &state);
         report.conntrack_flushes = stale.len();
         if !stale.is_empty() {
@@ -206,7 +232,44 @@ impl Steering {
     /// Deletes the tables (at exit). Idempotent.
     pub fn remove(&mut self) -> Result<(), SteerError> {
         self.current = None;
+        if let Some(mark) = self.client_ip_mark {
+            self.client_ip_routing(mark, false)?;
+        }
         self.run(&delete_ruleset(self.ipv6))
+    }
+
+    /// Replaces (`add`) or removes the policy rule and the local route of
+    /// [`Steering::with_client_ip_mark`], in each family written.
+    fn client_ip_routing(&self, mark: u32, add: bool) -> Result<(), SteerError> {
+        let table = CLIENT_IP_TABLE.to_string();
+        let fwmark = format!("{mark:#x}/{mark:#x}");
+        let families: &[(&str, &str)] = if self.ipv6 {
+            &[("-4", "0.0.0.0/0"), ("-6", "::/0")]
+        } else {
+            &[("-4", "0.0.0.0/0")]
+        };
+        for (family, everything) in families {
+            let rule = ["rule", "del", "fwmark", &fwmark, "lookup", &table];
+            // Stale rules of an earlier run first: deleting stops failing when none is left.
+            while ip(family, &rule).is_ok() {}
+            let _ = ip(family, &["route", "flush", "table", &table]);
+            if add {
+                let pref = CLIENT_IP_TABLE.to_string();
+                ip(
+                    family,
+                    &[
+                        "rule", "add", "fwmark", &fwmark, "lookup", &table, "pref", &pref,
+                    ],
+                )?;
+                ip(
+                    family,
+                    &[
+                        "route", "replace", "local", everything, "dev", "lo", "table", &table,
+                    ],
+                )?;
+            }
+        }
+        Ok(())
     }
 
     fn run(&self, text: &str) -> Result<(), SteerError> {
@@ -234,6 +297,31 @@ impl Steering {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             })
         }
+    }
+}
+
+/// The routing table (and policy rule preference) of [`Steering::with_client_ip_mark`].
+pub const CLIENT_IP_TABLE: u32 = 2400;
+
+/// Runs `ip FAMILY ARGS…` (iproute2).
+fn ip(family: &str, args: &[&str]) -> Result<(), SteerError> {
+    let out = Command::new("ip")
+        .arg(family)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SteerError::Spawn {
+            program: "ip".into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(SteerError::Routing {
+            command: format!("{family} {}", args.join(" ")),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 

@@ -75,6 +75,12 @@ pub struct NodeOptions {
     /// Without it, the load balancer IPs of a Service with ranges are not served at all:
     /// serving them to every client would open what the ranges close.
     pub source_ranges_enforced: bool,
+    /// Whether the data plane can connect from the client's address (`--preserve-client-ip`):
+    /// then the external frontends of an `externalTrafficPolicy: Local` TCP port keep the
+    /// client address, as kube-proxy keeps it. Only where the internal policy is `Cluster`:
+    /// there traffic from this node's pods is short-circuited elsewhere, so no pod's own
+    /// address is taken (a pod's reply to another pod on its bridge would skip this host).
+    pub preserve_client_ip: bool,
 }
 
 /// What one Kubernetes Service resolves to in node mode.
@@ -342,6 +348,8 @@ fn resolve_family(
         let mut model =
             ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
         model.session_affinity = svc.session_affinity;
+        model.preserve_client_ip =
+            options.preserve_client_ip && short_circuit.is_some() && protocol == Protocol::Tcp;
         out.services.push((
             model,
             ResolvedPort {

@@ -140,6 +140,9 @@ pub struct State {
     service_cidrs: BTreeSet<IpNet>,
     /// Where this node's pods are (`--cluster-cidr`), normalized.
     pod_cidrs: BTreeSet<IpNet>,
+    /// The packet mark for replies to sockets that connected from a client's address
+    /// (`--preserve-client-ip`).
+    client_ip_mark: Option<u32>,
     ipv6: bool,
 }
 
@@ -221,6 +224,13 @@ impl State {
             }
         }
         (state, unsteered)
+    }
+
+    /// The state with replies to transparent sockets (connected from a client's address)
+    /// marked `mark` on arrival, for the policy routing that delivers them locally.
+    pub fn with_client_ip_mark(mut self, mark: Option<u32>) -> State {
+        self.client_ip_mark = mark;
+        self
     }
 
     /// How many frontends are steered.
@@ -417,6 +427,17 @@ pub fn full_ruleset(state: &State) -> String {
     };
     for &family in Family::written(state.ipv6) {
         skeleton(family, &mut line);
+        if let Some(mark) = state.client_ip_mark {
+            // At mangle priority, before the routing decision: a reply from a backend to a
+            // client address, for a socket ringlb connected from that address.
+            let t = family.table();
+            line(format!(
+                "add chain {t} mangle-prerouting {{ type filter hook prerouting priority -150 ; }}"
+            ));
+            line(format!(
+                "add rule {t} mangle-prerouting meta l4proto tcp socket transparent 1 meta mark set meta mark or {mark:#x}"
+            ));
+        }
     }
     for (k, v) in &state.frontends {
         let (t, map, e) = element(k, *v);
@@ -433,6 +454,10 @@ pub fn full_ruleset(state: &State) -> String {
 /// changed.
 pub fn diff_ruleset(old: &State, new: &State) -> String {
     debug_assert_eq!(old.ipv6, new.ipv6, "a diff cannot add or remove a table");
+    debug_assert_eq!(
+        old.client_ip_mark, new.client_ip_mark,
+        "the chains are fixed"
+    );
     let mut out = String::new();
     for (k, v) in &old.frontends {
         if new.frontends.get(k) != Some(v) {
@@ -852,6 +877,20 @@ add element ip6 ringlb portal-ports { udp . 40101 }
 ";
         assert_eq!(diff_ruleset(&old, &new), want);
         assert_eq!(diff_ruleset(&new, &new), "", "no change, no transaction");
+    }
+
+    #[test]
+    fn replies_to_transparent_sockets_are_marked_only_when_asked() {
+        let (state, _) = State::new(&entries(), &[], &[], &[], true);
+        assert!(!full_ruleset(&state).contains("mangle"));
+        let marked = full_ruleset(&state.with_client_ip_mark(Some(0x200000)));
+        for t in ["ip ringlb", "ip6 ringlb"] {
+            let chain = format!(
+                "add chain {t} mangle-prerouting {{ type filter hook prerouting priority -150 ; }}\n\
+                 add rule {t} mangle-prerouting meta l4proto tcp socket transparent 1 meta mark set meta mark or 0x200000\n"
+            );
+            assert!(marked.contains(&chain), "{marked}");
+        }
     }
 
     #[test]
