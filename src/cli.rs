@@ -113,8 +113,8 @@ pub struct RunArgs {
     )]
     pub cluster_cidr: Vec<ipnet::IpNet>,
 
-    /// With --nftables and --cluster-cidr: backends of `externalTrafficPolicy: Local` TCP
-    /// ports see the client's address, as with kube-proxy: ringlb connects from it
+    /// With --nftables and --cluster-cidr: backends of `externalTrafficPolicy: Local` ports
+    /// see the client's address (UDP: and port), as with kube-proxy: ringlb connects from it
     /// (`IP_TRANSPARENT`) and steers the replies back to itself with a packet mark, a policy
     /// rule and routing table 2400 (`ip rule`/`ip route`, set at start, removed at exit).
     #[arg(long, requires_all = ["nftables", "cluster_cidr"])]

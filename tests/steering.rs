@@ -490,19 +490,29 @@ fn guarded_objects() -> Objects {
                 json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32102}),
             ),
         ),
-        (
-            "services",
-            svc(
+        ("services", {
+            let mut keep = svc(
                 "keep",
                 "10.96.0.22",
                 "10.241.9.22",
                 30092,
                 json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32103}),
-            ),
-        ),
+            );
+            keep["spec"]["ports"].as_array_mut().unwrap().push(json!(
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 5353,
+                 "nodePort": 30093}));
+            keep
+        }),
         ("endpointslices", slice("guarded", "node-a", 8080)),
         ("endpointslices", slice("far", "node-b", 8080)),
-        ("endpointslices", slice("keep", "node-a", 8081)),
+        ("endpointslices", {
+            let mut keep = slice("keep", "node-a", 8081);
+            keep["ports"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "dns", "port": 5353, "protocol": "UDP"}));
+            keep
+        }),
     ]
 }
 
@@ -538,7 +548,7 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
         &["10.241.3.2/24"],
     );
     outside.ip(&["route", "add", "default", "via", "10.241.3.1"]);
-    // The local endpoint of `keep`: answers with the address it sees.
+    // The local endpoint of `keep`: answers with the address it sees (UDP: and port).
     let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8081").unwrap());
     std::thread::spawn(move || {
         for s in be.incoming() {
@@ -548,6 +558,13 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
                 .map(|a| a.ip().to_string())
                 .unwrap_or_default();
             let _ = s.write_all(format!("{peer}\n").as_bytes());
+        }
+    });
+    let udp_be = in_netns(&backend.0, || UdpSocket::bind("10.241.2.2:5353").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = udp_be.recv_from(&mut buf) {
+            let _ = udp_be.send_to(from.to_string().as_bytes(), from);
         }
     });
     let api = FakeApi::start(&node.0, "guarded", guarded_objects());
@@ -598,6 +615,29 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
     // client's own address, as behind kube-proxy. A pod's connection is short-circuited to
     // the cluster-wide part, which connects from the node as usual.
     assert_eq!(ask(&outside.0, "10.241.9.22:80").unwrap(), "10.241.3.2");
+    let (seen, client, from) = in_netns(&outside.0, || {
+        let c = UdpSocket::bind("0.0.0.0:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.connect("10.241.9.22:53").unwrap();
+        c.send(b"who").unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = c.recv_from(&mut buf).expect("a UDP answer");
+        let client = SocketAddr::new(
+            "10.241.3.2".parse().unwrap(),
+            c.local_addr().unwrap().port(),
+        );
+        (
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            client,
+            from,
+        )
+    });
+    assert_eq!(
+        seen,
+        client.to_string(),
+        "UDP keeps the client's address and port"
+    );
+    assert_eq!(from, "10.241.9.22:53".parse::<SocketAddr>().unwrap());
     assert_eq!(ask(&pod.0, "10.241.9.22:80").unwrap(), "10.241.2.1");
     let rules = node.exec(&["ip", "rule", "show"]);
     assert!(

@@ -71,8 +71,8 @@ pub struct Service {
     /// UDP: most flows the service tracks at once, node-wide; a datagram that would open one
     /// more is dropped and counted. Ignored for TCP.
     pub max_flows: u32,
-    /// TCP: connect to backends from the client's own address (`IP_TRANSPARENT`), so they
-    /// see who is calling, as kube-proxy's DNAT lets them. Only node mode sets it
+    /// Connect to backends from the client's own address (`IP_TRANSPARENT`; for UDP its port
+    /// too), so they see who is calling, as kube-proxy's DNAT lets them. Only node mode sets it
     /// (`--preserve-client-ip`, for `externalTrafficPolicy: Local`), with the policy routing
     /// that brings the backends' replies back to ringlb; replies must pass this host.
     pub preserve_client_ip: bool,

@@ -76,7 +76,7 @@ pub struct NodeOptions {
     /// serving them to every client would open what the ranges close.
     pub source_ranges_enforced: bool,
     /// Whether the data plane can connect from the client's address (`--preserve-client-ip`):
-    /// then the external frontends of an `externalTrafficPolicy: Local` TCP port keep the
+    /// then the external frontends of an `externalTrafficPolicy: Local` port keep the
     /// client address, as kube-proxy keeps it. Only where the internal policy is `Cluster`:
     /// there traffic from this node's pods is short-circuited elsewhere, so no pod's own
     /// address is taken (a pod's reply to another pod on its bridge would skip this host).
@@ -348,8 +348,7 @@ fn resolve_family(
         let mut model =
             ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
         model.session_affinity = svc.session_affinity;
-        model.preserve_client_ip =
-            options.preserve_client_ip && short_circuit.is_some() && protocol == Protocol::Tcp;
+        model.preserve_client_ip = options.preserve_client_ip && short_circuit.is_some();
         out.services.push((
             model,
             ResolvedPort {

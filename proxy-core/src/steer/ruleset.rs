@@ -435,7 +435,7 @@ pub fn full_ruleset(state: &State) -> String {
                 "add chain {t} mangle-prerouting {{ type filter hook prerouting priority -150 ; }}"
             ));
             line(format!(
-                "add rule {t} mangle-prerouting meta l4proto tcp socket transparent 1 meta mark set meta mark or {mark:#x}"
+                "add rule {t} mangle-prerouting meta l4proto {{ tcp, udp }} socket transparent 1 meta mark set meta mark or {mark:#x}"
             ));
         }
     }
@@ -887,7 +887,7 @@ add element ip6 ringlb portal-ports { udp . 40101 }
         for t in ["ip ringlb", "ip6 ringlb"] {
             let chain = format!(
                 "add chain {t} mangle-prerouting {{ type filter hook prerouting priority -150 ; }}\n\
-                 add rule {t} mangle-prerouting meta l4proto tcp socket transparent 1 meta mark set meta mark or 0x200000\n"
+                 add rule {t} mangle-prerouting meta l4proto {{ tcp, udp }} socket transparent 1 meta mark set meta mark or 0x200000\n"
             );
             assert!(marked.contains(&chain), "{marked}");
         }

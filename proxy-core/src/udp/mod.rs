@@ -621,7 +621,8 @@ impl Udp {
             return unwind(true);
         };
         let backend = entry.backends[idx].address;
-        let upstream = match sock::upstream_socket(backend).and_then(UdpSocket::from_std) {
+        let source = entry.service.preserve_client_ip.then_some(key.client);
+        let upstream = match sock::upstream_socket(backend, source).and_then(UdpSocket::from_std) {
             Ok(s) => Rc::new(s),
             Err(e) => {
                 tracing::debug!(service = %entry.service.name, %backend, error = %e, "cannot open a UDP upstream socket");

@@ -39,13 +39,24 @@ pub(crate) fn frontend_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<
 
 /// A flow's upstream socket: an ephemeral port connected to `backend`, so the kernel filters
 /// replies to that backend and reports its ICMP errors (`ECONNREFUSED`) on this socket.
-pub(crate) fn upstream_socket(backend: SocketAddr) -> io::Result<std::net::UdpSocket> {
+/// With `source` (the client's address, same family), bound to it instead
+/// (`IP_TRANSPARENT`; `SO_REUSEADDR` since one client may have flows to several services):
+/// the backend sees the client, and steering's policy routing brings its replies back here.
+pub(crate) fn upstream_socket(
+    backend: SocketAddr,
+    source: Option<SocketAddr>,
+) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(
         Domain::for_address(backend),
         Type::DGRAM,
         Some(Protocol::UDP),
     )?;
     socket.set_nonblocking(true)?;
+    if let Some(source) = source.filter(|s| s.is_ipv4() == backend.is_ipv4()) {
+        socket.set_ip_transparent(true)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&source.into())?;
+    }
     socket.connect(&backend.into())?;
     Ok(socket.into())
 }
