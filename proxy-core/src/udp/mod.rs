@@ -16,7 +16,7 @@ pub(crate) mod sock;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -483,12 +483,12 @@ impl Udp {
         table: &TableRef,
     ) {
         let fd = run.upstream.as_raw_fd();
-        let datagrams = run.range().map(|i| sock::slot(bufs, i, received[i].len));
+        let mut iov = [IoSlice::new(&[]); BATCH];
+        let datagrams = sock::gather(bufs, received, run.range(), &mut iov);
         let mut result = Err(io::ErrorKind::Unsupported.into());
         if run.count > 1 && self.gso.get() {
-            let segments: Vec<&[u8]> = datagrams.clone().collect();
             let size = u16::try_from(run.size).expect("extends() keeps runs segmentable");
-            result = sock::send_segments(fd, &segments, size).map(|_| run.count);
+            result = sock::send_segments(fd, datagrams, size).map(|_| run.count);
             if let Err(e) = &result {
                 if sock::is_gso_unsupported(e) && e.raw_os_error() != Some(libc::EINVAL) {
                     tracing::info!(error = %e, "UDP segmentation offload unavailable: sending datagrams one by one");
@@ -763,14 +763,13 @@ impl Udp {
             {
                 end += 1;
             }
-            let datagrams: Vec<&[u8]> = (start..end)
-                .map(|k| sock::slot(&bufs, k, received[k].len))
-                .collect();
+            let mut iov = [IoSlice::new(&[]); BATCH];
+            let datagrams = sock::gather(&bufs, &received, start..end, &mut iov);
             let segment = (end - start > 1 && self.gso.get())
                 .then(|| u16::try_from(size).ok())
                 .flatten();
             let result = match segment {
-                Some(_) => sock::send_to_client(out, &datagrams, client, source, segment),
+                Some(_) => sock::send_to_client(out, datagrams, client, source, segment),
                 None => Err(io::ErrorKind::Unsupported.into()),
             };
             match result {
@@ -785,8 +784,8 @@ impl Udp {
                     {
                         self.gso.set(false);
                     }
-                    for d in &datagrams {
-                        if sock::send_to_client(out, &[d], client, source, None).is_ok() {
+                    for d in datagrams {
+                        if sock::send_to_client(out, &[*d], client, source, None).is_ok() {
                             sent += 1;
                             bytes += d.len() as u64;
                         }

@@ -141,15 +141,29 @@ pub(crate) fn recv_batch(
     Ok(n)
 }
 
+/// Datagrams `range` of a batch received into `bufs`, as the I/O vectors of one send, in
+/// `iov` (no allocation on the datagram path). Returns the filled part.
+pub(crate) fn gather<'a, 'b>(
+    bufs: &'a [u8],
+    received: &[Received; BATCH],
+    range: std::ops::Range<usize>,
+    iov: &'b mut [IoSlice<'a>; BATCH],
+) -> &'b [IoSlice<'a>] {
+    let count = range.len();
+    for (slice, i) in iov.iter_mut().zip(range) {
+        *slice = IoSlice::new(slot(bufs, i, received[i].len));
+    }
+    &iov[..count]
+}
+
 /// Sends `datagrams` (all of `size` bytes but the last, which may be shorter) on a connected
 /// socket as one UDP GSO send (`UDP_SEGMENT`): one trip down the stack, still separate
 /// datagrams on the wire and at the receiver.
-pub(crate) fn send_segments(fd: RawFd, datagrams: &[&[u8]], size: u16) -> io::Result<usize> {
-    let iov: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
+pub(crate) fn send_segments(fd: RawFd, datagrams: &[IoSlice<'_>], size: u16) -> io::Result<usize> {
     let cmsg = [ControlMessage::UdpGsoSegments(&size)];
     Ok(sendmsg::<SockaddrStorage>(
         fd,
-        &iov,
+        datagrams,
         &cmsg,
         MsgFlags::MSG_DONTWAIT,
         None,
@@ -192,12 +206,11 @@ pub(crate) fn cmsg_buffer() -> Vec<u8> {
 /// drops it).
 pub(crate) fn send_to_client(
     fd: RawFd,
-    datagrams: &[&[u8]],
+    datagrams: &[IoSlice<'_>],
     client: SocketAddr,
     source: Option<IpAddr>,
     segment: Option<u16>,
 ) -> io::Result<usize> {
-    let iov: Vec<IoSlice<'_>> = datagrams.iter().map(|d| IoSlice::new(d)).collect();
     let to = SockaddrStorage::from(client);
     let v4 = match source {
         Some(IpAddr::V4(ip)) => Some(libc::in_pktinfo {
@@ -218,20 +231,23 @@ pub(crate) fn send_to_client(
         }),
         _ => None,
     };
-    let mut cmsgs = Vec::with_capacity(2);
-    if let Some(info) = &v4 {
-        cmsgs.push(ControlMessage::Ipv4PacketInfo(info));
-    }
-    if let Some(info) = &v6 {
-        cmsgs.push(ControlMessage::Ipv6PacketInfo(info));
-    }
-    if let Some(size) = &segment {
-        cmsgs.push(ControlMessage::UdpGsoSegments(size));
+    let info = match (&v4, &v6) {
+        (Some(info), _) => Some(ControlMessage::Ipv4PacketInfo(info)),
+        (_, Some(info)) => Some(ControlMessage::Ipv6PacketInfo(info)),
+        _ => None,
+    };
+    let gso = segment.as_ref().map(ControlMessage::UdpGsoSegments);
+    // At most two control messages, kept on the stack.
+    let mut cmsgs = [ControlMessage::UdpGsoSegments(&0); 2];
+    let mut count = 0;
+    for c in [info, gso].into_iter().flatten() {
+        cmsgs[count] = c;
+        count += 1;
     }
     Ok(sendmsg(
         fd,
-        &iov,
-        &cmsgs,
+        datagrams,
+        &cmsgs[..count],
         MsgFlags::MSG_DONTWAIT,
         Some(&to),
     )?)
