@@ -11,8 +11,10 @@
 //! with a callback telling the owner. A re-list (after a `410 Gone`, say) and a change of
 //! this node's zone resolve every Service again.
 //!
-//! Watch errors are retried with kube-rs's default backoff (exponential, with jitter); until
-//! the API answers again nothing is published, so the last table keeps serving.
+//! Watch errors are logged with their causes and retried with kube-rs's default backoff,
+//! client-go's reflector backoff (0.8 s doubling to 30 s, each delay stretched by up to as
+//! much again with jitter, reset by the next success); until the API answers again nothing
+//! is published, so the last table keeps serving.
 //!
 //! Label rules are applied by the API server through the label selector, as kube-proxy sets
 //! it: `!service.kubernetes.io/service-proxy-name` (or `=<ours>` with
@@ -491,10 +493,26 @@ fn service_cidrs(store: &Store<ServiceCIDR>) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Logs a watch error (the watcher retries with backoff); marks nothing.
+/// Logs a watch error with its causes (the watcher retries with backoff); marks nothing.
 fn watch_failed(e: &watcher::Error) -> bool {
-    tracing::warn!(error = %e, "Kubernetes watch failed; retrying with backoff, the current table keeps serving");
+    tracing::warn!(error = %causes(e), "Kubernetes watch failed; retrying with backoff, the current table keeps serving");
     false
+}
+
+/// `e` and its causes on one line, each once: kube's errors name only their first cause
+/// ("client error (Connect)"), and what an operator needs is the last ("Connection refused").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
 }
 
 fn key_of(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
