@@ -1,7 +1,7 @@
 //! Kubernetes node mode against a fake API server that speaks the real list + watch protocol
 //! over HTTP (lists with a resourceVersion, `watch=true` streams of JSON lines resumed from a
-//! resourceVersion, `410 Gone` for an expired one, label and field selectors), with kube's
-//! client pointed at it by a kubeconfig file.
+//! resourceVersion, `410 Gone` for an expired one, label and field selectors, outages), with
+//! kube's client pointed at it by a kubeconfig file.
 
 mod support;
 
@@ -169,26 +169,38 @@ fn decode(s: &str) -> String {
 struct FakeApi {
     inner: Arc<Mutex<Inner>>,
     addr: SocketAddr,
+    /// The listening thread, `None` during an [`FakeApi::outage`].
+    server: Arc<Mutex<Option<Server>>>,
 }
 
-impl FakeApi {
-    fn start() -> FakeApi {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// The thread that accepts and serves connections, on a runtime of its own.
+struct Server {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Server {
+    fn start(listener: std::net::TcpListener, state: Arc<Mutex<Inner>>) -> Server {
         listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let inner: Arc<Mutex<Inner>> = Arc::default();
-        let state = Arc::clone(&inner);
-        std::thread::spawn(move || {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                // A second descriptor of every accepted socket, to reset it at an outage.
+                let mut accepted: Vec<socket2::Socket> = Vec::new();
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let stream = tokio::select! {
+                        _ = &mut stopped => break,
+                        accept = listener.accept() => match accept {
+                            Ok((stream, _)) => stream,
+                            Err(_) => continue,
+                        },
                     };
+                    accepted.push(socket2::SockRef::from(&stream).try_clone().unwrap());
                     let state = Arc::clone(&state);
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
@@ -200,9 +212,52 @@ impl FakeApi {
                             .await;
                     });
                 }
+                // Linger 0: the last close of each socket (when the runtime drops its
+                // connection tasks) sends a reset, as a crashed API server's host would.
+                for s in &accepted {
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                }
             });
         });
-        FakeApi { inner, addr }
+        Server { stop, thread }
+    }
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        FakeApi::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// A server on `ip`: a test that restarts its server on the same port binds an address
+    /// of its own, which no other test's connections use.
+    fn start_on(ip: IpAddr) -> FakeApi {
+        let listener = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner: Arc<Mutex<Inner>> = Arc::default();
+        let server = Server::start(listener, Arc::clone(&inner));
+        FakeApi {
+            inner,
+            addr,
+            server: Arc::new(Mutex::new(Some(server))),
+        }
+    }
+
+    /// The API becomes unreachable: the listener is closed (new connections are refused)
+    /// and every open connection is reset. Objects and their change log stay, and may be
+    /// changed meanwhile.
+    fn outage(&self) {
+        let server = self.server.lock().unwrap().take().expect("the server runs");
+        let _ = server.stop.send(());
+        server.thread.join().unwrap();
+        self.inner.lock().unwrap().watchers.clear();
+    }
+
+    /// The API answers again on the same address.
+    fn recover(&self) {
+        let listener = std::net::TcpListener::bind(self.addr).unwrap();
+        let server = Server::start(listener, Arc::clone(&self.inner));
+        let old = self.server.lock().unwrap().replace(server);
+        assert!(old.is_none(), "recover follows an outage");
     }
 
     /// A kubeconfig file that points kube's client at this server (plain HTTP).
@@ -653,32 +708,51 @@ fn node_a(kubeconfig: &Path) -> Ringlb {
     ])
 }
 
+/// An address of this test process in 127.`second`.0.0/16: tests of this binary run side by
+/// side, so each takes its own `second` octet, and test processes their own third octet.
+fn own_ip(second: u8) -> IpAddr {
+    let third = (std::process::id() % 200) as u8 + 20;
+    IpAddr::V4(Ipv4Addr::new(127, second, third, 1))
+}
+
+/// [`own_ip`] at a free port.
+fn own_address(second: u8) -> SocketAddr {
+    let ip = own_ip(second);
+    let port = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::new(ip, port)
+}
+
+/// Service `shop/web` on cluster IP `at` with one TCP port `http` to target port `web`.
+fn web_service(at: SocketAddr) -> Value {
+    let ip = at.ip().to_string();
+    json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": at.port(), "protocol": "TCP", "targetPort": "web"}]}})
+}
+
+/// Slice endpoints, one per address, ready and on no node.
+fn eps(addrs: &[SocketAddr]) -> Value {
+    addrs
+        .iter()
+        .map(|x| json!({"addresses": [x.ip().to_string()]}))
+        .collect()
+}
+
 /// The real binary: `ringlb run --kubernetes --kubeconfig` serves real TCP to loopback
 /// backends listed in EndpointSlices, on a Service cluster IP in 127.0.0.0/8, and follows a
 /// slice change.
 #[test]
 fn ringlb_run_kubernetes_serves_a_cluster_ip_and_follows_endpoint_slices() {
     let (a, b) = (name_server("a"), name_server("b"));
-    let octet = (std::process::id() % 200) as u8 + 20;
-    let cluster_ip = IpAddr::V4(Ipv4Addr::new(127, 91, octet, 1));
-    let port = std::net::TcpListener::bind(SocketAddr::new(cluster_ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cluster = SocketAddr::new(cluster_ip, port);
+    let cluster = own_address(91);
     let api = FakeApi::start();
     api.apply(node("node-a", "zone-a"));
-    api.apply(json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"clusterIP": cluster_ip.to_string(), "clusterIPs": [cluster_ip.to_string()],
-                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": "web"}]}}));
-    let eps = |addrs: &[SocketAddr]| -> Value {
-        addrs
-            .iter()
-            .map(|x| json!({"addresses": [x.ip().to_string()]}))
-            .collect()
-    };
+    api.apply(web_service(cluster));
     // One slice per backend port, as the controller writes a named targetPort.
     api.apply(slice("web-a", "web", eps(&[a]), a.port()));
     api.apply(slice("web-b", "web", eps(&[b]), b.port()));
@@ -694,6 +768,86 @@ fn ringlb_run_kubernetes_serves_a_cluster_ip_and_follows_endpoint_slices() {
     for _ in 0..3 {
         assert_eq!(answer(cluster), "b");
     }
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
+/// A client that opens a connection to `addr` every 10 ms until stopped, and keeps every
+/// answer (a failure as `error: ...`).
+struct Prober {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Prober {
+    fn start(addr: SocketAddr) -> Prober {
+        use std::io::Read;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut text = String::new();
+                let got = std::net::TcpStream::connect_timeout(&addr, PATIENCE)
+                    .and_then(|mut s| {
+                        s.set_read_timeout(Some(PATIENCE))?;
+                        s.read_to_string(&mut text)
+                    })
+                    .map(|_| text);
+                answers.push(got.unwrap_or_else(|e| format!("error: {e}")));
+                // Pacing, not readiness: a steady trickle of new connections.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            answers
+        });
+        Prober { stop, thread }
+    }
+
+    /// Stops probing; every answer, in order.
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The API server goes away while ringlb runs (its listener closed, its connections reset,
+/// so the watches break and their retries are refused): the Service already served answers
+/// the whole time, and a change made meanwhile takes effect once the API answers again on
+/// the same address. Quick because the outage ends at the first refused retry: kube-rs's
+/// backoff (ringlb keeps client-go's: 0.8 s doubling to 30 s, each delay up to twice as long
+/// with jitter) then retries within 1.6-3.2 s.
+#[test]
+fn the_table_keeps_serving_while_the_api_is_unreachable_and_follows_it_when_it_returns() {
+    let (a, b) = (name_server("a"), name_server("b"));
+    let cluster = own_address(92);
+    let api = FakeApi::start_on(own_ip(93));
+    api.apply(node("node-a", "zone-a"));
+    api.apply(web_service(cluster));
+    api.apply(slice("web-a", "web", eps(&[a]), a.port()));
+    let kubeconfig = api.kubeconfig();
+    let proxy = node_a(&kubeconfig);
+    assert_eq!(answer(cluster), "a");
+    let prober = Prober::start(cluster);
+
+    api.outage();
+    // The watches were reset, and a retry was refused (the log names the causes).
+    proxy.wait_stderr("Connection reset by peer");
+    proxy.wait_stderr("Connection refused");
+    assert_eq!(answer(cluster), "a", "served while the API is unreachable");
+    // A new endpoint, written while ringlb cannot see the API.
+    api.apply(slice("web-b", "web", eps(&[b]), b.port()));
+    api.recover();
+    proxy.wait_line("kubernetes version=");
+    let answers = prober.stop();
+    let failed: Vec<&String> = answers.iter().filter(|x| *x != "a" && *x != "b").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} probes failed: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
+    let mut seen: Vec<String> = (0..4).map(|_| answer(cluster)).collect();
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"], "the new endpoint is served");
     std::fs::remove_file(kubeconfig).unwrap();
 }
 
