@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use config::k8s::{NodeOptions, Resolved};
+use config::k8s::{NodeOptions, NotProxiedReason, Resolved};
 use config::kube::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use config::{Config, Table};
 use proxy_core::steer::{SteerEntry, Steering, Verdict};
@@ -92,8 +92,11 @@ impl Kube {
             }
             tracing::warn!("still waiting for the first list of Services, EndpointSlices and this Node from the API");
         };
+        // SCTP ports the watch has already warned of.
         for np in &snapshot.resolved.not_proxied {
-            tracing::info!(service = %np.name, "not proxied: {}", np.reason);
+            if np.reason != NotProxiedReason::Sctp {
+                tracing::info!(service = %np.name, "not proxied: {}", np.reason);
+            }
         }
         tracing::info!(
             services = snapshot.resolved.config.services.len(),

@@ -443,6 +443,141 @@ fn the_table_keeps_serving_while_the_api_is_unreachable_and_follows_it_when_it_r
     std::fs::remove_file(kubeconfig).unwrap();
 }
 
+/// Beside a normal Service `shop/web` on `web` (TCP port `http` to endpoint `a`), what
+/// kube-proxy does not serve, each built so that only its rule keeps it off the air:
+/// - web's SCTP port `sig` (web's slice has the port too);
+/// - a slice of web labelled `service.kubernetes.io/headless`, with endpoint `x` (the
+///   label selector leaves it out);
+/// - the headless Service `shop/db` (`clusterIP: None`) and its slice;
+/// - the ExternalName Service `shop/ext`, here with a cluster IP at `ext` (the API server
+///   gives none to an ExternalName Service).
+fn not_served_beside_web(
+    web: SocketAddr,
+    ext: SocketAddr,
+    a: SocketAddr,
+    x: SocketAddr,
+) -> Vec<Value> {
+    let service = |name: &str, spec: Value| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+    };
+    let mut headless_slice = slice("web-headless", "web", eps(&[x]), x.port());
+    headless_slice["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    let mut db_slice = slice("db-1", "db", eps(&[a]), a.port());
+    db_slice["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    let (web_ip, ext_ip) = (web.ip().to_string(), ext.ip().to_string());
+    vec![
+        service(
+            "web",
+            json!({"clusterIP": web_ip, "clusterIPs": [web_ip], "ports": [
+            {"name": "http", "port": web.port(), "protocol": "TCP"},
+            {"name": "sig", "port": 9999, "protocol": "SCTP"}]}),
+        ),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": "shop",
+                            "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "ports": [{"name": "http", "port": a.port(), "protocol": "TCP"},
+                         {"name": "sig", "port": 9999, "protocol": "SCTP"}],
+               "endpoints": eps(&[a])}),
+        headless_slice,
+        service(
+            "db",
+            json!({"clusterIP": "None", "clusterIPs": ["None"], "ports": [
+            {"name": "http", "port": 80, "protocol": "TCP"}]}),
+        ),
+        db_slice,
+        service(
+            "ext",
+            json!({"type": "ExternalName", "externalName": "db.example.com",
+            "clusterIP": ext_ip, "clusterIPs": [ext_ip], "ports": [
+            {"name": "http", "port": ext.port(), "protocol": "TCP"}]}),
+        ),
+    ]
+}
+
+/// `ringlb run --kubernetes` as node `node-a`, one worker, with the admin API on a free
+/// loopback port; returns the process and the admin address.
+fn node_a_with_admin(kubeconfig: &Path) -> (Ringlb, SocketAddr) {
+    let proxy = Ringlb::start(&[
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--node-name",
+        "node-a",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ]);
+    let admin = support::admin::admin_addr(&proxy);
+    (proxy, admin)
+}
+
+/// The names of the services `/config` shows.
+fn served_names(admin: SocketAddr) -> Vec<String> {
+    let config = support::admin::get_json(admin, "/config");
+    config["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The stderr lines that mention `text`.
+fn lines_with<'a>(stderr: &'a str, text: &str) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.contains(text)).collect()
+}
+
+/// The real binary with the objects of [`not_served_beside_web`]: only `shop.web.http` is in
+/// the live table and only its endpoint answers; an SCTP port is warned of once, when it
+/// first shows, and not again when its Service changes in other ways.
+#[test]
+fn ringlb_serves_none_of_them_and_warns_of_an_sctp_port_once() {
+    let (a, b, x) = (name_server("a"), name_server("b"), name_server("x"));
+    let (web, ext) = (own_address(94), own_address(95));
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    for o in not_served_beside_web(web, ext, a, x) {
+        api.apply(o);
+    }
+    let kubeconfig = api.kubeconfig();
+    let (proxy, admin) = node_a_with_admin(&kubeconfig);
+    assert_eq!(served_names(admin), ["shop.web.http"]);
+    assert_eq!(proxy.addrs, [web]);
+    for _ in 0..4 {
+        assert_eq!(answer(web), "a", "only the endpoint of web's own slice");
+    }
+    proxy.wait_stderr("shop.web.sig");
+    let sctp = "SCTP is not supported";
+    let first = proxy.stderr();
+    let warned = lines_with(&first, "shop.web.sig");
+    assert!(
+        warned.len() == 1 && warned[0].contains("WARN") && warned[0].contains(sctp),
+        "{warned:?}"
+    );
+
+    // web changes (a second endpoint): resolved again, its SCTP port is no news.
+    api.apply(slice("web-b", "web", eps(&[b]), b.port()));
+    proxy.wait_line("kubernetes version=");
+    // A new Service's SCTP port is: its warning, logged after web's change, orders the log.
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "voice", "namespace": "shop"},
+        "spec": {"clusterIP": "127.0.0.73", "clusterIPs": ["127.0.0.73"],
+                 "ports": [{"port": 5060, "protocol": "SCTP"}]}}));
+    proxy.wait_stderr("shop.voice.5060");
+    let stderr = proxy.stderr();
+    let voice = lines_with(&stderr, "shop.voice.5060");
+    assert!(
+        voice.len() == 1 && voice[0].contains("WARN") && voice[0].contains(sctp),
+        "{voice:?}"
+    );
+    assert_eq!(lines_with(&stderr, "shop.web.sig").len(), 1, "{stderr}");
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
 /// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
 /// 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,

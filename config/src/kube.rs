@@ -37,7 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
-use crate::k8s::{self, NodeOptions, NodeService, Resolved};
+use crate::k8s::{self, NodeOptions, NodeService, NotProxiedReason, Resolved};
 
 /// Watch events arriving this soon after the first of a burst are applied together.
 pub const SETTLE: Duration = Duration::from_millis(100);
@@ -646,8 +646,15 @@ impl State {
                             tracing::warn!(service = %label, "{w}");
                         }
                     }
+                    // An SCTP port is a Service the user expects served: warn when it first
+                    // shows (a new Service or port, a port turned SCTP), not at every change.
+                    let before = old.as_ref().map_or(&[][..], |o| &o.not_proxied[..]);
                     for np in &n.not_proxied {
-                        tracing::debug!(service = %np.name, "not proxied: {}", np.reason);
+                        if np.reason == NotProxiedReason::Sctp && !before.contains(np) {
+                            tracing::warn!(service = %np.name, "not proxied: {}", np.reason);
+                        } else {
+                            tracing::debug!(service = %np.name, "not proxied: {}", np.reason);
+                        }
                     }
                     self.resolved.insert(key, n.clone());
                 }
