@@ -496,6 +496,46 @@ fn not_served_beside_web(
     ]
 }
 
+/// kube-proxy's label and type rules through the watch: headless and ExternalName Services,
+/// slices labelled `service.kubernetes.io/headless` and SCTP ports are not served, each with
+/// its reason, while the normal Service beside them is.
+#[test]
+fn headless_external_name_headless_slices_and_sctp_ports_are_not_served() {
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+    for o in not_served_beside_web(
+        at("127.0.0.70:80"),
+        at("127.0.0.71:80"),
+        at("127.0.9.1:8080"),
+        at("127.0.9.9:8080"),
+    ) {
+        api.apply(o);
+    }
+    let (watch, _changes) = start_watch(&api, None);
+    let s = watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    assert_eq!(names(&s), ["shop.web.http"]);
+    assert_eq!(backends(&s, "shop.web.http").unwrap(), ["127.0.9.1:8080"]);
+    let mut why: Vec<(&str, &NotProxiedReason)> = s
+        .resolved
+        .not_proxied
+        .iter()
+        .map(|n| (n.name.as_str(), &n.reason))
+        .collect();
+    why.sort_by_key(|(name, _)| *name);
+    assert_eq!(
+        why,
+        [
+            ("shop.db", &NotProxiedReason::Headless),
+            (
+                "shop.ext",
+                &NotProxiedReason::ExternalName("db.example.com".into())
+            ),
+            ("shop.web.sig", &NotProxiedReason::Sctp),
+        ]
+    );
+}
+
 /// `ringlb run --kubernetes` as node `node-a`, one worker, with the admin API on a free
 /// loopback port; returns the process and the admin address.
 fn node_a_with_admin(kubeconfig: &Path) -> (Ringlb, SocketAddr) {
