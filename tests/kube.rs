@@ -618,6 +618,68 @@ fn ringlb_serves_none_of_them_and_warns_of_an_sctp_port_once() {
     std::fs::remove_file(kubeconfig).unwrap();
 }
 
+/// `sessionAffinity: ClientIP` through the API: a client keeps its endpoint among three,
+/// another client gets another, `timeoutSeconds` reaches the live table (`/config`) and is
+/// honoured (the pin is gone one timeout after the client's last connection), and a new
+/// timeout written to the Service replaces it.
+#[test]
+fn session_affinity_client_ip_keeps_a_client_on_one_endpoint_for_timeout_seconds() {
+    let backends = [name_server("a"), name_server("b"), name_server("c")];
+    let web = own_address(96);
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    let affine = |timeout: u32| {
+        let mut svc = web_service(web);
+        svc["spec"]["sessionAffinity"] = json!("ClientIP");
+        svc["spec"]["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
+        svc
+    };
+    api.apply(affine(1));
+    for (i, b) in backends.iter().enumerate() {
+        api.apply(slice(&format!("web-{i}"), "web", eps(&[*b]), b.port()));
+    }
+    let kubeconfig = api.kubeconfig();
+    let (proxy, admin) = node_a_with_admin(&kubeconfig);
+    let affinity = |admin| {
+        let config = support::admin::get_json(admin, "/config");
+        let svc = &config["services"][0];
+        (
+            svc["session_affinity"].as_str().unwrap().to_owned(),
+            svc["session_affinity_timeout"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(affinity(admin), ("client_ip".to_owned(), "1s".to_owned()));
+    let from = |client: u8| {
+        let mut s = connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 3, client)), web);
+        let mut name = String::new();
+        std::io::Read::read_to_string(&mut s, &mut name).unwrap();
+        name
+    };
+    let first = from(7);
+    for _ in 0..3 {
+        assert_eq!(from(7), first, "one client, one endpoint");
+    }
+    let other = from(8);
+    assert_ne!(
+        other, first,
+        "another client is picked for (round robin moved on)"
+    );
+    assert_eq!(from(8), other);
+    // Waiting out the 1 s timeout (not readiness): the pin of 127.0.3.7 has expired, so the
+    // scheduler picks again, and round robin gives the endpoint neither client has.
+    std::thread::sleep(Duration::from_millis(1100));
+    let again = from(7);
+    assert!(
+        again != first && again != other,
+        "{again} after {first}, {other}"
+    );
+
+    api.apply(affine(300));
+    proxy.wait_line("kubernetes version=");
+    assert_eq!(affinity(admin), ("client_ip".to_owned(), "5m".to_owned()));
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
 /// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
 /// 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,
