@@ -680,6 +680,38 @@ fn session_affinity_client_ip_keeps_a_client_on_one_endpoint_for_timeout_seconds
     std::fs::remove_file(kubeconfig).unwrap();
 }
 
+/// Topology hints through the API: with every ready endpoint hinted, this node takes those
+/// hinted for the zone in its own Node's `topology.kubernetes.io/zone` label, and a change
+/// of the label (or its removal) resolves the Service again.
+#[test]
+fn topology_hints_follow_the_zone_label_of_this_node() {
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    api.apply(web_service("127.0.0.80:80".parse().unwrap()));
+    let hinted = |ip: &str, zone: &str| json!({"addresses": [ip], "zone": zone, "hints": {"forZones": [{"name": zone}]}});
+    api.apply(slice(
+        "web-1",
+        "web",
+        json!([hinted("127.0.9.1", "zone-a"), hinted("127.0.9.2", "zone-b")]),
+        8080,
+    ));
+    let (watch, changes) = start_watch(&api, None);
+    let s = watch.wait_synced(Duration::from_secs(20)).expect("synced");
+    assert_eq!(backends(&s, "shop.web.http").unwrap(), ["127.0.9.1:8080"]);
+
+    api.apply(node("node-a", "zone-b"));
+    let s = wait_for(&watch, &changes, "the endpoint of zone-b", |s| {
+        backends(s, "shop.web.http").unwrap() == ["127.0.9.2:8080"]
+    });
+    assert_eq!(s.changed, ["shop/web"]);
+
+    // No zone label: no zone to prefer, every ready endpoint.
+    api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}));
+    wait_for(&watch, &changes, "every endpoint without a zone", |s| {
+        backends(s, "shop.web.http").unwrap() == ["127.0.9.1:8080", "127.0.9.2:8080"]
+    });
+}
+
 /// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
 /// 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,
