@@ -712,6 +712,70 @@ fn topology_hints_follow_the_zone_label_of_this_node() {
     });
 }
 
+/// Without `--node-name` ringlb is the node named by `NODE_NAME` (as a DaemonSet sets it from
+/// `spec.nodeName`); the flag wins over the variable; with neither it does not start. Seen
+/// through `internalTrafficPolicy: Local`: only this node's endpoint answers.
+#[test]
+fn the_node_name_comes_from_node_name_unless_the_flag_gives_it() {
+    let (a, b) = (name_server("a"), name_server("b"));
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    api.apply(node("node-b", "zone-a"));
+    // Each run on a cluster address of its own: a killed io_uring process holds its port
+    // for a moment.
+    let local_web = |at: SocketAddr| {
+        let mut svc = web_service(at);
+        svc["spec"]["internalTrafficPolicy"] = json!("Local");
+        api.apply(svc);
+    };
+    for (name, backend, on) in [("web-a", a, "node-a"), ("web-b", b, "node-b")] {
+        let ep = json!([{"addresses": [backend.ip().to_string()], "nodeName": on}]);
+        api.apply(slice(name, "web", ep, backend.port()));
+    }
+    let kubeconfig = api.kubeconfig();
+    let run = |flag: Option<&str>, env: Option<&str>| {
+        let mut args = vec![
+            "run",
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--workers",
+            "1",
+        ];
+        if let Some(name) = flag {
+            args.extend(["--node-name", name]);
+        }
+        let mut cmd = ringlb_command(&args);
+        match env {
+            Some(name) => cmd.env("NODE_NAME", name),
+            None => cmd.env_remove("NODE_NAME"),
+        };
+        Ringlb::try_start_command(cmd)
+    };
+    let web = own_address(97);
+    local_web(web);
+    let proxy = run(None, Some("node-b")).expect("starts as node-b");
+    for _ in 0..3 {
+        assert_eq!(answer(web), "b", "NODE_NAME=node-b");
+    }
+    drop(proxy);
+    let web = own_address(98);
+    local_web(web);
+    let proxy = run(Some("node-a"), Some("node-b")).expect("starts as node-a");
+    for _ in 0..3 {
+        assert_eq!(answer(web), "a", "--node-name node-a");
+    }
+    drop(proxy);
+    let failed = run(None, None).err().expect("no node name: no start");
+    assert!(!failed.status.success());
+    assert!(
+        failed.stderr.contains("--node-name") && failed.stderr.contains("NODE_NAME"),
+        "{}",
+        failed.stderr
+    );
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
 /// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
 /// 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,
