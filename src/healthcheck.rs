@@ -14,9 +14,9 @@
 //! One small blocking thread per port: these are probed every few seconds by a load
 //! balancer, never on the data path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -186,31 +186,44 @@ fn response(h: &Health, proxy_healthy: bool) -> (u16, String) {
     (status, body)
 }
 
-/// The wanted health check ports of `resolved`: each Service's `healthCheckNodePort` with its
-/// ready endpoints on `node` (the most of any of its ports, by address).
+/// The wanted health check ports of `resolved`: each Service's `healthCheckNodePort` with
+/// its ready endpoints on `node`, counted as kube-proxy's `LocalReadyEndpoints` counts them:
+/// unique IP addresses over all the Service's ports (a pod serving ports 80 and 443 is one
+/// endpoint, not two; one serving only 80 and another only 443 are two). kube-proxy counts
+/// within one address family, each family's proxier apart (kubernetes/kubernetes#114702),
+/// so each family is counted apart here too and the larger count reported: a dual-stack pod
+/// is one endpoint.
 fn wanted(resolved: &Resolved, node: &str) -> BTreeMap<u16, Health> {
-    let mut out: BTreeMap<u16, Health> = BTreeMap::new();
+    // Per port: the Service, and its local ready IPs.
+    let mut local: BTreeMap<u16, (&str, BTreeSet<IpAddr>)> = BTreeMap::new();
     for port in &resolved.ports {
         let Some(hc) = port.health_check_node_port else {
             continue;
         };
-        let local = port
-            .endpoints
-            .iter()
-            .filter(|e| e.conditions.ready && e.node_name.as_deref() == Some(node))
-            .count();
-        let (namespace, name) = port
-            .service
-            .split_once('/')
-            .unwrap_or(("", port.service.as_str()));
-        let entry = out.entry(hc).or_insert_with(|| Health {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            local_endpoints: 0,
-        });
-        entry.local_endpoints = entry.local_endpoints.max(local);
+        let ips = &mut local
+            .entry(hc)
+            .or_insert((&port.service, BTreeSet::new()))
+            .1;
+        ips.extend(
+            port.endpoints
+                .iter()
+                .filter(|e| e.conditions.ready && e.node_name.as_deref() == Some(node))
+                .map(|e| e.address.ip()),
+        );
     }
-    out
+    local
+        .into_iter()
+        .map(|(hc, (service, ips))| {
+            let (namespace, name) = service.split_once('/').unwrap_or(("", service));
+            let v6 = ips.iter().filter(|ip| ip.is_ipv6()).count();
+            let health = Health {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                local_endpoints: v6.max(ips.len() - v6),
+            };
+            (hc, health)
+        })
+        .collect()
 }
 
 struct Server {
@@ -378,6 +391,84 @@ mod tests {
         };
         assert_eq!(response(&none, true).0, 503);
         assert_eq!(response(&none, true).1.lines().count(), 8);
+    }
+
+    /// kube-proxy's `LocalReadyEndpoints`: unique local ready IPs over every port of the
+    /// Service, each address family apart.
+    #[test]
+    fn local_endpoints_are_unique_ready_ips_on_this_node_over_all_ports() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  clusterIPs: [10.96.0.10, "fd00:96::10"]
+  ports:
+    - {name: http, port: 80, targetPort: web, nodePort: 30080}
+    - {name: metrics, port: 9100, nodePort: 30091}
+---
+# Pods 1 and 2 serve both ports: one endpoint each. 3 is on another node, 4 is not ready.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: metrics, port: 9100}]
+endpoints:
+  - {addresses: [10.0.0.1], nodeName: node-a}
+  - {addresses: [10.0.0.2], nodeName: node-a}
+  - {addresses: [10.0.0.3], nodeName: node-b}
+  - {addresses: [10.0.0.4], nodeName: node-a, conditions: {ready: false}}
+---
+# Pod 5 serves http only (its "web" is 8081), pod 6 metrics only.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8081}]
+endpoints:
+  - {addresses: [10.0.0.5], nodeName: node-a}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-3, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: metrics, port: 9100}]
+endpoints:
+  - {addresses: [10.0.0.6], nodeName: node-a}
+---
+# The IPv6 addresses of pods 1 and 2.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}, {name: metrics, port: 9100}]
+endpoints:
+  - {addresses: ["fd00::1"], nodeName: node-a}
+  - {addresses: ["fd00::2"], nodeName: node-a}
+"#;
+        let objects = config::k8s::parse_manifests("web.yaml", yaml).unwrap();
+        let options = config::k8s::NodeOptions {
+            node_name: "node-a".into(),
+            node_addresses: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            ..Default::default()
+        };
+        let resolved = config::k8s::resolve_node(&objects, &options);
+        // Two ports, two families, each in a cluster IP and an external part (the policies
+        // differ): every endpoint shows several times.
+        assert_eq!(resolved.ports.len(), 8);
+        let want = |node: &str| {
+            let w = wanted(&resolved, node);
+            assert_eq!(w.keys().collect::<Vec<_>>(), [&32000]);
+            w[&32000].local_endpoints
+        };
+        // 10.0.0.1, .2, .5 and .6 (each port has three; IPv6 has two).
+        assert_eq!(want("node-a"), 4);
+        assert_eq!(want("node-b"), 1);
+        assert_eq!(want("node-c"), 0);
+        assert_eq!(wanted(&resolved, "node-a")[&32000].name, "web");
     }
 
     #[test]
