@@ -776,6 +776,65 @@ fn the_node_name_comes_from_node_name_unless_the_flag_gives_it() {
     std::fs::remove_file(kubeconfig).unwrap();
 }
 
+/// Every (API group, resource, verb) the ClusterRole of `deploy/rbac.yaml` grants.
+fn cluster_role_grants() -> std::collections::BTreeSet<(String, String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs = serde_saphyr::from_multiple::<Value>(&text).unwrap();
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    out.insert((group.clone(), resource.clone(), verb));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `deploy/rbac.yaml` grants ringlb exactly what it asks of the API server: the requests the
+/// binary makes while it lists, watches and follows a change are all granted, and every
+/// grant is used (the Node is listed and watched by name, never fetched with `get`).
+#[test]
+fn the_cluster_role_grants_exactly_what_ringlb_asks_for() {
+    let a = name_server("a");
+    let web = own_address(99);
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    api.apply(web_service(web));
+    api.apply(slice("web-a", "web", eps(&[a]), a.port()));
+    let kubeconfig = api.kubeconfig();
+    let proxy = node_a(&kubeconfig);
+    let b = name_server("b");
+    api.apply(slice("web-b", "web", eps(&[b]), b.port()));
+    proxy.wait_line("kubernetes version=");
+    let granted = cluster_role_grants();
+    // The watches start after the lists; wait for the requests to reach the grants.
+    let deadline = Instant::now() + PATIENCE;
+    while api.rbac_requests() != granted {
+        assert!(
+            Instant::now() < deadline,
+            "requests {:#?}\ngrants {granted:#?}",
+            api.rbac_requests()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
 /// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
 /// 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,

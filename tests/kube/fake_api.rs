@@ -21,6 +21,7 @@ pub enum Kind {
     Service,
     Slice,
     Node,
+    ServiceCidr,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             "/api/v1/services" => Some(Kind::Service),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::Slice),
             "/api/v1/nodes" => Some(Kind::Node),
+            "/apis/networking.k8s.io/v1/servicecidrs" => Some(Kind::ServiceCidr),
             _ => None,
         }
     }
@@ -38,6 +40,7 @@ impl Kind {
             Some("Service") => Kind::Service,
             Some("EndpointSlice") => Kind::Slice,
             Some("Node") => Kind::Node,
+            Some("ServiceCIDR") => Kind::ServiceCidr,
             other => panic!("fake API server: unsupported kind {other:?}"),
         }
     }
@@ -47,6 +50,7 @@ impl Kind {
             Kind::Service => "ServiceList",
             Kind::Slice => "EndpointSliceList",
             Kind::Node => "NodeList",
+            Kind::ServiceCidr => "ServiceCIDRList",
         }
     }
 }
@@ -106,6 +110,8 @@ struct Inner {
     expire: BTreeSet<Kind>,
     /// Watch requests served, per kind (to wait for a resumed watch).
     watches: BTreeMap<Kind, usize>,
+    /// Every request, as RBAC sees it: (API group, resource, verb).
+    requests: BTreeSet<(String, String, String)>,
 }
 
 /// What a watcher with `selector` sees of a change: the event type and object.
@@ -273,7 +279,7 @@ impl FakeApi {
         let kind = Kind::of_object(&o);
         let meta = o["metadata"].as_object_mut().unwrap();
         meta.entry("namespace").or_insert(json!("default"));
-        if kind == Kind::Node {
+        if matches!(kind, Kind::Node | Kind::ServiceCidr) {
             meta.remove("namespace");
         }
         let mut inner = self.inner.lock().unwrap();
@@ -319,6 +325,11 @@ impl FakeApi {
         inner.watches.get(&kind).copied().unwrap_or(0)
     }
 
+    /// Every request so far as RBAC authorizes it: (API group, resource, verb).
+    pub fn rbac_requests(&self) -> BTreeSet<(String, String, String)> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
     pub fn watches(&self, kind: Kind) -> usize {
         self.inner
             .lock()
@@ -354,6 +365,46 @@ impl Inner {
     }
 }
 
+/// What RBAC checks of a request: the API group and resource from the path
+/// (`/api/v1/<resource>[/<name>]`, `/apis/<group>/<version>/<resource>[/<name>]`, with an
+/// optional `namespaces/<ns>/` before the resource), and the verb from the method and
+/// whether one object, a list or a watch is asked for.
+fn rbac_request(req: &hyper::Request<hyper::body::Incoming>) -> (String, String, String) {
+    let parts: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    let (group, mut rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("?", &parts[..0]),
+    };
+    if let ["namespaces", _, more @ ..] = rest {
+        if !more.is_empty() {
+            rest = more;
+        }
+    }
+    let (resource, named) = match rest {
+        [resource] => (*resource, false),
+        [resource, _name, ..] => (*resource, true),
+        _ => ("?", false),
+    };
+    let watch = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (req.method().as_str(), named, watch) {
+        ("GET", true, _) => "get",
+        ("GET", false, true) => "watch",
+        ("GET", false, false) => "list",
+        ("POST", ..) => "create",
+        ("PUT", ..) => "update",
+        ("PATCH", ..) => "patch",
+        ("DELETE", ..) => "delete",
+        (other, ..) => other,
+    };
+    (group.to_owned(), resource.to_owned(), verb.to_owned())
+}
+
 fn handle(
     state: &Mutex<Inner>,
     req: &hyper::Request<hyper::body::Incoming>,
@@ -366,6 +417,8 @@ fn handle(
             .body(ChanBody(rx))
             .unwrap()
     };
+    let request = rbac_request(req);
+    state.lock().unwrap().requests.insert(request);
     let Some(kind) = Kind::of(req.uri().path()) else {
         let _ = tx.send(line(&json!({"kind": "Status", "code": 404})));
         return respond(404, rx);
