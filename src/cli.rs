@@ -52,7 +52,8 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 
     /// Node addresses on which Kubernetes NodePort and LoadBalancer services listen at their
-    /// nodePort (repeat, or comma-separate).
+    /// nodePort (repeat, or comma-separate). With --kubernetes, loopback addresses are left
+    /// out (they never take NodePorts).
     #[arg(
         long = "node-address",
         value_name = "IP",
@@ -89,16 +90,20 @@ pub struct RunArgs {
     #[arg(long, requires = "kubernetes")]
     pub nftables: bool,
 
-    /// With --kubernetes: NodePorts are served on this host's interface addresses within
-    /// these CIDRs (repeat, or comma-separate), as kube-proxy's `--nodeport-addresses`; the
-    /// addresses are read again every 2 s. Adds to --node-address.
+    /// With --kubernetes: where NodePorts are served besides --node-address, as kube-proxy's
+    /// `--nodeport-addresses`: `primary`, this node's primary address of each family (its
+    /// Node's first InternalIP, else ExternalIP, followed as the Node changes), or this host's
+    /// interface addresses within these CIDRs (repeat, or comma-separate; read again every
+    /// 2 s). Loopback addresses never take NodePorts.
+    /// [default: primary, unless --node-address is given]
     #[arg(
         long,
-        value_name = "CIDR",
+        value_name = "primary|CIDR",
         value_delimiter = ',',
+        value_parser = parse_nodeport_address,
         requires = "kubernetes"
     )]
-    pub nodeport_addresses: Vec<ipnet::IpNet>,
+    pub nodeport_addresses: Vec<NodePortAddress>,
 
     /// With --nftables: the pods' address ranges (repeat, or comma-separate), as
     /// kube-proxy's `--cluster-cidr` with `--detect-local-mode=ClusterCIDR`. Traffic from them
@@ -250,6 +255,15 @@ pub struct DemoArgs {
     pub data_plane: DataPlaneArgs,
 }
 
+/// One value of `--nodeport-addresses`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// `primary`: this node's primary addresses, from its Node object.
+    Primary,
+    /// This host's addresses within a range.
+    Cidr(ipnet::IpNet),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Proto {
     Tcp,
@@ -276,6 +290,15 @@ impl From<DriverArg> for IoDriver {
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
         .map_err(|e: balancers::UnknownScheduler| e.to_string())
+}
+
+fn parse_nodeport_address(s: &str) -> Result<NodePortAddress, String> {
+    if s == "primary" {
+        return Ok(NodePortAddress::Primary);
+    }
+    s.parse()
+        .map(NodePortAddress::Cidr)
+        .map_err(|e| format!("expected primary or a CIDR such as 10.0.0.0/8 or fd00::/64: {e}"))
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {

@@ -2,7 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use config::{Config, Table};
 use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
-use crate::cli::RunArgs;
+use crate::cli::{NodePortAddress, RunArgs};
 use crate::healthcheck::{HealthChecks, NodeHealth};
 use crate::serve::{announce_line, Control};
 
@@ -64,7 +64,9 @@ impl Kube {
                  (a DaemonSet sets it from spec.nodeName through the downward API)"
             ),
         };
-        let addresses = node_addresses(args)?;
+        let source = node_port_source(&args.node_addresses, &args.nodeport_addresses)?;
+        let given = given_node_addresses(args);
+        let addresses = node_addresses(&given, &source)?;
         let options = KubeOptions {
             kubeconfig: args.kubeconfig.clone(),
             node: NodeOptions {
@@ -75,6 +77,7 @@ impl Kube {
                 source_ranges_enforced: args.nftables,
                 preserve_client_ip: args.preserve_client_ip,
             },
+            primary_node_addresses: source == NodePortSource::Primary,
         };
         let control: Arc<Mutex<Option<mpsc::Sender<Control>>>> = Arc::default();
         let notify = Arc::clone(&control);
@@ -85,7 +88,7 @@ impl Kube {
         })
         .context("cannot watch the Kubernetes API")?;
         tracing::info!(node = %node_name, service_proxy_name = ?args.service_proxy_name, "watching Services and EndpointSlices");
-        follow_host_addresses(args, addresses, watch.node_addresses());
+        follow_host_addresses(&source, given, addresses, watch.node_addresses());
         let snapshot = loop {
             if let Some(s) = watch.wait_synced(SYNC_WAIT_LOG) {
                 break s;
@@ -281,56 +284,121 @@ impl Kube {
     }
 }
 
-/// The addresses that take NodePorts: `--node-address`, and this host's addresses within a
-/// `--nodeport-addresses` CIDR.
-fn node_addresses(args: &RunArgs) -> anyhow::Result<Vec<std::net::IpAddr>> {
-    let out = host_node_addresses(&args.node_addresses, &args.nodeport_addresses)
-        .context("cannot list this host's addresses for --nodeport-addresses")?;
-    if !args.nodeport_addresses.is_empty() {
-        if out.len() == args.node_addresses.len() {
-            tracing::warn!(cidrs = ?args.nodeport_addresses, "no address of this host is in --nodeport-addresses: NodePorts are not served");
-        }
-        tracing::info!(addresses = ?out, "NodePort addresses from --nodeport-addresses");
-    }
-    Ok(out)
+/// Where NodePorts are served besides `--node-address`, from `--nodeport-addresses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NodePortSource {
+    /// Nowhere else: `--node-address` without `--nodeport-addresses`.
+    Given,
+    /// This node's primary addresses from its Node object: `primary`, and the default
+    /// without either flag (kube-proxy's nftables mode defaults to it).
+    Primary,
+    /// This host's addresses within these ranges.
+    Within(Vec<ipnet::IpNet>),
 }
 
-/// `fixed`, then this host's addresses within one of `cidrs`.
-fn host_node_addresses(
-    fixed: &[std::net::IpAddr],
-    cidrs: &[ipnet::IpNet],
-) -> std::io::Result<Vec<std::net::IpAddr>> {
-    let mut out = fixed.to_vec();
-    if cidrs.is_empty() {
-        return Ok(out);
-    }
-    for ip in proxy_core::steer::local_addresses()? {
-        if cidrs.iter().any(|c| c.contains(&ip)) && !out.contains(&ip) {
-            out.push(ip);
-        }
-    }
-    Ok(out)
+/// What `--node-address` (`given`) and `--nodeport-addresses` (`flag`) ask for. `primary`
+/// must stand alone, as kube-proxy requires ("can't use both 'primary' and CIDRs").
+fn node_port_source(given: &[IpAddr], flag: &[NodePortAddress]) -> anyhow::Result<NodePortSource> {
+    let cidrs: Vec<ipnet::IpNet> = flag
+        .iter()
+        .filter_map(|a| match a {
+            NodePortAddress::Cidr(c) => Some(*c),
+            NodePortAddress::Primary => None,
+        })
+        .collect();
+    Ok(match flag {
+        [] if given.is_empty() => NodePortSource::Primary,
+        [] => NodePortSource::Given,
+        [NodePortAddress::Primary] => NodePortSource::Primary,
+        _ if cidrs.len() == flag.len() => NodePortSource::Within(cidrs),
+        _ => bail!("--nodeport-addresses: primary stands alone, without CIDRs (as kube-proxy's)"),
+    })
 }
 
-/// With `--nodeport-addresses`: reads this host's addresses again every [`ADDRESS_POLL`] and
-/// hands a changed set to the watch (an address added by DHCP or a new interface takes
-/// NodePorts, a removed one stops), as kube-proxy reads them again on every sync. A
-/// `getifaddrs` every few seconds costs microseconds; the thread ends with the watch.
-fn follow_host_addresses(args: &RunArgs, first: Vec<std::net::IpAddr>, to: NodeAddresses) {
-    if args.nodeport_addresses.is_empty() {
+/// `--node-address` without its loopback addresses (logged), which never take NodePorts.
+fn given_node_addresses(args: &RunArgs) -> Vec<IpAddr> {
+    let (loopback, given): (Vec<IpAddr>, Vec<IpAddr>) =
+        args.node_addresses.iter().partition(|ip| ip.is_loopback());
+    if !loopback.is_empty() {
+        tracing::warn!(addresses = ?loopback, "--node-address: loopback addresses never take NodePorts (as in kube-proxy's nftables mode); left out");
+    }
+    given
+}
+
+/// The addresses that take NodePorts at start: `given`, and with [`NodePortSource::Within`]
+/// this host's addresses within a range (logged; the Node's primary addresses come later,
+/// from the watch).
+fn node_addresses(given: &[IpAddr], source: &NodePortSource) -> anyhow::Result<Vec<IpAddr>> {
+    match source {
+        NodePortSource::Given => Ok(given.to_vec()),
+        NodePortSource::Primary => {
+            tracing::info!(also = ?given, "NodePorts on this node's primary addresses, from its Node object (--nodeport-addresses primary)");
+            Ok(given.to_vec())
+        }
+        NodePortSource::Within(cidrs) => {
+            let host = proxy_core::steer::local_addresses()
+                .context("cannot list this host's addresses for --nodeport-addresses")?;
+            for cidr in loopback_only(cidrs, &host) {
+                tracing::warn!(%cidr, "--nodeport-addresses: this range holds only loopback addresses of this host, which never take NodePorts (as in kube-proxy's nftables mode)");
+            }
+            let out = within(given, cidrs, &host);
+            if out.len() == given.len() {
+                tracing::warn!(?cidrs, "no address of this host other than loopback is in --nodeport-addresses: NodePorts are not served there");
+            }
+            tracing::info!(addresses = ?out, "NodePort addresses from --nodeport-addresses");
+            Ok(out)
+        }
+    }
+}
+
+/// `given`, then the addresses of `host` within one of `cidrs`, loopback left out.
+fn within(given: &[IpAddr], cidrs: &[ipnet::IpNet], host: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out = given.to_vec();
+    for ip in host {
+        if !ip.is_loopback() && cidrs.iter().any(|c| c.contains(ip)) && !out.contains(ip) {
+            out.push(*ip);
+        }
+    }
+    out
+}
+
+/// The ranges of `cidrs` that hold addresses of `host`, all of them loopback.
+fn loopback_only(cidrs: &[ipnet::IpNet], host: &[IpAddr]) -> Vec<ipnet::IpNet> {
+    cidrs
+        .iter()
+        .filter(|c| {
+            let mut held = host.iter().filter(|ip| c.contains(*ip)).peekable();
+            held.peek().is_some() && held.all(IpAddr::is_loopback)
+        })
+        .copied()
+        .collect()
+}
+
+/// With [`NodePortSource::Within`]: reads this host's addresses again every
+/// [`ADDRESS_POLL`] and hands a changed set to the watch (an address added by DHCP or a new
+/// interface takes NodePorts, a removed one stops), as kube-proxy reads them again on every
+/// sync. A `getifaddrs` every few seconds costs microseconds; the thread ends with the
+/// watch.
+fn follow_host_addresses(
+    source: &NodePortSource,
+    given: Vec<IpAddr>,
+    first: Vec<IpAddr>,
+    to: NodeAddresses,
+) {
+    let NodePortSource::Within(cidrs) = source else {
         return;
-    }
-    let fixed = args.node_addresses.clone();
-    let cidrs = args.nodeport_addresses.clone();
+    };
+    let cidrs = cidrs.clone();
     let spawned = std::thread::Builder::new()
         .name("ringlb-addresses".into())
         .spawn(move || {
             let mut current = first;
             loop {
                 std::thread::sleep(ADDRESS_POLL);
-                let Ok(now) = host_node_addresses(&fixed, &cidrs) else {
+                let Ok(host) = proxy_core::steer::local_addresses() else {
                     continue;
                 };
+                let now = within(&given, &cidrs, &host);
                 if now != current {
                     tracing::info!(addresses = ?now, "this host's NodePort addresses changed");
                     if !to.set(now.clone()) {
@@ -411,4 +479,78 @@ fn steer_entries(resolved: &Resolved, table: &Table) -> Vec<SteerEntry> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn cidrs(list: &[&str]) -> Vec<ipnet::IpNet> {
+        list.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn nodeport_addresses_default_to_primary_without_node_address() {
+        use NodePortAddress::{Cidr, Primary};
+        let given = ips(&["192.0.2.1"]);
+        let ten = Cidr("10.0.0.0/8".parse().unwrap());
+        assert_eq!(node_port_source(&[], &[]).unwrap(), NodePortSource::Primary);
+        assert_eq!(
+            node_port_source(&given, &[]).unwrap(),
+            NodePortSource::Given
+        );
+        assert_eq!(
+            node_port_source(&given, &[Primary]).unwrap(),
+            NodePortSource::Primary
+        );
+        assert_eq!(
+            node_port_source(&[], &[ten]).unwrap(),
+            NodePortSource::Within(cidrs(&["10.0.0.0/8"]))
+        );
+        // As kube-proxy: primary stands alone.
+        assert!(node_port_source(&[], &[Primary, ten]).is_err());
+        assert!(node_port_source(&[], &[ten, Primary]).is_err());
+        assert!(node_port_source(&[], &[Primary, Primary]).is_err());
+    }
+
+    #[test]
+    fn host_addresses_within_the_ranges_take_node_ports_but_loopback_never() {
+        let host = ips(&["127.0.0.1", "10.1.2.3", "192.168.9.9", "::1", "fd00::5"]);
+        assert_eq!(
+            within(&ips(&["192.0.2.1"]), &cidrs(&["0.0.0.0/0", "::/0"]), &host),
+            ips(&["192.0.2.1", "10.1.2.3", "192.168.9.9", "fd00::5"])
+        );
+        assert_eq!(
+            within(&[], &cidrs(&["127.0.0.0/8", "10.0.0.0/8"]), &host),
+            ips(&["10.1.2.3"])
+        );
+        // A given address inside a range is not repeated.
+        assert_eq!(
+            within(&ips(&["10.1.2.3"]), &cidrs(&["10.0.0.0/8"]), &host),
+            ips(&["10.1.2.3"])
+        );
+    }
+
+    #[test]
+    fn ranges_that_hold_only_loopback_addresses_are_found() {
+        let host = ips(&["127.0.0.1", "127.0.0.53", "10.1.2.3", "::1"]);
+        assert_eq!(
+            loopback_only(
+                &cidrs(&[
+                    "127.0.0.0/8",
+                    "::1/128",
+                    "0.0.0.0/0",
+                    "10.0.0.0/8",
+                    "172.16.0.0/12"
+                ]),
+                &host
+            ),
+            // 0.0.0.0/0 holds 10.1.2.3 too; 172.16.0.0/12 holds nothing (warned apart).
+            cidrs(&["127.0.0.0/8", "::1/128"])
+        );
+    }
 }

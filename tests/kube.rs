@@ -48,6 +48,7 @@ fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (KubeWatch, mpsc::Rec
             source_ranges_enforced: false,
             preserve_client_ip: false,
         },
+        primary_node_addresses: false,
     };
     let watch = KubeWatch::start(options, move || {
         let _ = tx.send(());
@@ -281,6 +282,77 @@ fn a_node_tainted_for_deletion_or_being_deleted_is_not_eligible() {
     deleting["metadata"]["finalizers"] = json!(["example.com/hold"]);
     api.apply(deleting);
     becomes(false, "a deletion timestamp");
+}
+
+/// `--nodeport-addresses primary` (the default without flags): NodePorts on the Node's
+/// primary address of each family from its `status.addresses`, InternalIP first, followed as
+/// the Node changes.
+#[test]
+fn node_ports_follow_the_primary_addresses_of_the_node() {
+    let api = FakeApi::start();
+    let with_addresses = |addresses: Value| {
+        let mut n = node("node-a", "zone-a");
+        n["status"] = json!({"addresses": addresses});
+        n
+    };
+    api.apply(with_addresses(json!([
+        {"type": "Hostname", "address": "node-a"},
+        {"type": "ExternalIP", "address": "203.0.113.7"},
+        // Listed after the ExternalIP, and still the primary address.
+        {"type": "InternalIP", "address": "10.0.0.7"}])));
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"],
+                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 30080}]}}));
+    let (tx, changes) = mpsc::channel();
+    let options = KubeOptions {
+        kubeconfig: Some(api.kubeconfig()),
+        node: NodeOptions {
+            node_name: "node-a".into(),
+            ..NodeOptions::default()
+        },
+        primary_node_addresses: true,
+    };
+    let watch = KubeWatch::start(options, move || {
+        let _ = tx.send(());
+    })
+    .unwrap();
+    let frontends = |s: &KubeSnapshot| {
+        let svc = s
+            .resolved
+            .config
+            .services
+            .iter()
+            .find(|x| x.name == "shop.web.http");
+        let mut got: Vec<String> = svc
+            .into_iter()
+            .flat_map(|x| x.listen.iter().map(ToString::to_string))
+            .collect();
+        got.sort();
+        got
+    };
+    wait_for(&watch, &changes, "the InternalIP at the node port", |s| {
+        frontends(s) == ["10.0.0.7:30080", "10.96.0.1:80"]
+    });
+    api.apply(with_addresses(json!([
+        {"type": "InternalIP", "address": "127.0.0.1"},
+        {"type": "InternalIP", "address": "10.0.0.8"}])));
+    wait_for(
+        &watch,
+        &changes,
+        "a loopback primary address takes no node port",
+        |s| frontends(s) == ["10.96.0.1:80"],
+    );
+    api.apply(with_addresses(
+        json!([{"type": "InternalIP", "address": "10.0.0.8"}]),
+    ));
+    wait_for(
+        &watch,
+        &changes,
+        "the new InternalIP at the node port",
+        |s| frontends(s) == ["10.0.0.8:30080", "10.96.0.1:80"],
+    );
+    std::fs::remove_file(api.kubeconfig()).unwrap();
 }
 
 /// `ringlb run --kubernetes` as node `node-a` of the API in `kubeconfig`, one worker, no

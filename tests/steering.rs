@@ -295,7 +295,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         "--decision-log",
         &decisions_arg,
         "--nodeport-addresses",
-        "10.241.1.0/24",
+        "10.241.1.0/24,127.0.0.0/8",
         "--healthz-bind-address",
         "0.0.0.0:10256",
         "--workers",
@@ -357,6 +357,11 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     // A node address outside --nodeport-addresses does not take NodePorts (nothing listens).
     let outside = ask(&pod.0, "10.241.2.1:30080").unwrap_err();
     assert_eq!(outside.kind(), ErrorKind::ConnectionRefused, "{outside}");
+    // Loopback never takes NodePorts, even within --nodeport-addresses (logged), as in
+    // kube-proxy's nftables mode.
+    proxy.wait_stderr("holds only loopback addresses");
+    let loopback = ask(&node.0, "127.0.0.1:30080").unwrap_err();
+    assert_eq!(loopback.kind(), ErrorKind::ConnectionRefused, "{loopback}");
     // A new address of this host within --nodeport-addresses takes NodePorts once ringlb has
     // read the host's addresses again (every 2 s).
     node.ip(&["addr", "add", "10.241.1.7/24", "dev", "n0"]);
@@ -762,8 +767,15 @@ fn dual_stack_objects() -> Objects {
         ),
         (
             "nodes",
+            // Primary addresses (no --nodeport-addresses): the first InternalIP and the first
+            // of the other family, never the ExternalIP (the node's backend side here).
             json!({"apiVersion": "v1", "kind": "Node",
-                   "metadata": {"name": "node-a", "resourceVersion": "1"}}),
+                   "metadata": {"name": "node-a", "resourceVersion": "1"},
+                   "status": {"addresses": [
+                       {"type": "Hostname", "address": "node-a"},
+                       {"type": "ExternalIP", "address": "10.241.2.1"},
+                       {"type": "InternalIP", "address": "fd00:241:1::1"},
+                       {"type": "InternalIP", "address": "10.241.1.1"}]}}),
         ),
     ]
 }
@@ -871,8 +883,6 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
             "off",
             "--decision-log",
             decisions.to_str().unwrap(),
-            "--nodeport-addresses",
-            "10.241.1.0/24,fd00:241:1::/64",
         ],
     );
     let listed = node.exec(&["nft", "list", "table", "ip6", "ringlb"]);
@@ -928,6 +938,9 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
             assert_eq!(ask(&pod.0, to).unwrap(), want, "{to}");
         }
     }
+    // The Node's ExternalIP is not a primary address: it takes no NodePort.
+    let external = ask(&pod.0, "10.241.2.1:30080").unwrap_err();
+    assert_eq!(external.kind(), ErrorKind::ConnectionRefused, "{external}");
     // The external IP, and the cluster IP from the node itself (the output hook).
     let answer = ask(&pod.0, "[fd00:241:9::9]:80").unwrap();
     assert!(BACKENDS_V6.contains(&answer.as_str()), "{answer}");

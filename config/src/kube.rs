@@ -50,6 +50,11 @@ pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     /// The node (its zone is read from its Node object and need not be set here).
     pub node: NodeOptions,
+    /// NodePorts also on this node's primary addresses, one per family, read from its Node's
+    /// `status.addresses` ([`k8s::api::node_primary_addresses`]) and followed as the Node
+    /// changes: kube-proxy's `--nodeport-addresses primary`. They are added to
+    /// [`NodeOptions::node_addresses`] as given here.
+    pub primary_node_addresses: bool,
 }
 
 /// Why the watch could not start.
@@ -189,7 +194,7 @@ impl KubeWatch {
                     };
                     let _ = ready_tx.send(Ok(()));
                     tokio::select! {
-                        () = watch(client, options.node, addr_rx, state, on_change) => {}
+                        () = watch(client, options.node, options.primary_node_addresses, addr_rx, state, on_change) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -304,6 +309,7 @@ type Key = (String, String);
 async fn watch(
     client: Client,
     mut node: NodeOptions,
+    primary_node_addresses: bool,
     addresses: tokio::sync::mpsc::UnboundedReceiver<Vec<IpAddr>>,
     shared: Arc<SharedHandle>,
     on_change: impl Fn(),
@@ -345,6 +351,8 @@ async fn watch(
         ),
     ));
 
+    // With `primary_node_addresses`: the given node addresses, to which the Node's are added.
+    let given_addresses = node.node_addresses.clone();
     let mut state = State::default();
     // Listed at least once: services, slices, node.
     let mut synced = [false; 3];
@@ -445,6 +453,24 @@ async fn watch(
                         node.zone = zone;
                         state.full = true;
                     }
+                    // A deleted Node keeps its last addresses: it is usually re-registered.
+                    if let (true, watcher::Event::Apply(n) | watcher::Event::InitApply(n)) =
+                        (primary_node_addresses, &e)
+                    {
+                        let mut addresses = given_addresses.clone();
+                        for ip in k8s::api::node_primary_addresses(n) {
+                            if !addresses.contains(&ip) {
+                                addresses.push(ip);
+                            }
+                        }
+                        if addresses != node.node_addresses || state.version == 0 {
+                            primary_addresses_changed(&node.node_name, &addresses, n);
+                        }
+                        if addresses != node.node_addresses {
+                            node.node_addresses = addresses;
+                            state.full = true;
+                        }
+                    }
                     matches!(e, watcher::Event::InitDone) || state.full
                 }
                 Err(e) => watch_failed(&e),
@@ -453,6 +479,23 @@ async fn watch(
         if marked && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + SETTLE);
         }
+    }
+}
+
+/// Logs the NodePort addresses taken from `node` (a warning when there are none).
+fn primary_addresses_changed(node_name: &str, addresses: &[IpAddr], node: &Node) {
+    if addresses.is_empty() {
+        let listed: Vec<String> = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|a| format!("{}={}", a.type_, a.address))
+            .collect();
+        tracing::warn!(node = %node_name, ?listed, "this Node has no InternalIP or ExternalIP other than loopback in status.addresses: NodePorts are not served (give --node-address or --nodeport-addresses CIDRs)");
+    } else {
+        tracing::info!(node = %node_name, ?addresses, "NodePort addresses from this Node's primary addresses (--nodeport-addresses primary)");
     }
 }
 
