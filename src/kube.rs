@@ -113,6 +113,9 @@ impl Kube {
                 Err(e) => tracing::error!(%addr, error = %e, "cannot serve the node /healthz"),
             }
         }
+        if args.nftables && args.cluster_cidr.is_empty() {
+            tracing::warn!("--nftables without --cluster-cidr: ringlb cannot tell this node's pods from outside clients, so a pod reaching the load balancer IP, external IP or node port of an externalTrafficPolicy: Local Service on a node without a local endpoint is dropped, where the Kubernetes service-proxy spec wants it served (kube-proxy short-circuits it to any endpoint); give the pods' ranges with --cluster-cidr");
+        }
         let steering = args.nftables.then(|| {
             let mut steering = Steering::new("nft").with_pod_cidrs(args.cluster_cidr.clone());
             if args.preserve_client_ip {

@@ -649,6 +649,11 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
         String::from_utf8_lossy(&rules.stdout).contains("lookup 2400"),
         "{rules:?}"
     );
+    assert!(
+        !proxy.stderr().contains("without --cluster-cidr"),
+        "no warning with --cluster-cidr: {}",
+        proxy.stderr()
+    );
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
     let rules = node.exec(&["ip", "rule", "show"]);
@@ -885,6 +890,8 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
             decisions.to_str().unwrap(),
         ],
     );
+    // Without --cluster-cidr pods are outside clients to policy Local: ringlb says so.
+    proxy.wait_stderr("--nftables without --cluster-cidr");
     let listed = node.exec(&["nft", "list", "table", "ip6", "ringlb"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(table.contains("fd00:241:96::14 . tcp . 80"), "{table}");
