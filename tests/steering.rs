@@ -3,13 +3,12 @@
 //! --nftables` against a small static API server, and a "backend" namespace with the
 //! endpoint. Addresses are private and exist only inside these namespaces; the host's own
 //! networking is never touched. Skipped, with the reason printed, where namespaces cannot be
-//! created or `nft` is missing.
+//! created; where they can, a missing `nft` or `conntrack` fails the test.
 
 mod support;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -135,18 +134,17 @@ fn wait_decision_line(path: &std::path::Path, frontend: &str) {
 }
 
 /// The pod, node and backend namespaces of a steering test, or `None` (with the reason
-/// printed) where `nft` is missing or namespaces cannot be created.
+/// printed) where namespaces cannot be created. Fails without `nft` or `conntrack`.
 fn pod_node_backend(pod: &str, node: &str, backend: &str) -> Option<(Netns, Netns, Netns)> {
-    if !have_nft() {
-        println!("skipped: nft is not installed (apt-get install nftables)");
-        return None;
-    }
     match (
         Netns::create(pod),
         Netns::create(node),
         Netns::create(backend),
     ) {
-        (Ok(p), Ok(n), Ok(b)) => Some((p, n, b)),
+        (Ok(p), Ok(n), Ok(b)) => {
+            require_nft_and_conntrack();
+            Some((p, n, b))
+        }
         (p, n, b) => {
             let why = [p.err(), n.err(), b.err()].into_iter().flatten().next();
             println!("skipped: cannot create network namespaces: {why:?}");
@@ -398,10 +396,6 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         "{dropped}"
     );
 
-    assert!(
-        Command::new("conntrack").arg("--version").output().is_ok(),
-        "the conntrack program is needed (apt-get install conntrack)"
-    );
     // A UDP client that keeps one source port across a ringlb restart: its conntrack entry
     // points at the old process's portal, and conntrack would keep using it for as long as
     // the client keeps sending. The new process deletes such entries after its first sync.
@@ -1060,10 +1054,6 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
 #[ignore = "benchmark: run with --ignored --nocapture to print nftables transaction times"]
 fn nftables_transactions_at_ten_thousand_services() {
     use proxy_core::steer::{SteerEntry, Steering, Verdict};
-    if !have_nft() {
-        println!("skipped: nft is not installed");
-        return;
-    }
     let ns = match Netns::create("bench") {
         Ok(ns) => ns,
         Err(why) => {
@@ -1071,6 +1061,7 @@ fn nftables_transactions_at_ten_thousand_services() {
             return;
         }
     };
+    require_nft_and_conntrack();
     const SERVICES: u32 = 10_000;
     let entries: Vec<SteerEntry> = (0..SERVICES)
         .flat_map(|i| {

@@ -103,12 +103,20 @@ pub fn link(a: &Netns, a_if: &str, a_addrs: &[&str], b: &Netns, b_if: &str, b_ad
     }
 }
 
-/// Whether the `nft` program runs here.
-pub fn have_nft() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// Fails the test, naming the package, unless `nft` and `conntrack` run here: wherever the
+/// node-mode tests can create namespaces they need both (CI installs them), and a test that
+/// skipped for want of them would pass without testing anything.
+pub fn require_nft_and_conntrack() {
+    for (program, package) in [("nft", "nftables"), ("conntrack", "conntrack")] {
+        let runs = Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            runs,
+            "the {program} program is needed by the node-mode tests: apt-get install {package}"
+        );
+    }
 }
 
 /// Connects from namespace `ns` and reads the backend's name line.
