@@ -49,7 +49,16 @@ fn objects() -> Objects {
                 json!({"type": "NodePort", "externalIPs": ["10.241.9.9"], "nodePort": 30080}),
             ),
         ),
-        ("services", svc("empty", "10.96.0.11", json!({}))),
+        ("services", {
+            let mut empty = svc(
+                "empty",
+                "10.96.0.11",
+                json!({"type": "NodePort", "externalIPs": ["10.241.9.11"], "nodePort": 30089}),
+            );
+            empty["spec"]["ports"].as_array_mut().unwrap().push(json!(
+                {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}));
+            empty
+        }),
         (
             "services",
             svc(
@@ -179,7 +188,7 @@ fn assert_portal_not_dialable(node: &Netns, pod: &Netns, frontend: &str, at: &[&
 
 /// New TCP to `tcp` and UDP to `udp` (ports the Service lacks for that protocol) are refused
 /// from each of `namespaces`.
-fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &'static str) {
+fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &str) {
     for ns in namespaces {
         let unserved = ask(ns, tcp).unwrap_err();
         assert_eq!(
@@ -187,28 +196,58 @@ fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &'static
             ErrorKind::ConnectionRefused,
             "{ns}: {unserved}"
         );
-        let any: &str = if udp.starts_with('[') {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        };
-        let udp_refused = in_netns(ns, move || {
-            let c = UdpSocket::bind(any).unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            c.connect(udp).unwrap();
-            // On the node the reject happens in its own output path: the send itself fails.
-            match c.send(b"q") {
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => ErrorKind::ConnectionRefused,
-                Err(e) => e.kind(),
-                Ok(_) => c.recv(&mut [0u8; 64]).unwrap_err().kind(),
-            }
-        });
-        assert_eq!(
-            udp_refused,
-            ErrorKind::ConnectionRefused,
-            "{ns}: UDP to a TCP-only port"
-        );
+        assert_udp_refused(ns, udp);
     }
+}
+
+/// New TCP from `ns` to `to` is refused at once: with a reset, not only after the SYN's
+/// retransmission a second later (an ICMP error the kernel set aside; see the README).
+fn assert_refused_at_once(ns: &str, to: &str) {
+    let started = Instant::now();
+    let refused = ask(ns, to).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        ErrorKind::ConnectionRefused,
+        "{ns} to {to}: {refused}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "{ns} to {to}: after {took:?}"
+    );
+}
+
+/// A UDP datagram from `ns` to `to` is refused: an ICMP port unreachable, which a connected
+/// socket reports as `ConnectionRefused` (from the node itself, the send fails).
+fn assert_udp_refused(ns: &str, to: &str) {
+    let to: SocketAddr = to.parse().unwrap();
+    let got = in_netns(ns, move || {
+        let any: SocketAddr = if to.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let c = UdpSocket::bind(any).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.connect(to).unwrap();
+        // On the node the reject happens in its own output path: the send itself fails.
+        match c.send(b"q") {
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => Ok(ErrorKind::ConnectionRefused),
+            Err(e) => Ok(e.kind()),
+            Ok(_) => {
+                let mut buf = [0u8; 64];
+                match c.recv(&mut buf) {
+                    Ok(n) => Err(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                    Err(e) => Ok(e.kind()),
+                }
+            }
+        }
+    });
+    assert_eq!(
+        got,
+        Ok(ErrorKind::ConnectionRefused),
+        "{ns}: UDP to {to} (Err: what answered)"
+    );
 }
 
 /// The IPv4 network of a steering test: the pod at 10.241.1.2 and the backend at 10.241.2.2,
@@ -378,11 +417,29 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // No endpoint anywhere: refused at once.
-    let started = Instant::now();
-    let refused = ask(&pod.0, "10.96.0.11:80").unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // No endpoint anywhere: refused at once on each kind of frontend, TCP and UDP. On the
+    // node port something listens, which only the reject keeps the pod from (the cluster
+    // IP would be refused by the cluster-ips check, the external IP is routed on nowhere).
+    let leak_tcp = in_netns(&node.0, || TcpListener::bind("10.241.1.1:30089").unwrap());
+    std::thread::spawn(move || {
+        for s in leak_tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(b"leak\n");
+        }
+    });
+    let leak_udp = in_netns(&node.0, || UdpSocket::bind("10.241.1.1:30053").unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = leak_udp.recv_from(&mut buf) {
+            let _ = leak_udp.send_to(b"leak", from);
+        }
+    });
+    for to in ["10.96.0.11:80", "10.241.1.1:30089", "10.241.9.11:80"] {
+        assert_refused_at_once(&pod.0, to);
+    }
+    for to in ["10.96.0.11:53", "10.241.1.1:30053", "10.241.9.11:53"] {
+        assert_udp_refused(&pod.0, to);
+    }
     // The portal behind 10.96.0.10:80 cannot be reached directly, from a pod at the node's
     // address or from the node itself, only through the redirect.
     assert_portal_not_dialable(&node, &pod, "10.96.0.10:80", &["10.241.1.1", "127.0.0.1"]);
@@ -967,18 +1024,7 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     assert_eq!(ask(&pod.0, "10.241.96.11:80").unwrap(), "10.241.2.2");
     // No endpoint anywhere: refused at once.
     for to in ["[fd00:241:96::11]:80", "[fd00:241:96::12]:80"] {
-        let started = Instant::now();
-        let refused = ask(&pod.0, to).unwrap_err();
-        assert_eq!(
-            refused.kind(),
-            ErrorKind::ConnectionRefused,
-            "{to}: {refused}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{to}: {:?}",
-            started.elapsed()
-        );
+        assert_refused_at_once(&pod.0, to);
     }
     // Policy Local, the only endpoint on another node: dropped (the client times out).
     let dropped = ask(&pod.0, "[fd00:241:96::13]:80").unwrap_err();
