@@ -441,13 +441,18 @@ pub fn name_server_for(name: &'static str, accepts: usize) -> SocketAddr {
 
 /// Connects from `source` (a loopback address) to `addr`.
 pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    sock.connect(&addr.into())
-        .unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"));
+    try_connect_from(source, addr).unwrap_or_else(|e| panic!("connect {addr} from {source}: {e}"))
+}
+
+/// Connects from `source` (an IPv4 loopback address) to `addr`, with the test's patience
+/// as read timeout.
+pub fn try_connect_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect(&addr.into())?;
     let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(PATIENCE)).unwrap();
-    s
+    s.set_read_timeout(Some(PATIENCE))?;
+    Ok(s)
 }
 
 /// Opens a connection to `addr` and returns everything it answers until end of stream.
