@@ -159,35 +159,41 @@ fn a_port_in_use_is_a_runtime_error() {
 
 #[test]
 fn a_second_ringlb_does_not_silently_share_the_port() {
-    let first = Ringlb::start(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        "127.0.0.1:1",
-        "--workers",
-        "2",
-    ]);
-    let addr = first.addr().to_string();
-    let err = Ringlb::try_start(&["run", "--listen", &addr, "--to", "127.0.0.1:1"])
-        .err()
-        .expect("second must fail");
-    assert_eq!(err.status.code(), Some(1));
-    assert!(
-        err.stderr.contains("address already in use"),
-        "{}",
-        err.stderr
-    );
-    // ... unless asked to.
-    let shared = Ringlb::start(&[
-        "run",
-        "--listen",
-        &addr,
-        "--to",
-        "127.0.0.1:1",
-        "--share-port",
-    ]);
-    assert_eq!(shared.addr(), first.addr());
+    for proto in ["tcp", "udp"] {
+        let first = Ringlb::start(&[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            "127.0.0.1:1",
+            "--proto",
+            proto,
+            "--workers",
+            "2",
+        ]);
+        let addr = first.addr().to_string();
+        let second = [
+            "run",
+            "--listen",
+            &addr,
+            "--to",
+            "127.0.0.1:1",
+            "--proto",
+            proto,
+        ];
+        let err = Ringlb::try_start(&second)
+            .err()
+            .unwrap_or_else(|| panic!("{proto}: a second ringlb must fail"));
+        assert_eq!(err.status.code(), Some(1), "{proto}: {}", err.stderr);
+        assert!(
+            err.stderr.contains("address already in use"),
+            "{proto}: {}",
+            err.stderr
+        );
+        // ... unless asked to.
+        let shared = Ringlb::start(&[&second[..], &["--share-port"]].concat());
+        assert_eq!(shared.addr(), first.addr(), "{proto}");
+    }
 }
 
 #[test]

@@ -18,9 +18,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// A socket for one worker of a UDP frontend: `SO_REUSEPORT`, non-blocking. A wildcard
 /// frontend turns packet info on to learn each datagram's destination; on a frontend bound to
 /// one address it would only cost a control message per datagram.
+///
+/// No `SO_REUSEADDR`: on a UDP socket it lets any other socket with the option bind the same
+/// address and port and take a share of its datagrams (UDP has no `TIME_WAIT` for it to
+/// help with). Only `SO_REUSEPORT` sockets of the same user join, on purpose.
 pub(crate) fn frontend_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
