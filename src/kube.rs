@@ -160,6 +160,8 @@ impl Kube {
             self.log_steer(proxy, &snapshot);
             return;
         }
+        // What stops going to a portal is withdrawn before the portal stops serving it.
+        self.withdraw_steering(proxy, &snapshot);
         match proxy.reload(config.clone(), backend_drain) {
             Ok(report) => {
                 self.applied.set(snapshot.version);
@@ -238,6 +240,33 @@ impl Kube {
                     "nftables tables not updated, the previous ones keep steering: {e:#}"
                 );
             }
+        }
+    }
+
+    /// Before the data plane swaps to `snapshot`: the frontends whose Service lost all its
+    /// endpoints are rejected or dropped by the tables (and short-circuit portals that go
+    /// are removed) while their portals still serve the old endpoints, so from that
+    /// transaction on the kernel refuses new connections and no portal is left to accept a
+    /// steered client only to reset it (see [`Steering::withdraw`]). The [`Kube::steer`]
+    /// after the swap writes the rest. A failure is logged; that sync writes the tables whole.
+    fn withdraw_steering(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
+        let Some(steering) = &self.steering else {
+            return;
+        };
+        let entries = steer_entries(&snapshot.resolved, &proxy.table());
+        match steering.borrow_mut().0.withdraw(&entries) {
+            Ok(report) if report.lines > 0 => {
+                announce_line(&format!(
+                    "nftables full={} lines={} steered={} took_us={}",
+                    report.full,
+                    report.lines,
+                    report.steered,
+                    report.took.as_micros()
+                ));
+                tracing::info!(lines = report.lines, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables: withdrawn before the table swap");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("nftables: cannot withdraw before the table swap: {e}"),
         }
     }
 

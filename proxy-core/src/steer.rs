@@ -36,7 +36,9 @@
 //!   with ICMP too; the client gets `ECONNREFUSED` either way, but an ICMPv6 error that
 //!   reaches a pod on this node while its `connect` still holds the socket lock is set aside
 //!   by the kernel (`TcpExtLockDroppedIcmps`), and the refusal then waits for the SYN's
-//!   retransmission a second later. A reset is never set aside.)
+//!   retransmission a second later. A reset is never set aside.) When a service loses its
+//!   last endpoint, its element is written before the data plane drops the endpoints
+//!   ([`Steering::withdraw`]), so no portal accepts a client it has nothing for and resets it.
 //! - `portal-ports`: the portals' protocol and port. Portals listen on the wildcard address,
 //!   so a client could reach `<node address>:<portal>` directly and bypass the maps (and
 //!   policy `Local`); new traffic to a portal port that no redirect translated is rejected in
@@ -57,7 +59,9 @@
 //!   deletes the UDP entries of every frontend whose verdict or short-circuit portal changed,
 //!   came or went (all of them after the first, whole-table transaction), with `conntrack -D`
 //!   on a thread of its own, as kube-proxy's conntrack cleanup does after its syncs. TCP needs
-//!   none of this: a stale TCP entry draws a reset, and a new connection gets a new entry.
+//!   none of this: a stale TCP entry draws a reset, and a new connection gets a new entry,
+//!   except one that reuses the addresses and ports of a connection a reset from the
+//!   portal's side ended less than 10 s before (see [`State::withdrawn`]).
 //!
 //! The IPv6 table is written only where the host has IPv6 (`/proc/sys/net/ipv6`); without it
 //! IPv6 frontends are reported by [`Steering::sync`] and not steered.
@@ -189,6 +193,33 @@ impl Steering {
         cluster_ips: &[IpAddr],
         service_cidrs: &[IpNet],
     ) -> Result<SyncReport, SteerError> {
+        let (state, unsteered) = self.state(entries, cluster_ips, service_cidrs);
+        self.write(state, unsteered)
+    }
+
+    /// The first half of a change that [`Steering::sync`] completes: only what stops going
+    /// to a portal (see [`State::withdrawn`]): frontends rejected or dropped now that their
+    /// service lost its endpoints, and short-circuit portals that go. Called before the data
+    /// plane drops those endpoints, so the kernel refuses new connections from then on and
+    /// no portal accepts one only to reset it. Only the frontends' verdicts and
+    /// short-circuit portals of `entries` count (the sets change with the `sync`). Nothing is
+    /// written before the first `sync`, nor when nothing is withdrawn.
+    pub fn withdraw(&mut self, entries: &[SteerEntry]) -> Result<SyncReport, SteerError> {
+        let Some(current) = &self.current else {
+            return Ok(SyncReport::default());
+        };
+        let (next, unsteered) = self.state(entries, &[], &[]);
+        let state = current.withdrawn(&next);
+        self.write(state, unsteered)
+    }
+
+    /// The state of `entries`, with this steering's pod ranges, mark and families.
+    fn state(
+        &self,
+        entries: &[SteerEntry],
+        cluster_ips: &[IpAddr],
+        service_cidrs: &[IpNet],
+    ) -> (State, Vec<SteerEntry>) {
         let (state, unsteered) = State::new(
             entries,
             cluster_ips,
@@ -196,7 +227,15 @@ impl Steering {
             &self.pod_cidrs,
             self.ipv6,
         );
-        let state = state.with_client_ip_mark(self.client_ip_mark);
+        (state.with_client_ip_mark(self.client_ip_mark), unsteered)
+    }
+
+    /// Makes the tables `state`: whole the first time, else the elements that differ.
+    fn write(
+        &mut self,
+        state: State,
+        unsteered: Vec<SteerEntry>,
+    ) -> Result<SyncReport, SteerError> {
         let (full, text) = match &self.current {
             Some(old) => (false, diff_ruleset(old, &state)),
             None => (true, full_ruleset(&state)),

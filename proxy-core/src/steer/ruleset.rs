@@ -242,6 +242,31 @@ impl State {
     pub fn is_empty(&self) -> bool {
         self.frontends.is_empty()
     }
+
+    /// This state with only the withdrawals on the way to `next`: every frontend that is
+    /// redirected here and rejected or dropped in `next` (its service lost its endpoints)
+    /// takes its new verdict, and every short-circuit portal that `next` no longer has goes.
+    /// Everything else (new redirects, moved portals, sets) stays as it is here.
+    ///
+    /// Written before the data plane stops serving what it withdraws, so that no portal is
+    /// left to accept a steered client it has no endpoint for and reset it: a reset from the
+    /// portal's side leaves a conntrack entry in `CLOSE` that the kernel does not reopen for
+    /// a new SYN on the same addresses and ports, which then skips the `nat` chains and every
+    /// `ct state new` check (see the README's node-mode limits).
+    pub fn withdrawn(&self, next: &State) -> State {
+        let mut out = self.clone();
+        for (key, verdict) in &self.frontends {
+            let now = next.frontends.get(key);
+            if let (Verdict::Redirect(_), Some(v @ (Verdict::Reject | Verdict::Drop))) =
+                (verdict, now)
+            {
+                out.frontends.insert(*key, *v);
+            }
+        }
+        out.local_portals
+            .retain(|key, _| next.local_portals.contains_key(key));
+        out
+    }
 }
 
 /// The table, map and element text of one frontend.
@@ -891,6 +916,85 @@ add element ip6 ringlb portal-ports { udp . 40101 }
             );
             assert!(marked.contains(&chain), "{marked}");
         }
+    }
+
+    #[test]
+    fn only_what_stops_going_to_a_portal_is_withdrawn_first() {
+        let tcp = |f: &str, v| entry(Protocol::Tcp, f, v);
+        let short = |f: &str, v, portal| SteerEntry {
+            local_portal: Some(portal),
+            ..tcp(f, v)
+        };
+        let (old, _) = State::new(
+            &[
+                tcp("10.96.0.10:80", Verdict::Redirect(40000)),
+                tcp("10.96.0.11:80", Verdict::Redirect(40001)),
+                tcp("10.96.0.12:80", Verdict::Redirect(40002)),
+                tcp("10.96.0.13:80", Verdict::Redirect(40003)),
+                tcp("10.96.0.14:80", Verdict::Reject),
+                short("192.168.1.5:30080", Verdict::Drop, 40004),
+                short("192.168.1.5:30081", Verdict::Drop, 40005),
+                tcp("10.96.0.16:80", Verdict::Redirect(40006)),
+            ],
+            &cluster_ips(),
+            &[],
+            &[],
+            false,
+        );
+        let (new, _) = State::new(
+            &[
+                tcp("10.96.0.10:80", Verdict::Reject), // lost its endpoints
+                tcp("10.96.0.11:80", Verdict::Drop),   // lost its local endpoints
+                tcp("10.96.0.12:80", Verdict::Redirect(40002)),
+                tcp("10.96.0.13:80", Verdict::Redirect(40007)), // a new portal
+                tcp("10.96.0.14:80", Verdict::Redirect(40008)), // endpoints again
+                tcp("192.168.1.5:30080", Verdict::Drop),        // short-circuit gone
+                short("192.168.1.5:30081", Verdict::Drop, 40005),
+                // 10.96.0.16:80 deleted; a new frontend:
+                tcp("10.96.0.17:80", Verdict::Redirect(40009)),
+            ],
+            &[],
+            &[],
+            &[],
+            false,
+        );
+        let first = old.withdrawn(&new);
+        assert_eq!(
+            diff_ruleset(&old, &first),
+            "\
+delete element ip ringlb portals { 10.96.0.10 . tcp . 80 }
+delete element ip ringlb portals { 10.96.0.11 . tcp . 80 }
+add element ip ringlb no-endpoints { 10.96.0.10 . tcp . 80 : goto reject-chain }
+add element ip ringlb no-endpoints { 10.96.0.11 . tcp . 80 : drop }
+delete element ip ringlb local-portals { 192.168.1.5 . tcp . 30080 }
+delete element ip ringlb portal-ports { tcp . 40000 }
+delete element ip ringlb portal-ports { tcp . 40001 }
+delete element ip ringlb portal-ports { tcp . 40004 }
+",
+            "rejected, dropped and short-circuit portals go first; redirects, new portals, \
+             deletions and the sets wait for the swap"
+        );
+        assert_eq!(
+            diff_ruleset(&first, &new),
+            "\
+delete element ip ringlb portals { 10.96.0.13 . tcp . 80 }
+delete element ip ringlb no-endpoints { 10.96.0.14 . tcp . 80 }
+delete element ip ringlb portals { 10.96.0.16 . tcp . 80 }
+add element ip ringlb portals { 10.96.0.13 . tcp . 80 : 40007 }
+add element ip ringlb portals { 10.96.0.14 . tcp . 80 : 40008 }
+add element ip ringlb portals { 10.96.0.17 . tcp . 80 : 40009 }
+delete element ip ringlb cluster-ips { 10.96.0.10 }
+delete element ip ringlb cluster-ips { 10.96.0.11 }
+delete element ip ringlb cluster-ips { 10.96.0.12 }
+delete element ip ringlb portal-ports { tcp . 40003 }
+delete element ip ringlb portal-ports { tcp . 40006 }
+add element ip ringlb portal-ports { tcp . 40007 }
+add element ip ringlb portal-ports { tcp . 40008 }
+add element ip ringlb portal-ports { tcp . 40009 }
+"
+        );
+        assert_eq!(new.withdrawn(&new), new, "nothing left to withdraw");
+        assert_eq!(stale_udp(Some(&old), &first), vec![], "TCP only here");
     }
 
     #[test]
