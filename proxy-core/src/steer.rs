@@ -8,7 +8,8 @@
 //! fixed chains written once, and all per-service state in maps keyed by
 //! `ip daddr . meta l4proto . th dport` (`ip6 daddr` in the IPv6 table), so an update is a
 //! handful of `add element` / `delete element` lines. Every change goes to `nft -f -` as one
-//! transaction, both tables included, which the kernel applies atomically or not at all.
+//! transaction, both tables included, which the kernel applies atomically or not at all (a
+//! change that withdraws redirects as two: [`Steering::withdraw`], then [`Steering::sync`]).
 //!
 //! - `portals`: frontend → port of ringlb's *portal* listener for that service (a wildcard
 //!   socket on `0.0.0.0:port`, or `[::]:port` for IPv6 frontends). Chains at the `nat`
