@@ -107,7 +107,7 @@ struct Shard {
     services: Mutex<Vec<(Arc<ServiceCounters>, Arc<ServiceStats>)>>,
 }
 
-/// Every worker's telemetry and the decision log: shared by the workers, the [`Proxy`]
+/// Every worker's telemetry and the decision log: shared by the workers, the [`Proxy`](crate::Proxy)
 /// (crate::Proxy) and whoever scrapes or writes the log.
 #[derive(Debug)]
 pub struct Telemetry {
