@@ -157,6 +157,46 @@ fn a_port_in_use_is_a_runtime_error() {
     );
 }
 
+/// A frontend on port 0 (node mode's portals) when the kernel has no ephemeral port left: the
+/// error says so and names the range, not "address already in use".
+#[test]
+fn a_used_up_port_range_is_named() {
+    let ns = match netns::Netns::create("ports") {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped: cannot create a network namespace: {why}");
+            return;
+        }
+    };
+    // One ephemeral port in this namespace: the first ringlb takes it.
+    ns.sysctl("net.ipv4.ip_local_port_range=40000 40000");
+    let args = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:1",
+        "--workers",
+        "1",
+    ];
+    let _first = Ringlb::start_in_netns(&ns.0, &args);
+    let mut second = std::process::Command::new("ip");
+    second
+        .args(["netns", "exec", &ns.0, env!("CARGO_BIN_EXE_ringlb")])
+        .args(args);
+    let err = Ringlb::try_start_command(second)
+        .err()
+        .expect("no port is left for the second");
+    assert_eq!(err.status.code(), Some(1), "{}", err.stderr);
+    assert!(
+        err.stderr.contains(
+            "cannot listen on 127.0.0.1:0: no free port left in net.ipv4.ip_local_port_range"
+        ),
+        "{}",
+        err.stderr
+    );
+}
+
 #[test]
 fn a_second_ringlb_does_not_silently_share_the_port() {
     for proto in ["tcp", "udp"] {

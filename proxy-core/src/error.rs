@@ -11,6 +11,13 @@ pub enum ProxyError {
         /// The frontend address.
         addr: SocketAddr,
     },
+    /// A socket on port 0 found no free port: the kernel's ephemeral range
+    /// (`net.ipv4.ip_local_port_range`) is used up.
+    #[error("cannot listen on {addr}: no free port left in net.ipv4.ip_local_port_range (widen it, or free ports)")]
+    NoFreePort {
+        /// The frontend address, port 0.
+        addr: SocketAddr,
+    },
     /// Binding or listening failed for another reason.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

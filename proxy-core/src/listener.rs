@@ -40,7 +40,9 @@ pub(crate) fn bind_group(
     share: bool,
 ) -> Result<ListenGroup, ProxyError> {
     let err = |source: io::Error| {
-        if source.kind() == io::ErrorKind::AddrInUse {
+        if source.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 {
+            ProxyError::NoFreePort { addr }
+        } else if source.kind() == io::ErrorKind::AddrInUse {
             ProxyError::AddressInUse { addr }
         } else {
             ProxyError::Bind { addr, source }
