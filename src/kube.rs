@@ -256,13 +256,7 @@ impl Kube {
         let entries = steer_entries(&snapshot.resolved, &proxy.table());
         match steering.borrow_mut().0.withdraw(&entries) {
             Ok(report) if report.lines > 0 => {
-                announce_line(&format!(
-                    "nftables full={} lines={} steered={} took_us={}",
-                    report.full,
-                    report.lines,
-                    report.steered,
-                    report.took.as_micros()
-                ));
+                announce_transaction(&report);
                 tracing::info!(lines = report.lines, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables: withdrawn before the table swap");
             }
             Ok(_) => {}
@@ -303,17 +297,22 @@ impl Kube {
             tracing::warn!(frontend = %e.frontend, "not steered: this host has no IPv6");
         }
         if report.lines > 0 {
-            announce_line(&format!(
-                "nftables full={} lines={} steered={} took_us={}",
-                report.full,
-                report.lines,
-                report.steered,
-                report.took.as_micros()
-            ));
+            announce_transaction(&report);
             tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables tables updated");
         }
         Ok(())
     }
+}
+
+/// The stdout line of one nftables transaction.
+fn announce_transaction(report: &proxy_core::steer::SyncReport) {
+    announce_line(&format!(
+        "nftables full={} lines={} steered={} took_us={}",
+        report.full,
+        report.lines,
+        report.steered,
+        report.took.as_micros()
+    ));
 }
 
 /// Where NodePorts are served besides `--node-address`, from `--nodeport-addresses`.
