@@ -1,0 +1,85 @@
+//! The cost of programming the tables at 10,000 Services.
+
+use super::*;
+
+/// The cost of programming the table at scale, with ringlb's own code and `nft`, in a
+/// namespace of its own: the first (whole) transaction for 10,000 Services (a cluster IP
+/// and a node port each), then one Service's endpoints going away and coming back (two
+/// element lines each way). Prints the numbers; asserts only that they were applied.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture to print nftables transaction times"]
+fn nftables_transactions_at_ten_thousand_services() {
+    use proxy_core::steer::{SteerEntry, Steering, Verdict};
+    let ns = match Netns::create("bench") {
+        Ok(ns) => ns,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    require_nft_and_conntrack();
+    const SERVICES: u32 = 10_000;
+    let entries: Vec<SteerEntry> = (0..SERVICES)
+        .flat_map(|i| {
+            let portal = 20_000 + (i % 40_000) as u16;
+            let ip = std::net::Ipv4Addr::from(0x0a60_0000 + i); // 10.96.0.0 + i
+            [
+                SteerEntry::new(
+                    config::Protocol::Tcp,
+                    SocketAddr::new(ip.into(), 80),
+                    Verdict::Redirect(portal),
+                ),
+                SteerEntry::new(
+                    config::Protocol::Tcp,
+                    SocketAddr::new([10, 241, 1, 1].into(), 30_000 + (i % 2_768) as u16),
+                    Verdict::Redirect(portal),
+                ),
+            ]
+        })
+        .collect();
+    let cluster_ips: Vec<std::net::IpAddr> = (0..SERVICES)
+        .map(|i| std::net::Ipv4Addr::from(0x0a60_0000 + i).into())
+        .collect();
+    let name = ns.0.clone();
+    let lines = in_netns(&name, move || {
+        // `nft` runs as a child of this thread and so in its namespace.
+        let mut steering = Steering::new("nft");
+        let full = steering
+            .sync(&entries, &cluster_ips, &[])
+            .expect("whole table");
+        let mut changed = entries.clone();
+        let mut toggles = Vec::new();
+        for round in 0..10 {
+            changed[2 * round].verdict = Verdict::Reject;
+            toggles.push(
+                steering
+                    .sync(&changed, &cluster_ips, &[])
+                    .expect("one change"),
+            );
+            changed[2 * round].verdict = entries[2 * round].verdict;
+            toggles.push(
+                steering
+                    .sync(&changed, &cluster_ips, &[])
+                    .expect("one change back"),
+            );
+        }
+        let mut took: Vec<Duration> = toggles.iter().map(|r| r.took).collect();
+        took.sort();
+        println!(
+            "nftables: {SERVICES} services, {} frontends: whole table {} lines in {:?}; \
+             one service changed ({} lines): median {:?}, max {:?} (incl. starting nft)",
+            full.steered,
+            full.lines,
+            full.took,
+            toggles[0].lines,
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+        steering.remove().expect("table removed");
+        full.lines
+    });
+    assert!(
+        lines > SERVICES as usize,
+        "every service in the whole table"
+    );
+}
