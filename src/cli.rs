@@ -220,6 +220,16 @@ pub struct DataPlaneArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub busy_poll: Option<Duration>,
 
+    /// UDP receive coalescing: a socket that a drain found several datagrams waiting on (8 to
+    /// 31; a batch is 32) waits this long before it is watched again, so its next drain relays
+    /// a fuller batch: fewer wake-ups, system calls and sends per datagram under load, for up
+    /// to this much added latency on that socket while the load lasts. Light load and
+    /// request/response traffic never trigger it, and the worker's other sockets and
+    /// connections are served meanwhile. 0 turns it off; unused with --busy-poll.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "50us")]
+    pub udp_coalesce: Duration,
+
     /// Do not collect the data plane's histograms and counters (connect latency, connection
     /// duration, connect errors, close reasons, affinity hits); the per-service and
     /// per-backend counters stay.

@@ -270,6 +270,7 @@ fn serve_with(
         io_driver: dp.io_driver.into(),
         share_ports: dp.share_port || dp.takeover.is_some(),
         busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
+        udp_coalesce: Some(dp.udp_coalesce).filter(|d| !d.is_zero()),
         telemetry: !dp.no_telemetry,
         ..ProxyOptions::default()
     };

@@ -214,6 +214,98 @@ fn a_burst_of_replies_reaches_the_client_datagram_by_datagram() {
     }
 }
 
+/// `UDP_SEGMENT` from `linux/udp.h` (the libc crate has it only for uClibc).
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// A client whose every send of `n * size` bytes leaves as `n` datagrams of `size` bytes,
+/// segmented in one go (UDP GSO): the proxy's frontend finds the whole burst queued at once.
+fn segmenting_client(size: u16) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let c = client();
+    let size = libc::c_int::from(size);
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the given length that
+    // lives through the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+    c
+}
+
+/// Receive coalescing (on by default): bursts that find a socket behind its traffic make it
+/// pause before it is read again (counted in `ringlb_udp_coalesce_pauses_total`), and every
+/// datagram still arrives whole and once, each answer paired with its request. With
+/// `--udp-coalesce 0` nothing pauses.
+#[test]
+fn bursts_are_coalesced_and_every_datagram_arrives_whole() {
+    const SIZE: usize = 64;
+    const PER_BURST: usize = 16;
+    for driver in DRIVERS {
+        for coalesce in [true, false] {
+            let backend = udp_backend("a");
+            let mut args = vec!["--proto", "udp", "--admin", "127.0.0.1:0"];
+            if !coalesce {
+                args.extend(["--udp-coalesce", "0"]);
+            }
+            let proxy = quick(driver, &[backend], &args);
+            let admin = admin::admin_addr(&proxy);
+            let c = segmenting_client(SIZE as u16);
+            let pauses = || {
+                let m = admin::scrape(admin);
+                admin::value(&m, "ringlb_udp_coalesce_pauses_total", &[])
+            };
+            // Without coalescing a fixed number of bursts; with it, until one paused (each
+            // burst queues 16 datagrams at once, so nearly every burst does).
+            let mut buf = [0u8; 65_536];
+            let deadline = Instant::now() + PATIENCE;
+            for burst in 0..200 {
+                let mut payload = Vec::with_capacity(SIZE * PER_BURST);
+                for i in 0..PER_BURST {
+                    let head = format!("{burst:04} {i:02} ");
+                    payload.extend_from_slice(head.as_bytes());
+                    payload.extend(std::iter::repeat_n(b'p', SIZE - head.len()));
+                }
+                c.send_to(&payload, proxy.addr()).unwrap();
+                let mut answered = [false; PER_BURST];
+                for _ in 0..PER_BURST {
+                    let (n, _) = c.recv_from(&mut buf).expect("every datagram answered");
+                    let text = std::str::from_utf8(&buf[..n]).unwrap();
+                    let echoed = text.splitn(3, ' ').nth(2).unwrap();
+                    assert_eq!(echoed.len(), SIZE, "{driver}: {text:?} whole and alone");
+                    let (b, i) = (&echoed[..4], echoed[5..7].parse::<usize>().unwrap());
+                    assert_eq!(
+                        b,
+                        format!("{burst:04}"),
+                        "{driver}: answers pair with requests"
+                    );
+                    assert_eq!(
+                        &echoed.as_bytes()[..SIZE],
+                        &payload[i * SIZE..(i + 1) * SIZE]
+                    );
+                    assert!(!answered[i], "{driver}: datagram {burst}/{i} once");
+                    answered[i] = true;
+                }
+                let checked = burst >= 30 && burst % 10 == 0;
+                if checked && (!coalesce || pauses() > 0.0 || Instant::now() > deadline) {
+                    break;
+                }
+            }
+            let paused = pauses();
+            if coalesce {
+                assert!(paused > 0.0, "{driver}: no burst made a socket pause");
+            } else {
+                assert_eq!(paused, 0.0, "{driver}: paused with --udp-coalesce 0");
+            }
+        }
+    }
+}
+
 #[test]
 fn an_idle_flow_expires_and_the_next_datagram_opens_a_new_one() {
     for driver in DRIVERS {

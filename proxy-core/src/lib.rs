@@ -51,6 +51,10 @@ pub use udp::handover::{HandedOver, UdpFlowInfo};
 /// connection only holds one while bytes are in flight.
 pub const DEFAULT_BUFFER_SIZE: usize = 256 * 1024;
 
+/// UDP receive coalescing's default pause: a NIC's interrupt moderation scale (tens of
+/// microseconds), long enough for a loaded socket to gather a fuller batch.
+pub const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(50);
+
 /// How long [`Proxy::reload`] waits for every worker to apply a new table.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -69,6 +73,10 @@ pub struct ProxyOptions {
     /// blocking) for this long before it may sleep (`None`: sleep at once). Trades a busy core
     /// for not paying a cross-core wake-up per datagram.
     pub busy_poll: Option<Duration>,
+    /// UDP receive coalescing: a socket that a drain found behind its traffic (several
+    /// datagrams waiting, not a full batch) waits this long before it is watched again, so its
+    /// next drain relays a fuller batch (`None`: never pause). Ignored with `busy_poll`.
+    pub udp_coalesce: Option<Duration>,
     /// UDP flows handed over by the process this one replaces (see [`HandedOver`]): their
     /// clients keep their backends. Empty by default.
     pub handed_over: Arc<HandedOver>,
@@ -84,6 +92,7 @@ impl Default for ProxyOptions {
             share_ports: false,
             buffer_size: DEFAULT_BUFFER_SIZE,
             busy_poll: None,
+            udp_coalesce: Some(DEFAULT_UDP_COALESCE),
             handed_over: HandedOver::new(),
             telemetry: true,
         }
@@ -260,7 +269,10 @@ impl Proxy {
                 listeners,
                 driver: options.io_driver,
                 buffer_size: options.buffer_size,
-                busy_poll: options.busy_poll,
+                udp: udp::UdpWake {
+                    busy_poll: options.busy_poll,
+                    coalesce: options.udp_coalesce,
+                },
                 shutdown: shutdown.clone(),
                 ready: ready_tx.clone(),
                 done: done_tx.clone(),

@@ -23,7 +23,7 @@ use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{set_reset_on_close, with_socket};
 use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
 use crate::udp::handover::{HandedOver, UdpFlowInfo};
-use crate::udp::{Udp, UdpFrontend};
+use crate::udp::{Udp, UdpFrontend, UdpWake};
 use crate::ProxyError;
 
 /// Free relay buffers a worker keeps for reuse.
@@ -40,7 +40,7 @@ pub(crate) struct WorkerStart {
     pub(crate) listeners: Vec<(FrontendKey, ListenSocket)>,
     pub(crate) driver: IoDriver,
     pub(crate) buffer_size: usize,
-    pub(crate) busy_poll: Option<Duration>,
+    pub(crate) udp: UdpWake,
     pub(crate) shutdown: CancellationToken,
     pub(crate) ready: mpsc::Sender<Result<IoDriverKind, ProxyError>>,
     pub(crate) done: mpsc::Sender<usize>,
@@ -176,7 +176,7 @@ impl Worker {
 
 /// Thread body of worker `start.id`.
 pub(crate) fn run(start: WorkerStart) {
-    let (mut rt, kind) = match driver::build(start.driver, start.busy_poll.is_some()) {
+    let (mut rt, kind) = match driver::build(start.driver, start.udp.busy_poll.is_some()) {
         Ok(built) => built,
         Err(source) => {
             let driver = match start.driver {
@@ -203,7 +203,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         table,
         listeners,
         buffer_size,
-        busy_poll,
+        udp,
         shutdown,
         ready,
         done,
@@ -222,7 +222,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         frontends: RefCell::new(HashMap::new()),
         udp: Rc::new(Udp::new(
             hash_seed(id),
-            busy_poll,
+            udp,
             Rc::clone(&telemetry),
             handed_over,
         )),
@@ -245,6 +245,9 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     monoio::spawn(Rc::clone(&worker.udp).sweep());
     if let Some(busy) = worker.udp.busy_poll() {
         monoio::spawn(busy.keep());
+    }
+    if let Some(coalesce) = worker.udp.coalesce() {
+        monoio::spawn(coalesce.keep(Rc::clone(&worker.telemetry)));
     }
     monoio::spawn(Rc::clone(&worker).commands(commands));
 

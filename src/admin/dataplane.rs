@@ -27,6 +27,10 @@ const AFFINITY: Family = Family::counter(
     "ringlb_affinity_lookups_total",
     "ClientIP session affinity lookups for new connections, by result: hit (the pinned backend was used) or miss (the scheduler picked).",
 );
+const UDP_COALESCE_PAUSES: Family = Family::counter(
+    "ringlb_udp_coalesce_pauses_total",
+    "Pauses UDP receive coalescing took (--udp-coalesce): a socket found several datagrams waiting and waited for more before it was read again.",
+);
 const LOG_ENABLED: Family = Family::gauge(
     "ringlb_decision_log_enabled",
     "1 while the per-connection decision log is on, else 0.",
@@ -68,6 +72,12 @@ impl Collect for DataPlane {
             &LOG_DROPPED,
             &[("reason", "write_error")],
             log.write_errors(),
+        );
+
+        out.counter(
+            &UDP_COALESCE_PAUSES,
+            &[],
+            self.telemetry.udp_coalesce_pauses(),
         );
 
         let snapshot = self.telemetry.snapshot();

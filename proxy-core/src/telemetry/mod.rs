@@ -105,6 +105,8 @@ impl ServiceStats {
 #[derive(Debug, Default)]
 struct Shard {
     services: Mutex<Vec<(Arc<ServiceCounters>, Arc<ServiceStats>)>>,
+    /// Pauses UDP receive coalescing took (counted with telemetry on or off).
+    udp_coalesce_pauses: Counter,
 }
 
 /// Every worker's telemetry and the decision log: shared by the workers, the [`Proxy`](crate::Proxy)
@@ -134,6 +136,14 @@ impl Telemetry {
     /// The decision log's switch and queue.
     pub fn decision_log(&self) -> &DecisionLog {
         &self.decisions
+    }
+
+    /// Pauses UDP receive coalescing took, over every worker.
+    pub fn udp_coalesce_pauses(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.udp_coalesce_pauses.get())
+            .sum()
     }
 
     /// The sum over every worker now. Services nobody touched yet read as zero.
@@ -284,6 +294,11 @@ impl WorkerTelemetry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(c, _)| live.contains(&(Arc::as_ptr(c) as usize)));
+    }
+
+    /// UDP receive coalescing paused this worker once.
+    pub(crate) fn udp_coalesce_pause(&self) {
+        self.shared.shards[self.worker].udp_coalesce_pauses.add(1);
     }
 
     /// Whether the decision log is on: build a [`Decision`] only then.

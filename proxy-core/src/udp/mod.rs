@@ -9,6 +9,7 @@
 //! `LIFECYCLE.md` beside this file describes a flow's states and transitions.
 
 mod busy;
+mod coalesce;
 mod flows;
 pub(crate) mod handover;
 #[cfg(test)]
@@ -34,6 +35,7 @@ use crate::connect::{candidates, choose_traced, Choice};
 use crate::sys::with_socket;
 use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
 pub(crate) use busy::BusyPoll;
+pub(crate) use coalesce::Coalesce;
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 use handover::{HandedOver, UdpFlowInfo};
 
@@ -57,6 +59,9 @@ pub(crate) struct Udp {
     gso: Cell<bool>,
     /// Low-latency mode: keeps the worker polling for a while after each relayed datagram.
     busy: Option<Rc<BusyPoll>>,
+    /// Receive coalescing: a short pause for a socket behind its traffic, so it is drained in
+    /// fuller batches.
+    coalesce: Option<Rc<Coalesce>>,
     /// `recvmmsg` headers for flows' upstream sockets, IPv4 and IPv6 (nix keeps the address
     /// length the kernel wrote per header, so each family has its own).
     reply_headers: [RefCell<sock::RecvHeaders>; 2],
@@ -213,7 +218,7 @@ impl Drop for FlowIo {
 impl Udp {
     pub(crate) fn new(
         seed: u64,
-        busy_poll: Option<Duration>,
+        wake: UdpWake,
         telemetry: Rc<WorkerTelemetry>,
         handed_over: Arc<HandedOver>,
     ) -> Self {
@@ -222,7 +227,18 @@ impl Udp {
             alarm: Alarm::default(),
             batch: RefCell::new(sock::batch_buffer()),
             gso: Cell::new(true),
-            busy: busy_poll.map(|budget| Rc::new(BusyPoll::new(budget))),
+            busy: wake.busy_poll.map(|budget| Rc::new(BusyPoll::new(budget))),
+            // Busy polling already reaps without sleeping; a pause would only add latency.
+            coalesce: wake
+                .coalesce
+                .filter(|_| wake.busy_poll.is_none())
+                .and_then(|window| match Coalesce::new(window) {
+                    Ok(c) => Some(Rc::new(c)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no timer for UDP receive coalescing: coalescing is off on this worker");
+                        None
+                    }
+                }),
             reply_headers: [
                 RefCell::new(sock::RecvHeaders::new()),
                 RefCell::new(sock::RecvHeaders::new()),
@@ -253,6 +269,11 @@ impl Udp {
     /// The low-latency mode's keeper, to spawn on the worker (`None` when the mode is off).
     pub(crate) fn busy_poll(&self) -> Option<Rc<BusyPoll>> {
         self.busy.clone()
+    }
+
+    /// Receive coalescing's keeper, to spawn on the worker (`None` when it is off).
+    pub(crate) fn coalesce(&self) -> Option<Rc<Coalesce>> {
+        self.coalesce.clone()
     }
 
     /// Starts serving a frontend socket (converted on this thread so it registers here).
@@ -395,6 +416,9 @@ impl Udp {
                 match polled {
                     Polled::Got(n) => {
                         if n < BATCH {
+                            if let Some(c) = &self.coalesce {
+                                c.after_drain(n).await;
+                            }
                             // Drained: the readiness wait checks the socket's real state.
                             continue 'wait;
                         }
@@ -701,6 +725,9 @@ impl Udp {
                     Polled::Got(n) => {
                         handled += n;
                         if n < BATCH {
+                            if let Some(c) = &self.coalesce {
+                                c.after_drain(n).await;
+                            }
                             // Drained: the readiness wait checks the socket's real state.
                             continue 'wait;
                         }
@@ -822,6 +849,15 @@ enum Polled {
     Failed,
     /// The flow ended.
     Ended,
+}
+
+/// How a worker waits for UDP traffic: the low-latency mode, receive coalescing, or neither.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct UdpWake {
+    /// Busy polling for this long after traffic (`--busy-poll`).
+    pub(crate) busy_poll: Option<Duration>,
+    /// Receive coalescing's pause (`--udp-coalesce`); ignored while busy polling.
+    pub(crate) coalesce: Option<Duration>,
 }
 
 /// The worker's view of the published table.
