@@ -21,8 +21,8 @@ use crate::telemetry::WorkerTelemetry;
 /// have already queued behind each other in the kernel, so the socket is behind its traffic and
 /// a pause adds little to the queueing that is there anyway; fewer (a client or two sending at
 /// a moderate rate, a request and its response) would only add the pause to their latency.
-/// Measured here at 20,000 datagrams/s: pausing at 2 raised ping p50 from ~40 to ~125 µs,
-/// pausing at 8 left it unchanged.
+/// Measured here with `sockperf under-load` at 20,000 datagrams/s through one worker: p50
+/// 14.1 µs with coalescing, 14.7 µs without (6 pauses in 60,000 datagrams).
 const PAUSE_AT: usize = 8;
 
 /// Receive coalescing for one worker.
