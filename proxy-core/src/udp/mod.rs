@@ -10,6 +10,7 @@
 
 mod busy;
 mod coalesce;
+mod flow_io;
 mod flows;
 pub(crate) mod handover;
 #[cfg(test)]
@@ -26,7 +27,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancers::{ConnectionGuard, Flow as Pick};
+use balancers::Flow as Pick;
 use config::{FrontendKey, ServiceEntry, Table};
 use monoio::net::udp::UdpSocket;
 
@@ -36,6 +37,7 @@ use crate::sys::with_socket;
 use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
 pub(crate) use busy::BusyPoll;
 pub(crate) use coalesce::Coalesce;
+use flow_io::{FlowIo, FlowTrace};
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 use handover::{HandedOver, UdpFlowInfo};
 
@@ -123,95 +125,6 @@ impl Run {
 
     fn range(&self) -> std::ops::Range<usize> {
         self.first..self.first + self.count
-    }
-}
-
-/// What the flow table keeps with each flow: its upstream socket and what it counts against.
-pub(crate) struct FlowIo {
-    upstream: Rc<UdpSocket>,
-    frontend: Rc<UdpFrontend>,
-    service: Arc<ServiceEntry>,
-    /// Counts the flow as inactive on its backend (IPVS counts UDP as inactive).
-    _guard: ConnectionGuard,
-    /// What the decision log needs, kept only while the log is on.
-    trace: Option<Rc<FlowTrace>>,
-}
-
-/// A flow's line of the decision log in the making: its placement, its traffic and, once it
-/// ends, why. Written when the flow's payload is dropped.
-struct FlowTrace {
-    telemetry: Rc<WorkerTelemetry>,
-    client: SocketAddr,
-    frontend: SocketAddr,
-    backend: SocketAddr,
-    candidates: u32,
-    affinity: AffinityOutcome,
-    opened: Instant,
-    datagrams: Cell<Datagrams>,
-    bytes: Cell<(u64, u64)>,
-    close: Cell<CloseReason>,
-}
-
-impl FlowTrace {
-    fn to_backend(&self, datagrams: u64, bytes: u64) {
-        let mut d = self.datagrams.get();
-        d.to_backend += datagrams;
-        self.datagrams.set(d);
-        let (b, c) = self.bytes.get();
-        self.bytes.set((b + bytes, c));
-    }
-
-    fn to_client(&self, datagrams: u64, bytes: u64) {
-        let mut d = self.datagrams.get();
-        d.to_client += datagrams;
-        self.datagrams.set(d);
-        let (b, c) = self.bytes.get();
-        self.bytes.set((b, c + bytes));
-    }
-}
-
-impl FlowIo {
-    /// Records why the flow ends: in its service's counters (idle timeouts, re-balanced flows)
-    /// and for the decision log.
-    fn ending(&self, why: CloseReason) {
-        let counters = &self.service.counters;
-        match why {
-            CloseReason::IdleTimeout => counters.idle_timeouts.fetch_add(1, Relaxed),
-            CloseReason::Rebalanced => counters.flows_rebalanced.fetch_add(1, Relaxed),
-            _ => 0,
-        };
-        if let Some(t) = &self.trace {
-            t.close.set(why);
-        }
-    }
-}
-
-impl Drop for FlowIo {
-    /// The flow ended: release its place in the service's bound and wake its reply task, which
-    /// sees the flow gone and closes the socket.
-    fn drop(&mut self) {
-        self.service.counters.flows.fetch_sub(1, Relaxed);
-        let _ = with_socket(&*self.upstream, |s| s.shutdown(std::net::Shutdown::Read));
-        if let Some(t) = &self.trace {
-            if t.telemetry.logging() {
-                let (bytes_to_backend, bytes_to_client) = t.bytes.get();
-                t.telemetry.log(Decision {
-                    service: Arc::clone(&self.service),
-                    client: t.client,
-                    frontend: t.frontend,
-                    candidates: t.candidates,
-                    affinity: t.affinity,
-                    backend: Some(t.backend),
-                    attempts: 1,
-                    bytes_to_backend,
-                    bytes_to_client,
-                    datagrams: Some(t.datagrams.get()),
-                    duration: t.opened.elapsed(),
-                    ended: std::time::SystemTime::now(),
-                    close: t.close.get(),
-                });
-            }
-        }
     }
 }
 
