@@ -18,6 +18,7 @@
 //! `ringlb-kube` thread); the data plane never sees them.
 #![forbid(unsafe_code)]
 
+mod duration;
 mod error;
 pub mod k8s;
 #[cfg(feature = "kube")]
@@ -32,6 +33,9 @@ mod table;
 #[cfg(feature = "watch")]
 mod watch;
 
+pub use duration::{
+    parse_duration, parse_duration_at_most, parse_positive_duration, DurationError, MAX_DURATION,
+};
 pub use error::{ConfigError, Problem};
 pub use model::{Admin, Backend, Config, Protocol, Service, ServiceDefaults};
 pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};

@@ -13,6 +13,7 @@ use balancers::{BackendSpec, Scheduler, SchedulerConfig, SchedulerKind, MH_TABLE
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::duration::parse_positive_duration;
 use crate::error::{ConfigError, Problem};
 use crate::model::{Admin, Backend, Config, Protocol, Service, ServiceDefaults};
 use crate::names::{BackendAddress, DnsConfig, Target};
@@ -676,6 +677,7 @@ impl Validator {
         }
     }
 
+    /// A duration field: positive, and within [`crate::MAX_DURATION`] (see there why).
     fn duration(
         &mut self,
         raw: Option<Spanned<String>>,
@@ -683,21 +685,10 @@ impl Validator {
         default: Duration,
     ) -> Option<Duration> {
         let Some(s) = raw else { return Some(default) };
-        match humantime::parse_duration(s.value.trim()) {
-            Ok(d) if !d.is_zero() => Some(d),
-            Ok(_) => {
-                self.at(&s, path, "must be greater than zero");
-                None
-            }
+        match parse_positive_duration(&s.value) {
+            Ok(d) => Some(d),
             Err(e) => {
-                self.at(
-                    &s,
-                    path,
-                    format!(
-                        "{:?} is not a duration such as 500ms, 5s or 1h: {e}",
-                        s.value
-                    ),
-                );
+                self.at(&s, path, e.to_string());
                 None
             }
         }
