@@ -152,12 +152,12 @@ pub struct RunArgs {
     pub scheduler: SchedulerKind,
 
     /// Quick mode: deadline of one connect attempt to a backend.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = config::parse_positive_duration)]
     pub connect_timeout: Duration,
 
     /// Quick mode: close a connection (end a UDP flow) after this long with nothing moving in
     /// either direction [default: 1h for tcp, 60s for udp].
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_positive_duration)]
     pub idle_timeout: Option<Duration>,
 
     /// Quick mode: backends tried per client connection before the client is reset.
@@ -185,7 +185,7 @@ pub struct ReloadArgs {
 
     /// After a reload removed a backend, close its open connections this long after the
     /// reload (default: let them run until they end or reach their idle timeout).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     pub backend_drain_timeout: Option<Duration>,
 }
 
@@ -200,7 +200,7 @@ pub struct DataPlaneArgs {
     pub io_driver: DriverArg,
 
     /// On SIGTERM/SIGINT, how long open connections may keep going before exit.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
     pub drain_timeout: Duration,
 
     /// Join another process's SO_REUSEPORT group on a listen port on purpose (e.g. a zero
@@ -216,8 +216,9 @@ pub struct DataPlaneArgs {
 
     /// Low-latency UDP: after each relayed datagram, keep the worker polling for up to this
     /// long (e.g. 50us) before it sleeps. Cuts the cross-core wake-up from each datagram's
-    /// latency; keeps a core busy while traffic arrives at least that often. Off by default.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    /// latency; keeps a core busy while traffic arrives at least that often. Off by default;
+    /// at most 1s, since the worker spins its core this long.
+    #[arg(long, value_name = "DURATION", value_parser = parse_busy_poll)]
     pub busy_poll: Option<Duration>,
 
     /// UDP receive coalescing: a socket that a drain found several datagrams waiting on (8 to
@@ -225,8 +226,9 @@ pub struct DataPlaneArgs {
     /// a fuller batch: fewer wake-ups, system calls and sends per datagram under load, for up
     /// to this much added latency on that socket while the load lasts. Light load and
     /// request/response traffic never trigger it, and the worker's other sockets and
-    /// connections are served meanwhile. 0 turns it off; unused with --busy-poll.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+    /// connections are served meanwhile. 0 turns it off; at most 10ms, since each pause holds
+    /// that socket's datagrams back this long; unused with --busy-poll.
+    #[arg(long, value_name = "DURATION", value_parser = parse_udp_coalesce,
           default_value = "50us")]
     pub udp_coalesce: Duration,
 
@@ -325,10 +327,97 @@ fn parse_admin(s: &str) -> Result<config::Admin, String> {
         .ok_or_else(|| "expected off or an IP:port address (IPv6 as [::1]:9901)".to_owned())
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be greater than zero".into()),
-        Err(e) => Err(format!("{e} (examples: 500ms, 5s, 1h)")),
+/// The longest `--busy-poll`: the worker spins its core that long after each datagram, so
+/// beyond a second it is a core lost, not a latency saved.
+const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
+
+/// The longest `--udp-coalesce`: a loaded socket's datagrams wait that long on each pause,
+/// so beyond a few milliseconds it only adds latency (the default is 50us).
+const MAX_UDP_COALESCE: Duration = Duration::from_millis(10);
+
+fn parse_busy_poll(s: &str) -> Result<Duration, config::DurationError> {
+    config::parse_duration_at_most(s, MAX_BUSY_POLL, "the longest --busy-poll spins a core")
+}
+
+fn parse_udp_coalesce(s: &str) -> Result<Duration, config::DurationError> {
+    config::parse_duration_at_most(
+        s,
+        MAX_UDP_COALESCE,
+        "the longest --udp-coalesce holds datagrams back",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let quick = [
+            "ringlb",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            "127.0.0.1:1",
+        ];
+        match Cli::try_parse_from(quick.iter().chain(extra))?.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duration_flags_take_their_limit_and_refuse_beyond_it() {
+        let max = "36500d";
+        let args = run(&[
+            "--connect-timeout",
+            max,
+            "--idle-timeout",
+            max,
+            "--drain-timeout",
+            max,
+            "--backend-drain-timeout",
+            max,
+            "--busy-poll",
+            "1s",
+            "--udp-coalesce",
+            "10ms",
+        ])
+        .unwrap();
+        assert_eq!(args.connect_timeout, config::MAX_DURATION);
+        assert_eq!(args.idle_timeout, Some(config::MAX_DURATION));
+        assert_eq!(args.data_plane.drain_timeout, config::MAX_DURATION);
+        assert_eq!(
+            args.reload.backend_drain_timeout,
+            Some(config::MAX_DURATION)
+        );
+        assert_eq!(args.data_plane.busy_poll, Some(MAX_BUSY_POLL));
+        assert_eq!(args.data_plane.udp_coalesce, MAX_UDP_COALESCE);
+        let over = "36500d 1s";
+        for bad in [
+            ["--connect-timeout", over],
+            ["--idle-timeout", over],
+            ["--drain-timeout", over],
+            ["--backend-drain-timeout", over],
+            ["--busy-poll", "1001ms"],
+            ["--udp-coalesce", "10001us"],
+            ["--connect-timeout", "0"],
+            ["--idle-timeout", "0s"],
+        ] {
+            assert!(run(&bad).is_err(), "{bad:?}");
+        }
+        // Zero keeps its meaning where it had one: no wait, or off.
+        let zero = run(&[
+            "--drain-timeout",
+            "0",
+            "--backend-drain-timeout",
+            "0",
+            "--busy-poll",
+            "0",
+            "--udp-coalesce",
+            "0",
+        ])
+        .unwrap();
+        assert!(zero.data_plane.udp_coalesce.is_zero());
     }
 }

@@ -141,6 +141,39 @@ fn usage_errors_exit_2_with_one_clear_line() {
     }
 }
 
+/// A duration flag longer than the runtime's clock holds, or than the flag makes sense for, is
+/// a usage error at start: such values used to be accepted, then panicked every worker at its
+/// first connection (or the process at SIGTERM).
+#[test]
+fn overlong_duration_flags_exit_2_and_say_the_limit() {
+    const TIMER: &str = "is longer than 36500d (100 years of 365 days), the longest timer";
+    for (flag, value, reason) in [
+        ("--idle-timeout", "1000000000y", TIMER),
+        ("--connect-timeout", "1000000000y", TIMER),
+        ("--drain-timeout", "9223372036854775807s", TIMER),
+        ("--backend-drain-timeout", "1000000000y", TIMER),
+        ("--udp-coalesce", "1s", "is longer than 10ms"),
+        ("--busy-poll", "1h", "is longer than 1s"),
+    ] {
+        let args = [
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            "127.0.0.1:1",
+            flag,
+            value,
+        ];
+        let err = Ringlb::try_start(&args)
+            .err()
+            .unwrap_or_else(|| panic!("{flag} {value} must be refused"));
+        assert_eq!(err.status.code(), Some(2), "{flag}: {}", err.stderr);
+        let head = format!("invalid value '{value}' for '{flag} <DURATION>': \"{value}\" {reason}");
+        assert!(err.stderr.contains(&head), "{flag}: {}", err.stderr);
+        assert!(!err.stderr.contains("panicked"), "{}", err.stderr);
+    }
+}
+
 #[test]
 fn a_port_in_use_is_a_runtime_error() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
