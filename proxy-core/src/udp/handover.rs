@@ -71,7 +71,10 @@ impl HandedOver {
                 client: f.client,
                 local: f.local,
             };
-            let until = listed + f.idle_timeout.saturating_sub(f.idle_for);
+            // The list comes from another process (JSON over HTTP): held to the limit of a
+            // configured timeout, so no `Instant + Duration` overflows.
+            let left = f.idle_timeout.saturating_sub(f.idle_for);
+            let until = listed + left.min(config::MAX_DURATION);
             pins.insert(
                 key,
                 Pin {
@@ -184,5 +187,22 @@ mod tests {
         );
         handed.add(&[], t0 + Duration::from_secs(61));
         assert_eq!(handed.len(), 1, "the first pin ran out");
+    }
+
+    #[test]
+    fn an_endless_idle_timeout_in_the_list_is_held_to_the_longest_timer() {
+        let handed = HandedOver::new();
+        let t0 = Instant::now();
+        let endless = UdpFlowInfo {
+            idle_timeout: Duration::MAX,
+            ..info("10.0.0.1:4000", "10.1.0.1:53", 0)
+        };
+        handed.add(&[endless], t0);
+        let frontend: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let client = "10.0.0.1:4000".parse().unwrap();
+        let at = |t| handed.backend(frontend, client, frontend, t);
+        let last = t0 + config::MAX_DURATION - Duration::from_secs(1);
+        assert_eq!(at(last), Some("10.1.0.1:53".parse().unwrap()));
+        assert_eq!(at(t0 + config::MAX_DURATION), None);
     }
 }
