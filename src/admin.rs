@@ -125,6 +125,10 @@ pub struct DataPlane {
     pub decisions: Arc<DecisionLogControl>,
     /// Lists the workers' live UDP flows.
     pub flows: proxy_core::FlowList,
+    /// The data plane's share of the open-file limit.
+    pub fds: Arc<proxy_core::FdBudget>,
+    /// Panics the workers caught.
+    pub panics: Arc<proxy_core::Panics>,
 }
 
 /// What the admin API reads: the live table, the phase and the control plane's counters.

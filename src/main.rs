@@ -3,6 +3,7 @@
 //! Protocol logic lives in `proxy-core`; scheduling in `balancers`; parsing in `config`.
 
 mod admin;
+mod budget;
 mod cli;
 mod decisions;
 mod demo;

@@ -20,6 +20,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminBind, AdminServer, AdminState, DataPlane};
+use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 use crate::decisions::{self, DecisionWriter};
 
@@ -308,8 +309,12 @@ fn serve_with(
         telemetry: proxy.telemetry(),
         decisions: decision_writer.control(),
         flows: proxy.flow_list(),
+        fds: proxy.fd_budget(),
+        panics: proxy.panics(),
     });
     admin_state.set_ready();
+    let mut fds = DescriptorBudget::new(proxy.fd_budget());
+    fds.refresh(&serving);
     announce(&proxy, &table.load());
     if let Some(server) = &admin_server {
         announce_line(&format!("admin addr={}", server.local_addr()));
@@ -327,6 +332,8 @@ fn serve_with(
         admin_state
             .telemetry
             .table_published(proxy.table().version());
+        // Listeners may have come or gone: what the data plane may hold moves with them.
+        fds.refresh(&serving);
         let mut why = match control_rx.recv() {
             Ok(Control::Kube) => {
                 // The watch thread already folded the burst (config::kube::SETTLE).
@@ -452,7 +459,9 @@ fn serve_with(
     if report.workers_cut > 0 {
         tracing::warn!(
             workers = report.workers_cut,
-            "drain timeout reached with connections still open; closing them"
+            connections = report.connections_reset,
+            "drain timeout reached: {} connections still open were reset on both sides",
+            report.connections_reset
         );
     }
     for svc in table.services() {

@@ -4,7 +4,7 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ both_drivers!(
     connect_timeout_moves_on_to_the_next_backend,
     idle_timeout_closes_both_sides,
     sigterm_drains_in_flight_and_refuses_new,
+    the_drain_deadline_resets_what_is_still_open,
 );
 
 fn echo_4_mib_byte_for_byte(driver: &str) {
@@ -261,4 +262,85 @@ fn sigterm_drains_in_flight_and_refuses_new(driver: &str) {
     );
     let status = proxy.wait_exit();
     assert!(status.success(), "exit after drain: {status}");
+}
+
+/// A transfer still running at the end of `--drain-timeout` is cut short: both peers must see a
+/// reset, never an end of stream a client would take for a complete transfer, and the totals
+/// logged at exit count the bytes relayed until then.
+fn the_drain_deadline_resets_what_is_still_open(driver: &str) {
+    // A backend that streams until its stream fails, and reports how it failed.
+    let (ended_tx, ended_rx) = mpsc::channel();
+    let ended_tx = Mutex::new(ended_tx);
+    let backend = serve(move |mut s| {
+        let chunk = vec![7u8; 64 * 1024];
+        let end = loop {
+            if let Err(e) = s.write_all(&chunk) {
+                break e.kind();
+            }
+        };
+        let _ = ended_tx.lock().unwrap().send(end);
+    });
+    let mut proxy = quick_with_workers(driver, 1, &[backend], &["--drain-timeout", "300ms"]);
+    let mut s = connect(proxy.addr());
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    while received < 1 << 20 {
+        received += s.read(&mut buf).unwrap() as u64;
+    }
+    proxy.signal(libc::SIGTERM);
+    // Keep reading (slowly enough that the transfer is still running at the deadline) until
+    // the stream ends.
+    let end = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received += n as u64,
+            Err(e) => break Err(e.kind()),
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the client must see the cut, not an end of stream, after {received} bytes"
+    );
+    assert_eq!(
+        ended_rx.recv_timeout(PATIENCE),
+        Ok(ErrorKind::ConnectionReset),
+        "the backend must see a reset too"
+    );
+    let status = proxy.wait_exit();
+    assert!(status.success(), "exit after the drain deadline: {status}");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("1 connections still open were reset on both sides"),
+        "{log}"
+    );
+    let totals = log
+        .lines()
+        .find(|l| l.contains("service totals"))
+        .map(without_colours)
+        .unwrap_or_else(|| panic!("no totals:\n{log}"));
+    let relayed: u64 = totals
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("bytes_to_client="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no bytes_to_client in {totals}"));
+    assert!(
+        relayed >= received,
+        "the totals count what was relayed ({relayed}) at least what the client read ({received})"
+    );
+}
+
+/// A log line without its ANSI colour sequences (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -38,6 +38,9 @@ pub struct ServiceCounters {
     pub connect_failed: AtomicU64,
     /// Client connections reset because no backend was eligible.
     pub no_backend: AtomicU64,
+    /// Client connections reset at accept because the data plane's share of the open-file
+    /// limit was used up.
+    pub no_descriptors: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: AtomicU64,
     /// Bytes relayed client to backend.
@@ -50,6 +53,9 @@ pub struct ServiceCounters {
     pub flows_opened: AtomicU64,
     /// UDP datagrams dropped because they would have opened a flow past `max_flows`.
     pub flows_refused: AtomicU64,
+    /// UDP datagrams dropped because they would have opened a flow and no descriptor was left
+    /// for its upstream socket (the data plane's share of the open-file limit, or the limit).
+    pub flows_no_descriptors: AtomicU64,
     /// UDP flows ended because their backend stopped being usable (removed, weight 0) or
     /// refused them (ICMP port unreachable).
     pub flows_rebalanced: AtomicU64,

@@ -17,10 +17,14 @@ use monoio::time::Instant;
 
 use crate::alarm::Alarm;
 
-/// How the timer map closes an idle connection.
+/// How the timer map closes a connection.
 pub(crate) trait Close {
-    /// Stops both directions (both peers see end of stream).
+    /// Stops both directions (both peers see end of stream): nothing was cut short.
     fn close(&self);
+
+    /// Resets both sides (both peers see a reset, never a clean end of stream): bytes in
+    /// flight are cut short, and the peers must be able to tell.
+    fn abort(&self);
 }
 
 /// One connection's activity, shared by its relay (which updates `last`) and the timers.
@@ -29,8 +33,10 @@ pub(crate) struct Activity<C> {
     idle: Duration,
     closer: C,
     expired: Cell<bool>,
-    /// Closed by the `close_at` deadline rather than by idleness.
+    /// Reset by the `close_at` deadline rather than closed by idleness.
     drained: Cell<bool>,
+    /// Reset by [`IdleTimers::abort_all`] (the end of a shutdown's drain).
+    cut: Cell<bool>,
     /// A deadline set from outside (a removed backend's drain), closing even a busy connection.
     close_at: Cell<Option<Instant>>,
     key: Cell<Key>,
@@ -47,6 +53,7 @@ impl<C: Close> Activity<C> {
             closer,
             expired: Cell::new(false),
             drained: Cell::new(false),
+            cut: Cell::new(false),
             close_at: Cell::new(None),
             key: Cell::new((now, 0)),
         }
@@ -68,10 +75,15 @@ impl<C: Close> Activity<C> {
         self.expired.get()
     }
 
-    /// Whether it was closed by a deadline from [`IdleTimers::close_matching`] (a drain), not
-    /// by its idle timeout.
+    /// Whether it was reset by a deadline from [`IdleTimers::close_matching`] (a drain), not
+    /// closed by its idle timeout.
     pub(crate) fn drained(&self) -> bool {
         self.drained.get()
+    }
+
+    /// Whether it was reset by [`IdleTimers::abort_all`].
+    pub(crate) fn cut(&self) -> bool {
+        self.cut.get()
     }
 
     /// The time this connection is closed at, active or not.
@@ -112,7 +124,7 @@ impl<C: Close> IdleTimers<C> {
         self.entries.borrow_mut().remove(&activity.key.get());
     }
 
-    /// Closes the connections whose closer matches `pred` at `at` at the latest, however busy
+    /// Resets the connections whose closer matches `pred` at `at` at the latest, however busy
     /// they are (a removed backend's drain deadline).
     pub(crate) fn close_matching(&self, at: Instant, pred: impl Fn(&C) -> bool) {
         let mut entries = self.entries.borrow_mut();
@@ -136,6 +148,17 @@ impl<C: Close> IdleTimers<C> {
         self.alarm.wake_if_before(at);
     }
 
+    /// Resets every connection being watched now (the drain deadline of a shutdown); returns
+    /// how many. Their relays see the reset, end and report it.
+    pub(crate) fn abort_all(&self) -> usize {
+        let entries = std::mem::take(&mut *self.entries.borrow_mut());
+        for activity in entries.values() {
+            activity.cut.set(true);
+            activity.closer.abort();
+        }
+        entries.len()
+    }
+
     /// Connections being watched.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -153,10 +176,13 @@ impl<C: Close> IdleTimers<C> {
             let due = activity.due();
             if due <= now {
                 activity.expired.set(true);
-                activity
-                    .drained
-                    .set(activity.close_at.get().is_some_and(|t| t <= now));
-                activity.closer.close();
+                let drained = activity.close_at.get().is_some_and(|t| t <= now);
+                activity.drained.set(drained);
+                if drained {
+                    activity.closer.abort();
+                } else {
+                    activity.closer.close();
+                }
             } else {
                 activity.key.set((due, id));
                 entries.insert((due, id), activity);
@@ -187,6 +213,10 @@ mod tests {
     impl Close for Flag {
         fn close(&self) {
             self.0.set(self.0.get() + 1);
+        }
+
+        fn abort(&self) {
+            self.0.set(self.0.get() + 100);
         }
     }
 
@@ -251,11 +281,28 @@ mod tests {
                 a_busy.touch();
                 monoio::time::sleep(ms(5)).await;
             }
-            assert_eq!(busy.0.get(), 1);
+            assert_eq!(busy.0.get(), 100, "reset (aborted), not closed");
             assert!(a_busy.drained(), "closed by the drain deadline");
             assert!(!a_quiet.drained(), "closed by its idle timeout");
             drop(sweeper);
         });
+    }
+
+    #[test]
+    fn abort_all_resets_every_connection_once_and_forgets_them() {
+        let timers: IdleTimers<Flag> = IdleTimers::new();
+        let (a, b) = (Flag::default(), Flag::default());
+        let a_a = Rc::new(Activity::new(Duration::from_secs(60), a.clone()));
+        let a_b = Rc::new(Activity::new(Duration::from_secs(60), b.clone()));
+        timers.insert(&a_a);
+        timers.insert(&a_b);
+        assert_eq!(timers.abort_all(), 2);
+        assert_eq!((a.0.get(), b.0.get()), (100, 100), "each reset once");
+        assert!(a_a.cut() && a_b.cut());
+        assert!(!a_a.drained() && !a_a.expired());
+        assert_eq!(timers.len(), 0);
+        timers.remove(&a_a);
+        assert_eq!(timers.abort_all(), 0);
     }
 
     #[test]

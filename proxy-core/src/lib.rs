@@ -17,13 +17,16 @@ mod connect;
 pub mod demo;
 mod driver;
 mod error;
+mod fds;
 mod idle;
 mod listener;
 mod pool;
 mod relay;
 pub mod steer;
 mod sys;
+mod task;
 mod telemetry;
+mod throttle;
 mod udp;
 mod worker;
 
@@ -40,12 +43,17 @@ use tokio_util::sync::CancellationToken;
 
 pub use driver::{IoDriver, IoDriverKind};
 pub use error::ProxyError;
+pub use fds::{nofile_limit, open_descriptors, FdBudget};
 pub use sys::raise_nofile_limit;
+pub use task::{PanicRecord, Panics, TaskKind};
 pub use telemetry::{
     AffinityOutcome, CloseReason, ConnectError, Datagrams, Decision, DecisionLog,
     HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
 };
 pub use udp::handover::{HandedOver, UdpFlowInfo};
+
+/// Longer than any process lives: what a deadline too far for the clock is held to.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Relay buffer size: large buffers decide bulk throughput (see `shared/notes`), and a
 /// connection only holds one while bytes are in flight.
@@ -57,6 +65,9 @@ pub const DEFAULT_UDP_COALESCE: Duration = Duration::from_micros(50);
 
 /// How long [`Proxy::reload`] waits for every worker to apply a new table.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
+/// After the drain deadline, how long [`Proxy::shutdown`] waits for the workers to reset what
+/// is still open and count it.
+const CUT_WAIT: Duration = Duration::from_secs(2);
 
 /// How the data plane runs.
 #[derive(Clone, Debug)]
@@ -82,6 +93,9 @@ pub struct ProxyOptions {
     pub handed_over: Arc<HandedOver>,
     /// Collect per-worker histograms and counters (see [`Telemetry`]); off costs nothing.
     pub telemetry: bool,
+    /// The data plane's share of the open-file limit (no cap by default); the caller sets its
+    /// cap once it knows what the rest of the process holds.
+    pub fd_budget: Arc<FdBudget>,
 }
 
 impl Default for ProxyOptions {
@@ -95,6 +109,7 @@ impl Default for ProxyOptions {
             udp_coalesce: Some(DEFAULT_UDP_COALESCE),
             handed_over: HandedOver::new(),
             telemetry: true,
+            fd_budget: Arc::new(FdBudget::default()),
         }
     }
 }
@@ -115,6 +130,8 @@ pub struct DrainReport {
     pub workers_drained: usize,
     /// Workers still serving connections at the deadline.
     pub workers_cut: usize,
+    /// Connections still open at the deadline, reset on both sides.
+    pub connections_reset: usize,
 }
 
 /// Listening sockets for every frontend of a configuration, one per worker, not yet served.
@@ -227,6 +244,8 @@ pub struct Proxy {
     done_rx: mpsc::Receiver<usize>,
     threads: Vec<JoinHandle<()>>,
     telemetry: Arc<Telemetry>,
+    fds: Arc<FdBudget>,
+    panics: Arc<Panics>,
 }
 
 impl Proxy {
@@ -251,6 +270,7 @@ impl Proxy {
             .collect();
 
         let telemetry = Arc::new(Telemetry::new(workers, options.telemetry));
+        let panics = Arc::new(Panics::default());
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -279,6 +299,8 @@ impl Proxy {
                 commands: command_rx,
                 telemetry: Arc::clone(&telemetry),
                 handed_over: Arc::clone(&options.handed_over),
+                fds: Arc::clone(&options.fd_budget),
+                panics: Arc::clone(&panics),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ringlb-worker-{id}"))
@@ -313,6 +335,8 @@ impl Proxy {
             done_rx,
             threads,
             telemetry,
+            fds: Arc::clone(&options.fd_budget),
+            panics,
         })
     }
 
@@ -420,26 +444,63 @@ impl Proxy {
         }
     }
 
+    /// The data plane's share of the open-file limit, and what it holds now.
+    pub fn fd_budget(&self) -> Arc<FdBudget> {
+        Arc::clone(&self.fds)
+    }
+
+    /// The panics the workers caught (see [`Panics`]).
+    pub fn panics(&self) -> Arc<Panics> {
+        Arc::clone(&self.panics)
+    }
+
     /// The I/O driver each worker ended up with.
     pub fn drivers(&self) -> &[IoDriverKind] {
         &self.drivers
     }
 
     /// Stops accepting on every worker at once, then waits up to `drain_timeout` for open
-    /// connections to finish. Connections still open at the deadline are left to process exit.
+    /// connections to finish. Connections still open at the deadline are reset on both sides
+    /// (a peer must not take a cut-short transfer for a complete one), and the workers count
+    /// their bytes before this returns (waiting at most a couple of seconds more).
     pub fn shutdown(self, drain_timeout: Duration) -> DrainReport {
         self.shutdown.cancel();
-        let deadline = Instant::now() + drain_timeout;
+        let now = Instant::now();
+        // A timeout too long for the clock waits as long as the clock can.
+        let deadline = now.checked_add(drain_timeout).unwrap_or(now + FOREVER);
         let total = self.threads.len();
-        let mut drained = 0;
-        while drained < total {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.done_rx.recv_timeout(left) {
-                Ok(_) => drained += 1,
-                Err(_) => break,
+        let wait_until = |deadline: Instant, done: &mut usize| {
+            while *done < total {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.done_rx.recv_timeout(left) {
+                    Ok(_) => *done += 1,
+                    Err(_) => break,
+                }
             }
+        };
+        let mut done = 0;
+        wait_until(deadline, &mut done);
+        let drained = done;
+        let mut connections_reset = 0;
+        if done < total {
+            let (tx, rx) = mpsc::channel();
+            let asked = self
+                .commands
+                .iter()
+                .filter(|c| c.send(worker::Command::Cut(tx.clone())).is_ok())
+                .count();
+            drop(tx);
+            let cut_deadline = Instant::now() + CUT_WAIT;
+            for _ in 0..asked {
+                let left = cut_deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(n) => connections_reset += n,
+                    Err(_) => break,
+                }
+            }
+            wait_until(cut_deadline, &mut done);
         }
-        if drained == total {
+        if done == total {
             for t in self.threads {
                 let _ = t.join();
             }
@@ -447,6 +508,7 @@ impl Proxy {
         DrainReport {
             workers_drained: drained,
             workers_cut: total - drained,
+            connections_reset,
         }
     }
 }

@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 
 use crate::idle::{Activity, Close, IdleTimers};
 use crate::pool::BufferPool;
-use crate::sys::{set_reset_on_close, with_socket};
+use crate::sys::{abort, set_reset_on_close, with_socket};
 
 /// How a relayed connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,8 +30,10 @@ pub(crate) enum RelayEnd {
     Closed,
     /// No byte moved in either direction for the idle timeout; both sides were closed.
     IdleTimeout,
-    /// Its backend left the table and the drain deadline passed; both sides were closed.
+    /// Its backend left the table and the drain deadline passed; both sides were reset.
     Drained,
+    /// Still open when a shutdown's drain deadline passed; both sides were reset.
+    Cut,
     /// A socket failed (typically a reset); the other side was reset too.
     Error,
 }
@@ -64,6 +66,11 @@ impl Peer {
         let _ = with_socket(self.stream(), |s| s.shutdown(Shutdown::Both));
     }
 
+    /// Resets the connection at once (see [`crate::sys::abort`]).
+    fn abort(&self) {
+        abort(self.stream());
+    }
+
     /// Wakes pending reads without sending anything to the peer.
     fn shutdown_read(&self) {
         let _ = with_socket(self.stream(), |s| s.shutdown(Shutdown::Read));
@@ -90,10 +97,16 @@ impl Close for PeerPair {
         self.client.shutdown_both();
         self.server.shutdown_both();
     }
+
+    fn abort(&self) {
+        self.client.abort();
+        self.server.abort();
+    }
 }
 
 /// Relays `client` ↔ `server` until both directions end, the idle timeout passes (the worker's
-/// [`IdleTimers`] then closes both sockets), or a socket fails. Half-close is forwarded: end of
+/// [`IdleTimers`] then closes both sockets), a drain deadline passes (both are reset), or a
+/// socket fails. Half-close is forwarded: end of
 /// stream from one side becomes `shutdown(Write)` on the other while the opposite direction
 /// keeps flowing.
 pub(crate) async fn relay(
@@ -135,7 +148,9 @@ pub(crate) async fn relay(
     );
     let (up, down) = monoio::join!(up, down);
     timers.remove(&activity);
-    let end = if activity.drained() {
+    let end = if activity.cut() {
+        RelayEnd::Cut
+    } else if activity.drained() {
         RelayEnd::Drained
     } else if activity.expired() {
         RelayEnd::IdleTimeout

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use balancers::Flow;
@@ -16,12 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connect::{connect, ConnectFailure};
 use crate::driver::{self, IoDriver, IoDriverKind};
+use crate::fds::{is_exhaustion, FdBudget, Fds};
 use crate::idle::IdleTimers;
 use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
-use crate::sys::{set_reset_on_close, with_socket};
+use crate::sys::{abort, set_reset_on_close, with_socket};
+use crate::task::{self, Panics, TaskKind};
 use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
+use crate::throttle::Throttle;
 use crate::udp::handover::{HandedOver, UdpFlowInfo};
 use crate::udp::{Udp, UdpFrontend, UdpWake};
 use crate::ProxyError;
@@ -47,6 +50,8 @@ pub(crate) struct WorkerStart {
     pub(crate) commands: flume::Receiver<Command>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) handed_over: Arc<HandedOver>,
+    pub(crate) fds: Arc<FdBudget>,
+    pub(crate) panics: Arc<Panics>,
 }
 
 /// What the control plane asks of a running worker.
@@ -67,6 +72,9 @@ pub(crate) enum Command {
     },
     /// List this worker's live UDP flows.
     UdpFlows(mpsc::Sender<Vec<UdpFlowInfo>>),
+    /// The shutdown's drain deadline passed: reset every connection still open, both sides,
+    /// and say how many there were.
+    Cut(mpsc::Sender<usize>),
 }
 
 /// One frontend's socket on this worker.
@@ -102,9 +110,17 @@ struct Worker {
     idle: IdleTimers<PeerPair>,
     open: Cell<usize>,
     stopping: Cell<bool>,
+    /// Past the shutdown's drain deadline: a connection that gets its backend now is reset.
+    cutting: Cell<bool>,
     frontends: RefCell<HashMap<FrontendKey, Frontend>>,
     udp: Rc<Udp>,
     telemetry: Rc<WorkerTelemetry>,
+    /// The data plane's share of the open-file limit.
+    fds: Arc<FdBudget>,
+    /// Accepts failing for want of descriptors or memory.
+    exhausted: Throttle,
+    /// Connections reset because the budget was used up.
+    over_budget: Throttle,
 }
 
 impl Worker {
@@ -114,12 +130,15 @@ impl Worker {
             ListenSocket::Tcp(listener) => {
                 let listener = Rc::new(TcpListener::from_std(listener)?);
                 let closed = Rc::new(Cell::new(false));
-                monoio::spawn(accept_loop(
-                    Rc::clone(&listener),
-                    key,
-                    Rc::clone(&closed),
-                    Rc::clone(self),
-                ));
+                task::spawn(
+                    TaskKind::Accept,
+                    accept_loop(
+                        Rc::clone(&listener),
+                        key,
+                        Rc::clone(&closed),
+                        Rc::clone(self),
+                    ),
+                );
                 Frontend::Tcp { listener, closed }
             }
             ListenSocket::Udp(socket) => {
@@ -167,7 +186,14 @@ impl Worker {
                     let _ = applied.send(());
                 }
                 Command::UdpFlows(reply) => {
-                    let _ = reply.send(self.udp.flows(std::time::Instant::now()));
+                    let _ = reply.send(self.udp.flows(Instant::now()));
+                }
+                Command::Cut(reply) => {
+                    self.cutting.set(true);
+                    let open = self.open.get();
+                    let reset = self.idle.abort_all();
+                    tracing::debug!(open, reset, "drain deadline: connections reset");
+                    let _ = reply.send(open);
                 }
             }
         }
@@ -176,6 +202,8 @@ impl Worker {
 
 /// Thread body of worker `start.id`.
 pub(crate) fn run(start: WorkerStart) {
+    // Reports a panic that ends this thread (outside any task) as a lasting failure.
+    let _panics = task::enter_worker(start.id, Arc::clone(&start.panics));
     let (mut rt, kind) = match driver::build(start.driver, start.udp.busy_poll.is_some()) {
         Ok(built) => built,
         Err(source) => {
@@ -210,6 +238,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         commands,
         telemetry,
         handed_over,
+        fds,
         ..
     } = start;
     let telemetry = Rc::new(WorkerTelemetry::new(telemetry, id));
@@ -219,14 +248,19 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         idle: IdleTimers::new(),
         open: Cell::new(0),
         stopping: Cell::new(false),
+        cutting: Cell::new(false),
         frontends: RefCell::new(HashMap::new()),
         udp: Rc::new(Udp::new(
             hash_seed(id),
             udp,
             Rc::clone(&telemetry),
             handed_over,
+            Arc::clone(&fds),
         )),
         telemetry,
+        fds,
+        exhausted: Throttle::default(),
+        over_budget: Throttle::default(),
     });
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.
@@ -241,15 +275,18 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let _ = ready.send(Ok(kind));
     tracing::debug!(worker = id, driver = %kind, "worker running");
     let sweeper = Rc::clone(&worker);
-    monoio::spawn(async move { sweeper.idle.run().await });
-    monoio::spawn(Rc::clone(&worker.udp).sweep());
+    task::spawn(TaskKind::Worker, async move { sweeper.idle.run().await });
+    task::spawn(TaskKind::Worker, Rc::clone(&worker.udp).sweep());
     if let Some(busy) = worker.udp.busy_poll() {
-        monoio::spawn(busy.keep());
+        task::spawn(TaskKind::Worker, busy.keep());
     }
     if let Some(coalesce) = worker.udp.coalesce() {
-        monoio::spawn(coalesce.keep(Rc::clone(&worker.telemetry)));
+        task::spawn(
+            TaskKind::Worker,
+            coalesce.keep(Rc::clone(&worker.telemetry)),
+        );
     }
-    monoio::spawn(Rc::clone(&worker).commands(commands));
+    task::spawn(TaskKind::Worker, Rc::clone(&worker).commands(commands));
 
     shutdown.cancelled().await;
     tracing::debug!(worker = id, "worker stopping");
@@ -268,8 +305,9 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let _ = done.send(id);
 }
 
-/// Accepts until the frontend is closed (removed, or the worker stops). Never returns on an accept error: resource exhaustion
-/// backs off, anything else (an aborted handshake) is skipped.
+/// Accepts until the frontend is closed (removed, or the worker stops). Never returns on an
+/// accept error: resource exhaustion backs off, anything else (an aborted handshake) is
+/// skipped. A connection that the descriptor budget has no room for is reset at once.
 ///
 /// # Cancel safety
 /// Not raced against anything: the worker stops it by shutting the listening socket down,
@@ -287,11 +325,19 @@ async fn accept_loop(
                     set_reset_on_close(&stream);
                     break;
                 }
-                monoio::spawn(serve(stream, peer, key, Rc::clone(&worker)));
+                match worker.fds.take(2) {
+                    Some(fds) => task::spawn(
+                        TaskKind::Connection,
+                        serve(stream, peer, key, fds, Rc::clone(&worker)),
+                    ),
+                    None => worker.refuse(stream, &key),
+                }
             }
             Err(_) if closed.get() => break,
-            Err(e) if is_resource_exhaustion(&e) => {
-                tracing::warn!(frontend = %key.addr, error = %e, "accept: out of resources, backing off");
+            Err(e) if is_exhaustion(&e) => {
+                if let Some(n) = worker.exhausted.hit(Instant::now()) {
+                    tracing::warn!(frontend = %key.addr, error = %e, failures = n, "accept: out of resources, backing off ({n} failed accepts since the last warning)");
+                }
                 monoio::time::sleep(ACCEPT_BACKOFF).await;
             }
             Err(e) => tracing::debug!(frontend = %key.addr, error = %e, "accept failed"),
@@ -300,17 +346,31 @@ async fn accept_loop(
     tracing::debug!(frontend = %key.addr, "listener closed");
 }
 
-fn is_resource_exhaustion(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+impl Worker {
+    /// Resets a connection the descriptor budget has no room for, counts it, and warns (at most
+    /// every few seconds, with the count since the last warning).
+    fn refuse(&self, stream: TcpStream, key: &FrontendKey) {
+        set_reset_on_close(&stream);
+        drop(stream);
+        self.fds.count_refused_tcp();
+        if let Some(entry) = self.table.load().lookup(key) {
+            entry.counters.no_descriptors.fetch_add(1, Relaxed);
+        }
+        if let Some(n) = self.over_budget.hit(Instant::now()) {
+            tracing::warn!(
+                frontend = %key.addr, refused = n, budget = self.fds.cap(),
+                "out of descriptors: new connections are reset ({n} since the last warning); raise the open-file limit (ulimit -n, LimitNOFILE)"
+            );
+        }
+    }
 }
 
-/// Counts an open connection on the worker and the service for as long as it lives.
+/// Counts an open connection on the worker and the service, and holds its descriptors, for as
+/// long as it lives.
 struct OpenGuard<'a> {
     worker: &'a Worker,
     service: Option<Arc<ServiceEntry>>,
+    _fds: Fds,
 }
 
 impl Drop for OpenGuard<'_> {
@@ -323,11 +383,18 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// One client connection: pick, connect (with retries), relay, count.
-async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc<Worker>) {
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    key: FrontendKey,
+    fds: Fds,
+    worker: Rc<Worker>,
+) {
     worker.open.set(worker.open.get() + 1);
     let mut guard = OpenGuard {
         worker: &worker,
         service: None,
+        _fds: fds,
     };
     let Some(entry) = worker.table.load().lookup(&key).cloned() else {
         // The frontend left the table while this connection waited in the accept queue.
@@ -367,6 +434,19 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
         }
     };
     let backend = entry.backends[upstream.backend].address;
+    if worker.cutting.get() {
+        // Connected after the shutdown's drain deadline: cut like the connections it reset.
+        abort(&client);
+        abort(&upstream.stream);
+        let end = ConnEnd {
+            backend: Some(backend),
+            to_backend: 0,
+            to_client: 0,
+            reason: CloseReason::DrainTimeout,
+        };
+        worker.telemetry.close(trace, &entry, peer, end);
+        return;
+    }
     let outcome = relay(
         client,
         upstream.stream,
@@ -389,6 +469,7 @@ async fn serve(client: TcpStream, peer: SocketAddr, key: FrontendKey, worker: Rc
             CloseReason::IdleTimeout
         }
         RelayEnd::Drained => CloseReason::Drained,
+        RelayEnd::Cut => CloseReason::DrainTimeout,
         RelayEnd::Error => CloseReason::Reset,
     };
     let end = ConnEnd {

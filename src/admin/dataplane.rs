@@ -21,7 +21,7 @@ const CONNECT_ERRORS: Family = Family::counter(
 );
 const CLOSED: Family = Family::counter(
     "ringlb_connections_closed_total",
-    "Relayed connections that ended, by reason: eof (both sides closed), idle_timeout, drained (backend removed by a reload) or reset.",
+    "Relayed connections that ended, by reason: eof (both sides closed), idle_timeout, drained (backend removed by a reload; both sides reset at --backend-drain-timeout), reset, or drain_timeout (still open at the end of a shutdown's --drain-timeout; both sides reset).",
 );
 const AFFINITY: Family = Family::counter(
     "ringlb_affinity_lookups_total",
@@ -30,6 +30,22 @@ const AFFINITY: Family = Family::counter(
 const UDP_COALESCE_PAUSES: Family = Family::counter(
     "ringlb_udp_coalesce_pauses_total",
     "Pauses UDP receive coalescing took (--udp-coalesce): a socket found several datagrams waiting and waited for more before it was read again.",
+);
+const FD_BUDGET: Family = Family::gauge(
+    "ringlb_descriptors_budget",
+    "Descriptors the data plane may hold: the open-file limit less what the rest of the process holds less a reserve for the admin and health ports (a TCP connection holds 2, a UDP flow 1).",
+);
+const FD_USED: Family = Family::gauge(
+    "ringlb_descriptors_in_use",
+    "Descriptors held by open TCP connections and UDP flows.",
+);
+const FD_REFUSED: Family = Family::counter(
+    "ringlb_descriptors_refused_total",
+    "New TCP connections reset and new UDP flows refused because no descriptor was left, by protocol.",
+);
+const PANICS: Family = Family::counter(
+    "ringlb_worker_panics_total",
+    "Panics caught in data-plane tasks (a bug: each is logged with its cause); the worker goes on.",
 );
 const LOG_ENABLED: Family = Family::gauge(
     "ringlb_decision_log_enabled",
@@ -46,11 +62,12 @@ const LOG_DROPPED: Family = Family::counter(
 
 /// How relayed connections end (the failures before a backend are in
 /// `ringlb_connections_failed_total`).
-const RELAY_ENDS: [CloseReason; 4] = [
+const RELAY_ENDS: [CloseReason; 5] = [
     CloseReason::Eof,
     CloseReason::IdleTimeout,
     CloseReason::Drained,
     CloseReason::Reset,
+    CloseReason::DrainTimeout,
 ];
 
 fn histogram(
@@ -79,6 +96,14 @@ impl Collect for DataPlane {
             &[],
             self.telemetry.udp_coalesce_pauses(),
         );
+        let fds = &self.fds;
+        if fds.cap() != usize::MAX {
+            out.gauge(&FD_BUDGET, &[], fds.cap() as f64);
+        }
+        out.gauge(&FD_USED, &[], fds.used() as f64);
+        out.counter(&FD_REFUSED, &[("protocol", "tcp")], fds.refused_tcp());
+        out.counter(&FD_REFUSED, &[("protocol", "udp")], fds.refused_udp());
+        out.counter(&PANICS, &[], self.panics.count());
 
         let snapshot = self.telemetry.snapshot();
         if !snapshot.enabled() {

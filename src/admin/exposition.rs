@@ -259,7 +259,7 @@ const ACCEPTED: Family = Family::counter(
 const ACTIVE: Family = Family::gauge("ringlb_connections_active", "Client connections open now.");
 const FAILED: Family = Family::counter(
     "ringlb_connections_failed_total",
-    "Client connections reset without reaching a backend, by reason: connect_failed (every attempt failed) or no_backend (none eligible).",
+    "Client connections reset without reaching a backend, by reason: connect_failed (every attempt failed), no_backend (none eligible) or descriptors (reset at accept: the data plane's share of the open-file limit was used up).",
 );
 const ATTEMPTS: Family = Family::counter(
     "ringlb_connect_attempts_total",
@@ -287,7 +287,7 @@ const UDP_FLOWS_OPENED: Family =
     Family::counter("ringlb_udp_flows_opened_total", "UDP flows opened.");
 const UDP_FLOWS_REFUSED: Family = Family::counter(
     "ringlb_udp_flows_refused_total",
-    "UDP datagrams dropped because they would have opened a flow past max_flows.",
+    "UDP datagrams dropped because they would have opened a flow, by reason: max_flows (the service's bound) or descriptors (no descriptor left for the flow's upstream socket).",
 );
 const UDP_FLOWS_REBALANCED: Family = Family::counter(
     "ringlb_udp_flows_rebalanced_total",
@@ -347,6 +347,7 @@ impl Collect for TableSeries {
             for (reason, n) in [
                 ("connect_failed", &c.connect_failed),
                 ("no_backend", &c.no_backend),
+                ("descriptors", &c.no_descriptors),
             ] {
                 out.counter(
                     &FAILED,
@@ -370,7 +371,16 @@ impl Collect for TableSeries {
             if svc.protocol == Protocol::Udp {
                 out.gauge(&UDP_FLOWS, &s, c.flows.load(Relaxed) as f64);
                 out.counter(&UDP_FLOWS_OPENED, &s, c.flows_opened.load(Relaxed));
-                out.counter(&UDP_FLOWS_REFUSED, &s, c.flows_refused.load(Relaxed));
+                for (reason, n) in [
+                    ("max_flows", &c.flows_refused),
+                    ("descriptors", &c.flows_no_descriptors),
+                ] {
+                    out.counter(
+                        &UDP_FLOWS_REFUSED,
+                        &[("service", name), ("reason", reason)],
+                        n.load(Relaxed),
+                    );
+                }
                 out.counter(&UDP_FLOWS_REBALANCED, &s, c.flows_rebalanced.load(Relaxed));
                 for (direction, n) in [
                     ("client_to_backend", &c.datagrams_to_backend),

@@ -84,14 +84,22 @@ impl Ringlb {
     /// Starts `ringlb ARGS` inside network namespace `netns` (`ip netns exec`, which execs,
     /// so the child is ringlb itself).
     pub fn start_in_netns(netns: &str, args: &[&str]) -> Ringlb {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_ringlb")])
+        Self::start_under(&["ip", "netns", "exec", netns], args)
+    }
+
+    /// Starts `ringlb ARGS` through `wrapper` (a program and its arguments that execs its last
+    /// argument, such as `ip netns exec NS` or `prlimit --nofile=N:N --`, so the child is
+    /// ringlb itself) and waits until it prints `ready`.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Ringlb {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_ringlb"))
             .args(with_test_admin(args))
             .env("RINGLB_LOG", "info");
         match Self::try_start_command(cmd) {
             Ok(r) => r,
             Err(f) => panic!(
-                "ringlb {args:?} in {netns} failed ({}): {}",
+                "{wrapper:?} ringlb {args:?} failed ({}): {}",
                 f.status, f.stderr
             ),
         }

@@ -46,7 +46,8 @@ pub enum CloseReason {
     Eof,
     /// Nothing moved in either direction for the service's idle timeout.
     IdleTimeout,
-    /// TCP: its backend left the table and `--backend-drain-timeout` passed.
+    /// TCP: its backend left the table and `--backend-drain-timeout` passed; both sides were
+    /// reset.
     Drained,
     /// TCP: a socket failed (typically a reset); the other side was reset too.
     Reset,
@@ -58,11 +59,13 @@ pub enum CloseReason {
     Rebalanced,
     /// UDP: the frontend was removed or the worker stopped.
     Stopped,
+    /// TCP: still open when a shutdown's `--drain-timeout` ran out; both sides were reset.
+    DrainTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in index order.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Eof,
         CloseReason::IdleTimeout,
         CloseReason::Drained,
@@ -71,6 +74,7 @@ impl CloseReason {
         CloseReason::ConnectFailed,
         CloseReason::Rebalanced,
         CloseReason::Stopped,
+        CloseReason::DrainTimeout,
     ];
 
     /// The reason as logged and as a metric label.
@@ -84,6 +88,7 @@ impl CloseReason {
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::Rebalanced => "rebalanced",
             CloseReason::Stopped => "stopped",
+            CloseReason::DrainTimeout => "drain_timeout",
         }
     }
 }

@@ -54,7 +54,7 @@ impl BusyPoll {
         // keeper yields by waking a partner task that wakes it back: one pass of the runtime
         // (and its non-blocking reap) between, and no allocation per pass.
         let partner = Rc::new(Partner::default());
-        monoio::spawn(Rc::clone(&partner).serve());
+        crate::task::spawn(crate::task::TaskKind::Worker, Rc::clone(&partner).serve());
         let mut timers_run = Instant::now();
         loop {
             let passes = self.passes.get() + 1;

@@ -14,6 +14,7 @@ use config::ServiceEntry;
 use monoio::net::udp::UdpSocket;
 
 use super::UdpFrontend;
+use crate::fds::Fds;
 use crate::sys::with_socket;
 use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
 
@@ -24,6 +25,8 @@ pub(crate) struct FlowIo {
     pub(super) service: Arc<ServiceEntry>,
     /// Counts the flow as inactive on its backend (IPVS counts UDP as inactive).
     pub(super) _guard: ConnectionGuard,
+    /// The descriptor of its upstream socket, in the data plane's budget.
+    pub(super) _fds: Fds,
     /// What the decision log needs, kept only while the log is on.
     pub(super) trace: Option<Rc<FlowTrace>>,
 }

@@ -33,8 +33,11 @@ use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
 use crate::connect::{candidates, choose_traced, Choice};
+use crate::fds::{is_exhaustion, FdBudget};
 use crate::sys::with_socket;
+use crate::task::{self, TaskKind};
 use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
+use crate::throttle::Throttle;
 pub(crate) use busy::BusyPoll;
 pub(crate) use coalesce::Coalesce;
 use flow_io::{FlowIo, FlowTrace};
@@ -72,6 +75,12 @@ pub(crate) struct Udp {
     handed_over: Arc<HandedOver>,
     /// Every frontend socket this worker opened, until it is dropped (and closed).
     sockets: RefCell<Vec<std::rc::Weak<UdpFrontend>>>,
+    /// The data plane's share of the open-file limit: one descriptor per flow.
+    fds: Arc<FdBudget>,
+    /// New flows refused at a service's `max_flows`.
+    at_max_flows: Throttle,
+    /// New flows refused for want of descriptors.
+    no_descriptors: Throttle,
 }
 
 /// One UDP frontend socket of this worker.
@@ -134,6 +143,7 @@ impl Udp {
         wake: UdpWake,
         telemetry: Rc<WorkerTelemetry>,
         handed_over: Arc<HandedOver>,
+        fds: Arc<FdBudget>,
     ) -> Self {
         Self {
             flows: RefCell::new(FlowTable::new(seed)),
@@ -159,6 +169,9 @@ impl Udp {
             telemetry,
             handed_over,
             sockets: RefCell::new(Vec::new()),
+            fds,
+            at_max_flows: Throttle::default(),
+            no_descriptors: Throttle::default(),
         }
     }
 
@@ -203,7 +216,10 @@ impl Udp {
             closed: Cell::new(false),
             headers: RefCell::new(sock::RecvHeaders::new()),
         });
-        monoio::spawn(Rc::clone(self).frontend_loop(Rc::clone(&frontend), table));
+        task::spawn(
+            TaskKind::UdpFrontend,
+            Rc::clone(self).frontend_loop(Rc::clone(&frontend), table),
+        );
         let mut sockets = self.sockets.borrow_mut();
         sockets.retain(|s| s.strong_count() > 0);
         sockets.push(Rc::downgrade(&frontend));
@@ -501,8 +517,9 @@ impl Udp {
         let limit = u64::from(entry.service.max_flows);
         if counters.flows.fetch_add(1, Relaxed) >= limit {
             counters.flows.fetch_sub(1, Relaxed);
-            if counters.flows_refused.fetch_add(1, Relaxed) % 1024 == 0 {
-                tracing::warn!(service = %entry.service.name, max_flows = limit, "UDP flow limit reached: dropping datagrams of new flows");
+            counters.flows_refused.fetch_add(1, Relaxed);
+            if let Some(n) = self.at_max_flows.hit(now) {
+                tracing::warn!(service = %entry.service.name, max_flows = limit, refused = n, "UDP flow limit reached: dropping datagrams of new flows ({n} since the last warning)");
             }
             return;
         }
@@ -558,9 +575,17 @@ impl Udp {
             return unwind(true);
         };
         let backend = entry.backends[idx].address;
+        let Some(fds) = self.fds.take(1) else {
+            self.refuse_for_descriptors(&entry, now, None);
+            return unwind(false);
+        };
         let source = entry.service.preserve_client_ip.then_some(key.client);
         let upstream = match sock::upstream_socket(backend, source).and_then(UdpSocket::from_std) {
             Ok(s) => Rc::new(s),
+            Err(e) if is_exhaustion(&e) => {
+                self.refuse_for_descriptors(&entry, now, Some(&e));
+                return unwind(false);
+            }
             Err(e) => {
                 tracing::debug!(service = %entry.service.name, %backend, error = %e, "cannot open a UDP upstream socket");
                 return unwind(true);
@@ -598,6 +623,7 @@ impl Udp {
             upstream: Rc::clone(&upstream),
             frontend: Rc::clone(frontend),
             _guard: entry.states[idx].udp_flow(),
+            _fds: fds,
             service: Arc::clone(&entry),
             trace,
         };
@@ -605,13 +631,30 @@ impl Udp {
         self.alarm
             .wake_if_before(monoio::time::Instant::from_std(now + idle));
         let source = frontend.wildcard.then_some(key.local.ip());
-        monoio::spawn(Rc::clone(self).replies(
-            id,
-            upstream,
-            Rc::clone(frontend),
-            key.client,
-            source,
-        ));
+        task::spawn(
+            TaskKind::UdpFlow,
+            Rc::clone(self).replies(id, upstream, Rc::clone(frontend), key.client, source),
+        );
+    }
+
+    /// Counts a flow refused for want of a descriptor for its upstream socket (the budget is
+    /// used up, or `error`: the process or the system is out of them), and warns at most every
+    /// few seconds with the count since the last warning.
+    fn refuse_for_descriptors(
+        &self,
+        entry: &ServiceEntry,
+        now: Instant,
+        error: Option<&io::Error>,
+    ) {
+        entry.counters.flows_no_descriptors.fetch_add(1, Relaxed);
+        self.fds.count_refused_udp();
+        if let Some(n) = self.no_descriptors.hit(now) {
+            let error = error.map(ToString::to_string);
+            tracing::warn!(
+                service = %entry.service.name, refused = n, budget = self.fds.cap(), error,
+                "out of descriptors: new UDP flows are refused ({n} since the last warning); raise the open-file limit (ulimit -n, LimitNOFILE) or lower max_flows"
+            );
+        }
     }
 
     /// Relays a flow's backend datagrams to its client until the flow ends.
