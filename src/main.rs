@@ -3,6 +3,7 @@
 //! Protocol logic lives in `proxy-core`; scheduling in `balancers`; parsing in `config`.
 
 mod admin;
+mod check;
 mod cli;
 mod decisions;
 mod demo;
@@ -26,7 +27,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             node_addresses,
-        } => return serve::check(&config, &node_addresses),
+        } => return check::check(&config, &node_addresses),
         Command::Demo(args) => demo::run(args),
     };
     match result {
