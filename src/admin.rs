@@ -198,7 +198,7 @@ const GRACE: Duration = Duration::from_secs(2);
 /// At most this many admin connections at once; more are closed at accept, so that scrapers
 /// cannot take file descriptors the data plane needs.
 const MAX_CONNECTIONS: usize = 128;
-/// How long `/udp/flows` waits for a busy worker to list its flows.
+/// How long `/udp/flows` waits for busy workers to list their flows.
 const FLOW_LIST_WAIT: Duration = Duration::from_secs(1);
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -294,8 +294,8 @@ async fn serve(
         }
         let state = Arc::clone(&state);
         let service = hyper::service::service_fn(move |req| {
-            let response = respond(&state, &req);
-            async move { Ok::<_, Infallible>(response) }
+            let state = Arc::clone(&state);
+            async move { Ok::<_, Infallible>(respond(&state, req).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -329,7 +329,8 @@ const INDEX: &str = "ringlb admin API (GET; POST only where said)
 
 /// Routes one request. Unknown paths get 404 whatever the method; known ones 405 for a
 /// method they do not take (hyper leaves the body out of HEAD answers).
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let req = &req;
     let path = req.uri().path();
     let allow = match path {
         "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics" | "/udp/flows" => {
@@ -383,11 +384,11 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
         ),
         "/decision-log" => decision_log(state, req),
         "/udp/flows" => {
-            let flows = state
-                .data_plane
-                .get()
-                .map(|dp| dp.flows.udp(FLOW_LIST_WAIT))
-                .unwrap_or_default();
+            let mut flows = Vec::new();
+            if let Some(dp) = state.data_plane.get() {
+                // A worker that has not answered by then is left out; the others are listed.
+                let _ = tokio::time::timeout(FLOW_LIST_WAIT, dp.flows.udp(&mut flows)).await;
+            }
             json(&UdpFlowsView::new(state.phase() == Phase::Draining, &flows))
         }
         _ => text(StatusCode::OK, INDEX.into()),

@@ -66,7 +66,7 @@ pub(crate) enum Command {
         applied: mpsc::Sender<()>,
     },
     /// List this worker's live UDP flows.
-    UdpFlows(mpsc::Sender<Vec<UdpFlowInfo>>),
+    UdpFlows(flume::Sender<Vec<UdpFlowInfo>>),
 }
 
 /// One frontend's socket on this worker.
