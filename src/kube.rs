@@ -14,7 +14,8 @@ use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::{NodePortAddress, RunArgs};
-use crate::healthcheck::{HealthChecks, NodeHealth};
+use crate::control::Plane;
+use crate::healthcheck::{HealthChecks, NodeHealth, NodeServer};
 use crate::serve::{announce_line, Control};
 
 /// How often ringlb says it is still waiting for the API at start.
@@ -32,6 +33,8 @@ pub struct Kube {
     steering: Option<RefCell<OwnedTable>>,
     /// The `healthCheckNodePort` servers.
     health: RefCell<HealthChecks>,
+    /// The node health server (`--healthz-bind-address`), stopped with the watch.
+    _node_server: Option<NodeServer>,
     /// Whether the last change is in effect (`/healthz`, `serviceProxyHealthy`).
     node_health: Arc<NodeHealth>,
 }
@@ -51,8 +54,8 @@ impl Drop for OwnedTable {
 impl Kube {
     /// Connects to the API with the flags of `args`, waits until Services, EndpointSlices and
     /// the Node have been listed once (as kube-proxy waits for its caches), and returns the
-    /// watch with the first model.
-    pub fn start(args: &RunArgs) -> anyhow::Result<(Kube, Config)> {
+    /// watch with the first model. Its health ports run on the control runtime of `plane`.
+    pub fn start(args: &RunArgs, plane: &Plane) -> anyhow::Result<(Kube, Config)> {
         let node_name = match args
             .node_name
             .clone()
@@ -106,13 +109,12 @@ impl Kube {
             "Kubernetes API listed"
         );
         let node_health = Arc::new(NodeHealth::new(watch.node_eligibility()));
-        if let Some(addr) = args.healthz_bind_address {
-            // Not fatal: a node health port in use must not keep Services down.
-            match crate::healthcheck::serve_node(addr, Arc::clone(&node_health)) {
-                Ok(local) => announce_line(&format!("healthz addr={local}")),
-                Err(e) => tracing::error!(%addr, error = %e, "cannot serve the node /healthz"),
-            }
-        }
+        // Not fatal: a node health port in use must not keep Services down.
+        let node_server = args.healthz_bind_address.map(|addr| {
+            let mut server = NodeServer::new(addr, Arc::clone(&node_health), plane.clone());
+            server.ensure();
+            server
+        });
         if args.nftables && args.cluster_cidr.is_empty() {
             tracing::warn!("--nftables without --cluster-cidr: ringlb cannot tell this node's pods from outside clients, so a pod reaching the load balancer IP, external IP or node port of an externalTrafficPolicy: Local Service on a node without a local endpoint is dropped, where the Kubernetes service-proxy spec wants it served (kube-proxy short-circuits it to any endpoint); give the pods' ranges with --cluster-cidr");
         }
@@ -131,7 +133,9 @@ impl Kube {
             health: RefCell::new(HealthChecks::new(
                 node_name.clone(),
                 Arc::clone(&node_health),
+                plane.clone(),
             )),
+            _node_server: node_server,
             node_health,
         };
         let config = kube.served(&snapshot.resolved.config);

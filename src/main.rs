@@ -5,9 +5,11 @@
 mod admin;
 mod check;
 mod cli;
+mod control;
 mod decisions;
 mod demo;
 mod healthcheck;
+mod http;
 mod kube;
 mod serve;
 mod takeover;

@@ -15,19 +15,22 @@ use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::admin::{self, AdminBind, AdminServer, AdminState, DataPlane};
+use crate::admin::{self, AdminBind, AdminState, DataPlane};
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
+use crate::control::ControlRuntime;
 use crate::decisions::{self, DecisionWriter};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.kubernetes {
-        let (kube, config) = crate::kube::Kube::start(&args)?;
+        // Before the watch: it starts the node health server on the control runtime.
+        let control = start_control()?;
+        let (kube, config) = crate::kube::Kube::start(&args, control.plane())?;
         let admin = admin_bind(&args, None);
         return serve_with(
             config,
-            None,
-            Some(&kube),
+            Changes::Kube(&kube),
+            &control,
             &args.reload,
             &args.data_plane,
             admin,
@@ -111,6 +114,19 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     Ok(Config {
         services: vec![service],
     })
+}
+
+fn start_control() -> anyhow::Result<ControlRuntime> {
+    ControlRuntime::start().context("cannot start the control thread")
+}
+
+/// Where changes to the served config come from.
+#[derive(Clone, Copy)]
+enum Changes<'a> {
+    /// A file (reloads) or nothing (command-line flags).
+    File(Option<Source<'a>>),
+    /// The Kubernetes watch.
+    Kube(&'a crate::kube::Kube),
 }
 
 /// Where a config comes from, for reloads.
@@ -203,19 +219,25 @@ pub fn serve(
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
-    serve_with(config, source, None, reload, dp, admin, on_ready)
+    let control = start_control()?;
+    let changes = Changes::File(source);
+    serve_with(config, changes, &control, reload, dp, admin, on_ready)
 }
 
-/// [`serve`], with the Kubernetes watch as a source of changes when `kube` is given.
+/// [`serve`], with its changes from `changes` and its HTTP ports on `control`.
 fn serve_with(
     mut config: Config,
-    source: Option<Source<'_>>,
-    kube: Option<&crate::kube::Kube>,
+    changes: Changes<'_>,
+    control: &ControlRuntime,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
+    let (source, kube) = match changes {
+        Changes::File(source) => (source, None),
+        Changes::Kube(kube) => (None, Some(kube)),
+    };
     match proxy_core::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
@@ -290,9 +312,10 @@ fn serve_with(
     }
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
-    let admin_state = Arc::new(AdminState::new(Arc::clone(&table)));
+    let plane = control.plane();
+    let admin_state = Arc::new(AdminState::new(Arc::clone(&table), plane));
     let admin_server = admin_listener
-        .map(|listener| AdminServer::start(listener, Arc::clone(&admin_state)))
+        .map(|listener| admin::start(plane, listener, Arc::clone(&admin_state)))
         .transpose()?;
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
     if let Some(kube) = kube {
