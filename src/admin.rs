@@ -2,7 +2,8 @@
 //!
 //! It is served on the control runtime by the bounded server of [`crate::http`] (its limits:
 //! [`Limits::ADMIN`]). Every answer is computed from the live [`Table`], the control plane's own
-//! [`Telemetry`] and the data plane's per-worker telemetry when it is asked for; nothing here touches a data-plane socket or adds work to the data plane, and
+//! [`Telemetry`], the [`Readiness`] problems and the data plane's per-worker telemetry when it
+//! is asked for; nothing here touches a data-plane socket or adds work to the data plane, and
 //! nothing blocks the control thread (`/udp/flows` bounds its wait for the workers). `GET` (and
 //! `HEAD`) are served everywhere; the one `POST` switches the decision log.
 
@@ -31,6 +32,7 @@ use self::views::{ConfigView, StatsView};
 use crate::control::Plane;
 use crate::decisions::DecisionLogControl;
 use crate::http::{Body, HttpServer, Limits, ServerKind, Spec};
+use crate::readiness::Readiness;
 
 /// Where the admin API is to listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,11 +126,14 @@ pub struct DataPlane {
     pub flows: proxy_core::FlowList,
 }
 
-/// What the admin API reads: the live table, the phase and the control plane's counters.
+/// What the admin API reads: the live table, the phase, what keeps the process from being
+/// ready and the control plane's counters.
 #[derive(Debug)]
 pub struct AdminState {
     table: Arc<ArcSwap<Table>>,
     phase: AtomicU8,
+    /// Problems that make `/readyz` answer 503 although the process serves; anyone may report.
+    pub readiness: Arc<Readiness>,
     /// Reloads and table swaps.
     pub telemetry: Telemetry,
     /// The HTTP ports' counters.
@@ -138,14 +143,15 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// State for the data plane reading `table`, not ready yet, with the HTTP counters of
-    /// `plane`.
+    /// State for the data plane reading `table`, not ready yet, reading the readiness
+    /// problems and HTTP counters of `plane`.
     pub fn new(table: Arc<ArcSwap<Table>>, plane: &Plane) -> AdminState {
         let telemetry = Telemetry::default();
         telemetry.table_published(table.load().version());
         AdminState {
             table,
             phase: AtomicU8::new(Phase::Starting as u8),
+            readiness: Arc::clone(&plane.readiness),
             telemetry,
             http: Arc::clone(&plane.http),
             data_plane: OnceLock::new(),
@@ -185,10 +191,19 @@ impl AdminState {
         }
     }
 
-    /// `/readyz`: 200 while serving, else 503 and why.
+    /// `/readyz`: 200 only while serving with no problem reported; else 503 and why.
     fn readyz(&self) -> Response<Body> {
         match self.phase() {
-            Phase::Ready => text(StatusCode::OK, "ready\n".into()),
+            Phase::Ready => {
+                let problems = self.readiness.problems();
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n".into())
+                } else {
+                    let mut body = problems.join("\n");
+                    body.push('\n');
+                    text(StatusCode::SERVICE_UNAVAILABLE, body)
+                }
+            }
             Phase::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
             Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         }
@@ -220,7 +235,7 @@ pub fn start(
 /// What each path serves, for `/` and for 404s.
 const INDEX: &str = "ringlb admin API (GET; POST only where said)
   /healthz        200 while the process runs
-  /readyz         200 once listeners are bound, 503 before and while draining
+  /readyz         200 once listeners are bound and nothing is wrong; else 503 and why
   /config         the live table as JSON
   /stats          counters per service and backend: JSON, or ?format=text for a table
   /metrics        Prometheus text exposition

@@ -13,11 +13,15 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::readiness::Readiness;
+
 /// What a control-plane task needs: where to run and where to report.
 #[derive(Clone, Debug)]
 pub struct Plane {
     /// The control runtime, to spawn tasks on and to enter for socket conversions.
     pub handle: Handle,
+    /// What `/readyz` reports.
+    pub readiness: Arc<Readiness>,
     /// The counters of the HTTP servers, for `/metrics`.
     pub http: Arc<crate::http::Telemetry>,
 }
@@ -49,6 +53,7 @@ impl ControlRuntime {
         Ok(ControlRuntime {
             plane: Plane {
                 handle,
+                readiness: Arc::default(),
                 http: Arc::default(),
             },
             stop: Some(stop),
@@ -56,7 +61,7 @@ impl ControlRuntime {
         })
     }
 
-    /// The runtime's handle and the shared counters.
+    /// The runtime's handle and the shared registries.
     pub fn plane(&self) -> &Plane {
         &self.plane
     }

@@ -8,7 +8,7 @@
 //! keep-alive connection's next request), a cap on concurrent connections per port that sheds
 //! the one idle the longest ([`slots`]), a cap on requests per connection, and an accept loop
 //! that backs off and never gives up ([`accept`]). Each port counts its connections
-//! ([`Telemetry`]).
+//! ([`Telemetry`]) and reports accepts that keep failing to [`Readiness`].
 //!
 //! It never parses HTTP itself and never blocks the control thread: a handler is a future, and
 //! one that waits for something bounds its own wait.
@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use self::accept::{is_resource_error, Backoff, WarnLimit};
 use self::slots::{Admit, Slots};
 use crate::control::Plane;
+use crate::readiness::Readiness;
 
 /// A whole response body.
 pub type Body = Full<Bytes>;
@@ -180,7 +181,7 @@ impl Telemetry {
 pub struct Spec {
     /// For its counters.
     pub kind: ServerKind,
-    /// Names it in logs (`healthz 0.0.0.0:10256`).
+    /// Names it in logs and in its readiness problems (`healthz 0.0.0.0:10256`).
     pub name: String,
     /// What it tolerates.
     pub limits: Limits,
@@ -211,9 +212,11 @@ impl HttpServer {
         };
         plane.http.of(spec.kind).started.store(true, Relaxed);
         let port = Arc::new(Port {
+            accept_problem: format!("{} accept", spec.name),
             slots: Mutex::new(Slots::new(spec.limits.max_connections)),
             spec,
             telemetry: Arc::clone(&plane.http),
+            readiness: Arc::clone(&plane.readiness),
             handler,
             force: CancellationToken::new(),
         });
@@ -248,7 +251,10 @@ impl Drop for HttpServer {
 /// What every connection of one port shares.
 struct Port {
     spec: Spec,
+    /// The readiness key of accepts that keep failing.
+    accept_problem: String,
     telemetry: Arc<Telemetry>,
+    readiness: Arc<Readiness>,
     handler: Handler,
     /// The open connections, each with the token that closes it.
     slots: Mutex<Slots<CancellationToken>>,
@@ -293,6 +299,7 @@ async fn serve(
         match accepted {
             Ok((stream, _)) => {
                 if backoff.succeeded() {
+                    port.readiness.clear(&port.accept_problem);
                     tracing::info!(server = %port.spec.name, "accepting again");
                 }
                 next_id += 1;
@@ -309,6 +316,10 @@ async fn serve(
                     continue;
                 }
                 let wait = backoff.failed();
+                port.readiness.set(
+                    port.accept_problem.clone(),
+                    format!("failing ({e}); retrying with backoff"),
+                );
                 if let Some(failures) = warn.failed(Instant::now()) {
                     tracing::warn!(server = %port.spec.name, error = %e, failures, "accept failed; backing off");
                 }
@@ -320,6 +331,7 @@ async fn serve(
         }
     }
     drop(listener);
+    port.readiness.clear(&port.accept_problem);
     if tokio::time::timeout(GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -33,8 +33,8 @@ pub struct Kube {
     steering: Option<RefCell<OwnedTable>>,
     /// The `healthCheckNodePort` servers.
     health: RefCell<HealthChecks>,
-    /// The node health server (`--healthz-bind-address`), stopped with the watch.
-    _node_server: Option<NodeServer>,
+    /// The node health server (`--healthz-bind-address`).
+    node_server: Option<RefCell<NodeServer>>,
     /// Whether the last change is in effect (`/healthz`, `serviceProxyHealthy`).
     node_health: Arc<NodeHealth>,
 }
@@ -109,11 +109,11 @@ impl Kube {
             "Kubernetes API listed"
         );
         let node_health = Arc::new(NodeHealth::new(watch.node_eligibility()));
-        // Not fatal: a node health port in use must not keep Services down.
+        // Not fatal: a node health port in use must not keep Services down (see `ensure`).
         let node_server = args.healthz_bind_address.map(|addr| {
             let mut server = NodeServer::new(addr, Arc::clone(&node_health), plane.clone());
             server.ensure();
-            server
+            RefCell::new(server)
         });
         if args.nftables && args.cluster_cidr.is_empty() {
             tracing::warn!("--nftables without --cluster-cidr: ringlb cannot tell this node's pods from outside clients, so a pod reaching the load balancer IP, external IP or node port of an externalTrafficPolicy: Local Service on a node without a local endpoint is dropped, where the Kubernetes service-proxy spec wants it served (kube-proxy short-circuits it to any endpoint); give the pods' ranges with --cluster-cidr");
@@ -135,7 +135,7 @@ impl Kube {
                 Arc::clone(&node_health),
                 plane.clone(),
             )),
-            _node_server: node_server,
+            node_server,
             node_health,
         };
         let config = kube.served(&snapshot.resolved.config);
@@ -229,13 +229,22 @@ impl Kube {
         let Some(snapshot) = self.watch.latest() else {
             return Ok(());
         };
-        self.health.borrow_mut().sync(&snapshot.resolved);
+        self.sync_health(&snapshot.resolved);
         self.steer(proxy, &snapshot)
             .context("cannot program the nftables tables (needs CAP_NET_ADMIN and nft)")
     }
 
+    /// The health ports for `resolved`: its `healthCheckNodePort`s, and the node health server
+    /// if it could not be bound so far.
+    fn sync_health(&self, resolved: &Resolved) {
+        self.health.borrow_mut().sync(resolved);
+        if let Some(server) = &self.node_server {
+            server.borrow_mut().ensure();
+        }
+    }
+
     fn log_steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
-        self.health.borrow_mut().sync(&snapshot.resolved);
+        self.sync_health(&snapshot.resolved);
         match self.steer(proxy, snapshot) {
             Ok(()) => self.node_health.updated(),
             Err(e) => {

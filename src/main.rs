@@ -11,6 +11,7 @@ mod demo;
 mod healthcheck;
 mod http;
 mod kube;
+mod readiness;
 mod serve;
 mod takeover;
 

@@ -3,9 +3,10 @@
 //! with [`Limits::HEALTH`].
 //!
 //! A port that cannot be bound does not stop ringlb (Services must not go down for it): it is
-//! logged, and a `healthCheckNodePort` is tried again at the next sync.
+//! logged, reported to [`crate::readiness::Readiness`] (so `/readyz` says so) and tried again
+//! at the next sync, and the problem is cleared once it binds or is no longer wanted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,8 @@ pub struct NodeServer {
     health: Arc<NodeHealth>,
     plane: Plane,
     running: Option<HttpServer>,
+    /// The last bind failed (logged once).
+    failing: bool,
 }
 
 impl NodeServer {
@@ -33,11 +36,12 @@ impl NodeServer {
             health,
             plane,
             running: None,
+            failing: false,
         }
     }
 
     /// Serves the port unless it does already. Bound, it prints `healthz addr=ADDR`; not, the
-    /// problem is logged.
+    /// problem is logged (once) and reported to readiness until a later call binds it.
     pub fn ensure(&mut self) {
         if self.running.is_some() {
             return;
@@ -53,11 +57,17 @@ impl NodeServer {
             .and_then(|l| HttpServer::start(&self.plane, l, spec, handler))
         {
             Ok(server) => {
+                self.plane.readiness.clear(&name);
+                self.failing = false;
                 announce_line(&format!("healthz addr={}", server.local_addr()));
                 self.running = Some(server);
             }
             Err(e) => {
-                tracing::error!(addr = %self.addr, error = %e, "cannot serve the node /healthz");
+                let problem = format!("cannot listen: {e}");
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(addr = %self.addr, error = %e, "cannot serve the node /healthz; trying again at the next change from the API");
+                }
+                self.plane.readiness.set(name, problem);
             }
         }
     }
@@ -78,6 +88,13 @@ pub struct HealthChecks {
     health: Arc<NodeHealth>,
     plane: Plane,
     servers: HashMap<u16, Served>,
+    /// Wanted ports that could not be bound.
+    failing: BTreeSet<u16>,
+}
+
+/// The readiness key (and log name) of `healthCheckNodePort` `port`.
+fn port_name(port: u16) -> String {
+    format!("healthCheckNodePort {port}")
 }
 
 impl HealthChecks {
@@ -89,14 +106,24 @@ impl HealthChecks {
             health,
             plane,
             servers: HashMap::new(),
+            failing: BTreeSet::new(),
         }
     }
 
     /// Serves exactly the `healthCheckNodePort`s of `resolved`, with their current counts. A
-    /// port that cannot be bound is logged and tried again at the next change.
+    /// port that cannot be bound is logged, reported to readiness and tried again at the next
+    /// change.
     pub fn sync(&mut self, resolved: &Resolved) {
         let wanted = wanted(resolved, &self.node);
         self.servers.retain(|port, _| wanted.contains_key(port));
+        let readiness = &self.plane.readiness;
+        self.failing.retain(|port| {
+            let keep = wanted.contains_key(port);
+            if !keep {
+                readiness.clear(&port_name(*port));
+            }
+            keep
+        });
         for (port, health) in wanted {
             if let Some(served) = self.servers.get(&port) {
                 *served.health.lock().expect("health lock") = health;
@@ -108,16 +135,20 @@ impl HealthChecks {
 
     fn start(&mut self, port: u16, health: Health) {
         let service = format!("{}/{}", health.namespace, health.name);
+        let name = port_name(port);
         let health = Arc::new(Mutex::new(health));
         let spec = Spec {
             kind: ServerKind::HealthCheckNodePort,
-            name: format!("healthCheckNodePort {port}"),
+            name: name.clone(),
             limits: Limits::HEALTH,
         };
         let handler = service_handler(Arc::clone(&health), Arc::clone(&self.health));
         match any_address(port).and_then(|l| HttpServer::start(&self.plane, l, spec, handler)) {
             Ok(server) => {
                 tracing::info!(%service, port, "serving healthCheckNodePort");
+                if self.failing.remove(&port) {
+                    self.plane.readiness.clear(&name);
+                }
                 let served = Served {
                     health,
                     _server: server,
@@ -125,7 +156,11 @@ impl HealthChecks {
                 self.servers.insert(port, served);
             }
             Err(e) => {
-                tracing::error!(%service, port, error = %e, "cannot serve healthCheckNodePort")
+                if self.failing.insert(port) {
+                    tracing::error!(%service, port, error = %e, "cannot serve healthCheckNodePort; trying again at the next change");
+                }
+                let problem = format!("{service}: cannot listen: {e}");
+                self.plane.readiness.set(name, problem);
             }
         }
     }
@@ -163,6 +198,7 @@ impl std::fmt::Debug for HealthChecks {
         f.debug_struct("HealthChecks")
             .field("node", &self.node)
             .field("ports", &self.servers.keys().collect::<Vec<_>>())
+            .field("failing", &self.failing)
             .finish()
     }
 }
