@@ -1,22 +1,21 @@
 //! The admin HTTP API: `/healthz`, `/readyz`, `/config`, `/stats` and `/metrics`.
 //!
-//! It runs on the control plane: one thread (`ringlb-admin`) with a current-thread tokio
-//! runtime serving HTTP/1.1 through hyper. Every answer is computed from the live [`Table`],
-//! the control plane's own [`Telemetry`] and the data plane's per-worker telemetry when it is
-//! asked for; nothing here touches a data-plane socket or adds work to the data plane. `GET`
-//! (and `HEAD`) are served everywhere; the one `POST` switches the decision log.
+//! It is served on the control runtime by the bounded server of [`crate::http`] (its limits:
+//! [`Limits::ADMIN`]). Every answer is computed from the live [`Table`], the control plane's own
+//! [`Telemetry`], the [`Readiness`] problems and the data plane's per-worker telemetry when it
+//! is asked for; nothing here touches a data-plane socket or adds work to the data plane, and
+//! nothing blocks the control thread (`/udp/flows` bounds its wait for the workers). `GET` (and
+//! `HEAD`) are served everywhere; the one `POST` switches the decision log.
 
 mod dataplane;
 mod exposition;
 mod views;
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -26,14 +25,14 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::oneshot;
 
 use self::exposition::TableSeries;
 pub use self::views::UdpFlowsView;
 use self::views::{ConfigView, StatsView};
+use crate::control::Plane;
 use crate::decisions::DecisionLogControl;
+use crate::http::{Body, HttpServer, Limits, ServerKind, Spec};
+use crate::readiness::Readiness;
 
 /// Where the admin API is to listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,26 +130,34 @@ pub struct DataPlane {
     pub panics: Arc<proxy_core::Panics>,
 }
 
-/// What the admin API reads: the live table, the phase and the control plane's counters.
+/// What the admin API reads: the live table, the phase, what keeps the process from being
+/// ready and the control plane's counters.
 #[derive(Debug)]
 pub struct AdminState {
     table: Arc<ArcSwap<Table>>,
     phase: AtomicU8,
+    /// Problems that make `/readyz` answer 503 although the process serves; anyone may report.
+    pub readiness: Arc<Readiness>,
     /// Reloads and table swaps.
     pub telemetry: Telemetry,
+    /// The HTTP ports' counters.
+    http: Arc<crate::http::Telemetry>,
     /// Set once the workers run.
     data_plane: OnceLock<DataPlane>,
 }
 
 impl AdminState {
-    /// State for the data plane reading `table`, not ready yet.
-    pub fn new(table: Arc<ArcSwap<Table>>) -> AdminState {
+    /// State for the data plane reading `table`, not ready yet, reading the readiness
+    /// problems and HTTP counters of `plane`.
+    pub fn new(table: Arc<ArcSwap<Table>>, plane: &Plane) -> AdminState {
         let telemetry = Telemetry::default();
         telemetry.table_published(table.load().version());
         AdminState {
             table,
             phase: AtomicU8::new(Phase::Starting as u8),
+            readiness: Arc::clone(&plane.readiness),
             telemetry,
+            http: Arc::clone(&plane.http),
             data_plane: OnceLock::new(),
         }
     }
@@ -181,148 +188,58 @@ impl AdminState {
     /// The `/metrics` exposition now.
     pub fn metrics(&self) -> String {
         let table = self.table.load();
+        let http = &*self.http;
         match self.data_plane.get() {
-            Some(dp) => exposition::render(&table, &[&TableSeries, &self.telemetry, dp]),
-            None => exposition::render(&table, &[&TableSeries, &self.telemetry]),
+            Some(dp) => exposition::render(&table, &[&TableSeries, &self.telemetry, http, dp]),
+            None => exposition::render(&table, &[&TableSeries, &self.telemetry, http]),
         }
     }
-}
 
-/// The running admin server; stopping it (or dropping it) lets requests in flight finish for
-/// up to [`GRACE`].
-#[derive(Debug)]
-pub struct AdminServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// How long requests in flight may take to finish once the server stops.
-const GRACE: Duration = Duration::from_secs(2);
-/// At most this many admin connections at once; more are closed at accept, so that scrapers
-/// cannot take file descriptors the data plane needs.
-const MAX_CONNECTIONS: usize = 128;
-/// How long `/udp/flows` waits for a busy worker to list its flows.
-const FLOW_LIST_WAIT: Duration = Duration::from_secs(1);
-/// A client has this long to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl AdminServer {
-    /// Serves `listener` (from [`bind`]) on its own thread.
-    pub fn start(
-        listener: std::net::TcpListener,
-        state: Arc<AdminState>,
-    ) -> anyhow::Result<AdminServer> {
-        let addr = listener.local_addr().context("admin listener address")?;
-        listener
-            .set_nonblocking(true)
-            .context("admin listener: set non-blocking")?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .context("cannot start the admin API's runtime")?;
-        let listener = {
-            let _entered = runtime.enter();
-            tokio::net::TcpListener::from_std(listener).context("admin listener")?
-        };
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("ringlb-admin".into())
-            .spawn(move || runtime.block_on(serve(listener, state, stop_rx)))
-            .context("cannot start the admin thread")?;
-        Ok(AdminServer {
-            addr,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// The address bound (port 0 resolved).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting, lets requests in flight finish (up to [`GRACE`]) and joins the thread.
-    pub fn stop(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-/// The accept loop, until `stop` fires or its sender is dropped.
-///
-/// # Cancel safety
-///
-/// Runs to completion on its own runtime; nothing races its reads. Losing the `accept` branch
-/// to `stop` drops at most a connection the kernel accepted in that instant.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<AdminState>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let graceful = GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors or buffers: back off rather than spin.
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+    /// `/readyz`: 200 only while serving with no problem reported; else 503 and why.
+    fn readyz(&self) -> Response<Body> {
+        match self.phase() {
+            Phase::Ready => {
+                let problems = self.readiness.problems();
+                if problems.is_empty() {
+                    text(StatusCode::OK, "ready\n".into())
+                } else {
+                    let mut body = problems.join("\n");
+                    body.push('\n');
+                    text(StatusCode::SERVICE_UNAVAILABLE, body)
                 }
-            },
-        };
-        if graceful.count() >= MAX_CONNECTIONS {
-            tracing::debug!("admin connection refused: {MAX_CONNECTIONS} already open");
-            continue;
-        }
-        let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| {
-            let response = respond(&state, &req);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("admin requests still in flight at shutdown; dropping them");
+            Phase::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
+            Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        }
     }
 }
 
-type Body = Full<Bytes>;
+/// How long `/udp/flows` waits for busy workers to list their flows.
+const FLOW_LIST_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves `listener` (from [`bind`]) on the control runtime of `plane`.
+pub fn start(
+    plane: &Plane,
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+) -> anyhow::Result<HttpServer> {
+    let addr = listener.local_addr().context("admin listener address")?;
+    let spec = Spec {
+        kind: ServerKind::Admin,
+        name: format!("admin {addr}"),
+        limits: Limits::ADMIN,
+    };
+    let handler: crate::http::Handler = Arc::new(move |req| {
+        let state = Arc::clone(&state);
+        Box::pin(async move { respond(&state, req).await })
+    });
+    HttpServer::start(plane, listener, spec, handler).context("cannot serve the admin API")
+}
 
 /// What each path serves, for `/` and for 404s.
 const INDEX: &str = "ringlb admin API (GET; POST only where said)
   /healthz        200 while the process runs
-  /readyz         200 once listeners are bound, 503 before and while draining
+  /readyz         200 once listeners are bound and nothing is wrong; else 503 and why
   /config         the live table as JSON
   /stats          counters per service and backend: JSON, or ?format=text for a table
   /metrics        Prometheus text exposition
@@ -333,7 +250,8 @@ const INDEX: &str = "ringlb admin API (GET; POST only where said)
 
 /// Routes one request. Unknown paths get 404 whatever the method; known ones 405 for a
 /// method they do not take (hyper leaves the body out of HEAD answers).
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
+async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    let req = &req;
     let path = req.uri().path();
     let allow = match path {
         "/" | "/healthz" | "/readyz" | "/config" | "/stats" | "/metrics" | "/udp/flows" => {
@@ -363,11 +281,7 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match state.phase() {
-            Phase::Ready => text(StatusCode::OK, "ready\n".into()),
-            Phase::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n".into()),
-            Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
-        },
+        "/readyz" => state.readyz(),
         "/config" => json(&ConfigView::new(&state.table.load())),
         "/stats" => match query_param(req, "format") {
             None | Some("json") => json(&StatsView::new(&state.table.load())),
@@ -387,11 +301,11 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Body> {
         ),
         "/decision-log" => decision_log(state, req),
         "/udp/flows" => {
-            let flows = state
-                .data_plane
-                .get()
-                .map(|dp| dp.flows.udp(FLOW_LIST_WAIT))
-                .unwrap_or_default();
+            let mut flows = Vec::new();
+            if let Some(dp) = state.data_plane.get() {
+                // A worker that has not answered by then is left out; the others are listed.
+                let _ = tokio::time::timeout(FLOW_LIST_WAIT, dp.flows.udp(&mut flows)).await;
+            }
             json(&UdpFlowsView::new(state.phase() == Phase::Draining, &flows))
         }
         _ => text(StatusCode::OK, INDEX.into()),

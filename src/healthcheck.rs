@@ -11,22 +11,26 @@
 //! deleted, or tainted `ToBeDeletedByClusterAutoscaler`: KEP-3836), so cloud load balancers
 //! drain a node before it goes. Bodies as kube-proxy's; times in RFC 3339.
 //!
-//! One small blocking thread per port: these are probed every few seconds by a load
-//! balancer, never on the data path.
+//! This file holds the answers; [`ports`] starts and stops the ports. Every port is served by
+//! hyper through [`crate::http`] (bounded head, deadline, connection cap with shedding:
+//! [`crate::http::Limits::HEALTH`]) on the control runtime: nothing here parses HTTP, so no
+//! fuzz target is needed. A port answers one request per connection and closes it
+//! (`Connection: close`), as ringlb always has.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+mod ports;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use config::k8s::Resolved;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use hyper::{Response, StatusCode};
 
-/// How long a prober may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Request head lines read at most.
-const MAX_HEADER_LINES: usize = 100;
+pub use self::ports::{HealthChecks, NodeServer};
+use crate::http::{Body, Handler};
 
 /// Whether this node's proxy is up to date, shared by the servers here.
 #[derive(Debug)]
@@ -98,68 +102,6 @@ impl NodeHealth {
     }
 }
 
-/// Starts the node health server on `addr`; it runs until the process ends.
-pub fn serve_node(addr: SocketAddr, health: Arc<NodeHealth>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("ringlb-healthz".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let health = Arc::clone(&health);
-                std::thread::spawn(move || {
-                    let path = read_head(&conn);
-                    let (status, body) = match path.as_str() {
-                        "/healthz" => health.response(true),
-                        "/livez" => health.response(false),
-                        _ => (404, "404 page not found\n".to_owned()),
-                    };
-                    write_response(&conn, status, &[], &body);
-                });
-            }
-        })?;
-    Ok(local)
-}
-
-/// Reads a request head (bounded) and returns its path.
-fn read_head(conn: &TcpStream) -> String {
-    let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
-    let mut reader = BufReader::new(conn);
-    let mut path = String::new();
-    for i in 0..MAX_HEADER_LINES {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(n) if n > 2 => {}
-            _ => break,
-        }
-        if i == 0 {
-            let target = line.split_whitespace().nth(1).unwrap_or("/");
-            path = target.split('?').next().unwrap_or("/").to_owned();
-        }
-    }
-    path
-}
-
-fn write_response(mut conn: &TcpStream, status: u16, headers: &[(&str, String)], body: &str) {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        _ => "Service Unavailable",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let _ = write!(
-        conn,
-        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-}
-
 /// What one port reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Health {
@@ -226,146 +168,43 @@ fn wanted(resolved: &Resolved, node: &str) -> BTreeMap<u16, Health> {
         .collect()
 }
 
-struct Server {
-    health: Arc<Mutex<Health>>,
-    stop: Arc<AtomicBool>,
-    addr: SocketAddr,
+/// kube-proxy's header for the endpoints a `healthCheckNodePort` reports.
+const WEIGHT: HeaderName = HeaderName::from_static("x-load-balancing-endpoint-weight");
+
+/// A response as kube-proxy writes it: JSON type, `nosniff`, and the endpoint weight when
+/// given.
+fn reply(status: u16, weight: Option<usize>, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = StatusCode::from_u16(status).expect("a valid status");
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Some(weight) = weight {
+        headers.insert(WEIGHT, HeaderValue::from(weight));
+    }
+    response
 }
 
-impl Server {
-    fn start(port: u16, health: Health, node: Arc<NodeHealth>) -> std::io::Result<Server> {
-        let listener = any_address(port)?;
-        let addr = listener.local_addr()?;
-        let health = Arc::new(Mutex::new(health));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (h, s) = (Arc::clone(&health), Arc::clone(&stop));
-        std::thread::Builder::new()
-            .name(format!("ringlb-hc-{port}"))
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if s.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let snapshot = h.lock().expect("health lock").clone();
-                    let healthy = node.healthy();
-                    std::thread::spawn(move || answer(conn, &snapshot, healthy));
-                }
-            })?;
-        Ok(Server { health, stop, addr })
-    }
-
-    fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes the blocking accept so the thread sees the flag and drops the listener.
-        let _ = TcpStream::connect_timeout(
-            &SocketAddr::new(Ipv4Addr::LOCALHOST.into(), self.addr.port()),
-            Duration::from_secs(1),
-        );
-    }
+/// The node health server's answers: `/healthz` and `/livez` (any method), else 404.
+fn node_handler(health: Arc<NodeHealth>) -> Handler {
+    Arc::new(move |req| {
+        let (status, body) = match req.uri().path() {
+            "/healthz" => health.response(true),
+            "/livez" => health.response(false),
+            _ => (404, "404 page not found\n".to_owned()),
+        };
+        Box::pin(std::future::ready(reply(status, None, body)))
+    })
 }
 
-/// A listener on every address of both families at `port` (one dual-stack `[::]` socket, as
-/// kube-proxy's `:port` listener), or on `0.0.0.0` where the host has no IPv6: load
-/// balancers probe over whichever family they reach the node by.
-fn any_address(port: u16) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let dual = || -> std::io::Result<TcpListener> {
-        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-        socket.set_only_v6(false)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
-        socket.listen(128)?;
-        Ok(socket.into())
-    };
-    match dual() {
-        Ok(listener) => Ok(listener),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Reads the request head and answers it (any method, any path, as kube-proxy).
-fn answer(conn: TcpStream, health: &Health, proxy_healthy: bool) {
-    read_head(&conn);
-    let (status, body) = response(health, proxy_healthy);
-    let weight = [(
-        "X-Load-Balancing-Endpoint-Weight",
-        health.local_endpoints.to_string(),
-    )];
-    write_response(&conn, status, &weight, &body);
-}
-
-/// The running health check servers of this node.
-pub struct HealthChecks {
-    node: String,
-    health: Arc<NodeHealth>,
-    servers: HashMap<u16, Server>,
-}
-
-impl HealthChecks {
-    /// None running yet; `node` is this node's name, `health` what `serviceProxyHealthy`
-    /// reports.
-    pub fn new(node: String, health: Arc<NodeHealth>) -> HealthChecks {
-        HealthChecks {
-            node,
-            health,
-            servers: HashMap::new(),
-        }
-    }
-
-    /// Serves exactly the `healthCheckNodePort`s of `resolved`, with their current counts. A
-    /// port that cannot be bound is logged and tried again at the next change.
-    pub fn sync(&mut self, resolved: &Resolved) {
-        let wanted = wanted(resolved, &self.node);
-        self.servers.retain(|port, server| {
-            let keep = wanted.contains_key(port);
-            if !keep {
-                server.stop();
-            }
-            keep
-        });
-        for (port, health) in wanted {
-            if let Some(server) = self.servers.get(&port) {
-                *server.health.lock().expect("health lock") = health;
-                continue;
-            }
-            let service = format!("{}/{}", health.namespace, health.name);
-            match Server::start(port, health, Arc::clone(&self.health)) {
-                Ok(server) => {
-                    tracing::info!(%service, port, "serving healthCheckNodePort");
-                    self.servers.insert(port, server);
-                }
-                Err(e) => {
-                    tracing::error!(%service, port, error = %e, "cannot serve healthCheckNodePort")
-                }
-            }
-        }
-    }
-}
-
-impl Drop for HealthChecks {
-    fn drop(&mut self) {
-        for server in self.servers.values() {
-            server.stop();
-        }
-    }
-}
-
-impl std::fmt::Debug for HealthChecks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthChecks")
-            .field("node", &self.node)
-            .field("ports", &self.servers.keys().collect::<Vec<_>>())
-            .finish()
-    }
+/// A `healthCheckNodePort`'s answer, on any path, with any method, as kube-proxy's.
+fn service_handler(health: Arc<Mutex<Health>>, node: Arc<NodeHealth>) -> Handler {
+    Arc::new(move |_req| {
+        let health = health.lock().expect("health lock").clone();
+        let (status, body) = response(&health, node.healthy());
+        let weight = Some(health.local_endpoints);
+        Box::pin(std::future::ready(reply(status, weight, body)))
+    })
 }
 
 #[cfg(test)]

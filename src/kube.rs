@@ -14,7 +14,8 @@ use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::{NodePortAddress, RunArgs};
-use crate::healthcheck::{HealthChecks, NodeHealth};
+use crate::control::Plane;
+use crate::healthcheck::{HealthChecks, NodeHealth, NodeServer};
 use crate::serve::{announce_line, Control};
 
 /// How often ringlb says it is still waiting for the API at start.
@@ -32,6 +33,8 @@ pub struct Kube {
     steering: Option<RefCell<OwnedTable>>,
     /// The `healthCheckNodePort` servers.
     health: RefCell<HealthChecks>,
+    /// The node health server (`--healthz-bind-address`).
+    node_server: Option<RefCell<NodeServer>>,
     /// Whether the last change is in effect (`/healthz`, `serviceProxyHealthy`).
     node_health: Arc<NodeHealth>,
 }
@@ -51,8 +54,8 @@ impl Drop for OwnedTable {
 impl Kube {
     /// Connects to the API with the flags of `args`, waits until Services, EndpointSlices and
     /// the Node have been listed once (as kube-proxy waits for its caches), and returns the
-    /// watch with the first model.
-    pub fn start(args: &RunArgs) -> anyhow::Result<(Kube, Config)> {
+    /// watch with the first model. Its health ports run on the control runtime of `plane`.
+    pub fn start(args: &RunArgs, plane: &Plane) -> anyhow::Result<(Kube, Config)> {
         let node_name = match args
             .node_name
             .clone()
@@ -106,13 +109,12 @@ impl Kube {
             "Kubernetes API listed"
         );
         let node_health = Arc::new(NodeHealth::new(watch.node_eligibility()));
-        if let Some(addr) = args.healthz_bind_address {
-            // Not fatal: a node health port in use must not keep Services down.
-            match crate::healthcheck::serve_node(addr, Arc::clone(&node_health)) {
-                Ok(local) => announce_line(&format!("healthz addr={local}")),
-                Err(e) => tracing::error!(%addr, error = %e, "cannot serve the node /healthz"),
-            }
-        }
+        // Not fatal: a node health port in use must not keep Services down (see `ensure`).
+        let node_server = args.healthz_bind_address.map(|addr| {
+            let mut server = NodeServer::new(addr, Arc::clone(&node_health), plane.clone());
+            server.ensure();
+            RefCell::new(server)
+        });
         if args.nftables && args.cluster_cidr.is_empty() {
             tracing::warn!("--nftables without --cluster-cidr: ringlb cannot tell this node's pods from outside clients, so a pod reaching the load balancer IP, external IP or node port of an externalTrafficPolicy: Local Service on a node without a local endpoint is dropped, where the Kubernetes service-proxy spec wants it served (kube-proxy short-circuits it to any endpoint); give the pods' ranges with --cluster-cidr");
         }
@@ -131,7 +133,9 @@ impl Kube {
             health: RefCell::new(HealthChecks::new(
                 node_name.clone(),
                 Arc::clone(&node_health),
+                plane.clone(),
             )),
+            node_server,
             node_health,
         };
         let config = kube.served(&snapshot.resolved.config);
@@ -225,13 +229,22 @@ impl Kube {
         let Some(snapshot) = self.watch.latest() else {
             return Ok(());
         };
-        self.health.borrow_mut().sync(&snapshot.resolved);
+        self.sync_health(&snapshot.resolved);
         self.steer(proxy, &snapshot)
             .context("cannot program the nftables tables (needs CAP_NET_ADMIN and nft)")
     }
 
+    /// The health ports for `resolved`: its `healthCheckNodePort`s, and the node health server
+    /// if it could not be bound so far.
+    fn sync_health(&self, resolved: &Resolved) {
+        self.health.borrow_mut().sync(resolved);
+        if let Some(server) = &self.node_server {
+            server.borrow_mut().ensure();
+        }
+    }
+
     fn log_steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
-        self.health.borrow_mut().sync(&snapshot.resolved);
+        self.sync_health(&snapshot.resolved);
         match self.steer(proxy, snapshot) {
             Ok(()) => self.node_health.updated(),
             Err(e) => {

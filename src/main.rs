@@ -4,11 +4,15 @@
 
 mod admin;
 mod budget;
+mod check;
 mod cli;
+mod control;
 mod decisions;
 mod demo;
 mod healthcheck;
+mod http;
 mod kube;
+mod readiness;
 mod serve;
 mod takeover;
 
@@ -27,7 +31,7 @@ fn main() -> ExitCode {
         Command::Check {
             config,
             node_addresses,
-        } => return serve::check(&config, &node_addresses),
+        } => return check::check(&config, &node_addresses),
         Command::Demo(args) => demo::run(args),
     };
     match result {

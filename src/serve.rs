@@ -1,9 +1,8 @@
-//! `ringlb run` and `ringlb check`: config in, data plane up, signals, drain.
+//! `ringlb run`: config in, data plane up, signals, drain.
 
 use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -11,28 +10,28 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
-use config::{
-    Backend, BackendAddress, Config, DnsConfig, DnsWatch, Protocol, Service, ServiceDefaults,
-    Table, Target,
-};
+use config::{Backend, Config, DnsConfig, DnsWatch, Protocol, Service, ServiceDefaults, Table};
 use proxy_core::{Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::admin::{self, AdminBind, AdminServer, AdminState, DataPlane};
+use crate::admin::{self, AdminBind, AdminState, DataPlane};
 use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
+use crate::control::ControlRuntime;
 use crate::decisions::{self, DecisionWriter};
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.kubernetes {
-        let (kube, config) = crate::kube::Kube::start(&args)?;
+        // Before the watch: it starts the node health server on the control runtime.
+        let control = start_control()?;
+        let (kube, config) = crate::kube::Kube::start(&args, control.plane())?;
         let admin = admin_bind(&args, None);
         return serve_with(
             config,
-            None,
-            Some(&kube),
+            Changes::Kube(&kube),
+            &control,
             &args.reload,
             &args.data_plane,
             admin,
@@ -116,6 +115,19 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     Ok(Config {
         services: vec![service],
     })
+}
+
+fn start_control() -> anyhow::Result<ControlRuntime> {
+    ControlRuntime::start().context("cannot start the control thread")
+}
+
+/// Where changes to the served config come from.
+#[derive(Clone, Copy)]
+enum Changes<'a> {
+    /// A file (reloads) or nothing (command-line flags).
+    File(Option<Source<'a>>),
+    /// The Kubernetes watch.
+    Kube(&'a crate::kube::Kube),
 }
 
 /// Where a config comes from, for reloads.
@@ -208,19 +220,25 @@ pub fn serve(
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
-    serve_with(config, source, None, reload, dp, admin, on_ready)
+    let control = start_control()?;
+    let changes = Changes::File(source);
+    serve_with(config, changes, &control, reload, dp, admin, on_ready)
 }
 
-/// [`serve`], with the Kubernetes watch as a source of changes when `kube` is given.
+/// [`serve`], with its changes from `changes` and its HTTP ports on `control`.
 fn serve_with(
     mut config: Config,
-    source: Option<Source<'_>>,
-    kube: Option<&crate::kube::Kube>,
+    changes: Changes<'_>,
+    control: &ControlRuntime,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
+    let (source, kube) = match changes {
+        Changes::File(source) => (source, None),
+        Changes::Kube(kube) => (None, Some(kube)),
+    };
     match proxy_core::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
@@ -295,9 +313,10 @@ fn serve_with(
     }
     let listeners = proxy_core::bind(&mut config, &options)?;
     let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
-    let admin_state = Arc::new(AdminState::new(Arc::clone(&table)));
+    let plane = control.plane();
+    let admin_state = Arc::new(AdminState::new(Arc::clone(&table), plane));
     let admin_server = admin_listener
-        .map(|listener| AdminServer::start(listener, Arc::clone(&admin_state)))
+        .map(|listener| admin::start(plane, listener, Arc::clone(&admin_state)))
         .transpose()?;
     let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
     if let Some(kube) = kube {
@@ -517,107 +536,4 @@ pub(crate) fn announce_line(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-}
-
-/// `ringlb check`: exit 0 and a summary when valid, exit 1 and every problem when not.
-pub fn check(path: &Path, node_addresses: &[std::net::IpAddr]) -> ExitCode {
-    match config::load(path, node_addresses) {
-        Ok(loaded) => {
-            print!("{}", describe(&loaded.config));
-            let names = loaded.config.host_names().len();
-            if names > 0 {
-                let d = &loaded.dns;
-                let servers = if d.nameservers.is_empty() {
-                    "the system's (/etc/resolv.conf)".to_owned()
-                } else {
-                    let list: Vec<String> = d.nameservers.iter().map(ToString::to_string).collect();
-                    list.join(", ")
-                };
-                println!(
-                    "dns: {names} name{} resolved at run time by {servers}, TTL clamped to {}..{}, \
-                     timeout {}",
-                    if names == 1 { "" } else { "s" },
-                    humantime::format_duration(d.min_ttl),
-                    humantime::format_duration(d.max_ttl),
-                    humantime::format_duration(d.timeout)
-                );
-            }
-            for np in &loaded.not_proxied {
-                println!("not proxied {}: {}", np.name, np.reason);
-            }
-            let format = match loaded.format {
-                config::Format::Ringlb => "ringlb YAML",
-                config::Format::Kubernetes => "Kubernetes manifests",
-            };
-            println!(
-                "{}: OK ({format}, {} services)",
-                path.display(),
-                loaded.config.services.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            let n = e.problems().len().max(1);
-            eprintln!(
-                "{}: invalid ({n} problem{})",
-                path.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// What a config would serve, for humans.
-fn describe(config: &Config) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    for svc in &config.services {
-        let sc = &svc.scheduler;
-        let flags: Vec<&str> = sc.flag_names().collect();
-        let _ = write!(
-            s,
-            "service {} ({}): scheduler {}",
-            svc.name, svc.protocol, sc.kind
-        );
-        if !flags.is_empty() {
-            let _ = write!(s, " [{}]", flags.join(","));
-        }
-        if let Some(t) = svc.session_affinity {
-            let _ = write!(s, ", client_ip affinity {}", humantime::format_duration(t));
-        }
-        let _ = writeln!(
-            s,
-            ", connect_timeout {}, idle_timeout {}, max_connect_attempts {}",
-            humantime::format_duration(svc.connect_timeout),
-            humantime::format_duration(svc.idle_timeout),
-            svc.max_connect_attempts
-        );
-        for l in &svc.listen {
-            let _ = writeln!(s, "  listen  {l}");
-        }
-        // The list as written: what a DNS name resolves to is only known at run time.
-        let written: Vec<Target> = if svc.targets.is_empty() {
-            let ip = |b: &Backend| Target {
-                address: BackendAddress::Ip(b.address),
-                weight: b.weight,
-                max_connections: b.max_connections,
-            };
-            svc.backends.iter().map(ip).collect()
-        } else {
-            svc.targets.clone()
-        };
-        for t in &written {
-            let _ = write!(s, "  backend {} weight {}", t.address, t.weight);
-            if let Some(m) = t.max_connections {
-                let _ = write!(s, " max_connections {m}");
-            }
-            if matches!(t.address, BackendAddress::Name(..)) {
-                let _ = write!(s, " (DNS name: one backend per A/AAAA address)");
-            }
-            let _ = writeln!(s);
-        }
-    }
-    s
 }

@@ -534,3 +534,50 @@ fn a_bad_admin_value_is_reported_with_its_location() {
     .unwrap();
     assert_eq!(out.status.code(), Some(2), "a bad --admin is a usage error");
 }
+
+/// 300 slow clients that connect again whenever closed (each sends a byte of a request head
+/// that never ends every 200 ms) cannot starve the admin API: the 30 `/healthz` probes made
+/// meanwhile (a liveness probe's) are all answered, the slow ones being shed to make room.
+#[test]
+fn slow_clients_cannot_starve_the_admin_api() {
+    use support::attack::{probe, SlowClients};
+    let proxy = quick("epoll", &[echo_server()], &["--admin", "127.0.0.1:0"]);
+    let admin = admin_addr(&proxy);
+    let slow = SlowClients::start(admin, 300, Duration::from_millis(200), true, None);
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        match probe(admin, "/healthz") {
+            Ok((200, body)) if body == "ok\n" => {}
+            other => failed.push((i, other)),
+        }
+        // Pacing of the probes, not readiness: they spread over the attack.
+        thread::sleep(Duration::from_millis(50));
+    }
+    let connects = slow.stop();
+    assert!(
+        failed.is_empty(),
+        "{} of 30 probes failed ({connects} slow connections): {failed:?}",
+        failed.len()
+    );
+    let m = scrape(admin);
+    let outcome = |o| {
+        value(
+            &m,
+            "ringlb_http_connections_total",
+            &[("server", "admin"), ("outcome", o)],
+        )
+    };
+    assert!(
+        outcome("shed") > 0.0 && outcome("accepted") >= 330.0,
+        "{m:?}"
+    );
+    assert_eq!(outcome("refused"), 0.0);
+    assert_eq!(
+        value(
+            &m,
+            "ringlb_http_accept_errors_total",
+            &[("server", "admin")]
+        ),
+        0.0
+    );
+}

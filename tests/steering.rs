@@ -14,6 +14,8 @@ mod support;
 mod dual_stack;
 #[path = "steering/guarded.rs"]
 mod guarded;
+#[path = "steering/health.rs"]
+mod health;
 #[path = "steering/refusal.rs"]
 mod refusal;
 #[path = "steering/scale.rs"]

@@ -208,25 +208,24 @@ pub struct FlowList {
 }
 
 impl FlowList {
-    /// Every worker's live UDP flows. A worker that does not answer within `wait` (busy, or
-    /// stopped) is left out.
-    pub fn udp(&self, wait: Duration) -> Vec<UdpFlowInfo> {
-        let (tx, rx) = mpsc::channel();
-        let asked = self
-            .commands
-            .iter()
-            .filter(|c| c.send(worker::Command::UdpFlows(tx.clone())).is_ok())
-            .count();
-        drop(tx);
-        let deadline = Instant::now() + wait;
-        let mut flows = Vec::new();
-        for _ in 0..asked {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(mut some) => flows.append(&mut some),
-                Err(_) => break,
-            }
+    /// Appends every worker's live UDP flows to `out`, as each worker answers; returns once
+    /// all have (a stopped worker does not count). Bound the wait with a timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future (a timeout) keeps in `out` the flows of the workers that answered;
+    /// the others are left out, and their late answers are discarded.
+    pub async fn udp(&self, out: &mut Vec<UdpFlowInfo>) {
+        let (tx, rx) = flume::unbounded();
+        for worker in &self.commands {
+            let _ = worker.send(worker::Command::UdpFlows(tx.clone()));
         }
-        flows
+        // Each worker drops its sender once it has answered, a stopped one at once: the
+        // channel ends when every worker has answered or is gone.
+        drop(tx);
+        while let Ok(mut flows) = rx.recv_async().await {
+            out.append(&mut flows);
+        }
     }
 }
 

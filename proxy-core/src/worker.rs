@@ -71,7 +71,7 @@ pub(crate) enum Command {
         applied: mpsc::Sender<()>,
     },
     /// List this worker's live UDP flows.
-    UdpFlows(mpsc::Sender<Vec<UdpFlowInfo>>),
+    UdpFlows(flume::Sender<Vec<UdpFlowInfo>>),
     /// The shutdown's drain deadline passed: reset every connection still open, both sides,
     /// and say how many there were.
     Cut(mpsc::Sender<usize>),

@@ -430,3 +430,37 @@ impl Collect for Telemetry {
         );
     }
 }
+
+// The HTTP ports (admin, node health, healthCheckNodePort).
+const HTTP_CONNECTIONS: Family = Family::counter(
+    "ringlb_http_connections_total",
+    "Connections to ringlb's HTTP ports, by outcome: accepted, shed (idle the longest, closed to make room at the port's cap) or refused (at the cap with every connection answering).",
+);
+const HTTP_ACCEPT_ERRORS: Family = Family::counter(
+    "ringlb_http_accept_errors_total",
+    "Failed accepts on ringlb's HTTP ports (out of descriptors or memory: retried with backoff).",
+);
+
+impl Collect for crate::http::Telemetry {
+    fn collect(&self, _table: &Table, out: &mut Scrape) {
+        for (kind, counts) in self.counts() {
+            let server = kind.label();
+            for (outcome, n) in [
+                ("accepted", counts.accepted),
+                ("shed", counts.shed),
+                ("refused", counts.refused),
+            ] {
+                out.counter(
+                    &HTTP_CONNECTIONS,
+                    &[("server", server), ("outcome", outcome)],
+                    n,
+                );
+            }
+            out.counter(
+                &HTTP_ACCEPT_ERRORS,
+                &[("server", server)],
+                counts.accept_errors,
+            );
+        }
+    }
+}

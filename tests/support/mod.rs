@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod admin;
+pub mod attack;
 pub mod netns;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +23,8 @@ pub struct Ringlb {
     pub addrs: Vec<SocketAddr>,
     /// The `ready ...` line.
     pub ready: String,
+    /// Every stdout line before `ready` (`healthz addr=...`, `listening ...`).
+    pub before_ready: Vec<String>,
     stderr: Arc<Mutex<String>>,
     stdout: Receiver<String>,
 }
@@ -138,6 +141,7 @@ impl Ringlb {
             }
         });
         let mut addrs = Vec::new();
+        let mut before_ready = Vec::new();
         let ready;
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -153,6 +157,7 @@ impl Ringlb {
                     {
                         addrs.push(addr.trim().parse().expect("listening addr parses"));
                     }
+                    before_ready.push(line);
                 }
                 Err(_) => {
                     let status = wait_timeout(&mut child, PATIENCE).unwrap_or_else(|| {
@@ -172,6 +177,7 @@ impl Ringlb {
             child,
             addrs,
             ready,
+            before_ready,
             stderr,
             stdout,
         })
@@ -214,6 +220,15 @@ impl Ringlb {
             );
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The address of the line before `ready` that starts with `prefix` (`healthz addr=`).
+    pub fn addr_before_ready(&self, prefix: &str) -> SocketAddr {
+        self.before_ready
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {:?}", self.before_ready))
     }
 
     /// Stdout lines after the readiness lines.

@@ -17,17 +17,23 @@ use serde_json::{json, Value};
 /// Runs `f` on a thread that has entered network namespace `ns`; sockets it creates stay in
 /// that namespace wherever they are used later.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_owned();
     std::thread::spawn(move || {
-        let file = File::open(&path).expect("open the namespace");
-        // SAFETY: setns on this thread only, with a descriptor that stays open for the call;
-        // the thread ends after `f`, so no other code runs in the namespace by surprise.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        // The thread ends after `f`, so no other code runs in the namespace by surprise.
+        enter(&ns);
         f()
     })
     .join()
     .expect("thread in the namespace")
+}
+
+/// Moves the calling thread (only) into network namespace `ns`: call it on a thread of
+/// your own that ends with its work there.
+pub fn enter(ns: &str) {
+    let file = File::open(format!("/run/netns/{ns}")).expect("open the namespace");
+    // SAFETY: setns on this thread only, with a descriptor that stays open for the call.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// A named network namespace, deleted on drop.

@@ -1,0 +1,204 @@
+//! The health ports' lives: the node health server and one server per wanted
+//! `healthCheckNodePort`, bound here and served on the control runtime by [`crate::http`]
+//! with [`Limits::HEALTH`].
+//!
+//! A port that cannot be bound does not stop ringlb (Services must not go down for it): it is
+//! logged, reported to [`crate::readiness::Readiness`] (so `/readyz` says so) and tried again
+//! at the next sync, and the problem is cleared once it binds or is no longer wanted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+use config::k8s::Resolved;
+
+use super::{node_handler, service_handler, wanted, Health, NodeHealth};
+use crate::control::Plane;
+use crate::http::{HttpServer, Limits, ServerKind, Spec};
+use crate::serve::announce_line;
+
+/// The node health server (`--healthz-bind-address`), once it could be bound.
+#[derive(Debug)]
+pub struct NodeServer {
+    addr: SocketAddr,
+    health: Arc<NodeHealth>,
+    plane: Plane,
+    running: Option<HttpServer>,
+    /// The last bind failed (logged once).
+    failing: bool,
+}
+
+impl NodeServer {
+    /// Not serving yet; [`NodeServer::ensure`] binds `addr`.
+    pub fn new(addr: SocketAddr, health: Arc<NodeHealth>, plane: Plane) -> NodeServer {
+        NodeServer {
+            addr,
+            health,
+            plane,
+            running: None,
+            failing: false,
+        }
+    }
+
+    /// Serves the port unless it does already. Bound, it prints `healthz addr=ADDR`; not, the
+    /// problem is logged (once) and reported to readiness until a later call binds it.
+    pub fn ensure(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let name = format!("healthz {}", self.addr);
+        let spec = Spec {
+            kind: ServerKind::Healthz,
+            name: name.clone(),
+            limits: Limits::HEALTH,
+        };
+        let handler = node_handler(Arc::clone(&self.health));
+        match TcpListener::bind(self.addr)
+            .and_then(|l| HttpServer::start(&self.plane, l, spec, handler))
+        {
+            Ok(server) => {
+                self.plane.readiness.clear(&name);
+                self.failing = false;
+                announce_line(&format!("healthz addr={}", server.local_addr()));
+                self.running = Some(server);
+            }
+            Err(e) => {
+                let problem = format!("cannot listen: {e}");
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::error!(addr = %self.addr, error = %e, "cannot serve the node /healthz; trying again at the next change from the API");
+                }
+                self.plane.readiness.set(name, problem);
+            }
+        }
+    }
+}
+
+/// One served `healthCheckNodePort`.
+#[derive(Debug)]
+struct Served {
+    /// What it answers, kept up to date by [`HealthChecks::sync`].
+    health: Arc<Mutex<Health>>,
+    /// Dropped: it stops.
+    _server: HttpServer,
+}
+
+/// The running health check servers of this node.
+pub struct HealthChecks {
+    node: String,
+    health: Arc<NodeHealth>,
+    plane: Plane,
+    servers: HashMap<u16, Served>,
+    /// Wanted ports that could not be bound.
+    failing: BTreeSet<u16>,
+}
+
+/// The readiness key (and log name) of `healthCheckNodePort` `port`.
+fn port_name(port: u16) -> String {
+    format!("healthCheckNodePort {port}")
+}
+
+impl HealthChecks {
+    /// None running yet; `node` is this node's name, `health` what `serviceProxyHealthy`
+    /// reports.
+    pub fn new(node: String, health: Arc<NodeHealth>, plane: Plane) -> HealthChecks {
+        HealthChecks {
+            node,
+            health,
+            plane,
+            servers: HashMap::new(),
+            failing: BTreeSet::new(),
+        }
+    }
+
+    /// Serves exactly the `healthCheckNodePort`s of `resolved`, with their current counts. A
+    /// port that cannot be bound is logged, reported to readiness and tried again at the next
+    /// change.
+    pub fn sync(&mut self, resolved: &Resolved) {
+        let wanted = wanted(resolved, &self.node);
+        self.servers.retain(|port, _| wanted.contains_key(port));
+        let readiness = &self.plane.readiness;
+        self.failing.retain(|port| {
+            let keep = wanted.contains_key(port);
+            if !keep {
+                readiness.clear(&port_name(*port));
+            }
+            keep
+        });
+        for (port, health) in wanted {
+            if let Some(served) = self.servers.get(&port) {
+                *served.health.lock().expect("health lock") = health;
+                continue;
+            }
+            self.start(port, health);
+        }
+    }
+
+    fn start(&mut self, port: u16, health: Health) {
+        let service = format!("{}/{}", health.namespace, health.name);
+        let name = port_name(port);
+        let health = Arc::new(Mutex::new(health));
+        let spec = Spec {
+            kind: ServerKind::HealthCheckNodePort,
+            name: name.clone(),
+            limits: Limits::HEALTH,
+        };
+        let handler = service_handler(Arc::clone(&health), Arc::clone(&self.health));
+        match any_address(port).and_then(|l| HttpServer::start(&self.plane, l, spec, handler)) {
+            Ok(server) => {
+                tracing::info!(%service, port, "serving healthCheckNodePort");
+                if self.failing.remove(&port) {
+                    self.plane.readiness.clear(&name);
+                }
+                let served = Served {
+                    health,
+                    _server: server,
+                };
+                self.servers.insert(port, served);
+            }
+            Err(e) => {
+                if self.failing.insert(port) {
+                    tracing::error!(%service, port, error = %e, "cannot serve healthCheckNodePort; trying again at the next change");
+                }
+                let problem = format!("{service}: cannot listen: {e}");
+                self.plane.readiness.set(name, problem);
+            }
+        }
+    }
+}
+
+/// A listener on every address of both families at `port` (one dual-stack `[::]` socket, as
+/// kube-proxy's `:port` listener), or on `0.0.0.0` where the host has no IPv6: load
+/// balancers probe over whichever family they reach the node by.
+fn any_address(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let dual = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+        socket.set_only_v6(false)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
+        socket.listen(128)?;
+        Ok(socket.into())
+    };
+    match dual() {
+        Ok(listener) => Ok(listener),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl std::fmt::Debug for HealthChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecks")
+            .field("node", &self.node)
+            .field("ports", &self.servers.keys().collect::<Vec<_>>())
+            .field("failing", &self.failing)
+            .finish()
+    }
+}
