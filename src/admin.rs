@@ -199,7 +199,10 @@ impl AdminState {
     fn readyz(&self) -> Response<Body> {
         match self.phase() {
             Phase::Ready => {
-                let problems = self.readiness.problems();
+                let mut problems = self.readiness.problems();
+                if let Some(dp) = self.data_plane.get() {
+                    problems.extend(panic_problems(&dp.panics, SystemTime::now()));
+                }
                 if problems.is_empty() {
                     text(StatusCode::OK, "ready\n".into())
                 } else {
@@ -212,6 +215,30 @@ impl AdminState {
             Phase::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         }
     }
+}
+
+/// Panics in this window, at least [`PANICS_NOT_READY`] of them, make `/readyz` answer 503.
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
+/// See [`PANIC_WINDOW`]: one contained panic costs one connection, and is no reason to take
+/// the node out of its load balancers; panics that keep coming are.
+const PANICS_NOT_READY: usize = 10;
+
+/// What the data plane's panics say against readiness at `now`: every panic that stopped
+/// something for good (an accept loop, a UDP frontend, a worker), and panics that keep coming.
+fn panic_problems(panics: &proxy_core::Panics, now: SystemTime) -> Vec<String> {
+    let mut problems: Vec<String> = panics
+        .lasting()
+        .iter()
+        .map(|p| format!("data plane: {p} (stopped until ringlb restarts)"))
+        .collect();
+    let recent = panics.since(PANIC_WINDOW, now);
+    if recent >= PANICS_NOT_READY {
+        let last = panics.last().map(|p| p.to_string()).unwrap_or_default();
+        problems.push(format!(
+            "data plane: {recent} task panics in the last minute; the latest: {last}"
+        ));
+    }
+    problems
 }
 
 /// How long `/udp/flows` waits for busy workers to list their flows.
@@ -371,4 +398,48 @@ fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Re
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proxy_core::{PanicRecord, Panics, TaskKind};
+
+    fn panic(task: Option<TaskKind>, at: SystemTime) -> PanicRecord {
+        PanicRecord {
+            at,
+            worker: 0,
+            task,
+            message: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn readiness_fails_on_a_lasting_panic_or_on_panics_that_keep_coming() {
+        let now = SystemTime::now();
+        let panics = Panics::default();
+        for _ in 0..PANICS_NOT_READY - 1 {
+            panics.record(panic(Some(TaskKind::Connection), now));
+        }
+        assert!(
+            panic_problems(&panics, now).is_empty(),
+            "a few contained panics keep the node ready"
+        );
+        panics.record(panic(Some(TaskKind::UdpFlow), now));
+        let problems = panic_problems(&panics, now);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("data plane: 10 task panics in the last minute"),
+            "{problems:?}"
+        );
+        // A minute later they are history.
+        assert!(panic_problems(&panics, now + PANIC_WINDOW + Duration::from_secs(1)).is_empty());
+
+        panics.record(panic(Some(TaskKind::Accept), now));
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(
+            panic_problems(&panics, later),
+            ["data plane: worker 0: accept task panicked: boom (stopped until ringlb restarts)"]
+        );
+    }
 }

@@ -11,11 +11,12 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 
@@ -84,6 +85,9 @@ impl std::fmt::Display for PanicRecord {
     }
 }
 
+/// How many recent panic times [`Panics`] keeps, for [`Panics::since`].
+const RECENT: usize = 64;
+
 /// The data plane's panics, node-wide. Panics are rare: a lock per record is fine.
 #[derive(Debug, Default)]
 pub struct Panics {
@@ -91,6 +95,8 @@ pub struct Panics {
     last: Mutex<Option<PanicRecord>>,
     /// Panics that left a task or a worker stopped for good.
     lasting: Mutex<Vec<PanicRecord>>,
+    /// When the latest panics happened (at most [`RECENT`]).
+    recent: Mutex<VecDeque<SystemTime>>,
 }
 
 impl Panics {
@@ -116,8 +122,25 @@ impl Panics {
             .clone()
     }
 
-    fn record(&self, record: PanicRecord) {
+    /// Panics within `window` before `now` (counting at most the latest 64).
+    pub fn since(&self, window: Duration, now: SystemTime) -> usize {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent
+            .iter()
+            .filter(|at| now.duration_since(**at).is_ok_and(|ago| ago <= window))
+            .count()
+    }
+
+    /// Records and logs a panic (the workers do, for every panic they catch).
+    pub fn record(&self, record: PanicRecord) {
         self.count.fetch_add(1, Relaxed);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(record.at);
+        }
         let lasting = record.task.is_none_or(TaskKind::lasting);
         if lasting {
             tracing::error!("{record}; it stays stopped until ringlb restarts");
@@ -253,6 +276,10 @@ mod tests {
             lasting[0].to_string(),
             "worker 3: accept task panicked: static message"
         );
+        let now = SystemTime::now();
+        assert_eq!(panics.since(Duration::from_secs(60), now), 2);
+        let later = now + Duration::from_secs(120);
+        assert_eq!(panics.since(Duration::from_secs(60), later), 0);
     }
 
     #[test]
