@@ -38,7 +38,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use self::accept::{is_resource_error, Backoff, WarnLimit};
+use self::accept::Backoff;
 use self::slots::{Admit, Slots};
 use crate::control::Plane;
 use crate::readiness::Readiness;
@@ -288,7 +288,7 @@ async fn serve(
     let graceful = GracefulShutdown::new();
     let http = builder(&port.spec.limits);
     let mut backoff = Backoff::default();
-    let mut warn = WarnLimit::default();
+    let warn = proxy_core::Throttle::default();
     let mut next_id = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -310,7 +310,7 @@ async fn serve(
             }
             Err(e) => {
                 port.counters().accept_errors.fetch_add(1, Relaxed);
-                if !is_resource_error(&e) {
+                if !proxy_core::is_exhaustion(&e) {
                     // One connection's trouble (a handshake the client aborted).
                     tracing::debug!(server = %port.spec.name, error = %e, "accept failed");
                     continue;
@@ -320,7 +320,7 @@ async fn serve(
                     port.accept_problem.clone(),
                     format!("failing ({e}); retrying with backoff"),
                 );
-                if let Some(failures) = warn.failed(Instant::now()) {
+                if let Some(failures) = warn.hit(Instant::now()) {
                     tracing::warn!(server = %port.spec.name, error = %e, failures, "accept failed; backing off");
                 }
                 tokio::select! {

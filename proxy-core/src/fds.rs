@@ -104,7 +104,7 @@ impl Drop for Fds {
 
 /// Whether an error means the process or the system ran out of descriptors or memory for
 /// sockets (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`).
-pub(crate) fn is_exhaustion(e: &std::io::Error) -> bool {
+pub fn is_exhaustion(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -143,6 +143,17 @@ mod tests {
         drop((b, c));
         assert_eq!(budget.used(), 0);
         assert!(budget.take(2).is_some());
+    }
+
+    #[test]
+    fn exhaustion_is_told_from_one_connection_s_trouble() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_exhaustion(&std::io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ECONNABORTED, libc::EPROTO, libc::EPERM, libc::EINTR] {
+            assert!(!is_exhaustion(&std::io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_exhaustion(&std::io::Error::other("no errno")));
     }
 
     #[test]

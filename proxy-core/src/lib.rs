@@ -43,13 +43,14 @@ use tokio_util::sync::CancellationToken;
 
 pub use driver::{IoDriver, IoDriverKind};
 pub use error::ProxyError;
-pub use fds::{nofile_limit, open_descriptors, FdBudget};
+pub use fds::{is_exhaustion, nofile_limit, open_descriptors, FdBudget};
 pub use sys::raise_nofile_limit;
 pub use task::{PanicRecord, Panics, TaskKind};
 pub use telemetry::{
     AffinityOutcome, CloseReason, ConnectError, Datagrams, Decision, DecisionLog,
     HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
 };
+pub use throttle::{Throttle, WARN_EVERY};
 pub use udp::handover::{HandedOver, UdpFlowInfo};
 
 /// Longer than any process lives: what a deadline too far for the clock is held to.

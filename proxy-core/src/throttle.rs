@@ -5,11 +5,11 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How often a repeating warning is logged at most.
-pub(crate) const WARN_EVERY: Duration = Duration::from_secs(5);
+pub const WARN_EVERY: Duration = Duration::from_secs(5);
 
-/// One repeating warning of one worker (single-threaded: plain cells).
+/// One repeating warning, kept by one thread or task (plain cells: no atomics).
 #[derive(Debug)]
-pub(crate) struct Throttle {
+pub struct Throttle {
     period: Duration,
     /// When the next warning may be logged (`None`: at once).
     next: Cell<Option<Instant>>,
@@ -18,7 +18,8 @@ pub(crate) struct Throttle {
 }
 
 impl Throttle {
-    pub(crate) const fn new(period: Duration) -> Throttle {
+    /// At most one warning per `period`.
+    pub const fn new(period: Duration) -> Throttle {
         Throttle {
             period,
             next: Cell::new(None),
@@ -28,7 +29,7 @@ impl Throttle {
 
     /// Counts one event at `now`; `Some(n)` when the warning is due, `n` being the events it
     /// stands for (this one included, and every one held back since the last warning).
-    pub(crate) fn hit(&self, now: Instant) -> Option<u64> {
+    pub fn hit(&self, now: Instant) -> Option<u64> {
         let pending = self.pending.get() + 1;
         if self.next.get().is_some_and(|next| now < next) {
             self.pending.set(pending);
