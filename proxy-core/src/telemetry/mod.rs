@@ -356,9 +356,11 @@ impl WorkerTelemetry {
         };
         let duration = started.elapsed();
         if let Some(stats) = &trace.stats {
+            // The reason first: a scraper that sees the connection in the duration histogram
+            // then finds it among the reasons too.
+            stats.closed[end.reason as usize].add(1);
             let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
             stats.duration.record(&DURATION_SCALE, micros);
-            stats.closed[end.reason as usize].add(1);
         }
         if let Some(facts) = trace.log.filter(|_| self.logging()) {
             self.log(Decision {
