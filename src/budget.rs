@@ -97,6 +97,8 @@ impl Plan {
 pub struct DescriptorBudget {
     budget: Arc<FdBudget>,
     last: Option<Plan>,
+    /// The table version the cap was computed for.
+    version: Option<u64>,
     warned: Option<String>,
 }
 
@@ -106,13 +108,20 @@ impl DescriptorBudget {
         DescriptorBudget {
             budget,
             last: None,
+            version: None,
             warned: None,
         }
     }
 
     /// Sets the cap from what the process holds now, logs it the first time, and warns when
-    /// `config` (what is served) may need more than it (once per distinct shortfall).
-    pub fn refresh(&mut self, config: &Config) {
+    /// `config` (what is served) may need more than it (once per distinct shortfall). Only
+    /// once per table `version`: listeners change only with the table, and counting again
+    /// at other times would count the control plane's passing connections (which the reserve
+    /// is for) against the data plane.
+    pub fn refresh(&mut self, config: &Config, version: u64) {
+        if self.version.replace(version) == Some(version) {
+            return;
+        }
         let (limit, open) = match (proxy_core::nofile_limit(), proxy_core::open_descriptors()) {
             (Ok(limit), Ok(open)) => (limit, open),
             (Err(e), _) | (_, Err(e)) => {

@@ -333,7 +333,7 @@ fn serve_with(
     });
     admin_state.set_ready();
     let mut fds = DescriptorBudget::new(proxy.fd_budget());
-    fds.refresh(&serving);
+    fds.refresh(&serving, proxy.table().version());
     announce(&proxy, &table.load());
     if let Some(server) = &admin_server {
         announce_line(&format!("admin addr={}", server.local_addr()));
@@ -352,7 +352,7 @@ fn serve_with(
             .telemetry
             .table_published(proxy.table().version());
         // Listeners may have come or gone: what the data plane may hold moves with them.
-        fds.refresh(&serving);
+        fds.refresh(&serving, proxy.table().version());
         let mut why = match control_rx.recv() {
             Ok(Control::Kube) => {
                 // The watch thread already folded the burst (config::kube::SETTLE).

@@ -310,6 +310,7 @@ fn the_drain_deadline_resets_what_is_still_open(driver: &str) {
     );
     let status = proxy.wait_exit();
     assert!(status.success(), "exit after the drain deadline: {status}");
+    proxy.wait_stderr("service totals");
     let log = proxy.stderr();
     assert!(
         log.contains("1 connections still open were reset on both sides"),
