@@ -339,21 +339,81 @@ fn check_reads_kubernetes_manifests_and_lists_what_is_not_proxied() {
     assert!(stderr.contains("SCTP is not supported"), "{stderr}");
 }
 
-/// The README's config examples stay valid.
+/// The config examples of the README and of `docs/` stay valid: every ```` ```yaml ```` block of
+/// `README.md` and `docs/*.md` is a ringlb config or a set of Kubernetes manifests and passes
+/// `ringlb check`. A YAML block that is not a config (a fragment, a DaemonSet) is fenced
+/// ```` ```yaml not-a-config ```` and skipped.
 #[test]
-fn every_yaml_example_of_the_readme_passes_check() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let blocks: Vec<&str> = readme
-        .split("```yaml\n")
-        .skip(1)
-        .map(|rest| rest.split("```").next().unwrap())
+fn every_yaml_example_of_the_docs_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = root.join("docs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&docs)
+        .unwrap_or_else(|e| panic!("{}: {e}", docs.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
         .collect();
-    assert!(blocks.len() >= 2, "README yaml examples not found");
-    for (i, block) in blocks.iter().enumerate() {
-        let path = write_config(&format!("readme-{i}"), block);
-        let (code, _, stderr) = check(&path);
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(code, 0, "README yaml block {i}:\n{block}\n{stderr}");
+    files.sort();
+    files.insert(0, root.join("README.md"));
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        for (line, block) in config_blocks(&text) {
+            let path = write_config(&format!("docs-{checked}"), &block);
+            let (code, _, stderr) = check(&path);
+            std::fs::remove_file(&path).unwrap();
+            assert_eq!(code, 0, "{name}:{line}: yaml block:\n{block}\n{stderr}");
+            checked += 1;
+        }
     }
+    // README.md 1, configuration.md 3 (a full file, DNS names, manifests), operations.md 1.
+    assert!(
+        checked >= 5,
+        "only {checked} yaml examples found in README.md and docs/*.md"
+    );
+}
+
+/// The ```` ```yaml ```` blocks of a Markdown text with the line each starts on; blocks with
+/// any other info string (```` ```yaml not-a-config ````, ```` ```sh ````) are skipped.
+fn config_blocks(markdown: &str) -> Vec<(usize, String)> {
+    // Outside a fence; inside one that is skipped; or inside a config block (its first line
+    // and text so far).
+    enum State {
+        Outside,
+        Skipped,
+        Config(usize, String),
+    }
+    let mut blocks = Vec::new();
+    let mut state = State::Outside;
+    for (i, line) in markdown.lines().enumerate() {
+        let fence = line.trim_start().strip_prefix("```");
+        state = match (state, fence) {
+            (State::Outside, Some(info)) if info.trim() == "yaml" => {
+                State::Config(i + 2, String::new())
+            }
+            (State::Outside, Some(_)) => State::Skipped,
+            (State::Skipped, Some(_)) => State::Outside,
+            (State::Config(start, block), Some(_)) => {
+                blocks.push((start, block));
+                State::Outside
+            }
+            (State::Config(start, mut block), None) => {
+                block.push_str(line);
+                block.push('\n');
+                State::Config(start, block)
+            }
+            (state, None) => state,
+        };
+    }
+    blocks
+}
+
+#[test]
+fn config_blocks_takes_yaml_fences_only() {
+    let md =
+        "```yaml\na: 1\n```\n```yaml not-a-config\nb: 2\n```\n```text\n```\n\n```yaml\nc: 3\n```\n";
+    assert_eq!(
+        config_blocks(md),
+        [(2, "a: 1\n".to_owned()), (11, "c: 3\n".to_owned())]
+    );
 }
