@@ -57,9 +57,9 @@ impl<T> Flow<T> {
 }
 
 /// What [`FlowTable::lookup`] found.
-pub(crate) enum Lookup<'a, T> {
+pub(crate) enum Lookup<T> {
     /// A live flow, now marked active.
-    Live(FlowId, &'a mut Flow<T>),
+    Live(FlowId),
     /// The key's flow was idle for its whole timeout: it has ended, and the datagram opens a
     /// new one.
     Expired(Flow<T>),
@@ -130,7 +130,7 @@ impl<T> FlowTable<T> {
     /// The flow of `key` for a datagram at `now`: marked active, or ended when its idle
     /// timeout already ran out (the sweeper had not come by yet; the timeout is exact).
     #[inline]
-    pub(crate) fn lookup(&mut self, key: &FlowKey, now: Instant) -> Lookup<'_, T> {
+    pub(crate) fn lookup(&mut self, key: &FlowKey, now: Instant) -> Lookup<T> {
         let Some(&id) = self.index.get(key) else {
             return Lookup::Missing;
         };
@@ -147,7 +147,7 @@ impl<T> FlowTable<T> {
             .as_mut()
             .expect("indexed flow is live");
         flow.last = flow.last.max(now);
-        Lookup::Live(id, flow)
+        Lookup::Live(id)
     }
 
     /// Marks flow `id` active at `now` (a reply); `None` once the flow has ended.
@@ -163,6 +163,15 @@ impl<T> FlowTable<T> {
     pub(crate) fn peek(&self, key: &FlowKey) -> Option<(FlowId, &Flow<T>)> {
         let &id = self.index.get(key)?;
         Some((id, self.slots[id.slot as usize].flow.as_ref()?))
+    }
+
+    /// The flow `id`, if it has not ended.
+    pub(crate) fn get(&self, id: FlowId) -> Option<&Flow<T>> {
+        let slot = self.slots.get(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.flow.as_ref()
     }
 
     /// The flow `id`, if it has not ended.

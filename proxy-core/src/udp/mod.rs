@@ -13,6 +13,7 @@ mod coalesce;
 mod flow_io;
 mod flows;
 pub(crate) mod handover;
+mod run;
 #[cfg(test)]
 mod sim;
 pub(crate) mod sock;
@@ -43,6 +44,7 @@ pub(crate) use coalesce::Coalesce;
 use flow_io::{FlowIo, FlowTrace};
 use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
 use handover::{HandedOver, UdpFlowInfo};
+use run::{Run, Runs};
 
 /// Datagrams a reply task handles per wake-up before letting the worker's other tasks run.
 const BATCH: usize = sock::BATCH;
@@ -50,8 +52,6 @@ const BATCH: usize = sock::BATCH;
 const ROUNDS: usize = 4;
 /// How long a stopping worker waits for its UDP sockets to close.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
-/// Most bytes one segmented send carries (a UDP datagram's limit).
-const MAX_GSO_BYTES: usize = 65_000;
 
 /// One worker's UDP state: its flows, the sweeper's alarm and the datagram buffer.
 pub(crate) struct Udp {
@@ -111,29 +111,6 @@ impl UdpFrontend {
     pub(crate) fn close(&self) {
         self.closed.set(true);
         let _ = with_socket(&self.socket, |s| s.shutdown(std::net::Shutdown::Read));
-    }
-}
-
-/// Consecutive datagrams of a batch for one flow, all of one size.
-struct Run {
-    id: FlowId,
-    upstream: Rc<UdpSocket>,
-    service: Arc<ServiceEntry>,
-    trace: Option<Rc<FlowTrace>>,
-    first: usize,
-    count: usize,
-    size: usize,
-}
-
-impl Run {
-    /// Whether a datagram of `len` bytes for flow `id` joins this run: the same flow, the same
-    /// size (GSO cuts every segment but the last at one size), within one send's 64 KiB.
-    fn extends(&self, id: FlowId, len: usize) -> bool {
-        id == self.id && len == self.size && len > 0 && (self.count + 1) * len <= MAX_GSO_BYTES
-    }
-
-    fn range(&self) -> std::ops::Range<usize> {
-        self.first..self.first + self.count
     }
 }
 
@@ -379,13 +356,12 @@ impl Udp {
         if let Some(busy) = &self.busy {
             busy.activity(now);
         }
-        let mut run: Option<Run> = None;
+        let mut runs = Runs::new();
         for i in range {
             let r = received[i];
             let key = frontend.flow_key(&r);
-            let mut flows = self.flows.borrow_mut();
-            let found = match flows.lookup(&key, now) {
-                Lookup::Live(id, flow) => Some((id, flow)),
+            let found = match self.flows.borrow_mut().lookup(&key, now) {
+                Lookup::Live(id) => Some(id),
                 Lookup::Expired(flow) => {
                     flow.payload.ending(CloseReason::IdleTimeout);
                     None
@@ -393,34 +369,20 @@ impl Udp {
                 Lookup::Missing => None,
             };
             match found {
-                Some((id, _)) if run.as_ref().is_some_and(|run| run.extends(id, r.len)) => {
-                    run.as_mut().expect("checked").count += 1;
-                }
-                Some((id, flow)) => {
-                    let next = Run {
-                        id,
-                        upstream: Rc::clone(&flow.payload.upstream),
-                        service: Arc::clone(&flow.payload.service),
-                        trace: flow.payload.trace.clone(),
-                        first: i,
-                        count: 1,
-                        size: r.len,
-                    };
-                    drop(flows);
-                    if let Some(done) = run.replace(next) {
+                Some(id) => {
+                    if let Some(done) = runs.push(id, i, r.len) {
                         self.flush(frontend, done, received, bufs, table);
                     }
                 }
                 None => {
-                    drop(flows);
-                    if let Some(done) = run.take() {
+                    if let Some(done) = runs.take() {
                         self.flush(frontend, done, received, bufs, table);
                     }
                     self.open(frontend, key, sock::slot(bufs, i, r.len), now, table);
                 }
             }
         }
-        if let Some(done) = run {
+        if let Some(done) = runs.take() {
             self.flush(frontend, done, received, bufs, table);
         }
     }
@@ -430,44 +392,22 @@ impl Udp {
     fn flush(
         self: &Rc<Self>,
         frontend: &Rc<UdpFrontend>,
-        run: Run,
+        run: Run<FlowId>,
         received: &[sock::Received; BATCH],
         bufs: &[u8],
         table: &TableRef,
     ) {
-        let fd = run.upstream.as_raw_fd();
+        let flows = self.flows.borrow();
+        let Some(flow) = flows.get(run.to) else {
+            // An earlier run of this batch ended the flow (its backend refused): these
+            // datagrams go to the flow that replaced it.
+            drop(flows);
+            return self.from_clients(frontend, received, run.range(), bufs, table);
+        };
         let mut iov = [IoSlice::new(&[]); BATCH];
         let datagrams = sock::gather(bufs, received, run.range(), &mut iov);
-        let mut result = Err(io::ErrorKind::Unsupported.into());
-        if run.count > 1 && self.gso.get() {
-            let size = u16::try_from(run.size).expect("extends() keeps runs segmentable");
-            result = sock::send_segments(fd, datagrams, size).map(|_| run.count);
-            if let Err(e) = &result {
-                if sock::is_gso_unsupported(e) && e.raw_os_error() != Some(libc::EINVAL) {
-                    tracing::info!(error = %e, "UDP segmentation offload unavailable: sending datagrams one by one");
-                    self.gso.set(false);
-                }
-            }
-        }
-        if result.as_ref().is_err_and(|e| !sock::is_refused(e)) {
-            // One by one: a single datagram, no GSO, or GSO refused this run (EINVAL: the
-            // segment does not fit the route's MTU).
-            let mut sent = 0;
-            result = Ok(0);
-            for d in datagrams {
-                match sock::send(fd, d) {
-                    Ok(_) => sent += 1,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_ok() || sent > 0 {
-                result = Ok(sent);
-            }
-        }
-        let counters = &run.service.counters;
+        let result = self.send_run(flow.payload.upstream.as_raw_fd(), datagrams, &run);
+        let counters = &flow.payload.service.counters;
         match result {
             Ok(sent) => {
                 counters
@@ -476,7 +416,7 @@ impl Udp {
                 counters
                     .bytes_to_backend
                     .fetch_add((sent * run.size) as u64, Relaxed);
-                if let Some(t) = &run.trace {
+                if let Some(t) = &flow.payload.trace {
                     t.to_backend(sent as u64, (sent * run.size) as u64);
                 }
                 let lost = run.count - sent;
@@ -488,7 +428,8 @@ impl Udp {
                 // The backend answered an earlier datagram with ICMP unreachable: end the flow
                 // and balance these datagrams afresh (a new socket cannot be refused yet, so
                 // this does not recurse again).
-                if let Some(flow) = self.flows.borrow_mut().remove(run.id) {
+                drop(flows);
+                if let Some(flow) = self.flows.borrow_mut().remove(run.to) {
                     flow.payload.ending(CloseReason::Rebalanced);
                 }
                 self.from_clients(frontend, received, run.range(), bufs, table);
@@ -498,6 +439,42 @@ impl Udp {
                     .datagrams_dropped
                     .fetch_add(run.count as u64, Relaxed);
             }
+        }
+    }
+
+    /// Sends `datagrams` (the run `run`) on the connected socket `fd`: segmented when the run
+    /// has several and segmentation works, else one by one until one fails. Returns how many
+    /// left, or the error when none did.
+    fn send_run(
+        &self,
+        fd: std::os::fd::RawFd,
+        datagrams: &[IoSlice<'_>],
+        run: &Run<FlowId>,
+    ) -> io::Result<usize> {
+        if let Some(size) = run.segment().filter(|_| self.gso.get()) {
+            match sock::send_segments(fd, datagrams, size) {
+                Ok(_) => return Ok(run.count),
+                Err(e) if sock::is_refused(&e) => return Err(e),
+                // One by one below (EINVAL: this segment does not fit the route's MTU).
+                Err(e) => self.gso_failed(&e),
+            }
+        }
+        let mut sent = 0;
+        for d in datagrams {
+            match sock::send(fd, d) {
+                Ok(_) => sent += 1,
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    /// A segmented send failed with `e`: segmentation is turned off for the worker when `e`
+    /// says the socket or device cannot segment at all.
+    fn gso_failed(&self, e: &io::Error) {
+        if sock::disables_gso(e) && self.gso.replace(false) {
+            tracing::info!(error = %e, "UDP segmentation offload unavailable: sending datagrams one by one");
         }
     }
 
@@ -735,47 +712,12 @@ impl Udp {
         };
         let counters = &flow.payload.service.counters;
         let (mut sent, mut bytes) = (0u64, 0u64);
-        let mut start = 0;
-        while start < n {
-            let size = received[start].len;
-            let mut end = start + 1;
-            while end < n
-                && received[end].len == size
-                && size > 0
-                && (end + 1 - start) * size <= MAX_GSO_BYTES
-            {
-                end += 1;
-            }
+        for run in run::split(received[..n].iter().map(|r| r.len)) {
             let mut iov = [IoSlice::new(&[]); BATCH];
-            let datagrams = sock::gather(&bufs, &received, start..end, &mut iov);
-            let segment = (end - start > 1 && self.gso.get())
-                .then(|| u16::try_from(size).ok())
-                .flatten();
-            let result = match segment {
-                Some(_) => sock::send_to_client(out, datagrams, client, source, segment),
-                None => Err(io::ErrorKind::Unsupported.into()),
-            };
-            match result {
-                Ok(_) => {
-                    sent += datagrams.len() as u64;
-                    bytes += (datagrams.len() * size) as u64;
-                }
-                Err(e) => {
-                    if segment.is_some()
-                        && sock::is_gso_unsupported(&e)
-                        && e.raw_os_error() != Some(libc::EINVAL)
-                    {
-                        self.gso.set(false);
-                    }
-                    for d in datagrams {
-                        if sock::send_to_client(out, &[*d], client, source, None).is_ok() {
-                            sent += 1;
-                            bytes += d.len() as u64;
-                        }
-                    }
-                }
-            }
-            start = end;
+            let datagrams = sock::gather(&bufs, &received, run.range(), &mut iov);
+            let left = self.reply_run(out, datagrams, &run, client, source);
+            sent += left as u64;
+            bytes += (left * run.size) as u64;
         }
         counters.datagrams_to_client.fetch_add(sent, Relaxed);
         counters.bytes_to_client.fetch_add(bytes, Relaxed);
@@ -792,6 +734,31 @@ impl Udp {
             busy.activity(now);
         }
         Polled::Got(n)
+    }
+}
+
+impl Udp {
+    /// Sends the replies `datagrams` (the run `run`) to `client` from the frontend socket
+    /// `out`: segmented when the run has several and segmentation works, else one by one.
+    /// Returns how many left.
+    fn reply_run(
+        &self,
+        out: std::os::fd::RawFd,
+        datagrams: &[IoSlice<'_>],
+        run: &Run<()>,
+        client: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> usize {
+        if let Some(size) = run.segment().filter(|_| self.gso.get()) {
+            match sock::send_to_client(out, datagrams, client, source, Some(size)) {
+                Ok(_) => return run.count,
+                Err(e) => self.gso_failed(&e),
+            }
+        }
+        datagrams
+            .iter()
+            .filter(|d| sock::send_to_client(out, &[**d], client, source, None).is_ok())
+            .count()
     }
 }
 

@@ -86,9 +86,10 @@ impl Sim {
         let at = self.at();
         let expected = self.model.get(&key).copied();
         match self.table.lookup(&key, at) {
-            Lookup::Live(id, flow) => {
+            Lookup::Live(id) => {
                 let m = expected.expect("a live flow is in the model");
                 assert_eq!(id, m.id);
+                let flow = self.table.get(id).expect("a live flow's handle works");
                 assert_eq!(flow.backend, m.backend, "a flow keeps its backend");
                 assert!(
                     m.last + m.idle > now,
