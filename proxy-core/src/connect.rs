@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 
 use balancers::{ConnectionGuard, Flow};
 use config::ServiceEntry;
@@ -54,14 +53,10 @@ pub(crate) async fn connect(
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {
-        entry.counters.connect_attempts.fetch_add(1, Relaxed);
-        if attempt > 1 {
-            entry.counters.connect_retries.fetch_add(1, Relaxed);
-        }
         let addr = entry.backends[idx].address;
         // Counted as inactive while connecting (IPVS: not yet established), active once up.
         let mut guard = states[idx].connecting();
-        let started = trace.attempt();
+        let started = trace.attempt(attempt);
         let source = svc.preserve_client_ip.then(|| flow.client.ip());
         match monoio::time::timeout(svc.connect_timeout, connect_from(addr, source)).await {
             Ok(Ok(stream)) => {

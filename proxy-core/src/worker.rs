@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use balancers::Flow;
-use config::{FrontendKey, ServiceEntry, Table};
+use config::{FrontendKey, Table};
 use monoio::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{connect, ConnectFailure};
@@ -23,7 +22,7 @@ use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{abort, set_reset_on_close, with_socket};
 use crate::task::{self, Panics, TaskKind};
-use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
+use crate::telemetry::{CloseReason, ConnEnd, Count, ServiceStats, Telemetry, WorkerTelemetry};
 use crate::throttle::Throttle;
 use crate::udp::handover::{HandedOver, UdpFlowInfo};
 use crate::udp::{Udp, UdpFrontend, UdpWake};
@@ -354,7 +353,7 @@ impl Worker {
         drop(stream);
         self.fds.count_refused_tcp();
         if let Some(entry) = self.table.load().lookup(key) {
-            entry.counters.no_descriptors.fetch_add(1, Relaxed);
+            self.telemetry.stats(entry).add(Count::NoDescriptors, 1);
         }
         if let Some(n) = self.over_budget.hit(Instant::now()) {
             tracing::warn!(
@@ -369,15 +368,16 @@ impl Worker {
 /// long as it lives.
 struct OpenGuard<'a> {
     worker: &'a Worker,
-    service: Option<Arc<ServiceEntry>>,
+    /// Its worker's counts of its service, once known.
+    stats: Option<Arc<ServiceStats>>,
     _fds: Fds,
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.worker.open.set(self.worker.open.get() - 1);
-        if let Some(s) = &self.service {
-            s.counters.active.fetch_sub(1, Relaxed);
+        if let Some(s) = &self.stats {
+            s.sub(Count::Active, 1);
         }
     }
 }
@@ -393,7 +393,7 @@ async fn serve(
     worker.open.set(worker.open.get() + 1);
     let mut guard = OpenGuard {
         worker: &worker,
-        service: None,
+        stats: None,
         _fds: fds,
     };
     let Some(entry) = worker.table.load().lookup(&key).cloned() else {
@@ -401,13 +401,13 @@ async fn serve(
         set_reset_on_close(&client);
         return;
     };
-    let counters = &entry.counters;
-    counters.accepted.fetch_add(1, Relaxed);
-    counters.active.fetch_add(1, Relaxed);
-    guard.service = Some(Arc::clone(&entry));
+    let stats = worker.telemetry.stats(&entry);
+    stats.add(Count::Accepted, 1);
+    stats.add(Count::Active, 1);
+    guard.stats = Some(Arc::clone(&stats));
     let _ = client.set_nodelay(true);
     let dest = destination(&client, key.addr);
-    let mut trace = worker.telemetry.open(&entry, dest);
+    let mut trace = worker.telemetry.open(stats, dest);
 
     let flow = Flow { client: peer, dest };
     // Boxed: the connect step is short-lived and must not widen the future every open
@@ -416,14 +416,8 @@ async fn serve(
         Ok(u) => u,
         Err(failure) => {
             let reason = match failure {
-                ConnectFailure::NoBackend => {
-                    counters.no_backend.fetch_add(1, Relaxed);
-                    CloseReason::NoBackend
-                }
-                ConnectFailure::AllFailed => {
-                    counters.connect_failed.fetch_add(1, Relaxed);
-                    CloseReason::ConnectFailed
-                }
+                ConnectFailure::NoBackend => CloseReason::NoBackend,
+                ConnectFailure::AllFailed => CloseReason::ConnectFailed,
             };
             tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");
             set_reset_on_close(&client);
@@ -456,18 +450,9 @@ async fn serve(
         &worker.idle,
     )
     .await;
-    counters
-        .bytes_to_backend
-        .fetch_add(outcome.to_backend, Relaxed);
-    counters
-        .bytes_to_client
-        .fetch_add(outcome.to_client, Relaxed);
     let reason = match outcome.end {
         RelayEnd::Closed => CloseReason::Eof,
-        RelayEnd::IdleTimeout => {
-            counters.idle_timeouts.fetch_add(1, Relaxed);
-            CloseReason::IdleTimeout
-        }
+        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
         RelayEnd::Drained => CloseReason::Drained,
         RelayEnd::Cut => CloseReason::DrainTimeout,
         RelayEnd::Error => CloseReason::Reset,

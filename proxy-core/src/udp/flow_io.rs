@@ -5,7 +5,6 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,13 +15,17 @@ use monoio::net::udp::UdpSocket;
 use super::UdpFrontend;
 use crate::fds::Fds;
 use crate::sys::with_socket;
-use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
+use crate::telemetry::{
+    AffinityOutcome, CloseReason, Count, Datagrams, Decision, ServiceStats, WorkerTelemetry,
+};
 
 /// What the flow table keeps with each flow: its upstream socket and what it counts against.
 pub(crate) struct FlowIo {
     pub(super) upstream: Rc<UdpSocket>,
     pub(super) frontend: Rc<UdpFrontend>,
     pub(super) service: Arc<ServiceEntry>,
+    /// This worker's counts of the service.
+    pub(super) stats: Arc<ServiceStats>,
     /// Counts the flow as inactive on its backend (IPVS counts UDP as inactive).
     pub(super) _guard: ConnectionGuard,
     /// The descriptor of its upstream socket, in the data plane's budget.
@@ -65,15 +68,14 @@ impl FlowTrace {
 }
 
 impl FlowIo {
-    /// Records why the flow ends: in its service's counters (idle timeouts, re-balanced flows)
+    /// Records why the flow ends: in its service's counts (idle timeouts, re-balanced flows)
     /// and for the decision log.
     pub(super) fn ending(&self, why: CloseReason) {
-        let counters = &self.service.counters;
         match why {
-            CloseReason::IdleTimeout => counters.idle_timeouts.fetch_add(1, Relaxed),
-            CloseReason::Rebalanced => counters.flows_rebalanced.fetch_add(1, Relaxed),
-            _ => 0,
-        };
+            CloseReason::IdleTimeout => self.stats.add(Count::IdleTimeouts, 1),
+            CloseReason::Rebalanced => self.stats.add(Count::FlowsRebalanced, 1),
+            _ => {}
+        }
         if let Some(t) = &self.trace {
             t.close.set(why);
         }
@@ -84,7 +86,7 @@ impl Drop for FlowIo {
     /// The flow ended: release its place in the service's bound and wake its reply task, which
     /// sees the flow gone and closes the socket.
     fn drop(&mut self) {
-        self.service.counters.flows.fetch_sub(1, Relaxed);
+        self.service.state.release_flow();
         let _ = with_socket(&*self.upstream, |s| s.shutdown(std::net::Shutdown::Read));
         if let Some(t) = &self.trace {
             if t.telemetry.logging() {

@@ -24,7 +24,6 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ use crate::connect::{candidates, choose_traced, Choice};
 use crate::fds::{is_exhaustion, FdBudget};
 use crate::sys::with_socket;
 use crate::task::{self, TaskKind};
-use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
+use crate::telemetry::{AffinityOutcome, CloseReason, Count, Datagrams, Decision, WorkerTelemetry};
 use crate::throttle::Throttle;
 pub(crate) use busy::BusyPoll;
 pub(crate) use coalesce::Coalesce;
@@ -407,21 +406,17 @@ impl Udp {
         let mut iov = [IoSlice::new(&[]); BATCH];
         let datagrams = sock::gather(bufs, received, run.range(), &mut iov);
         let result = self.send_run(flow.payload.upstream.as_raw_fd(), datagrams, &run);
-        let counters = &flow.payload.service.counters;
+        let stats = &flow.payload.stats;
         match result {
             Ok(sent) => {
-                counters
-                    .datagrams_to_backend
-                    .fetch_add(sent as u64, Relaxed);
-                counters
-                    .bytes_to_backend
-                    .fetch_add((sent * run.size) as u64, Relaxed);
+                stats.add(Count::DatagramsToBackend, sent as u64);
+                stats.add(Count::BytesToBackend, (sent * run.size) as u64);
                 if let Some(t) = &flow.payload.trace {
                     t.to_backend(sent as u64, (sent * run.size) as u64);
                 }
                 let lost = run.count - sent;
                 if lost > 0 {
-                    counters.datagrams_dropped.fetch_add(lost as u64, Relaxed);
+                    stats.add(Count::DatagramsDropped, lost as u64);
                 }
             }
             Err(e) if sock::is_refused(&e) => {
@@ -434,11 +429,7 @@ impl Udp {
                 }
                 self.from_clients(frontend, received, run.range(), bufs, table);
             }
-            Err(_) => {
-                counters
-                    .datagrams_dropped
-                    .fetch_add(run.count as u64, Relaxed);
-            }
+            Err(_) => stats.add(Count::DatagramsDropped, run.count as u64),
         }
     }
 
@@ -490,11 +481,10 @@ impl Udp {
         let Some(entry) = table.load().lookup(&frontend.key).cloned() else {
             return;
         };
-        let counters = &entry.counters;
+        let stats = self.telemetry.stats(&entry);
         let limit = u64::from(entry.service.max_flows);
-        if counters.flows.fetch_add(1, Relaxed) >= limit {
-            counters.flows.fetch_sub(1, Relaxed);
-            counters.flows_refused.fetch_add(1, Relaxed);
+        if !entry.state.take_flow(limit) {
+            stats.add(Count::FlowsRefused, 1);
             if let Some(n) = self.at_max_flows.hit(now) {
                 tracing::warn!(service = %entry.service.name, max_flows = limit, refused = n, "UDP flow limit reached: dropping datagrams of new flows ({n} since the last warning)");
             }
@@ -502,9 +492,9 @@ impl Udp {
         }
         // From here the flow counts against the bound; `FlowIo` (or `unwind`) releases it.
         let unwind = |dropped: bool| {
-            counters.flows.fetch_sub(1, Relaxed);
+            entry.state.release_flow();
             if dropped {
-                counters.datagrams_dropped.fetch_add(1, Relaxed);
+                stats.add(Count::DatagramsDropped, 1);
             }
         };
         let pick = Pick {
@@ -529,9 +519,9 @@ impl Udp {
             },
             None => choose_traced(&entry, &pick),
         };
-        self.telemetry.affinity(&entry, choice.affinity);
+        stats.affinity(choice.affinity);
         let Some(idx) = choice.backend else {
-            counters.no_backend.fetch_add(1, Relaxed);
+            stats.add(Count::NoBackend, 1);
             if self.telemetry.logging() {
                 self.telemetry.log(Decision {
                     service: Arc::clone(&entry),
@@ -584,17 +574,15 @@ impl Udp {
         });
         match sock::send(upstream.as_raw_fd(), data) {
             Ok(n) => {
-                counters.datagrams_to_backend.fetch_add(1, Relaxed);
-                counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
+                stats.add(Count::DatagramsToBackend, 1);
+                stats.add(Count::BytesToBackend, n as u64);
                 if let Some(t) = &trace {
                     t.to_backend(1, n as u64);
                 }
             }
-            Err(_) => {
-                counters.datagrams_dropped.fetch_add(1, Relaxed);
-            }
+            Err(_) => stats.add(Count::DatagramsDropped, 1),
         }
-        counters.flows_opened.fetch_add(1, Relaxed);
+        stats.add(Count::FlowsOpened, 1);
         let idle = entry.service.idle_timeout;
         let io = FlowIo {
             upstream: Rc::clone(&upstream),
@@ -602,6 +590,7 @@ impl Udp {
             _guard: entry.states[idx].udp_flow(),
             _fds: fds,
             service: Arc::clone(&entry),
+            stats,
             trace,
         };
         let id = self.flows.borrow_mut().insert(key, backend, idle, io, now);
@@ -623,7 +612,9 @@ impl Udp {
         now: Instant,
         error: Option<&io::Error>,
     ) {
-        entry.counters.flows_no_descriptors.fetch_add(1, Relaxed);
+        self.telemetry
+            .stats(entry)
+            .add(Count::FlowsNoDescriptors, 1);
         self.fds.count_refused_udp();
         if let Some(n) = self.no_descriptors.hit(now) {
             let error = error.map(ToString::to_string);
@@ -710,7 +701,7 @@ impl Udp {
                 return Polled::Failed;
             }
         };
-        let counters = &flow.payload.service.counters;
+        let stats = &flow.payload.stats;
         let (mut sent, mut bytes) = (0u64, 0u64);
         for run in run::split(received[..n].iter().map(|r| r.len)) {
             let mut iov = [IoSlice::new(&[]); BATCH];
@@ -719,14 +710,14 @@ impl Udp {
             sent += left as u64;
             bytes += (left * run.size) as u64;
         }
-        counters.datagrams_to_client.fetch_add(sent, Relaxed);
-        counters.bytes_to_client.fetch_add(bytes, Relaxed);
+        stats.add(Count::DatagramsToClient, sent);
+        stats.add(Count::BytesToClient, bytes);
         if let Some(t) = &flow.payload.trace {
             t.to_client(sent, bytes);
         }
         let lost = n as u64 - sent;
         if lost > 0 {
-            counters.datagrams_dropped.fetch_add(lost, Relaxed);
+            stats.add(Count::DatagramsDropped, lost);
         }
         let now = Instant::now();
         flows.touch(id, now);
