@@ -415,14 +415,10 @@ async fn serve(
     let upstream = match Box::pin(connect(&entry, &flow, &mut trace)).await {
         Ok(u) => u,
         Err(failure) => {
-            let reason = match failure {
-                ConnectFailure::NoBackend => CloseReason::NoBackend,
-                ConnectFailure::AllFailed => CloseReason::ConnectFailed,
-            };
             tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");
             set_reset_on_close(&client);
             drop(client);
-            let end = ConnEnd::failed(reason);
+            let end = ConnEnd::failed(failed_reason(failure));
             worker.telemetry.close(trace, &entry, peer, end);
             return;
         }
@@ -450,18 +446,11 @@ async fn serve(
         &worker.idle,
     )
     .await;
-    let reason = match outcome.end {
-        RelayEnd::Closed => CloseReason::Eof,
-        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
-        RelayEnd::Drained => CloseReason::Drained,
-        RelayEnd::Cut => CloseReason::DrainTimeout,
-        RelayEnd::Error => CloseReason::Reset,
-    };
     let end = ConnEnd {
         backend: Some(backend),
         to_backend: outcome.to_backend,
         to_client: outcome.to_client,
-        reason,
+        reason: relay_reason(outcome.end),
     };
     worker.telemetry.close(trace, &entry, peer, end);
     tracing::debug!(
@@ -469,6 +458,25 @@ async fn serve(
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
+}
+
+/// How a connection that reached no backend ended.
+fn failed_reason(failure: ConnectFailure) -> CloseReason {
+    match failure {
+        ConnectFailure::NoBackend => CloseReason::NoBackend,
+        ConnectFailure::AllFailed => CloseReason::ConnectFailed,
+    }
+}
+
+/// How a relayed connection ended.
+fn relay_reason(end: RelayEnd) -> CloseReason {
+    match end {
+        RelayEnd::Closed => CloseReason::Eof,
+        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+        RelayEnd::Drained => CloseReason::Drained,
+        RelayEnd::Cut => CloseReason::DrainTimeout,
+        RelayEnd::Error => CloseReason::Reset,
+    }
 }
 
 /// The address the client dialled, for the scheduler (`dh`) and the decision log. A listener

@@ -1,9 +1,8 @@
 //! The UDP flow table of one worker, as pure code: no sockets, no clock, no randomness.
 //!
-//! Time comes in as an argument and the hash seed at construction, so the seeded simulation in
-//! `sim.rs` drives it step by step on a virtual clock. The I/O shell (`mod.rs`) keeps the
-//! per-flow payload (the connected upstream socket) in the table and does what the table
-//! returns: forward, open, close. See `LIFECYCLE.md` beside this file.
+//! Time comes in as an argument and the hash seed at construction. The flow manager
+//! (`manager.rs`) keeps it and decides what happens to flows; the I/O shell keeps the per-flow
+//! payload (the connected upstream socket) in it. See `LIFECYCLE.md` beside this file.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -72,10 +71,15 @@ pub(crate) enum Lookup<T> {
 pub(crate) enum End {
     /// No datagram for the idle timeout.
     Idle,
-    /// Its backend stopped being usable, or its frontend went away.
-    Invalidated,
-    /// The shell removed it (the backend refused, or the worker stops).
-    Removed,
+    /// A table swap left its backend unusable for its frontend (removed, weight 0), or took
+    /// the frontend out of the table.
+    Unusable,
+    /// Its backend refused it (ICMP unreachable on its socket).
+    Refused,
+    /// Its frontend socket closed on this worker.
+    FrontendClosed,
+    /// The worker stops.
+    Stopped,
 }
 
 struct Slot<T> {
@@ -275,10 +279,11 @@ impl<T> FlowTable<T> {
         debug_assert_eq!(self.timers.len(), self.index.len(), "one timer per flow");
     }
 
-    /// Ends every flow `keep` rejects (a backend no longer usable), appending them to `out`.
+    /// Ends every flow `keep` rejects, for `why`, appending them to `out`.
     pub(crate) fn retain(
         &mut self,
         mut keep: impl FnMut(&Flow<T>) -> bool,
+        why: End,
         out: &mut Vec<(Flow<T>, End)>,
     ) {
         let ended: Vec<FlowId> = self
@@ -294,7 +299,7 @@ impl<T> FlowTable<T> {
             .collect();
         for id in ended {
             if let Some(flow) = self.remove(id) {
-                out.push((flow, End::Invalidated));
+                out.push((flow, why));
             }
         }
     }
@@ -311,7 +316,7 @@ impl<T> FlowTable<T> {
         let ids: Vec<FlowId> = self.index.values().copied().collect();
         for id in ids {
             if let Some(flow) = self.remove(id) {
-                out.push((flow, End::Removed));
+                out.push((flow, End::Stopped));
             }
         }
     }
