@@ -173,8 +173,12 @@ impl Worker {
                     deadline,
                     applied,
                 } => {
-                    self.udp.revalidate(&table);
-                    self.telemetry.retain(&table);
+                    // Against the live table, which is this one or newer: a worker that
+                    // applies a swap late must not end the flows, or forget the counts, of
+                    // services and backends a later swap brought back or added.
+                    let live_table = self.table.load();
+                    self.udp.revalidate(&live_table);
+                    self.telemetry.retain(&live_table);
                     let live: HashSet<*const balancers::BackendState> =
                         table.backend_states().map(Arc::as_ptr).collect();
                     let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
