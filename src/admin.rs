@@ -25,7 +25,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
+use proxy_core::TelemetrySnapshot;
 
+use self::dataplane::DataPlaneSeries;
 use self::exposition::TableSeries;
 pub use self::views::UdpFlowsView;
 use self::views::{ConfigView, StatsView};
@@ -185,14 +187,30 @@ impl AdminState {
         }
     }
 
-    /// The `/metrics` exposition now.
+    /// The workers' counts summed now (`None` before the workers run: nothing counted yet).
+    fn counts(&self) -> Option<TelemetrySnapshot> {
+        self.data_plane.get().map(|dp| dp.telemetry.snapshot())
+    }
+
+    /// The `/metrics` exposition now. The workers' counts are summed once, so the table's
+    /// series and the data plane's agree.
     pub fn metrics(&self) -> String {
         let table = self.table.load();
         let http = &*self.http;
-        match self.data_plane.get() {
-            Some(dp) => exposition::render(&table, &[&TableSeries, &self.telemetry, http, dp]),
-            None => exposition::render(&table, &[&TableSeries, &self.telemetry, http]),
+        let counts = self.counts();
+        let services = TableSeries(counts.as_ref());
+        match (self.data_plane.get(), &counts) {
+            (Some(plane), Some(snapshot)) => {
+                let dp = DataPlaneSeries { plane, snapshot };
+                exposition::render(&table, &[&services, &self.telemetry, http, &dp])
+            }
+            _ => exposition::render(&table, &[&services, &self.telemetry, http]),
         }
+    }
+
+    /// `/stats` now.
+    fn stats(&self) -> (Arc<Table>, Option<TelemetrySnapshot>) {
+        (self.table.load_full(), self.counts())
     }
 
     /// `/readyz`: 200 only while serving with no problem reported; else 503 and why.
@@ -311,11 +329,17 @@ async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "/readyz" => state.readyz(),
         "/config" => json(&ConfigView::new(&state.table.load())),
         "/stats" => match query_param(req, "format") {
-            None | Some("json") => json(&StatsView::new(&state.table.load())),
-            Some("text") => text(
-                StatusCode::OK,
-                StatsView::new(&state.table.load()).to_text(),
-            ),
+            None | Some("json") => {
+                let (table, counts) = state.stats();
+                json(&StatsView::new(&table, counts.as_ref()))
+            }
+            Some("text") => {
+                let (table, counts) = state.stats();
+                text(
+                    StatusCode::OK,
+                    StatsView::new(&table, counts.as_ref()).to_text(),
+                )
+            }
             Some(other) => text(
                 StatusCode::BAD_REQUEST,
                 format!("unknown format {other:?}: json (the default) or text\n"),

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
 use config::{Backend, Config, DnsConfig, DnsWatch, Protocol, Service, ServiceDefaults, Table};
-use proxy_core::{Proxy, ProxyOptions};
+use proxy_core::{Count, Proxy, ProxyOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -472,6 +472,7 @@ fn serve_with(
     admin_state.set_draining();
     tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
     let table = proxy.table();
+    let telemetry = proxy.telemetry();
     let report = proxy.shutdown(dp.drain_timeout);
     // The connections that ended while draining are logged before exit.
     decision_writer.stop();
@@ -483,17 +484,19 @@ fn serve_with(
             report.connections_reset
         );
     }
+    // After the drain: every connection that ended is counted.
+    let counts = telemetry.snapshot();
     for svc in table.services() {
-        let c = &svc.counters;
+        let c = counts.service(svc);
         tracing::info!(
             service = %svc.service.name,
-            accepted = c.accepted.load(Relaxed),
-            connect_failed = c.connect_failed.load(Relaxed),
-            no_backend = c.no_backend.load(Relaxed),
-            connect_retries = c.connect_retries.load(Relaxed),
-            idle_timeouts = c.idle_timeouts.load(Relaxed),
-            bytes_to_backend = c.bytes_to_backend.load(Relaxed),
-            bytes_to_client = c.bytes_to_client.load(Relaxed),
+            accepted = c.count(Count::Accepted),
+            connect_failed = c.count(Count::ConnectFailed),
+            no_backend = c.count(Count::NoBackend),
+            connect_retries = c.count(Count::ConnectRetries),
+            idle_timeouts = c.count(Count::IdleTimeouts),
+            bytes_to_backend = c.count(Count::BytesToBackend),
+            bytes_to_client = c.count(Count::BytesToClient),
             "service totals"
         );
     }

@@ -4,7 +4,8 @@
 //! accept anything shaped right, then validation into checked types ([`Config`], [`Service`],
 //! [`Backend`]) that collects *every* problem with its file, line, column and field path.
 //! Only checked types leave this crate. [`Table`] is the immutable snapshot the data plane
-//! reads; it is built here, off the hot path, and carries node-wide counters across rebuilds.
+//! reads; it is built here, off the hot path, and carries node-wide state (backend connection
+//! counts, the UDP flow gauge, each service's identity) across rebuilds.
 //!
 //! Backends may be DNS names ([`BackendAddress::Name`]): with the `dns` feature, `DnsWatch`
 //! resolves them on their TTL on a thread of its own, and [`Config::expand`] turns the answers
@@ -43,6 +44,6 @@ pub use raw::{parse_admin, parse_yaml, parse_yaml_file};
 #[cfg(feature = "dns")]
 pub use resolver::{DnsError, DnsWatch};
 pub use source::{load, Format, Loaded};
-pub use table::{BackendEntry, FrontendKey, ServiceCounters, ServiceEntry, Table};
+pub use table::{BackendEntry, FrontendKey, ServiceEntry, ServiceState, Table};
 #[cfg(feature = "watch")]
 pub use watch::{FileWatch, WatchError};

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use std::num::NonZeroUsize;
@@ -21,50 +22,40 @@ pub struct FrontendKey {
     pub addr: SocketAddr,
 }
 
-/// Node-wide counters of one service, carried across table rebuilds by service name.
-///
-/// All counters are monotonic except the gauges `active` and `flows`.
+/// What of one service is node-wide and outlives a table rebuild that keeps the service's
+/// name: its identity, by which workers key their own counters of the service (they sum at
+/// scrape time, see the data plane's telemetry), and the UDP flow gauge that `max_flows`
+/// bounds across every worker. Nothing else is shared: a counter here would cost every
+/// worker a contended atomic per event.
 #[derive(Debug, Default)]
-pub struct ServiceCounters {
-    /// Client connections accepted.
-    pub accepted: AtomicU64,
-    /// Client connections currently open.
-    pub active: AtomicU64,
-    /// Connect attempts to backends (first tries and retries).
-    pub connect_attempts: AtomicU64,
-    /// Connect attempts after a failed one (retries).
-    pub connect_retries: AtomicU64,
-    /// Client connections reset because every attempt failed.
-    pub connect_failed: AtomicU64,
-    /// Client connections reset because no backend was eligible.
-    pub no_backend: AtomicU64,
-    /// Client connections reset at accept because the data plane's share of the open-file
-    /// limit was used up.
-    pub no_descriptors: AtomicU64,
-    /// Connections closed by the idle timeout.
-    pub idle_timeouts: AtomicU64,
-    /// Bytes relayed client to backend.
-    pub bytes_to_backend: AtomicU64,
-    /// Bytes relayed backend to client.
-    pub bytes_to_client: AtomicU64,
-    /// UDP flows open now, node-wide (bounded by the service's `max_flows`).
-    pub flows: AtomicU64,
-    /// UDP flows opened.
-    pub flows_opened: AtomicU64,
-    /// UDP datagrams dropped because they would have opened a flow past `max_flows`.
-    pub flows_refused: AtomicU64,
-    /// UDP datagrams dropped because they would have opened a flow and no descriptor was left
-    /// for its upstream socket (the data plane's share of the open-file limit, or the limit).
-    pub flows_no_descriptors: AtomicU64,
-    /// UDP flows ended because their backend stopped being usable (removed, weight 0) or
-    /// refused them (ICMP port unreachable).
-    pub flows_rebalanced: AtomicU64,
-    /// UDP datagrams relayed client to backend.
-    pub datagrams_to_backend: AtomicU64,
-    /// UDP datagrams relayed backend to client.
-    pub datagrams_to_client: AtomicU64,
-    /// UDP datagrams dropped: no eligible backend, a full socket buffer, or a send error.
-    pub datagrams_dropped: AtomicU64,
+pub struct ServiceState {
+    /// UDP flows open now, node-wide.
+    flows: AtomicU64,
+}
+
+impl ServiceState {
+    /// Takes a place for a new UDP flow when fewer than `limit` are open (node-wide); `false`
+    /// (nothing taken) at the limit. [`ServiceState::release_flow`] gives it back.
+    #[inline]
+    pub fn take_flow(&self, limit: u64) -> bool {
+        if self.flows.fetch_add(1, Relaxed) >= limit {
+            self.flows.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a place taken by [`ServiceState::take_flow`] (the flow ended).
+    #[inline]
+    pub fn release_flow(&self) {
+        let before = self.flows.fetch_sub(1, Relaxed);
+        debug_assert!(before > 0, "a flow place released twice");
+    }
+
+    /// UDP flows open now, node-wide.
+    pub fn flows(&self) -> u64 {
+        self.flows.load(Relaxed)
+    }
 }
 
 /// One backend as workers see it.
@@ -87,8 +78,8 @@ pub struct ServiceEntry {
     pub backends: Vec<BackendEntry>,
     /// Node-wide per-backend state, aligned with `backends`.
     pub states: Vec<Arc<BackendState>>,
-    /// Node-wide service counters.
-    pub counters: Arc<ServiceCounters>,
+    /// The service's node-wide state, carried across rebuilds by service name.
+    pub state: Arc<ServiceState>,
     /// ClientIP session affinity (node-wide: shared by every worker), when configured.
     pub affinity: Option<Arc<Affinity>>,
 }
@@ -103,7 +94,7 @@ pub struct Table {
 
 impl Table {
     /// Builds the table for `config`. A service equal to its namesake in `previous` keeps its
-    /// entry as it is; for a changed one, counters and backend state of backends that also
+    /// entry as it is; for a changed one, its [`ServiceState`] and the state of backends that also
     /// exist in `previous` (same service name; same backend address) are carried over, so load
     /// counts and statistics survive the swap.
     pub fn build(config: &Config, previous: Option<&Table>) -> Table {
@@ -248,7 +239,7 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
             .map(|timeout| affinity_for(timeout, &backends, old)),
         backends,
         states,
-        counters: old.map_or_else(Default::default, |o| Arc::clone(&o.counters)),
+        state: old.map_or_else(Default::default, |o| Arc::clone(&o.state)),
     }
 }
 

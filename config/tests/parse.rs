@@ -1,6 +1,5 @@
 //! The ringlb YAML format: checked values, defaults, located errors, and the table builder.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +79,7 @@ fn table_maps_frontends_and_carries_state_across_rebuilds() {
     let web = Arc::clone(t1.lookup(&key).expect("frontend maps to web"));
     assert_eq!(web.service.name, "web");
     let guard = web.states[0].connect();
-    web.counters.accepted.fetch_add(7, Relaxed);
+    assert!(web.state.take_flow(1));
 
     // Rebuild with the first backend kept, the second removed and a new one added.
     let changed = TWO.replace("\"[fd00::2]:80\"", "10.0.0.3:80");
@@ -97,11 +96,14 @@ fn table_maps_frontends_and_carries_state_across_rebuilds() {
         "the open connection is still counted"
     );
     assert_eq!(web2.states[1].active(), 0, "a new backend starts empty");
-    assert_eq!(
-        web2.counters.accepted.load(Relaxed),
-        7,
-        "service counters survive the swap"
+    assert!(
+        Arc::ptr_eq(&web.state, &web2.state),
+        "the service keeps its identity, by which workers key their counters"
     );
+    assert_eq!(web2.state.flows(), 1, "the open flow is still counted");
+    assert!(!web2.state.take_flow(1), "and still bounds new ones");
+    web2.state.release_flow();
+    assert!(web2.state.take_flow(1));
     drop(guard);
     assert_eq!(web2.states[0].active(), 0);
 }

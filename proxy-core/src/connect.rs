@@ -2,7 +2,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
 
 use balancers::{ConnectionGuard, Flow};
 use config::ServiceEntry;
@@ -48,20 +47,16 @@ pub(crate) async fn connect(
 ) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
     let states = &entry.states;
-    let choice = choose_traced(entry, flow);
+    let choice = choose_traced(entry, flow, std::time::Instant::now());
     trace.chose(entry, &choice);
     let first = choice.backend.ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;
     for attempt in 1..=svc.max_connect_attempts.get() {
-        entry.counters.connect_attempts.fetch_add(1, Relaxed);
-        if attempt > 1 {
-            entry.counters.connect_retries.fetch_add(1, Relaxed);
-        }
         let addr = entry.backends[idx].address;
         // Counted as inactive while connecting (IPVS: not yet established), active once up.
         let mut guard = states[idx].connecting();
-        let started = trace.attempt();
+        let started = trace.attempt(attempt);
         let source = svc.preserve_client_ip.then(|| flow.client.ip());
         match monoio::time::timeout(svc.connect_timeout, connect_from(addr, source)).await {
             Ok(Ok(stream)) => {
@@ -140,8 +135,8 @@ pub(crate) struct Choice {
 /// The backend for a new connection or UDP flow: the client's pinned one when the service has
 /// ClientIP affinity and it is still eligible, else the scheduler's pick (then pinned); and
 /// whether affinity answered ([`AffinityOutcome::Hit`]) or the scheduler had to pick
-/// ([`AffinityOutcome::Miss`]).
-pub(crate) fn choose_traced(entry: &ServiceEntry, flow: &Flow) -> Choice {
+/// ([`AffinityOutcome::Miss`]). `now` times the affinity entries.
+pub(crate) fn choose_traced(entry: &ServiceEntry, flow: &Flow, now: std::time::Instant) -> Choice {
     let Some(scheduler) = entry.scheduler.as_ref() else {
         let affinity = match entry.affinity {
             Some(_) => AffinityOutcome::Miss,
@@ -159,7 +154,7 @@ pub(crate) fn choose_traced(entry: &ServiceEntry, flow: &Flow) -> Choice {
             let mut picked = false;
             let backend = affinity.resolve(
                 flow.client.ip(),
-                std::time::Instant::now(),
+                now,
                 |i| scheduler.is_eligible(i, states),
                 || {
                     picked = true;

@@ -7,7 +7,7 @@
 //! lets open connections finish until a deadline.
 //!
 //! `LIFECYCLE.md` beside this file follows one TCP connection from accept to close.
-//! [`Telemetry`] holds what workers record on the way (per-worker histograms and counters, read
+//! [`Telemetry`] holds what workers record on the way (per-worker counters and histograms, summed
 //! by scrapers) and the queue of the per-connection decision log, drained by the binary.
 //!
 //! This crate owns all data-plane I/O. It never parses files and knows nothing of Kubernetes.
@@ -47,8 +47,8 @@ pub use fds::{is_exhaustion, nofile_limit, open_descriptors, FdBudget};
 pub use sys::raise_nofile_limit;
 pub use task::{PanicRecord, Panics, TaskKind};
 pub use telemetry::{
-    AffinityOutcome, CloseReason, ConnectError, Datagrams, Decision, DecisionLog,
-    HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
+    AffinityOutcome, CloseReason, ConnectError, Count, CountsSnapshot, Datagrams, Decision,
+    DecisionLog, HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
 };
 pub use throttle::{Throttle, WARN_EVERY};
 pub use udp::handover::{HandedOver, UdpFlowInfo};
@@ -92,7 +92,8 @@ pub struct ProxyOptions {
     /// UDP flows handed over by the process this one replaces (see [`HandedOver`]): their
     /// clients keep their backends. Empty by default.
     pub handed_over: Arc<HandedOver>,
-    /// Collect per-worker histograms and counters (see [`Telemetry`]); off costs nothing.
+    /// Collect per-worker histograms, connect errors, close reasons and affinity outcomes (see
+    /// [`Telemetry`]); off costs no clock read. The services' counts are kept either way.
     pub telemetry: bool,
     /// The data plane's share of the open-file limit (no cap by default); the caller sets its
     /// cap once it knows what the rest of the process holds.

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use balancers::Flow;
-use config::{FrontendKey, ServiceEntry, Table};
+use config::{FrontendKey, Table};
 use monoio::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering::Relaxed;
 use tokio_util::sync::CancellationToken;
 
 use crate::connect::{connect, ConnectFailure};
@@ -23,7 +22,7 @@ use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::sys::{abort, set_reset_on_close, with_socket};
 use crate::task::{self, Panics, TaskKind};
-use crate::telemetry::{CloseReason, ConnEnd, Telemetry, WorkerTelemetry};
+use crate::telemetry::{CloseReason, ConnEnd, Count, ServiceStats, Telemetry, WorkerTelemetry};
 use crate::throttle::Throttle;
 use crate::udp::handover::{HandedOver, UdpFlowInfo};
 use crate::udp::{Udp, UdpFrontend, UdpWake};
@@ -174,8 +173,12 @@ impl Worker {
                     deadline,
                     applied,
                 } => {
-                    self.udp.revalidate(&table);
-                    self.telemetry.retain(&table);
+                    // Against the live table, which is this one or newer: a worker that
+                    // applies a swap late must not end the flows, or forget the counts, of
+                    // services and backends a later swap brought back or added.
+                    let live_table = self.table.load();
+                    self.udp.revalidate(&live_table);
+                    self.telemetry.retain(&live_table);
                     let live: HashSet<*const balancers::BackendState> =
                         table.backend_states().map(Arc::as_ptr).collect();
                     let at = monoio::time::Instant::now() + deadline.unwrap_or(Duration::ZERO);
@@ -354,7 +357,7 @@ impl Worker {
         drop(stream);
         self.fds.count_refused_tcp();
         if let Some(entry) = self.table.load().lookup(key) {
-            entry.counters.no_descriptors.fetch_add(1, Relaxed);
+            self.telemetry.stats(entry).add(Count::NoDescriptors, 1);
         }
         if let Some(n) = self.over_budget.hit(Instant::now()) {
             tracing::warn!(
@@ -369,15 +372,16 @@ impl Worker {
 /// long as it lives.
 struct OpenGuard<'a> {
     worker: &'a Worker,
-    service: Option<Arc<ServiceEntry>>,
+    /// Its worker's counts of its service, once known.
+    stats: Option<Arc<ServiceStats>>,
     _fds: Fds,
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.worker.open.set(self.worker.open.get() - 1);
-        if let Some(s) = &self.service {
-            s.counters.active.fetch_sub(1, Relaxed);
+        if let Some(s) = &self.stats {
+            s.sub(Count::Active, 1);
         }
     }
 }
@@ -393,7 +397,7 @@ async fn serve(
     worker.open.set(worker.open.get() + 1);
     let mut guard = OpenGuard {
         worker: &worker,
-        service: None,
+        stats: None,
         _fds: fds,
     };
     let Some(entry) = worker.table.load().lookup(&key).cloned() else {
@@ -401,13 +405,13 @@ async fn serve(
         set_reset_on_close(&client);
         return;
     };
-    let counters = &entry.counters;
-    counters.accepted.fetch_add(1, Relaxed);
-    counters.active.fetch_add(1, Relaxed);
-    guard.service = Some(Arc::clone(&entry));
+    let stats = worker.telemetry.stats(&entry);
+    stats.add(Count::Accepted, 1);
+    stats.add(Count::Active, 1);
+    guard.stats = Some(Arc::clone(&stats));
     let _ = client.set_nodelay(true);
     let dest = destination(&client, key.addr);
-    let mut trace = worker.telemetry.open(&entry, dest);
+    let mut trace = worker.telemetry.open(stats, dest);
 
     let flow = Flow { client: peer, dest };
     // Boxed: the connect step is short-lived and must not widen the future every open
@@ -415,20 +419,10 @@ async fn serve(
     let upstream = match Box::pin(connect(&entry, &flow, &mut trace)).await {
         Ok(u) => u,
         Err(failure) => {
-            let reason = match failure {
-                ConnectFailure::NoBackend => {
-                    counters.no_backend.fetch_add(1, Relaxed);
-                    CloseReason::NoBackend
-                }
-                ConnectFailure::AllFailed => {
-                    counters.connect_failed.fetch_add(1, Relaxed);
-                    CloseReason::ConnectFailed
-                }
-            };
             tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");
             set_reset_on_close(&client);
             drop(client);
-            let end = ConnEnd::failed(reason);
+            let end = ConnEnd::failed(failed_reason(failure));
             worker.telemetry.close(trace, &entry, peer, end);
             return;
         }
@@ -456,27 +450,11 @@ async fn serve(
         &worker.idle,
     )
     .await;
-    counters
-        .bytes_to_backend
-        .fetch_add(outcome.to_backend, Relaxed);
-    counters
-        .bytes_to_client
-        .fetch_add(outcome.to_client, Relaxed);
-    let reason = match outcome.end {
-        RelayEnd::Closed => CloseReason::Eof,
-        RelayEnd::IdleTimeout => {
-            counters.idle_timeouts.fetch_add(1, Relaxed);
-            CloseReason::IdleTimeout
-        }
-        RelayEnd::Drained => CloseReason::Drained,
-        RelayEnd::Cut => CloseReason::DrainTimeout,
-        RelayEnd::Error => CloseReason::Reset,
-    };
     let end = ConnEnd {
         backend: Some(backend),
         to_backend: outcome.to_backend,
         to_client: outcome.to_client,
-        reason,
+        reason: relay_reason(outcome.end),
     };
     worker.telemetry.close(trace, &entry, peer, end);
     tracing::debug!(
@@ -484,6 +462,25 @@ async fn serve(
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
+}
+
+/// How a connection that reached no backend ended.
+fn failed_reason(failure: ConnectFailure) -> CloseReason {
+    match failure {
+        ConnectFailure::NoBackend => CloseReason::NoBackend,
+        ConnectFailure::AllFailed => CloseReason::ConnectFailed,
+    }
+}
+
+/// How a relayed connection ended.
+fn relay_reason(end: RelayEnd) -> CloseReason {
+    match end {
+        RelayEnd::Closed => CloseReason::Eof,
+        RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+        RelayEnd::Drained => CloseReason::Drained,
+        RelayEnd::Cut => CloseReason::DrainTimeout,
+        RelayEnd::Error => CloseReason::Reset,
+    }
 }
 
 /// The address the client dialled, for the scheduler (`dh`) and the decision log. A listener

@@ -2,7 +2,9 @@
 //! ([`proxy_core::TelemetrySnapshot`]), and the decision log's counters.
 
 use config::{Protocol, Table};
-use proxy_core::{AffinityOutcome, CloseReason, ConnectError, HistogramSnapshot};
+use proxy_core::{
+    AffinityOutcome, CloseReason, ConnectError, HistogramSnapshot, TelemetrySnapshot,
+};
 
 use super::exposition::{Collect, Family, Scrape};
 use super::DataPlane;
@@ -79,9 +81,17 @@ fn histogram(
     out.histogram(family, labels, &h.cumulative(), h.sum_seconds(), h.count());
 }
 
-impl Collect for DataPlane {
+/// The data plane's series of one scrape: `plane`'s, with its workers' counts summed in
+/// `snapshot`.
+pub struct DataPlaneSeries<'a> {
+    pub plane: &'a DataPlane,
+    pub snapshot: &'a TelemetrySnapshot,
+}
+
+impl Collect for DataPlaneSeries<'_> {
     fn collect(&self, table: &Table, out: &mut Scrape) {
-        let log = &self.decisions;
+        let plane = self.plane;
+        let log = &plane.decisions;
         out.gauge(&LOG_ENABLED, &[], f64::from(u8::from(log.enabled())));
         out.counter(&LOG_LINES, &[], log.written());
         out.counter(&LOG_DROPPED, &[("reason", "queue_full")], log.dropped());
@@ -94,18 +104,18 @@ impl Collect for DataPlane {
         out.counter(
             &UDP_COALESCE_PAUSES,
             &[],
-            self.telemetry.udp_coalesce_pauses(),
+            plane.telemetry.udp_coalesce_pauses(),
         );
-        let fds = &self.fds;
+        let fds = &plane.fds;
         if fds.cap() != usize::MAX {
             out.gauge(&FD_BUDGET, &[], fds.cap() as f64);
         }
         out.gauge(&FD_USED, &[], fds.used() as f64);
         out.counter(&FD_REFUSED, &[("protocol", "tcp")], fds.refused_tcp());
         out.counter(&FD_REFUSED, &[("protocol", "udp")], fds.refused_udp());
-        out.counter(&PANICS, &[], self.panics.count());
+        out.counter(&PANICS, &[], plane.panics.count());
 
-        let snapshot = self.telemetry.snapshot();
+        let snapshot = self.snapshot;
         if !snapshot.enabled() {
             return;
         }

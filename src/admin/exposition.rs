@@ -1,8 +1,9 @@
 //! `/metrics`: the Prometheus text exposition, assembled at scrape time.
 //!
-//! Nothing here runs on the data plane. The node-wide counters that workers already keep in the
-//! [`Table`] (per-service [`config::ServiceCounters`], per-backend connection counts) are read at
-//! scrape time, so exporting them costs the hot path nothing. Every scrape fills a fresh
+//! Nothing here runs on the data plane. The counters every worker keeps for itself are summed at
+//! scrape time ([`TelemetrySnapshot`]), and the few node-wide numbers in the [`Table`] (the UDP
+//! flow gauge, per-backend connection counts) are read then too, so exporting them costs the
+//! hot path nothing. Every scrape fills a fresh
 //! [`PrometheusRecorder`] (the exporter's own HTTP listener is never built) from a list of
 //! [`Collect`] sources and renders it: a service or backend that left the table leaves the
 //! exposition with it, so label sets are exactly the configured services and backends.
@@ -24,6 +25,7 @@ use metrics_exporter_prometheus::formatting::{
     sanitize_label_value, write_help_line, write_type_line,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+use proxy_core::{Count, TelemetrySnapshot};
 
 use super::Telemetry;
 
@@ -320,11 +322,13 @@ const BACKEND_OVERLOADED: Family = Family::gauge(
     "1 while the backend is over its max_connections and takes no new connections, else 0.",
 );
 
-/// The series of the table: per service and per backend, read from its shared counters.
+/// The series of the table: per service, from the workers' counts summed in the snapshot
+/// (`None`: nothing counted yet, all zero) and the node-wide flow gauge, and per backend, from
+/// its node-wide connection counts.
 #[derive(Clone, Copy, Debug)]
-pub struct TableSeries;
+pub struct TableSeries<'a>(pub Option<&'a TelemetrySnapshot>);
 
-impl Collect for TableSeries {
+impl Collect for TableSeries<'_> {
     fn collect(&self, table: &Table, out: &mut Scrape) {
         out.gauge(&TABLE_VERSION, &[], table.version() as f64);
         for entry in table.services() {
@@ -341,62 +345,55 @@ impl Collect for TableSeries {
                 ],
                 1.0,
             );
-            let c = &entry.counters;
-            out.counter(&ACCEPTED, &s, c.accepted.load(Relaxed));
-            out.gauge(&ACTIVE, &s, c.active.load(Relaxed) as f64);
-            for (reason, n) in [
-                ("connect_failed", &c.connect_failed),
-                ("no_backend", &c.no_backend),
-                ("descriptors", &c.no_descriptors),
+            let counts = self.0.map(|snap| snap.service(entry));
+            let c = |count| counts.map_or(0, |s| s.count(count));
+            out.counter(&ACCEPTED, &s, c(Count::Accepted));
+            out.gauge(&ACTIVE, &s, c(Count::Active) as f64);
+            for (reason, count) in [
+                ("connect_failed", Count::ConnectFailed),
+                ("no_backend", Count::NoBackend),
+                ("descriptors", Count::NoDescriptors),
             ] {
-                out.counter(
-                    &FAILED,
-                    &[("service", name), ("reason", reason)],
-                    n.load(Relaxed),
-                );
+                out.counter(&FAILED, &[("service", name), ("reason", reason)], c(count));
             }
-            out.counter(&ATTEMPTS, &s, c.connect_attempts.load(Relaxed));
-            out.counter(&RETRIES, &s, c.connect_retries.load(Relaxed));
-            out.counter(&IDLE_TIMEOUTS, &s, c.idle_timeouts.load(Relaxed));
-            for (direction, n) in [
-                ("client_to_backend", &c.bytes_to_backend),
-                ("backend_to_client", &c.bytes_to_client),
+            out.counter(&ATTEMPTS, &s, c(Count::ConnectAttempts));
+            out.counter(&RETRIES, &s, c(Count::ConnectRetries));
+            out.counter(&IDLE_TIMEOUTS, &s, c(Count::IdleTimeouts));
+            for (direction, count) in [
+                ("client_to_backend", Count::BytesToBackend),
+                ("backend_to_client", Count::BytesToClient),
             ] {
                 out.counter(
                     &BYTES,
                     &[("service", name), ("direction", direction)],
-                    n.load(Relaxed),
+                    c(count),
                 );
             }
             if svc.protocol == Protocol::Udp {
-                out.gauge(&UDP_FLOWS, &s, c.flows.load(Relaxed) as f64);
-                out.counter(&UDP_FLOWS_OPENED, &s, c.flows_opened.load(Relaxed));
-                for (reason, n) in [
-                    ("max_flows", &c.flows_refused),
-                    ("descriptors", &c.flows_no_descriptors),
+                out.gauge(&UDP_FLOWS, &s, entry.state.flows() as f64);
+                out.counter(&UDP_FLOWS_OPENED, &s, c(Count::FlowsOpened));
+                for (reason, count) in [
+                    ("max_flows", Count::FlowsRefused),
+                    ("descriptors", Count::FlowsNoDescriptors),
                 ] {
                     out.counter(
                         &UDP_FLOWS_REFUSED,
                         &[("service", name), ("reason", reason)],
-                        n.load(Relaxed),
+                        c(count),
                     );
                 }
-                out.counter(&UDP_FLOWS_REBALANCED, &s, c.flows_rebalanced.load(Relaxed));
-                for (direction, n) in [
-                    ("client_to_backend", &c.datagrams_to_backend),
-                    ("backend_to_client", &c.datagrams_to_client),
+                out.counter(&UDP_FLOWS_REBALANCED, &s, c(Count::FlowsRebalanced));
+                for (direction, count) in [
+                    ("client_to_backend", Count::DatagramsToBackend),
+                    ("backend_to_client", Count::DatagramsToClient),
                 ] {
                     out.counter(
                         &UDP_DATAGRAMS,
                         &[("service", name), ("direction", direction)],
-                        n.load(Relaxed),
+                        c(count),
                     );
                 }
-                out.counter(
-                    &UDP_DATAGRAMS_DROPPED,
-                    &s,
-                    c.datagrams_dropped.load(Relaxed),
-                );
+                out.counter(&UDP_DATAGRAMS_DROPPED, &s, c(Count::DatagramsDropped));
             }
             for (backend, state) in entry.backends.iter().zip(&entry.states) {
                 let address = backend.address.to_string();

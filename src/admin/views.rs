@@ -4,11 +4,10 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 
 use balancers::BackendState;
 use config::{ServiceEntry, Table};
-use proxy_core::UdpFlowInfo;
+use proxy_core::{Count, TelemetrySnapshot, UdpFlowInfo};
 use serde::{Deserialize, Serialize};
 
 /// `/config`: what the live table serves.
@@ -143,11 +142,16 @@ struct BackendStats {
 }
 
 impl<'a> StatsView<'a> {
-    /// The counters of `table`, read now.
-    pub fn new(table: &'a Table) -> Self {
+    /// The counters of `table`, from the workers' counts summed in `counts` (`None`: nothing
+    /// counted yet, all zero).
+    pub fn new(table: &'a Table, counts: Option<&TelemetrySnapshot>) -> Self {
         StatsView {
             version: table.version(),
-            services: table.services().iter().map(|e| service_stats(e)).collect(),
+            services: table
+                .services()
+                .iter()
+                .map(|e| service_stats(e, counts))
+                .collect(),
         }
     }
 
@@ -217,23 +221,27 @@ impl<'a> StatsView<'a> {
     }
 }
 
-fn service_stats(entry: &ServiceEntry) -> ServiceStats<'_> {
+fn service_stats<'a>(
+    entry: &'a ServiceEntry,
+    counts: Option<&TelemetrySnapshot>,
+) -> ServiceStats<'a> {
     let svc = &entry.service;
-    let c = &entry.counters;
+    let counts = counts.map(|snap| snap.service(entry));
+    let c = |count| counts.map_or(0, |s| s.count(count));
     ServiceStats {
         name: &svc.name,
         protocol: svc.protocol.name(),
         scheduler: svc.scheduler.kind.name(),
         frontends: &svc.listen,
-        accepted: c.accepted.load(Relaxed),
-        active: c.active.load(Relaxed),
-        connect_attempts: c.connect_attempts.load(Relaxed),
-        connect_retries: c.connect_retries.load(Relaxed),
-        connect_failed: c.connect_failed.load(Relaxed),
-        no_backend: c.no_backend.load(Relaxed),
-        idle_timeouts: c.idle_timeouts.load(Relaxed),
-        bytes_to_backend: c.bytes_to_backend.load(Relaxed),
-        bytes_to_client: c.bytes_to_client.load(Relaxed),
+        accepted: c(Count::Accepted),
+        active: c(Count::Active),
+        connect_attempts: c(Count::ConnectAttempts),
+        connect_retries: c(Count::ConnectRetries),
+        connect_failed: c(Count::ConnectFailed),
+        no_backend: c(Count::NoBackend),
+        idle_timeouts: c(Count::IdleTimeouts),
+        bytes_to_backend: c(Count::BytesToBackend),
+        bytes_to_client: c(Count::BytesToClient),
         backends: entry
             .backends
             .iter()

@@ -1,32 +1,36 @@
-//! Data-plane telemetry: per-worker histograms and counters, and the per-flow decision log.
+//! Data-plane telemetry: per-worker counters and histograms, and the per-flow decision log.
 //!
 //! Each worker owns one shard: per service it touched, a [`ServiceStats`] that only this worker
 //! writes (a relaxed load and store per event, see [`Counter`]), so no event costs a shared
 //! atomic or a lock. The admin thread reads every shard at scrape time and sums them into a
 //! [`TelemetrySnapshot`]. A worker finds its stats for a service through a worker-local map
-//! keyed by the identity of the service's [`ServiceCounters`] (which survive reloads that keep
+//! keyed by the identity of the service's [`ServiceState`] (which survives reloads that keep
 //! the service's name), so the only lock a worker takes is its own shard's, once per service it
-//! sees for the first time.
+//! sees for the first time. The only node-wide numbers are what scheduling and admission need,
+//! and they live elsewhere: backend connection counts, the UDP flow gauge, the descriptor
+//! budget.
 //!
-//! What is counted per service (never per client): backend connect latency (successful
-//! attempts), connection duration (every accepted connection, whatever its end), failed
-//! connect attempts by error, relayed connections by how they ended, and affinity hits and
-//! misses. [`ProxyOptions::telemetry`](crate::ProxyOptions::telemetry) off turns all of it off
-//! (no clock read, no map lookup); the decision log works either way.
+//! What is counted per service (never per client): the service's [`Count`]s (connections,
+//! bytes, UDP flows and datagrams; always on), and with telemetry on, backend connect latency
+//! (successful attempts), connection duration (every accepted connection, whatever its end),
+//! failed connect attempts by error, relayed connections by how they ended, and affinity hits
+//! and misses. [`ProxyOptions::telemetry`](crate::ProxyOptions::telemetry) off turns those off
+//! (no clock read); the counts and the decision log work either way.
 
+mod conn;
+mod counts;
 mod decision;
 mod histogram;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
 
-use config::{ServiceCounters, ServiceEntry, Table};
+use config::{ServiceEntry, ServiceState, Table};
 
-use crate::connect::{candidates, Choice};
-
+pub(crate) use conn::{ConnEnd, ConnTrace};
+use counts::Counts;
+pub use counts::{Count, CountsSnapshot};
 pub use decision::{
     AffinityOutcome, CloseReason, Datagrams, Decision, DecisionLog, DECISION_QUEUE,
 };
@@ -82,6 +86,9 @@ impl ConnectError {
 #[derive(Debug, Default)]
 #[repr(align(64))] // its own cache lines: no false sharing with another worker's stats
 pub(crate) struct ServiceStats {
+    /// Whether the histograms, reasons and affinity outcomes are recorded (telemetry on).
+    detailed: bool,
+    counts: Counts,
     connect: Histogram,
     duration: Histogram,
     connect_errors: [Counter; ConnectError::ALL.len()],
@@ -91,7 +98,29 @@ pub(crate) struct ServiceStats {
 }
 
 impl ServiceStats {
-    fn affinity(&self, outcome: AffinityOutcome) {
+    /// Adds `n` to `count`. Owning worker only.
+    #[inline]
+    pub(crate) fn add(&self, count: Count, n: u64) {
+        self.counts.add(count, n);
+    }
+
+    /// Takes `n` from the gauge `count`. Owning worker only.
+    #[inline]
+    pub(crate) fn sub(&self, count: Count, n: u64) {
+        self.counts.sub(count, n);
+    }
+
+    /// Whether histograms and the other details are recorded.
+    #[inline]
+    pub(crate) fn detailed(&self) -> bool {
+        self.detailed
+    }
+
+    /// Counts what affinity did for a new connection or flow (with telemetry on).
+    pub(crate) fn affinity(&self, outcome: AffinityOutcome) {
+        if !self.detailed {
+            return;
+        }
         match outcome {
             AffinityOutcome::Off => {}
             AffinityOutcome::Hit => self.affinity[0].add(1),
@@ -104,7 +133,7 @@ impl ServiceStats {
 /// and by the scraper to read.
 #[derive(Debug, Default)]
 struct Shard {
-    services: Mutex<Vec<(Arc<ServiceCounters>, Arc<ServiceStats>)>>,
+    services: Mutex<Vec<(Arc<ServiceState>, Arc<ServiceStats>)>>,
     /// Pauses UDP receive coalescing took (counted with telemetry on or off).
     udp_coalesce_pauses: Counter,
 }
@@ -119,7 +148,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Shards for `workers` workers; `enabled` off counts nothing (the log still works).
+    /// Shards for `workers` workers; `enabled` off records only the counts (the log still
+    /// works).
     pub(crate) fn new(workers: usize, enabled: bool) -> Telemetry {
         Telemetry {
             enabled,
@@ -128,7 +158,7 @@ impl Telemetry {
         }
     }
 
-    /// Whether histograms and counters are collected.
+    /// Whether histograms and the other details are collected (the counts always are).
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -154,9 +184,9 @@ impl Telemetry {
                 .services
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            for (counters, stats) in list.iter() {
+            for (state, stats) in list.iter() {
                 services
-                    .entry(Arc::as_ptr(counters) as usize)
+                    .entry(Arc::as_ptr(state) as usize)
                     .or_insert(ServiceSnapshot::EMPTY)
                     .add(stats);
             }
@@ -176,7 +206,8 @@ pub struct TelemetrySnapshot {
 }
 
 impl TelemetrySnapshot {
-    /// Whether anything was collected (off with `--no-telemetry`).
+    /// Whether histograms and the other details were collected (off with `--no-telemetry`;
+    /// the counts always are).
     pub fn enabled(&self) -> bool {
         self.enabled
     }
@@ -184,7 +215,7 @@ impl TelemetrySnapshot {
     /// The counts of `entry`'s service (zero when no connection reached it yet).
     pub fn service(&self, entry: &ServiceEntry) -> &ServiceSnapshot {
         self.services
-            .get(&(Arc::as_ptr(&entry.counters) as usize))
+            .get(&(Arc::as_ptr(&entry.state) as usize))
             .unwrap_or(&ServiceSnapshot::EMPTY)
     }
 }
@@ -192,6 +223,7 @@ impl TelemetrySnapshot {
 /// One service's counts over every worker.
 #[derive(Clone, Copy, Debug)]
 pub struct ServiceSnapshot {
+    counts: CountsSnapshot,
     /// Latency of successful backend connects.
     pub connect: HistogramSnapshot,
     /// Life of client connections, accept to close, however they ended.
@@ -203,6 +235,7 @@ pub struct ServiceSnapshot {
 
 impl ServiceSnapshot {
     const EMPTY: ServiceSnapshot = ServiceSnapshot {
+        counts: CountsSnapshot::EMPTY,
         connect: HistogramSnapshot::empty(&CONNECT_SCALE),
         duration: HistogramSnapshot::empty(&DURATION_SCALE),
         connect_errors: [0; ConnectError::ALL.len()],
@@ -211,6 +244,7 @@ impl ServiceSnapshot {
     };
 
     fn add(&mut self, s: &ServiceStats) {
+        self.counts.add(&s.counts);
         self.connect.add(&s.connect);
         self.duration.add(&s.duration);
         for (total, c) in self.connect_errors.iter_mut().zip(&s.connect_errors) {
@@ -222,6 +256,11 @@ impl ServiceSnapshot {
         for (total, c) in self.affinity.iter_mut().zip(&s.affinity) {
             *total += c.get();
         }
+    }
+
+    /// The value of `count`.
+    pub fn count(&self, count: Count) -> u64 {
+        self.counts.get(count)
     }
 
     /// Connect attempts that failed with `kind`.
@@ -261,23 +300,24 @@ impl WorkerTelemetry {
         }
     }
 
-    /// This worker's stats for `entry`'s service; `None` when telemetry is off.
-    fn stats(&self, entry: &ServiceEntry) -> Option<Arc<ServiceStats>> {
-        if !self.shared.enabled {
-            return None;
-        }
-        let key = Arc::as_ptr(&entry.counters) as usize;
+    /// This worker's stats for `entry`'s service: one lookup in a worker-local map, and the
+    /// first time for a service one push into the shard under its lock.
+    pub(crate) fn stats(&self, entry: &ServiceEntry) -> Arc<ServiceStats> {
+        let key = Arc::as_ptr(&entry.state) as usize;
         let mut cache = self.cache.borrow_mut();
         let stats = cache.entry(key).or_insert_with(|| {
-            let stats = Arc::new(ServiceStats::default());
+            let stats = Arc::new(ServiceStats {
+                detailed: self.shared.enabled,
+                ..ServiceStats::default()
+            });
             self.shared.shards[self.worker]
                 .services
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((Arc::clone(&entry.counters), Arc::clone(&stats)));
+                .push((Arc::clone(&entry.state), Arc::clone(&stats)));
             stats
         });
-        Some(Arc::clone(stats))
+        Arc::clone(stats)
     }
 
     /// Forgets services that are not in `table` (a reload removed them; a connection of theirs
@@ -286,7 +326,7 @@ impl WorkerTelemetry {
         let live: HashSet<usize> = table
             .services()
             .iter()
-            .map(|s| Arc::as_ptr(&s.counters) as usize)
+            .map(|s| Arc::as_ptr(&s.state) as usize)
             .collect();
         self.cache.borrow_mut().retain(|k, _| live.contains(k));
         self.shared.shards[self.worker]
@@ -310,151 +350,6 @@ impl WorkerTelemetry {
     /// Hands `decision` to the log's writer (dropped and counted when its queue is full).
     pub(crate) fn log(&self, decision: Decision) {
         self.shared.decisions.push(decision);
-    }
-
-    /// Counts what affinity did for a new flow of `entry` (UDP; TCP counts through
-    /// [`ConnTrace::chose`]).
-    pub(crate) fn affinity(&self, entry: &ServiceEntry, outcome: AffinityOutcome) {
-        if outcome != AffinityOutcome::Off {
-            if let Some(stats) = self.stats(entry) {
-                stats.affinity(outcome);
-            }
-        }
-    }
-
-    /// Starts tracing a TCP connection of `entry` that reached `frontend` (the address the
-    /// client dialled).
-    pub(crate) fn open(&self, entry: &ServiceEntry, frontend: SocketAddr) -> ConnTrace {
-        let stats = self.stats(entry);
-        let log = self.logging().then(|| {
-            Box::new(LogFacts {
-                frontend,
-                candidates: 0,
-                affinity: AffinityOutcome::Off,
-                attempts: 0,
-            })
-        });
-        let started = (stats.is_some() || log.is_some()).then(Instant::now);
-        ConnTrace {
-            stats,
-            started,
-            log,
-        }
-    }
-
-    /// Records the end of a traced TCP connection, and logs it when the log was on for its
-    /// whole life.
-    pub(crate) fn close(
-        &self,
-        trace: ConnTrace,
-        entry: &Arc<ServiceEntry>,
-        client: SocketAddr,
-        end: ConnEnd,
-    ) {
-        let Some(started) = trace.started else {
-            return;
-        };
-        let duration = started.elapsed();
-        if let Some(stats) = &trace.stats {
-            // The reason first: a scraper that sees the connection in the duration histogram
-            // then finds it among the reasons too.
-            stats.closed[end.reason as usize].add(1);
-            let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-            stats.duration.record(&DURATION_SCALE, micros);
-        }
-        if let Some(facts) = trace.log.filter(|_| self.logging()) {
-            self.log(Decision {
-                service: Arc::clone(entry),
-                client,
-                frontend: facts.frontend,
-                candidates: facts.candidates,
-                affinity: facts.affinity,
-                backend: end.backend,
-                attempts: facts.attempts,
-                bytes_to_backend: end.to_backend,
-                bytes_to_client: end.to_client,
-                datagrams: None,
-                duration,
-                ended: SystemTime::now(),
-                close: end.reason,
-            });
-        }
-    }
-}
-
-/// What the decision log needs of a connection beyond its end (boxed: only while logging, so
-/// the future of every connection stays small).
-struct LogFacts {
-    frontend: SocketAddr,
-    candidates: u32,
-    affinity: AffinityOutcome,
-    attempts: u32,
-}
-
-/// What one TCP connection records on its way, from accept to close.
-pub(crate) struct ConnTrace {
-    stats: Option<Arc<ServiceStats>>,
-    /// Accept time, when anything needs durations.
-    started: Option<Instant>,
-    log: Option<Box<LogFacts>>,
-}
-
-impl ConnTrace {
-    /// Records the placement: affinity outcome, and for the log the eligible backends.
-    pub(crate) fn chose(&mut self, entry: &ServiceEntry, choice: &Choice) {
-        if let Some(stats) = &self.stats {
-            stats.affinity(choice.affinity);
-        }
-        if let Some(facts) = &mut self.log {
-            facts.candidates = candidates(entry);
-            facts.affinity = choice.affinity;
-        }
-    }
-
-    /// A connect attempt starts: returns its start time when latency is measured.
-    #[inline]
-    pub(crate) fn attempt(&mut self) -> Option<Instant> {
-        if let Some(facts) = &mut self.log {
-            facts.attempts += 1;
-        }
-        self.stats.as_ref().map(|_| Instant::now())
-    }
-
-    /// The attempt started at `since` connected.
-    #[inline]
-    pub(crate) fn connected(&self, since: Option<Instant>) {
-        if let (Some(stats), Some(t)) = (&self.stats, since) {
-            let nanos = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            stats.connect.record(&CONNECT_SCALE, nanos);
-        }
-    }
-
-    /// An attempt failed with `kind`.
-    pub(crate) fn connect_error(&self, kind: ConnectError) {
-        if let Some(stats) = &self.stats {
-            stats.connect_errors[kind as usize].add(1);
-        }
-    }
-}
-
-/// How a TCP connection ended.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConnEnd {
-    pub(crate) backend: Option<SocketAddr>,
-    pub(crate) to_backend: u64,
-    pub(crate) to_client: u64,
-    pub(crate) reason: CloseReason,
-}
-
-impl ConnEnd {
-    /// Reset before reaching a backend.
-    pub(crate) fn failed(reason: CloseReason) -> ConnEnd {
-        ConnEnd {
-            backend: None,
-            to_backend: 0,
-            to_client: 0,
-            reason,
-        }
     }
 }
 
@@ -492,13 +387,15 @@ pub(crate) mod tests {
         let web = entry();
         for (w, n) in [(&w0, 2), (&w1, 3)] {
             for _ in 0..n {
-                let stats = w.stats(&web).unwrap();
+                let stats = w.stats(&web);
                 stats.duration.record(&DURATION_SCALE, 2_000);
                 stats.closed[CloseReason::Eof as usize].add(1);
+                stats.add(Count::Accepted, 1);
+                stats.add(Count::BytesToClient, 10);
             }
-            w.affinity(&web, AffinityOutcome::Hit);
+            w.stats(&web).affinity(AffinityOutcome::Hit);
         }
-        w1.affinity(&web, AffinityOutcome::Miss);
+        w1.stats(&web).affinity(AffinityOutcome::Miss);
         let snap = shared.snapshot();
         let s = snap.service(&web);
         assert_eq!(s.duration.count(), 5);
@@ -506,6 +403,9 @@ pub(crate) mod tests {
         assert_eq!(s.affinity(AffinityOutcome::Hit), 2);
         assert_eq!(s.affinity(AffinityOutcome::Miss), 1);
         assert_eq!(s.connect.count(), 0);
+        assert_eq!(s.count(Count::Accepted), 5);
+        assert_eq!(s.count(Count::BytesToClient), 50);
+        assert_eq!(s.count(Count::ConnectAttempts), 0);
 
         // A reload that drops the service forgets it; an unknown service reads as zero.
         w0.retain(&Table::default());
@@ -515,24 +415,56 @@ pub(crate) mod tests {
             3,
             "worker 1 still has it"
         );
+        assert_eq!(snap.service(&web).count(Count::Accepted), 3);
         assert_eq!(snap.service(&entry()).duration.count(), 0);
+        assert_eq!(snap.service(&entry()).count(Count::Accepted), 0);
     }
 
     #[test]
-    fn off_counts_nothing() {
+    fn counts_survive_a_swap_that_keeps_the_service() {
+        let shared = Arc::new(Telemetry::new(1, true));
+        let w = WorkerTelemetry::new(Arc::clone(&shared), 0);
+        let config = |weight| {
+            let mut svc = entry().service.clone();
+            svc.backends[0].weight = weight;
+            Config {
+                services: vec![svc],
+            }
+        };
+        let accepted = |t: &Table| {
+            shared
+                .snapshot()
+                .service(&t.services()[0])
+                .count(Count::Accepted)
+        };
+        let t1 = Table::build(&config(1), None);
+        w.stats(&t1.services()[0]).add(Count::Accepted, 1);
+        // A reload that changes the service: a new entry with the service's identity.
+        let t2 = Table::build(&config(3), Some(&t1));
+        assert!(!Arc::ptr_eq(&t1.services()[0], &t2.services()[0]));
+        w.retain(&t2);
+        w.stats(&t2.services()[0]).add(Count::Accepted, 1);
+        assert_eq!(accepted(&t2), 2, "counted before and after the swap");
+        // Removed, then added again: another service, counted from zero.
+        let t3 = Table::build(&Config::default(), Some(&t2));
+        w.retain(&t3);
+        let t4 = Table::build(&config(3), Some(&t3));
+        assert_eq!(accepted(&t4), 0);
+    }
+
+    #[test]
+    fn off_counts_but_records_no_details() {
         let shared = Arc::new(Telemetry::new(1, false));
         let w = WorkerTelemetry::new(Arc::clone(&shared), 0);
         let web = entry();
-        assert!(w.stats(&web).is_none());
-        w.affinity(&web, AffinityOutcome::Hit);
-        assert_eq!(
-            shared
-                .snapshot()
-                .service(&web)
-                .affinity(AffinityOutcome::Hit),
-            0
-        );
-        assert!(!shared.snapshot().enabled());
+        let stats = w.stats(&web);
+        assert!(!stats.detailed());
+        stats.affinity(AffinityOutcome::Hit);
+        stats.add(Count::Accepted, 1);
+        let snap = shared.snapshot();
+        assert_eq!(snap.service(&web).affinity(AffinityOutcome::Hit), 0);
+        assert_eq!(snap.service(&web).count(Count::Accepted), 1);
+        assert!(!snap.enabled());
     }
 
     #[test]

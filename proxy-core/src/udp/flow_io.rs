@@ -1,30 +1,37 @@
 //! What the flow table keeps with each UDP flow ([`FlowIo`]): its upstream socket, what it
-//! counts against, and its line of the decision log in the making ([`FlowTrace`]). Dropping
-//! it is the flow's end.
+//! holds against node-wide state (as the manager admitted it), its worker's counts of its
+//! service, and its line of the decision log in the making ([`FlowTrace`]). Dropping it is the
+//! flow's end.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use balancers::ConnectionGuard;
-use config::ServiceEntry;
+use config::{FrontendKey, ServiceEntry};
 use monoio::net::udp::UdpSocket;
 
+use super::flows::End;
+use super::manager::{FlowPlace, Payload};
 use super::UdpFrontend;
 use crate::fds::Fds;
 use crate::sys::with_socket;
-use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
+use crate::telemetry::{
+    AffinityOutcome, CloseReason, Datagrams, Decision, ServiceStats, WorkerTelemetry,
+};
 
 /// What the flow table keeps with each flow: its upstream socket and what it counts against.
 pub(crate) struct FlowIo {
     pub(super) upstream: Rc<UdpSocket>,
     pub(super) frontend: Rc<UdpFrontend>,
-    pub(super) service: Arc<ServiceEntry>,
+    /// Its place under the service's `max_flows`, with the service's entry.
+    pub(super) place: FlowPlace,
+    /// This worker's counts of the service.
+    pub(super) stats: Arc<ServiceStats>,
     /// Counts the flow as inactive on its backend (IPVS counts UDP as inactive).
-    pub(super) _guard: ConnectionGuard,
+    pub(super) _load: ConnectionGuard,
     /// The descriptor of its upstream socket, in the data plane's budget.
     pub(super) _fds: Fds,
     /// What the decision log needs, kept only while the log is on.
@@ -65,32 +72,40 @@ impl FlowTrace {
 }
 
 impl FlowIo {
-    /// Records why the flow ends: in its service's counters (idle timeouts, re-balanced flows)
-    /// and for the decision log.
-    pub(super) fn ending(&self, why: CloseReason) {
-        let counters = &self.service.counters;
-        match why {
-            CloseReason::IdleTimeout => counters.idle_timeouts.fetch_add(1, Relaxed),
-            CloseReason::Rebalanced => counters.flows_rebalanced.fetch_add(1, Relaxed),
-            _ => 0,
-        };
+    /// The flow's service.
+    pub(super) fn service(&self) -> &Arc<ServiceEntry> {
+        self.place.entry()
+    }
+
+    /// Records why the flow ends, as the manager said: in its service's counts (idle timeouts,
+    /// re-balanced flows) and for the decision log.
+    pub(super) fn ending(&self, why: End) {
+        if let Some(count) = why.count() {
+            self.stats.add(count, 1);
+        }
         if let Some(t) = &self.trace {
-            t.close.set(why);
+            t.close.set(why.close_reason());
         }
     }
 }
 
+impl Payload for FlowIo {
+    fn frontend(&self) -> &FrontendKey {
+        &self.frontend.key
+    }
+}
+
 impl Drop for FlowIo {
-    /// The flow ended: release its place in the service's bound and wake its reply task, which
-    /// sees the flow gone and closes the socket.
+    /// The flow ended: wake its reply task, which sees the flow gone and closes the socket.
+    /// Its place in the service's bound, its descriptor and its backend's count are given back
+    /// as its fields drop.
     fn drop(&mut self) {
-        self.service.counters.flows.fetch_sub(1, Relaxed);
         let _ = with_socket(&*self.upstream, |s| s.shutdown(std::net::Shutdown::Read));
         if let Some(t) = &self.trace {
             if t.telemetry.logging() {
                 let (bytes_to_backend, bytes_to_client) = t.bytes.get();
                 t.telemetry.log(Decision {
-                    service: Arc::clone(&self.service),
+                    service: Arc::clone(self.service()),
                     client: t.client,
                     frontend: t.frontend,
                     candidates: t.candidates,

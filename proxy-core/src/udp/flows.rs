@@ -1,9 +1,8 @@
 //! The UDP flow table of one worker, as pure code: no sockets, no clock, no randomness.
 //!
-//! Time comes in as an argument and the hash seed at construction, so the seeded simulation in
-//! `sim.rs` drives it step by step on a virtual clock. The I/O shell (`mod.rs`) keeps the
-//! per-flow payload (the connected upstream socket) in the table and does what the table
-//! returns: forward, open, close. See `LIFECYCLE.md` beside this file.
+//! Time comes in as an argument and the hash seed at construction. The flow manager
+//! (`manager.rs`) keeps it and decides what happens to flows; the I/O shell keeps the per-flow
+//! payload (the connected upstream socket) in it. See `LIFECYCLE.md` beside this file.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap};
@@ -57,9 +56,9 @@ impl<T> Flow<T> {
 }
 
 /// What [`FlowTable::lookup`] found.
-pub(crate) enum Lookup<'a, T> {
+pub(crate) enum Lookup<T> {
     /// A live flow, now marked active.
-    Live(FlowId, &'a mut Flow<T>),
+    Live(FlowId),
     /// The key's flow was idle for its whole timeout: it has ended, and the datagram opens a
     /// new one.
     Expired(Flow<T>),
@@ -72,10 +71,15 @@ pub(crate) enum Lookup<'a, T> {
 pub(crate) enum End {
     /// No datagram for the idle timeout.
     Idle,
-    /// Its backend stopped being usable, or its frontend went away.
-    Invalidated,
-    /// The shell removed it (the backend refused, or the worker stops).
-    Removed,
+    /// A table swap left its backend unusable for its frontend (removed, weight 0), or took
+    /// the frontend out of the table.
+    Unusable,
+    /// Its backend refused it (ICMP unreachable on its socket).
+    Refused,
+    /// Its frontend socket closed on this worker.
+    FrontendClosed,
+    /// The worker stops.
+    Stopped,
 }
 
 struct Slot<T> {
@@ -130,7 +134,7 @@ impl<T> FlowTable<T> {
     /// The flow of `key` for a datagram at `now`: marked active, or ended when its idle
     /// timeout already ran out (the sweeper had not come by yet; the timeout is exact).
     #[inline]
-    pub(crate) fn lookup(&mut self, key: &FlowKey, now: Instant) -> Lookup<'_, T> {
+    pub(crate) fn lookup(&mut self, key: &FlowKey, now: Instant) -> Lookup<T> {
         let Some(&id) = self.index.get(key) else {
             return Lookup::Missing;
         };
@@ -147,7 +151,7 @@ impl<T> FlowTable<T> {
             .as_mut()
             .expect("indexed flow is live");
         flow.last = flow.last.max(now);
-        Lookup::Live(id, flow)
+        Lookup::Live(id)
     }
 
     /// Marks flow `id` active at `now` (a reply); `None` once the flow has ended.
@@ -163,6 +167,15 @@ impl<T> FlowTable<T> {
     pub(crate) fn peek(&self, key: &FlowKey) -> Option<(FlowId, &Flow<T>)> {
         let &id = self.index.get(key)?;
         Some((id, self.slots[id.slot as usize].flow.as_ref()?))
+    }
+
+    /// The flow `id`, if it has not ended.
+    pub(crate) fn get(&self, id: FlowId) -> Option<&Flow<T>> {
+        let slot = self.slots.get(id.slot as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.flow.as_ref()
     }
 
     /// The flow `id`, if it has not ended.
@@ -266,10 +279,11 @@ impl<T> FlowTable<T> {
         debug_assert_eq!(self.timers.len(), self.index.len(), "one timer per flow");
     }
 
-    /// Ends every flow `keep` rejects (a backend no longer usable), appending them to `out`.
+    /// Ends every flow `keep` rejects, for `why`, appending them to `out`.
     pub(crate) fn retain(
         &mut self,
         mut keep: impl FnMut(&Flow<T>) -> bool,
+        why: End,
         out: &mut Vec<(Flow<T>, End)>,
     ) {
         let ended: Vec<FlowId> = self
@@ -285,7 +299,7 @@ impl<T> FlowTable<T> {
             .collect();
         for id in ended {
             if let Some(flow) = self.remove(id) {
-                out.push((flow, End::Invalidated));
+                out.push((flow, why));
             }
         }
     }
@@ -302,7 +316,7 @@ impl<T> FlowTable<T> {
         let ids: Vec<FlowId> = self.index.values().copied().collect();
         for id in ids {
             if let Some(flow) = self.remove(id) {
-                out.push((flow, End::Removed));
+                out.push((flow, End::Stopped));
             }
         }
     }

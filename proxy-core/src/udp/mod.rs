@@ -2,47 +2,51 @@
 //! connected upstream socket to the backend the scheduler picked, keeps it for its life, and
 //! ends when idle for the service's timeout or the moment its backend stops being usable.
 //!
-//! The flow table ([`flows`]) is pure code; this module is its I/O shell: one task per
-//! frontend socket reading client datagrams, one task per flow reading the backend's replies,
-//! and one sweeper per worker ending idle flows. Datagrams move with non-blocking system calls
-//! after the runtime reports readiness, so a busy socket is drained many datagrams per wake-up.
-//! `LIFECYCLE.md` beside this file describes a flow's states and transitions.
+//! Every decision about flows is pure code: the flow manager ([`manager`]: admission, backend
+//! selection, pins, end reasons) over the flow table ([`flows`]), and the cutting of batches
+//! into segmented sends ([`run`]). This module and its `clients` and `replies` are the I/O
+//! shell: one task per frontend socket reading client datagrams, one task per flow reading the
+//! backend's replies, and one sweeper per worker ending idle flows. Datagrams move with
+//! non-blocking system calls after the runtime reports readiness, so a busy socket is drained
+//! many datagrams per wake-up. `LIFECYCLE.md` beside this file describes a flow's states and
+//! transitions.
 
 mod busy;
+mod clients;
 mod coalesce;
 mod flow_io;
 mod flows;
 pub(crate) mod handover;
+mod manager;
+mod replies;
+mod run;
 #[cfg(test)]
 mod sim;
 pub(crate) mod sock;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
-use std::io::{self, IoSlice};
-use std::net::{IpAddr, SocketAddr};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use balancers::Flow as Pick;
-use config::{FrontendKey, ServiceEntry, Table};
+use config::{FrontendKey, Table};
 use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
-use crate::connect::{candidates, choose_traced, Choice};
-use crate::fds::{is_exhaustion, FdBudget};
+use crate::fds::FdBudget;
 use crate::sys::with_socket;
 use crate::task::{self, TaskKind};
-use crate::telemetry::{AffinityOutcome, CloseReason, Datagrams, Decision, WorkerTelemetry};
+use crate::telemetry::WorkerTelemetry;
 use crate::throttle::Throttle;
 pub(crate) use busy::BusyPoll;
 pub(crate) use coalesce::Coalesce;
-use flow_io::{FlowIo, FlowTrace};
-use flows::{Flow, FlowId, FlowKey, FlowTable, Lookup};
+use flow_io::FlowIo;
+use flows::FlowKey;
 use handover::{HandedOver, UdpFlowInfo};
+use manager::{Ended, FlowManager};
 
 /// Datagrams a reply task handles per wake-up before letting the worker's other tasks run.
 const BATCH: usize = sock::BATCH;
@@ -50,12 +54,10 @@ const BATCH: usize = sock::BATCH;
 const ROUNDS: usize = 4;
 /// How long a stopping worker waits for its UDP sockets to close.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
-/// Most bytes one segmented send carries (a UDP datagram's limit).
-const MAX_GSO_BYTES: usize = 65_000;
 
 /// One worker's UDP state: its flows, the sweeper's alarm and the datagram buffer.
 pub(crate) struct Udp {
-    flows: RefCell<FlowTable<FlowIo>>,
+    flows: RefCell<FlowManager<FlowIo>>,
     alarm: Alarm,
     /// One batch in flight at a time per worker: every receive is followed by its sends
     /// with no await between, so one buffer serves every socket of the worker.
@@ -71,11 +73,10 @@ pub(crate) struct Udp {
     /// length the kernel wrote per header, so each family has its own).
     reply_headers: [RefCell<sock::RecvHeaders>; 2],
     telemetry: Rc<WorkerTelemetry>,
-    /// Flows of the process this one replaced: their clients keep their backends.
-    handed_over: Arc<HandedOver>,
     /// Every frontend socket this worker opened, until it is dropped (and closed).
     sockets: RefCell<Vec<std::rc::Weak<UdpFrontend>>>,
-    /// The data plane's share of the open-file limit: one descriptor per flow.
+    /// The data plane's share of the open-file limit (the manager takes from it; the shell
+    /// counts and reports its refusals).
     fds: Arc<FdBudget>,
     /// New flows refused at a service's `max_flows`.
     at_max_flows: Throttle,
@@ -114,29 +115,6 @@ impl UdpFrontend {
     }
 }
 
-/// Consecutive datagrams of a batch for one flow, all of one size.
-struct Run {
-    id: FlowId,
-    upstream: Rc<UdpSocket>,
-    service: Arc<ServiceEntry>,
-    trace: Option<Rc<FlowTrace>>,
-    first: usize,
-    count: usize,
-    size: usize,
-}
-
-impl Run {
-    /// Whether a datagram of `len` bytes for flow `id` joins this run: the same flow, the same
-    /// size (GSO cuts every segment but the last at one size), within one send's 64 KiB.
-    fn extends(&self, id: FlowId, len: usize) -> bool {
-        id == self.id && len == self.size && len > 0 && (self.count + 1) * len <= MAX_GSO_BYTES
-    }
-
-    fn range(&self) -> std::ops::Range<usize> {
-        self.first..self.first + self.count
-    }
-}
-
 impl Udp {
     pub(crate) fn new(
         seed: u64,
@@ -146,7 +124,7 @@ impl Udp {
         fds: Arc<FdBudget>,
     ) -> Self {
         Self {
-            flows: RefCell::new(FlowTable::new(seed)),
+            flows: RefCell::new(FlowManager::new(seed, handed_over, Arc::clone(&fds))),
             alarm: Alarm::default(),
             batch: RefCell::new(sock::batch_buffer()),
             gso: Cell::new(true),
@@ -167,7 +145,6 @@ impl Udp {
                 RefCell::new(sock::RecvHeaders::new()),
             ],
             telemetry,
-            handed_over,
             sockets: RefCell::new(Vec::new()),
             fds,
             at_max_flows: Throttle::default(),
@@ -181,7 +158,7 @@ impl Udp {
             .borrow()
             .iter()
             .map(|f| UdpFlowInfo {
-                service: f.payload.service.service.name.clone(),
+                service: f.payload.service().service.name.clone(),
                 frontend: f.payload.frontend.key.addr,
                 client: f.key.client,
                 local: f.key.local,
@@ -229,39 +206,28 @@ impl Udp {
     /// Ends the flows of a frontend that stopped (their replies would have no socket to leave
     /// from).
     pub(crate) fn unlisten(&self, key: &FrontendKey) {
-        self.end_where(|f| f.payload.frontend.key != *key, CloseReason::Stopped);
+        let mut ended = Vec::new();
+        self.flows.borrow_mut().frontend_closed(key, &mut ended);
+        end(&mut ended);
     }
 
     /// After a table swap: ends every flow whose backend is no longer usable for its frontend
     /// (removed from the service, weight 0, or the frontend left the table), so the client's
     /// next datagram is balanced again. Other flows keep their backend.
     pub(crate) fn revalidate(&self, table: &Table) {
-        let mut usable: HashMap<FrontendKey, HashSet<SocketAddr>> = HashMap::new();
-        self.end_where(
-            |f| {
-                let key = f.payload.frontend.key;
-                usable
-                    .entry(key)
-                    .or_insert_with(|| {
-                        table.lookup(&key).map_or_else(HashSet::new, |e| {
-                            e.backends
-                                .iter()
-                                .filter(|b| b.weight > 0)
-                                .map(|b| b.address)
-                                .collect()
-                        })
-                    })
-                    .contains(&f.backend)
-            },
-            CloseReason::Rebalanced,
-        );
+        let mut ended = Vec::new();
+        self.flows.borrow_mut().revalidate(table, &mut ended);
+        if !ended.is_empty() {
+            tracing::debug!(flows = ended.len(), "ended UDP flows of unusable backends");
+        }
+        end(&mut ended);
     }
 
     /// Ends every flow (the worker stops).
     pub(crate) fn clear(&self) {
         let mut ended = Vec::new();
         self.flows.borrow_mut().clear(&mut ended);
-        drop(ended);
+        end(&mut ended);
     }
 
     /// After the frontends were closed and the flows ended: waits (at most [`CLOSE_WAIT`])
@@ -283,17 +249,6 @@ impl Udp {
         monoio::time::sleep(Duration::from_millis(1)).await;
     }
 
-    fn end_where(&self, keep: impl FnMut(&Flow<FlowIo>) -> bool, why: CloseReason) {
-        let mut ended = Vec::new();
-        self.flows.borrow_mut().retain(keep, &mut ended);
-        for (flow, _) in &ended {
-            flow.payload.ending(why);
-        }
-        if !ended.is_empty() {
-            tracing::debug!(flows = ended.len(), "ended UDP flows of unusable backends");
-        }
-    }
-
     /// The sweeper: ends idle flows, for the life of the worker.
     ///
     /// # Cancel safety
@@ -302,9 +257,7 @@ impl Udp {
         let mut ended = Vec::new();
         loop {
             self.flows.borrow_mut().expire(Instant::now(), &mut ended);
-            for (flow, _) in ended.drain(..) {
-                flow.payload.ending(CloseReason::IdleTimeout);
-            }
+            end(&mut ended);
             let next = self.flows.borrow().next_check();
             self.alarm
                 .sleep_until(next.map(monoio::time::Instant::from_std))
@@ -364,434 +317,14 @@ impl Udp {
         }
         tracing::debug!(frontend = %frontend.key.addr, "UDP frontend closed");
     }
+}
 
-    /// Client datagrams `range` of a batch: each to its flow's backend, consecutive datagrams
-    /// of one flow together, or opening a flow.
-    fn from_clients(
-        self: &Rc<Self>,
-        frontend: &Rc<UdpFrontend>,
-        received: &[sock::Received; BATCH],
-        range: std::ops::Range<usize>,
-        bufs: &[u8],
-        table: &TableRef,
-    ) {
-        let now = Instant::now();
-        if let Some(busy) = &self.busy {
-            busy.activity(now);
-        }
-        let mut run: Option<Run> = None;
-        for i in range {
-            let r = received[i];
-            let key = frontend.flow_key(&r);
-            let mut flows = self.flows.borrow_mut();
-            let found = match flows.lookup(&key, now) {
-                Lookup::Live(id, flow) => Some((id, flow)),
-                Lookup::Expired(flow) => {
-                    flow.payload.ending(CloseReason::IdleTimeout);
-                    None
-                }
-                Lookup::Missing => None,
-            };
-            match found {
-                Some((id, _)) if run.as_ref().is_some_and(|run| run.extends(id, r.len)) => {
-                    run.as_mut().expect("checked").count += 1;
-                }
-                Some((id, flow)) => {
-                    let next = Run {
-                        id,
-                        upstream: Rc::clone(&flow.payload.upstream),
-                        service: Arc::clone(&flow.payload.service),
-                        trace: flow.payload.trace.clone(),
-                        first: i,
-                        count: 1,
-                        size: r.len,
-                    };
-                    drop(flows);
-                    if let Some(done) = run.replace(next) {
-                        self.flush(frontend, done, received, bufs, table);
-                    }
-                }
-                None => {
-                    drop(flows);
-                    if let Some(done) = run.take() {
-                        self.flush(frontend, done, received, bufs, table);
-                    }
-                    self.open(frontend, key, sock::slot(bufs, i, r.len), now, table);
-                }
-            }
-        }
-        if let Some(done) = run {
-            self.flush(frontend, done, received, bufs, table);
-        }
-    }
-
-    /// Sends a run of one flow's datagrams to its backend: one segmented send (UDP GSO) when
-    /// there are several, so the run goes down the stack once.
-    fn flush(
-        self: &Rc<Self>,
-        frontend: &Rc<UdpFrontend>,
-        run: Run,
-        received: &[sock::Received; BATCH],
-        bufs: &[u8],
-        table: &TableRef,
-    ) {
-        let fd = run.upstream.as_raw_fd();
-        let mut iov = [IoSlice::new(&[]); BATCH];
-        let datagrams = sock::gather(bufs, received, run.range(), &mut iov);
-        let mut result = Err(io::ErrorKind::Unsupported.into());
-        if run.count > 1 && self.gso.get() {
-            let size = u16::try_from(run.size).expect("extends() keeps runs segmentable");
-            result = sock::send_segments(fd, datagrams, size).map(|_| run.count);
-            if let Err(e) = &result {
-                if sock::is_gso_unsupported(e) && e.raw_os_error() != Some(libc::EINVAL) {
-                    tracing::info!(error = %e, "UDP segmentation offload unavailable: sending datagrams one by one");
-                    self.gso.set(false);
-                }
-            }
-        }
-        if result.as_ref().is_err_and(|e| !sock::is_refused(e)) {
-            // One by one: a single datagram, no GSO, or GSO refused this run (EINVAL: the
-            // segment does not fit the route's MTU).
-            let mut sent = 0;
-            result = Ok(0);
-            for d in datagrams {
-                match sock::send(fd, d) {
-                    Ok(_) => sent += 1,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_ok() || sent > 0 {
-                result = Ok(sent);
-            }
-        }
-        let counters = &run.service.counters;
-        match result {
-            Ok(sent) => {
-                counters
-                    .datagrams_to_backend
-                    .fetch_add(sent as u64, Relaxed);
-                counters
-                    .bytes_to_backend
-                    .fetch_add((sent * run.size) as u64, Relaxed);
-                if let Some(t) = &run.trace {
-                    t.to_backend(sent as u64, (sent * run.size) as u64);
-                }
-                let lost = run.count - sent;
-                if lost > 0 {
-                    counters.datagrams_dropped.fetch_add(lost as u64, Relaxed);
-                }
-            }
-            Err(e) if sock::is_refused(&e) => {
-                // The backend answered an earlier datagram with ICMP unreachable: end the flow
-                // and balance these datagrams afresh (a new socket cannot be refused yet, so
-                // this does not recurse again).
-                if let Some(flow) = self.flows.borrow_mut().remove(run.id) {
-                    flow.payload.ending(CloseReason::Rebalanced);
-                }
-                self.from_clients(frontend, received, run.range(), bufs, table);
-            }
-            Err(_) => {
-                counters
-                    .datagrams_dropped
-                    .fetch_add(run.count as u64, Relaxed);
-            }
-        }
-    }
-
-    /// Opens a flow for `key` with its first datagram `data`.
-    fn open(
-        self: &Rc<Self>,
-        frontend: &Rc<UdpFrontend>,
-        key: FlowKey,
-        data: &[u8],
-        now: Instant,
-        table: &TableRef,
-    ) {
-        let Some(entry) = table.load().lookup(&frontend.key).cloned() else {
-            return;
-        };
-        let counters = &entry.counters;
-        let limit = u64::from(entry.service.max_flows);
-        if counters.flows.fetch_add(1, Relaxed) >= limit {
-            counters.flows.fetch_sub(1, Relaxed);
-            counters.flows_refused.fetch_add(1, Relaxed);
-            if let Some(n) = self.at_max_flows.hit(now) {
-                tracing::warn!(service = %entry.service.name, max_flows = limit, refused = n, "UDP flow limit reached: dropping datagrams of new flows ({n} since the last warning)");
-            }
-            return;
-        }
-        // From here the flow counts against the bound; `FlowIo` (or `unwind`) releases it.
-        let unwind = |dropped: bool| {
-            counters.flows.fetch_sub(1, Relaxed);
-            if dropped {
-                counters.datagrams_dropped.fetch_add(1, Relaxed);
-            }
-        };
-        let pick = Pick {
-            client: key.client,
-            dest: key.local,
-        };
-        // A flow handed over by the process this one replaced keeps its backend while that
-        // backend is still usable; otherwise the scheduler decides as for any new flow.
-        let handed = self
-            .handed_over
-            .backend(frontend.key.addr, key.client, key.local, now)
-            .and_then(|b| {
-                entry
-                    .backends
-                    .iter()
-                    .position(|x| x.address == b && x.weight > 0)
-            });
-        let choice = match handed {
-            Some(idx) => Choice {
-                backend: Some(idx),
-                affinity: AffinityOutcome::Off,
-            },
-            None => choose_traced(&entry, &pick),
-        };
-        self.telemetry.affinity(&entry, choice.affinity);
-        let Some(idx) = choice.backend else {
-            counters.no_backend.fetch_add(1, Relaxed);
-            if self.telemetry.logging() {
-                self.telemetry.log(Decision {
-                    service: Arc::clone(&entry),
-                    client: key.client,
-                    frontend: key.local,
-                    candidates: 0,
-                    affinity: choice.affinity,
-                    backend: None,
-                    attempts: 0,
-                    bytes_to_backend: 0,
-                    bytes_to_client: 0,
-                    datagrams: Some(Datagrams::default()),
-                    duration: Duration::ZERO,
-                    ended: std::time::SystemTime::now(),
-                    close: CloseReason::NoBackend,
-                });
-            }
-            return unwind(true);
-        };
-        let backend = entry.backends[idx].address;
-        let Some(fds) = self.fds.take(1) else {
-            self.refuse_for_descriptors(&entry, now, None);
-            return unwind(false);
-        };
-        let source = entry.service.preserve_client_ip.then_some(key.client);
-        let upstream = match sock::upstream_socket(backend, source).and_then(UdpSocket::from_std) {
-            Ok(s) => Rc::new(s),
-            Err(e) if is_exhaustion(&e) => {
-                self.refuse_for_descriptors(&entry, now, Some(&e));
-                return unwind(false);
-            }
-            Err(e) => {
-                tracing::debug!(service = %entry.service.name, %backend, error = %e, "cannot open a UDP upstream socket");
-                return unwind(true);
-            }
-        };
-        let trace = self.telemetry.logging().then(|| {
-            Rc::new(FlowTrace {
-                telemetry: Rc::clone(&self.telemetry),
-                client: key.client,
-                frontend: key.local,
-                backend,
-                candidates: candidates(&entry),
-                affinity: choice.affinity,
-                opened: now,
-                datagrams: Cell::default(),
-                bytes: Cell::default(),
-                close: Cell::new(CloseReason::Stopped),
-            })
-        });
-        match sock::send(upstream.as_raw_fd(), data) {
-            Ok(n) => {
-                counters.datagrams_to_backend.fetch_add(1, Relaxed);
-                counters.bytes_to_backend.fetch_add(n as u64, Relaxed);
-                if let Some(t) = &trace {
-                    t.to_backend(1, n as u64);
-                }
-            }
-            Err(_) => {
-                counters.datagrams_dropped.fetch_add(1, Relaxed);
-            }
-        }
-        counters.flows_opened.fetch_add(1, Relaxed);
-        let idle = entry.service.idle_timeout;
-        let io = FlowIo {
-            upstream: Rc::clone(&upstream),
-            frontend: Rc::clone(frontend),
-            _guard: entry.states[idx].udp_flow(),
-            _fds: fds,
-            service: Arc::clone(&entry),
-            trace,
-        };
-        let id = self.flows.borrow_mut().insert(key, backend, idle, io, now);
-        self.alarm
-            .wake_if_before(monoio::time::Instant::from_std(now + idle));
-        let source = frontend.wildcard.then_some(key.local.ip());
-        task::spawn(
-            TaskKind::UdpFlow,
-            Rc::clone(self).replies(id, upstream, Rc::clone(frontend), key.client, source),
-        );
-    }
-
-    /// Counts a flow refused for want of a descriptor for its upstream socket (the budget is
-    /// used up, or `error`: the process or the system is out of them), and warns at most every
-    /// few seconds with the count since the last warning.
-    fn refuse_for_descriptors(
-        &self,
-        entry: &ServiceEntry,
-        now: Instant,
-        error: Option<&io::Error>,
-    ) {
-        entry.counters.flows_no_descriptors.fetch_add(1, Relaxed);
-        self.fds.count_refused_udp();
-        if let Some(n) = self.no_descriptors.hit(now) {
-            let error = error.map(ToString::to_string);
-            tracing::warn!(
-                service = %entry.service.name, refused = n, budget = self.fds.cap(), error,
-                "out of descriptors: new UDP flows are refused ({n} since the last warning); raise the open-file limit (ulimit -n, LimitNOFILE) or lower max_flows"
-            );
-        }
-    }
-
-    /// Relays a flow's backend datagrams to its client until the flow ends.
-    async fn replies(
-        self: Rc<Self>,
-        id: FlowId,
-        upstream: Rc<UdpSocket>,
-        frontend: Rc<UdpFrontend>,
-        client: SocketAddr,
-        source: Option<IpAddr>,
-    ) {
-        let out = frontend.socket.as_raw_fd();
-        'wait: loop {
-            if upstream.readable(false).await.is_err() {
-                break;
-            }
-            let mut handled = 0;
-            loop {
-                if handled >= BATCH * ROUNDS {
-                    // Let the worker's other tasks run; the wait returns at once.
-                    continue 'wait;
-                }
-                match self.reply_batch(id, &upstream, out, client, source) {
-                    Polled::Got(n) => {
-                        handled += n;
-                        if n < BATCH {
-                            if let Some(c) = &self.coalesce {
-                                c.after_drain(n).await;
-                            }
-                            // Drained: the readiness wait checks the socket's real state.
-                            continue 'wait;
-                        }
-                    }
-                    Polled::Empty | Polled::Failed => continue 'wait,
-                    Polled::Ended => break 'wait,
-                }
-            }
-        }
-    }
-
-    /// Relays the backend datagrams waiting for flow `id` (up to a batch) to its client: runs
-    /// of one size leave as one UDP GSO send.
-    fn reply_batch(
-        &self,
-        id: FlowId,
-        upstream: &UdpSocket,
-        out: std::os::fd::RawFd,
-        client: SocketAddr,
-        source: Option<IpAddr>,
-    ) -> Polled {
-        let mut flows = self.flows.borrow_mut();
-        let Some(flow) = flows.get_mut(id) else {
-            return Polled::Ended;
-        };
-        let mut received = [sock::Received::EMPTY; BATCH];
-        let mut bufs = self.batch.borrow_mut();
-        let family = usize::from(client.is_ipv6());
-        let got = sock::recv_batch(
-            upstream.as_raw_fd(),
-            &mut self.reply_headers[family].borrow_mut(),
-            &mut bufs,
-            &mut received,
-        );
-        let n = match got {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Polled::Empty,
-            Err(e) if sock::is_refused(&e) => {
-                // ICMP unreachable from the backend: end the flow so the client's next
-                // datagram is balanced to a live backend.
-                flow.payload.ending(CloseReason::Rebalanced);
-                drop(flows.remove(id));
-                return Polled::Ended;
-            }
-            Err(e) => {
-                tracing::debug!(%client, error = %e, "UDP upstream receive failed");
-                return Polled::Failed;
-            }
-        };
-        let counters = &flow.payload.service.counters;
-        let (mut sent, mut bytes) = (0u64, 0u64);
-        let mut start = 0;
-        while start < n {
-            let size = received[start].len;
-            let mut end = start + 1;
-            while end < n
-                && received[end].len == size
-                && size > 0
-                && (end + 1 - start) * size <= MAX_GSO_BYTES
-            {
-                end += 1;
-            }
-            let mut iov = [IoSlice::new(&[]); BATCH];
-            let datagrams = sock::gather(&bufs, &received, start..end, &mut iov);
-            let segment = (end - start > 1 && self.gso.get())
-                .then(|| u16::try_from(size).ok())
-                .flatten();
-            let result = match segment {
-                Some(_) => sock::send_to_client(out, datagrams, client, source, segment),
-                None => Err(io::ErrorKind::Unsupported.into()),
-            };
-            match result {
-                Ok(_) => {
-                    sent += datagrams.len() as u64;
-                    bytes += (datagrams.len() * size) as u64;
-                }
-                Err(e) => {
-                    if segment.is_some()
-                        && sock::is_gso_unsupported(&e)
-                        && e.raw_os_error() != Some(libc::EINVAL)
-                    {
-                        self.gso.set(false);
-                    }
-                    for d in datagrams {
-                        if sock::send_to_client(out, &[*d], client, source, None).is_ok() {
-                            sent += 1;
-                            bytes += d.len() as u64;
-                        }
-                    }
-                }
-            }
-            start = end;
-        }
-        counters.datagrams_to_client.fetch_add(sent, Relaxed);
-        counters.bytes_to_client.fetch_add(bytes, Relaxed);
-        if let Some(t) = &flow.payload.trace {
-            t.to_client(sent, bytes);
-        }
-        let lost = n as u64 - sent;
-        if lost > 0 {
-            counters.datagrams_dropped.fetch_add(lost, Relaxed);
-        }
-        let now = Instant::now();
-        flows.touch(id, now);
-        if let Some(busy) = &self.busy {
-            busy.activity(now);
-        }
-        Polled::Got(n)
+/// Ends the flows in `ended` (emptying it): each records why, then its payload is dropped,
+/// which gives back what it held and wakes its reply task. Called with the flows no longer
+/// borrowed.
+fn end(ended: &mut Vec<Ended<FlowIo>>) {
+    for (flow, why) in ended.drain(..) {
+        flow.payload.ending(why);
     }
 }
 

@@ -173,11 +173,13 @@ pub(crate) fn send_segments(fd: RawFd, datagrams: &[IoSlice<'_>], size: u16) -> 
     )?)
 }
 
-/// Whether `e` says this socket or device cannot segment (then send one by one).
-pub(crate) fn is_gso_unsupported(e: &io::Error) -> bool {
+/// Whether a failed segmented send says this socket or device cannot segment at all (then
+/// the worker sends one by one from now on). `EINVAL` is not such a sign: it also means one
+/// run's segments did not fit the route's MTU, which the next run's may.
+pub(crate) fn disables_gso(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+        Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
     )
 }
 
