@@ -22,12 +22,9 @@ fn endpoint_slice_change_to_traffic_at_ten_thousand_services() {
 #[test]
 #[ignore = "benchmark: 10,000 Services with --nftables; run with --ignored --nocapture"]
 fn endpoint_slice_change_to_traffic_at_ten_thousand_services_with_nftables() {
-    match support::netns::Netns::create("kbench") {
-        Ok(ns) => {
-            support::netns::require_nft_and_conntrack();
-            ten_thousand_services(Some(&ns));
-        }
-        Err(why) => println!("skipped: {why}"),
+    if let Some(ns) = support::netns::netns("kbench") {
+        support::netns::require_nft_and_conntrack();
+        ten_thousand_services(Some(&ns));
     }
 }
 
