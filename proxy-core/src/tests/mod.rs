@@ -1,4 +1,5 @@
-//! In-process tests of the TCP data plane: the relay and connect with retry. Every test runs
+//! In-process tests of the TCP data plane: the relay, connect with retry, and (in `accept.rs`,
+//! a child of `worker.rs` for the worker's private items) the accept loop. Every test runs
 //! under both I/O drivers a worker can have, built the way workers build them, against the
 //! scripted backends of [`backend`] on loopback port 0.
 //!
@@ -9,6 +10,7 @@
 pub(crate) mod backend;
 mod connect;
 mod relay;
+// `accept.rs` is declared by `worker.rs`, whose private items it tests.
 
 use std::future::Future;
 use std::time::Duration;
