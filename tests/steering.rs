@@ -19,8 +19,6 @@ mod guarded;
 mod health;
 #[path = "steering/refusal.rs"]
 mod refusal;
-#[path = "steering/scale.rs"]
-mod scale;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
