@@ -29,17 +29,14 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq serving `hosts` (hosts-file lines); `None` when it is not installed
-    /// here (a failure under CI, which installs it).
+    /// Starts dnsmasq serving `hosts` (hosts-file lines); `None` (skipped) when it is not
+    /// installed here, a failure under `CI` (see [`require`]).
     fn start(tag: &str, hosts: &str) -> Option<Dnsmasq> {
-        if !Path::new(DNSMASQ).exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{DNSMASQ} is missing; .ci/run installs dnsmasq-base"
-            );
-            eprintln!("skipped: {DNSMASQ} is not installed (apt-get install dnsmasq-base)");
-            return None;
-        }
+        let installed = Path::new(DNSMASQ)
+            .is_file()
+            .then_some(())
+            .ok_or_else(|| format!("no {DNSMASQ}"));
+        require(installed, "dnsmasq", "apt-get install dnsmasq-base")?;
         let dir = std::env::temp_dir().join(format!("ringlb-dns-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let hosts_file = dir.join("hosts");

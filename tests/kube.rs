@@ -11,8 +11,8 @@ mod support;
 mod binary;
 #[path = "kube/health.rs"]
 mod health;
-#[path = "kube/scale.rs"]
-mod scale;
+#[path = "kube/shared.rs"]
+mod shared;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -23,6 +23,7 @@ use config::k8s::{NodeOptions, NotProxiedReason};
 use config::kube::{KubeOptions, KubeSnapshot, KubeWatch};
 use fake_api::{FakeApi, Kind};
 use serde_json::{json, Value};
+use shared::*;
 use support::*;
 
 fn fixture(name: &str) -> Vec<Value> {
@@ -35,11 +36,6 @@ fn fixture(name: &str) -> Vec<Value> {
         .into_iter()
         .filter(|o| o["kind"] != "Endpoints")
         .collect()
-}
-
-fn node(name: &str, zone: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
 }
 
 /// Starts a watch and delivers every publication to the returned channel.
@@ -100,15 +96,6 @@ fn names(s: &KubeSnapshot) -> Vec<&str> {
         .iter()
         .map(|x| x.name.as_str())
         .collect()
-}
-
-fn slice(name: &str, service: &str, endpoints: Value, port: u16) -> Value {
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": name, "namespace": "shop",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4",
-           "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-           "endpoints": endpoints})
 }
 
 #[test]
@@ -360,35 +347,6 @@ fn node_ports_follow_the_primary_addresses_of_the_node() {
         |s| frontends(s) == ["10.0.0.8:30080", "10.96.0.1:80"],
     );
     std::fs::remove_file(api.kubeconfig()).unwrap();
-}
-
-/// `ringlb run --kubernetes` as node `node-a` of the API in `kubeconfig`, one worker, no
-/// admin API.
-fn node_a(kubeconfig: &Path) -> Ringlb {
-    node_a_in(None, kubeconfig)
-}
-
-/// [`node_a`], or with `--nftables` inside namespace `ns`.
-fn node_a_in(ns: Option<&support::netns::Netns>, kubeconfig: &Path) -> Ringlb {
-    let mut args = vec![
-        "run",
-        "--kubernetes",
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-        "--admin",
-        "off",
-        "--workers",
-        "1",
-    ];
-    match ns {
-        None => Ringlb::start(&args),
-        Some(ns) => {
-            args.push("--nftables");
-            Ringlb::start_in_netns(&ns.0, &args)
-        }
-    }
 }
 
 /// An address of this test process in 127.`second`.0.0/16: tests of this binary run side by

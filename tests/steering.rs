@@ -2,8 +2,9 @@
 //! "pod" namespace as the client, a "node" namespace running `ringlb run --kubernetes
 //! --nftables` against a small static API server, and a "backend" namespace with the
 //! endpoint. Addresses are private and exist only inside these namespaces; the host's own
-//! networking is never touched. Skipped, with the reason printed, where namespaces cannot be
-//! created; where they can, a missing `nft` or `conntrack` fails the test.
+//! networking is never touched. Where namespaces cannot be created (not root) a test fails
+//! under `CI` and is skipped with the reason printed elsewhere; where they can, a missing `nft`
+//! or `conntrack` fails it.
 
 #[allow(dead_code)] // the steering tests use only part of the fake API
 #[path = "kube/fake_api.rs"]
@@ -18,8 +19,6 @@ mod guarded;
 mod health;
 #[path = "steering/refusal.rs"]
 mod refusal;
-#[path = "steering/scale.rs"]
-mod scale;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -156,24 +155,13 @@ fn wait_decision_line(path: &std::path::Path, frontend: &str) {
     }
 }
 
-/// The pod, node and backend namespaces of a steering test, or `None` (with the reason
-/// printed) where namespaces cannot be created. Fails without `nft` or `conntrack`.
+/// The pod, node and backend namespaces of a steering test, or `None` (skipped, with the reason
+/// printed; a failure under `CI`) where namespaces cannot be created. Fails without `nft` or
+/// `conntrack`.
 fn pod_node_backend(pod: &str, node: &str, backend: &str) -> Option<(Netns, Netns, Netns)> {
-    match (
-        Netns::create(pod),
-        Netns::create(node),
-        Netns::create(backend),
-    ) {
-        (Ok(p), Ok(n), Ok(b)) => {
-            require_nft_and_conntrack();
-            Some((p, n, b))
-        }
-        (p, n, b) => {
-            let why = [p.err(), n.err(), b.err()].into_iter().flatten().next();
-            println!("skipped: cannot create network namespaces: {why:?}");
-            None
-        }
-    }
+    let namespaces = (netns(pod)?, netns(node)?, netns(backend)?);
+    require_nft_and_conntrack();
+    Some(namespaces)
 }
 
 /// The portal `frontend` (TCP) is redirected to cannot be dialled directly: from `pod` at

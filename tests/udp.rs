@@ -447,22 +447,11 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// Whether the system tools a test needs exist; without them the test fails under CI (which
-/// installs them) and is skipped with the reason elsewhere.
+/// Whether the system tools a test needs exist; without them the test fails under `CI` (which
+/// installs them) and is skipped with the reason elsewhere (see [`require`]).
 fn have(tool: &str, package: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing: CI must install {package}"
-        );
-        eprintln!("skipped: {tool} is not installed (apt-get install {package})");
-    }
-    found
+    let how = format!("apt-get install {package}");
+    require(program(tool), tool, &how).is_some()
 }
 
 /// Starts dnsmasq on a free port of 127.0.0.1, in `netns` when given.
@@ -565,39 +554,6 @@ fn dig_resolves_through_the_proxy_to_dnsmasq() {
     }
 }
 
-/// A network namespace made for one test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    /// Creates a namespace with loopback up; `None` (with the reason printed) where this
-    /// machine cannot (not root, no `ip`).
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("ringlb-{tag}-{}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("skipped: cannot create a network namespace (needs root and iproute2)");
-            return None;
-        }
-        let ns = Netns(name);
-        let up = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ip", "link", "set", "lo", "up"])
-            .status()
-            .expect("ip link set lo up");
-        assert!(up.success());
-        Some(ns)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// With the frontend on `0.0.0.0`, a client that sent to 127.0.0.3 gets its answer from
 /// 127.0.0.3 (dig drops answers from any other source). Without `IP_PKTINFO` the kernel would
 /// answer from 127.0.0.1. In a namespace of its own, so the wildcard socket sees loopback only.
@@ -606,7 +562,7 @@ fn a_wildcard_frontend_answers_from_the_address_the_client_used() {
     if !have("dnsmasq", "dnsmasq-base") || !have("dig", "bind9-dnsutils") {
         return;
     }
-    let Some(ns) = Netns::create("udp-wild") else {
+    let Some(ns) = netns::netns("udp-wild") else {
         return;
     };
     let server = dnsmasq(Some(&ns.0));

@@ -26,6 +26,8 @@ pub mod steer;
 mod sys;
 mod task;
 mod telemetry;
+#[cfg(test)]
+mod tests;
 mod throttle;
 mod udp;
 mod worker;

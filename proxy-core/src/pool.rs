@@ -39,6 +39,12 @@ impl BufferPool {
             free.push(buf);
         }
     }
+
+    /// Free buffers the pool holds now.
+    #[cfg(test)]
+    pub(crate) fn free(&self) -> usize {
+        self.free.borrow().len()
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use monoio::net::TcpStream;
 
 use crate::idle::{Activity, Close, IdleTimers};
 use crate::pool::BufferPool;
-use crate::sys::{abort, set_reset_on_close, with_socket};
+use crate::sys::{abort, with_socket};
 
 /// How a relayed connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,8 +173,8 @@ struct OneWay {
 }
 
 /// Copies `src` → `dst` until end of stream (then `shutdown(Write)` on `dst`) or an error
-/// (then `dst` is set to reset on close and both sockets stop reading, which ends the other
-/// direction too).
+/// (then `dst` is reset at once and both sockets stop reading, which ends the other direction
+/// too).
 ///
 /// The future of this function is what an idle connection keeps in memory (twice), so the
 /// read-and-write step lives in its own boxed future that exists only while bytes move.
@@ -213,7 +213,10 @@ async fn copy_one_way(
                 };
             }
             Step::Failed => {
-                set_reset_on_close(dst_peer.stream());
+                // Reset now, not at close: the relay's write half sends a FIN when it is
+                // dropped (monoio shuts the write side down then), and a peer that saw that
+                // end of stream first would take a cut-short transfer for a complete one.
+                dst_peer.abort();
                 src_peer.shutdown_read();
                 dst_peer.shutdown_read();
                 return OneWay {

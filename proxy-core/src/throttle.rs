@@ -39,6 +39,12 @@ impl Throttle {
         self.next.set(Some(now + self.period));
         Some(pending)
     }
+
+    /// Whether any event was counted yet.
+    #[cfg(test)]
+    pub(crate) fn hit_yet(&self) -> bool {
+        self.next.get().is_some()
+    }
 }
 
 impl Default for Throttle {

@@ -123,6 +123,38 @@ struct Worker {
 }
 
 impl Worker {
+    /// Worker `id`'s state, serving nothing yet; built on the worker's own thread.
+    fn new(
+        id: usize,
+        table: Arc<ArcSwap<Table>>,
+        buffer_size: usize,
+        udp: UdpWake,
+        telemetry: Rc<WorkerTelemetry>,
+        handed_over: Arc<HandedOver>,
+        fds: Arc<FdBudget>,
+    ) -> Rc<Worker> {
+        Rc::new(Worker {
+            table,
+            pool: BufferPool::new(buffer_size, POOL_KEEP),
+            idle: IdleTimers::new(),
+            open: Cell::new(0),
+            stopping: Cell::new(false),
+            cutting: Cell::new(false),
+            frontends: RefCell::new(HashMap::new()),
+            udp: Rc::new(Udp::new(
+                hash_seed(id),
+                udp,
+                Rc::clone(&telemetry),
+                handed_over,
+                Arc::clone(&fds),
+            )),
+            telemetry,
+            fds,
+            exhausted: Throttle::default(),
+            over_budget: Throttle::default(),
+        })
+    }
+
     /// Starts serving `socket` (converted on this thread so it registers here).
     fn listen(self: &Rc<Self>, key: FrontendKey, socket: ListenSocket) -> std::io::Result<()> {
         let frontend = match socket {
@@ -245,26 +277,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         ..
     } = start;
     let telemetry = Rc::new(WorkerTelemetry::new(telemetry, id));
-    let worker = Rc::new(Worker {
-        table,
-        pool: BufferPool::new(buffer_size, POOL_KEEP),
-        idle: IdleTimers::new(),
-        open: Cell::new(0),
-        stopping: Cell::new(false),
-        cutting: Cell::new(false),
-        frontends: RefCell::new(HashMap::new()),
-        udp: Rc::new(Udp::new(
-            hash_seed(id),
-            udp,
-            Rc::clone(&telemetry),
-            handed_over,
-            Arc::clone(&fds),
-        )),
-        telemetry,
-        fds,
-        exhausted: Throttle::default(),
-        over_budget: Throttle::default(),
-    });
+    let worker = Worker::new(id, table, buffer_size, udp, telemetry, handed_over, fds);
     for (key, std_listener) in listeners {
         // Converted here so the descriptor registers with this thread's driver.
         if let Err(source) = worker.listen(key, std_listener) {
@@ -502,3 +515,7 @@ fn hash_seed(worker: usize) -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(worker)
 }
+
+#[cfg(test)]
+#[path = "tests/accept.rs"]
+mod tests;

@@ -150,8 +150,11 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     let Some((pod, node, backend)) = pod_node_backend("pod6", "node6", "be6") else {
         return;
     };
-    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        println!("skipped: this kernel has no IPv6");
+    let ipv6 = std::path::Path::new("/proc/sys/net/ipv6")
+        .exists()
+        .then_some(())
+        .ok_or("no /proc/sys/net/ipv6");
+    if require(ipv6, "IPv6", "boot a kernel with IPv6 (ipv6.disable=0)").is_none() {
         return;
     }
     link(

@@ -347,6 +347,35 @@ pub fn quick_with_workers(
     proxy
 }
 
+/// What a test that needs root or a system tool gets: `Some(value)` when `got` is `Ok`.
+/// Otherwise, under `CI` (`.ci/run` sets it, runs as root and installs every tool the tests
+/// use), the test fails, naming `what` is missing, why, and `how` to get it: there a test never
+/// passes by skipping. Elsewhere it prints the same and returns `None`, and the test returns
+/// at once (skipped).
+pub fn require<T, E: std::fmt::Display>(got: Result<T, E>, what: &str, how: &str) -> Option<T> {
+    match got {
+        Ok(value) => Some(value),
+        Err(why) => {
+            let message = format!("{what} is unavailable here ({why}): {how}");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{message}; under CI a test that cannot run fails instead of skipping"
+            );
+            eprintln!("skipped: {message}");
+            None
+        }
+    }
+}
+
+/// The path of `program` on `PATH`, or why not: for [`require`].
+pub fn program(program: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("{program} is not on PATH"))
+}
+
 /// Raises this test process's open-file limit (1,000-connection tests hold several thousand).
 pub fn raise_nofile() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);

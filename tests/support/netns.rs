@@ -40,9 +40,10 @@ pub fn enter(ns: &str) {
 pub struct Netns(pub String);
 
 impl Netns {
-    /// `rlb-steer-TAG-PID`, with its loopback up.
+    /// `rlb-test-TAG-PID`, with its loopback up; `Err` (why) where this machine cannot
+    /// create one (not root, no `ip`). Tests call [`netns`], which fails under `CI` then.
     pub fn create(tag: &str) -> Result<Netns, String> {
-        let name = format!("rlb-steer-{tag}-{}", std::process::id());
+        let name = format!("rlb-test-{tag}-{}", std::process::id());
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
@@ -88,6 +89,16 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// How a machine gets what [`Netns::create`] needs.
+pub const NETNS_HOW: &str =
+    "run the tests as root, with iproute2 installed (apt-get install iproute2)";
+
+/// A namespace `TAG` for a test, or `None` (the test is skipped) where namespaces cannot be
+/// created here; under `CI` that fails the test instead (see [`super::require`]).
+pub fn netns(tag: &str) -> Option<Netns> {
+    super::require(Netns::create(tag), "a network namespace", NETNS_HOW)
 }
 
 /// A veth pair from `a` (interface `a_if`, addresses `a_addrs`) to `b` (`b_if`, `b_addrs`),

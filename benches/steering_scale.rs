@@ -1,21 +1,33 @@
-//! The cost of programming the tables at 10,000 Services.
+//! The cost of programming ringlb's nftables table at 10,000 Services, with ringlb's own code
+//! and `nft`, in a network namespace of its own.
+//!
+//! `cargo bench --bench steering_scale`; needs root (a network namespace), `nft` and
+//! `conntrack`. Prints the numbers; asserts only that they were applied.
 
-use super::*;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-/// The cost of programming the table at scale, with ringlb's own code and `nft`, in a
-/// namespace of its own: the first (whole) transaction for 10,000 Services (a cluster IP
-/// and a node port each), then one Service's endpoints going away and coming back (two
-/// element lines each way). Prints the numbers; asserts only that they were applied.
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture to print nftables transaction times"]
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::netns::{in_netns, netns, require_nft_and_conntrack};
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`) does not,
+    // and must not start a benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("steering_scale is a benchmark: run it with cargo bench --bench steering_scale");
+        return;
+    }
+    nftables_transactions_at_ten_thousand_services();
+}
+
+/// The first (whole) transaction for 10,000 Services (a cluster IP and a node port each), then
+/// one Service's endpoints going away and coming back (two element lines each way).
 fn nftables_transactions_at_ten_thousand_services() {
     use proxy_core::steer::{SteerEntry, Steering, Verdict};
-    let ns = match Netns::create("bench") {
-        Ok(ns) => ns,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
+    let Some(ns) = netns("bench") else {
+        return;
     };
     require_nft_and_conntrack();
     const SERVICES: u32 = 10_000;

@@ -1,17 +1,63 @@
-//! Benchmarks at 10,000 Services: from an EndpointSlice change to traffic, with and without
-//! `--nftables`.
+//! Benchmarks at 10,000 Services through the real binary against the fake API server of the
+//! tests: from an EndpointSlice change to traffic, with and without `--nftables`.
+//!
+//! `cargo bench --bench kube_scale` runs both; `cargo bench --bench kube_scale -- nftables`
+//! only the names that contain `nftables`. The one with `--nftables` needs root (network
+//! namespaces), `nft` and `conntrack`. Prints the numbers; asserts only that every change
+//! was applied; bounded in time.
 
-use super::*;
+#[allow(dead_code)] // the benchmark uses only part of the fake API
+#[path = "../tests/kube/fake_api.rs"]
+mod fake_api;
+#[allow(dead_code)]
+#[path = "../tests/kube/shared.rs"]
+mod shared;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-/// Benchmark, not a test (`cargo test --release --test kube -- --ignored --nocapture`): with
-/// 10,000 Services watched through the fake API server, the time from an EndpointSlice
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use fake_api::FakeApi;
+use serde_json::{json, Value};
+use shared::{node, node_a_in, slice};
+use support::*;
+
+/// The benchmarks by name.
+const BENCHMARKS: [(&str, fn()); 2] = [
+    (
+        "endpoint_slice_change_to_traffic",
+        endpoint_slice_change_to_traffic,
+    ),
+    (
+        "endpoint_slice_change_to_traffic_with_nftables",
+        endpoint_slice_change_to_traffic_with_nftables,
+    ),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --benches` (or `--all-targets`) does not,
+    // and must not start a benchmark that takes minutes.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("kube_scale is a benchmark: run it with cargo bench --bench kube_scale");
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    for (name, bench) in BENCHMARKS {
+        if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
+            println!("{name}:");
+            bench();
+        }
+    }
+}
+
+/// With 10,000 Services watched through the fake API server, the time from an EndpointSlice
 /// change (written to the API) to the first new connection that reaches the new endpoint,
 /// through the real binary. Each Service has its own cluster IP in 127.10.0.0/16, bound
 /// directly (without `--nftables` ringlb listens on them; with it an endpoint change touches
-/// no nftables element, since the portal stays). Prints the numbers; bounded in time.
-#[test]
-#[ignore = "benchmark: 10,000 Services; run with --ignored --nocapture"]
-fn endpoint_slice_change_to_traffic_at_ten_thousand_services() {
+/// no nftables element, since the portal stays).
+fn endpoint_slice_change_to_traffic() {
     ten_thousand_services(None);
 }
 
@@ -19,15 +65,10 @@ fn endpoint_slice_change_to_traffic_at_ten_thousand_services() {
 /// ringlb and clients all inside it): also the time from a Service losing all its endpoints
 /// to refused connections and back (one nftables element each way), and how many ports
 /// the portals hold.
-#[test]
-#[ignore = "benchmark: 10,000 Services with --nftables; run with --ignored --nocapture"]
-fn endpoint_slice_change_to_traffic_at_ten_thousand_services_with_nftables() {
-    match support::netns::Netns::create("kbench") {
-        Ok(ns) => {
-            support::netns::require_nft_and_conntrack();
-            ten_thousand_services(Some(&ns));
-        }
-        Err(why) => println!("skipped: {why}"),
+fn endpoint_slice_change_to_traffic_with_nftables() {
+    if let Some(ns) = support::netns::netns("kbench") {
+        support::netns::require_nft_and_conntrack();
+        ten_thousand_services(Some(&ns));
     }
 }
 
