@@ -9,7 +9,7 @@ use std::io::ErrorKind;
 use std::net::{Shutdown, TcpStream as StdStream};
 use std::os::fd::AsRawFd;
 
-use config::{Backend as BackendConfig, Config, Protocol, Service};
+use config::{Backend as BackendConfig, Config, Protocol, Service, ServiceEntry};
 
 use super::*;
 use crate::listener::{bind_group, ListenSocket};
@@ -72,6 +72,11 @@ impl Rig {
             telemetry,
             fds,
         }
+    }
+
+    /// The service's `count` over the worker's shard.
+    fn count(&self, count: Count) -> u64 {
+        self.telemetry.snapshot().service(&self.entry).count(count)
     }
 
     fn closed(&self, reason: CloseReason) -> u64 {
@@ -142,7 +147,7 @@ fn serves_until_its_frontend_is_closed_then_the_loop_ends() {
             rig.worker.open.get() == 0
         })
         .await;
-        assert_eq!(rig.entry.counters.accepted.load(Relaxed), 1, "{kind}");
+        assert_eq!(rig.count(Count::Accepted), 1, "{kind}");
         assert_eq!(rig.closed(CloseReason::Eof), 1, "{kind}");
     });
 }
@@ -165,7 +170,7 @@ fn a_connection_the_descriptor_budget_has_no_room_for_is_reset() {
             "{kind}: reset at accept"
         );
         assert_eq!(rig.fds.refused_tcp(), 1, "{kind}");
-        assert_eq!(rig.entry.counters.no_descriptors.load(Relaxed), 1, "{kind}");
+        assert_eq!(rig.count(Count::NoDescriptors), 1, "{kind}");
 
         go.send(()).unwrap();
         assert_eq!(held.wait().await.end, End::Eof, "{kind}");
@@ -302,6 +307,6 @@ fn starved() {
             round_trip(&mut s, 4);
         });
         served.wait().await;
-        assert_eq!(rig.entry.counters.accepted.load(Relaxed), 1, "{kind}");
+        assert_eq!(rig.count(Count::Accepted), 1, "{kind}");
     });
 }

@@ -5,7 +5,6 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use super::backend::Backend;
 use super::{on_each_driver, within};
 use crate::connect::{connect, ConnectFailure, Upstream};
-use crate::telemetry::{AffinityOutcome, ConnectError, Telemetry, WorkerTelemetry};
+use crate::telemetry::{AffinityOutcome, ConnectError, Count, Telemetry, WorkerTelemetry};
 
 /// The deadline of one attempt here: what a blackholed backend costs.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -71,16 +70,17 @@ impl Rig {
             client: CLIENT.parse().unwrap(),
             dest: FRONTEND.parse().unwrap(),
         };
-        let mut trace = self.worker.open(&self.entry, flow.dest);
+        let mut trace = self.worker.open(self.worker.stats(&self.entry), flow.dest);
         within("connect", connect(&self.entry, &flow, &mut trace)).await
     }
 
-    /// Attempts and retries in the table's counters.
+    /// Attempts and retries, as the service's counts show them.
     fn attempts(&self) -> (u64, u64) {
-        let c = &self.entry.counters;
+        let snapshot = self.telemetry.snapshot();
+        let s = snapshot.service(&self.entry);
         (
-            c.connect_attempts.load(Relaxed),
-            c.connect_retries.load(Relaxed),
+            s.count(Count::ConnectAttempts),
+            s.count(Count::ConnectRetries),
         )
     }
 
