@@ -87,7 +87,7 @@ fn within<T: Send + 'static>(
 /// refused; how long that took. Bounded in time. Every try is a plain connection from the
 /// node, so the client soon reuses its source ports, as a busy one does (ringlb withdraws a
 /// redirect before its portal drops the endpoints, so no reset leaves a closed conntrack
-/// entry that a reused port would join; see the README's node-mode limits).
+/// entry that a reused port would join; see the limits in docs/node-mode.md).
 fn until_answer(
     ns: Option<&support::netns::Netns>,
     front: SocketAddr,

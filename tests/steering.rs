@@ -203,7 +203,7 @@ fn assert_unserved_ports_refused(namespaces: [&str; 2], tcp: &str, udp: &str) {
 }
 
 /// New TCP from `ns` to `to` is refused at once: with a reset, not only after the SYN's
-/// retransmission a second later (an ICMP error the kernel set aside; see the README).
+/// retransmission a second later (an ICMP error the kernel set aside; see docs/node-mode.md).
 fn assert_refused_at_once(ns: &str, to: &str) {
     let started = Instant::now();
     let refused = ask(ns, to).unwrap_err();

@@ -252,7 +252,7 @@ impl State {
     /// left to accept a steered client it has no endpoint for and reset it: a reset from the
     /// portal's side leaves a conntrack entry in `CLOSE` that the kernel does not reopen for
     /// a new SYN on the same addresses and ports, which then skips the `nat` chains and every
-    /// `ct state new` check (see the README's node-mode limits).
+    /// `ct state new` check (see the limits in docs/node-mode.md).
     pub fn withdrawn(&self, next: &State) -> State {
         let mut out = self.clone();
         for (key, verdict) in &self.frontends {
