@@ -16,12 +16,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as ApiMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::endpoints::SERVICE_NAME_LABEL;
-use super::node::Loc;
 use super::types::{
     AddressType, EndpointConditions, EndpointPort, EndpointSlice, IpMode, LoadBalancerIngress,
     ObjectMeta, Origin, PortProtocol, Service, ServicePort, ServiceType, SliceEndpoint, TargetPort,
     TrafficPolicy,
 };
+use super::yaml::Loc;
 
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_SECONDS: u64 = 10_800;
@@ -76,7 +76,7 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
     let meta = meta(&s.metadata, &origin);
     let key = meta.key();
     let mut warnings = Vec::new();
-    let (scheduler, problems) = super::service::scheduler_of_annotations(&meta.annotations);
+    let (scheduler, problems) = super::annotations::scheduler_of_annotations(&meta.annotations);
     warnings.extend(problems.into_iter().map(|p| format!("Service {key}: {p}")));
     let spec = s.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {

@@ -52,16 +52,19 @@ use std::sync::Arc;
 use crate::error::{ConfigError, Problem};
 use crate::Config;
 
+mod annotations;
 #[cfg(feature = "kube")]
 pub mod api;
 mod endpoints;
-mod node;
 mod node_mode;
 mod parse;
 mod resolve;
+mod rules;
 mod service;
 mod types;
+mod yaml;
 
+pub use annotations::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use node_mode::{
     assemble, resolve_node, resolve_node_service, NodeOptions, NodeService, ZONE_LABEL,
@@ -70,7 +73,6 @@ pub use resolve::{
     service_port_name, Firewall, Frontends, NotProxied, NotProxiedReason, Resolved,
     ResolvedEndpoint, ResolvedPort, StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
 };
-pub use service::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use types::{
     AddressType, EndpointAddress, EndpointConditions, EndpointPort, EndpointSlice, EndpointSubset,
     Endpoints, IpMode, LoadBalancerIngress, Loc, Object, ObjectMeta, Origin, PortProtocol, Service,

@@ -11,11 +11,11 @@ use balancers::Scheduler;
 use crate::error::Problem;
 use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
 
-use super::node::Loc;
 use super::types::{
     EndpointConditions, EndpointPort, EndpointSlice, Endpoints, IpMode, Object, PortProtocol,
     Service, ServicePort, ServiceType, TrafficPolicy,
 };
+use super::yaml::Loc;
 
 /// The label that hands a Service to another proxy (kube-proxy ignores such services).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
