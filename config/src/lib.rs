@@ -20,6 +20,7 @@
 
 mod duration;
 mod error;
+mod expand;
 pub mod k8s;
 #[cfg(feature = "kube")]
 pub mod kube;
