@@ -14,9 +14,9 @@ use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::{NodePortAddress, RunArgs};
-use crate::control::Plane;
 use crate::healthcheck::{HealthChecks, NodeHealth, NodeServer};
 use crate::serve::{announce_line, Control};
+use control::Plane;
 
 /// How often ringlb says it is still waiting for the API at start.
 const SYNC_WAIT_LOG: Duration = Duration::from_secs(10);

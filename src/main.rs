@@ -6,13 +6,10 @@ mod admin;
 mod budget;
 mod check;
 mod cli;
-mod control;
 mod decisions;
 mod demo;
 mod healthcheck;
-mod http;
 mod kube;
-mod readiness;
 mod serve;
 mod takeover;
 

@@ -18,8 +18,8 @@ use signal_hook::iterator::Signals;
 use crate::admin::{self, AdminBind, AdminState, DataPlane};
 use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
-use crate::control::ControlRuntime;
 use crate::decisions::{self, DecisionWriter};
+use control::ControlRuntime;
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -441,7 +441,7 @@ const HTTP_ACCEPT_ERRORS: Family = Family::counter(
     "Failed accepts on ringlb's HTTP ports (out of descriptors or memory: retried with backoff).",
 );
 
-impl Collect for crate::http::Telemetry {
+impl Collect for control::http::Telemetry {
     fn collect(&self, _table: &Table, out: &mut Scrape) {
         for (kind, counts) in self.counts() {
             let server = kind.label();

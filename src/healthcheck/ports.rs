@@ -1,9 +1,9 @@
 //! The health ports' lives: the node health server and one server per wanted
-//! `healthCheckNodePort`, bound here and served on the control runtime by [`crate::http`]
+//! `healthCheckNodePort`, bound here and served on the control runtime by [`control::http`]
 //! with [`Limits::HEALTH`].
 //!
 //! A port that cannot be bound does not stop ringlb (Services must not go down for it): it is
-//! logged, reported to [`crate::readiness::Readiness`] (so `/readyz` says so) and tried again
+//! logged, reported to [`control::Readiness`] (so `/readyz` says so) and tried again
 //! at the next sync, and the problem is cleared once it binds or is no longer wanted.
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use config::k8s::Resolved;
 
 use super::{node_handler, service_handler, wanted, Health, NodeHealth};
-use crate::control::Plane;
-use crate::http::{HttpServer, Limits, ServerKind, Spec};
 use crate::serve::announce_line;
+use control::http::{HttpServer, Limits, ServerKind, Spec};
+use control::Plane;
 
 /// The node health server (`--healthz-bind-address`), once it could be bound.
 #[derive(Debug)]
