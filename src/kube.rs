@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, NotProxiedReason, Resolved};
-use config::kube::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use config::{Config, Table};
+use node::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 

@@ -355,7 +355,7 @@ fn serve_with(
         fds.refresh(&serving);
         let mut why = match control_rx.recv() {
             Ok(Control::Kube) => {
-                // The watch thread already folded the burst (config::kube::SETTLE).
+                // The watch thread already folded the burst (node::SETTLE).
                 if let Some(kube) = kube {
                     kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
                 }

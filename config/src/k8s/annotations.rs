@@ -90,8 +90,7 @@ fn apply_scheduler_flags(sc: &mut SchedulerConfig, flags: &str) -> Vec<String> {
 /// The scheduler of a Service read from the API (node mode): its ringlb annotations, or the
 /// default scheduler with why each annotation was not usable. A typo in an annotation must
 /// not take a Service of a running cluster off the air, so it falls back rather than fails.
-#[cfg(feature = "kube")]
-pub(crate) fn scheduler_of_annotations(
+pub fn scheduler_of_annotations(
     annotations: &BTreeMap<String, String>,
 ) -> (SchedulerConfig, Vec<String>) {
     let mut problems = Vec::new();

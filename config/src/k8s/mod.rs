@@ -53,8 +53,6 @@ use crate::error::{ConfigError, Problem};
 use crate::Config;
 
 mod annotations;
-#[cfg(feature = "kube")]
-pub mod api;
 mod collect;
 mod endpoints;
 mod parse;
@@ -67,10 +65,10 @@ mod service;
 mod types;
 mod yaml;
 
-pub use annotations::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
+pub use annotations::{scheduler_of_annotations, SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use collect::{assemble, resolve_node, resolve_node_service};
 pub use endpoints::SERVICE_NAME_LABEL;
-pub use policy::{NodeOptions, StandaloneOptions, ZONE_LABEL};
+pub use policy::{NodeOptions, StandaloneOptions};
 pub use resolved::{
     service_port_name, Firewall, Frontends, NodeService, NotProxied, NotProxiedReason, Resolved,
     ResolvedEndpoint, ResolvedPort, SERVICE_PROXY_NAME_LABEL,

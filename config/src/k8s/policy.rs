@@ -9,9 +9,6 @@ use std::net::IpAddr;
 use super::resolved::{NotProxiedReason, SERVICE_PROXY_NAME_LABEL};
 use super::types::{Service, ServiceType, TrafficPolicy};
 
-/// The Node label with the node's zone, matched against endpoint zone hints.
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-
 /// What standalone mode needs to know besides the manifests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StandaloneOptions {

@@ -1,0 +1,19 @@
+//! Node mode: ringlb as a node's kube-proxy. This crate holds what only node mode needs: the
+//! API watch ([`KubeWatch`]: Services, EndpointSlices, this Node and ServiceCIDRs, resolved
+//! by `config`'s one Kubernetes resolver with node mode's policy), the API's objects read into
+//! `config`'s checked types ([`api`]), and what this node's Node object says
+//! ([`node_eligible`], [`node_primary_addresses`], [`node_zone`]).
+//!
+//! It never touches a data-plane socket: it decides what the data plane serves, and the
+//! binary hands that to `proxy-core`.
+
+pub mod api;
+mod this_node;
+mod watch;
+
+pub use this_node::{
+    node_eligible, node_primary_addresses, node_zone, TO_BE_DELETED_TAINT, ZONE_LABEL,
+};
+pub use watch::{
+    label_selector, KubeError, KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses, SETTLE,
+};
