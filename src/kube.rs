@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, NotProxiedReason, Resolved};
 use config::{Config, Table};
+use node::steer::{SteerEntry, Steering, Verdict};
 use node::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
-use proxy_core::steer::{SteerEntry, Steering, Verdict};
 use proxy_core::Proxy;
 
 use crate::cli::{NodePortAddress, RunArgs};
@@ -45,7 +45,7 @@ struct OwnedTable(Steering);
 impl Drop for OwnedTable {
     fn drop(&mut self) {
         match self.0.remove() {
-            Ok(()) => tracing::info!("nftables tables {} deleted", proxy_core::steer::TABLE),
+            Ok(()) => tracing::info!("nftables tables {} deleted", node::steer::TABLE),
             Err(e) => tracing::error!("cannot delete the nftables tables: {e}"),
         }
     }
@@ -318,7 +318,7 @@ impl Kube {
 }
 
 /// The stdout line of one nftables transaction.
-fn announce_transaction(report: &proxy_core::steer::SyncReport) {
+fn announce_transaction(report: &node::steer::SyncReport) {
     announce_line(&format!(
         "nftables full={} lines={} steered={} took_us={}",
         report.full,
@@ -380,7 +380,7 @@ fn node_addresses(given: &[IpAddr], source: &NodePortSource) -> anyhow::Result<V
             Ok(given.to_vec())
         }
         NodePortSource::Within(cidrs) => {
-            let host = proxy_core::steer::local_addresses()
+            let host = node::steer::local_addresses()
                 .context("cannot list this host's addresses for --nodeport-addresses")?;
             for cidr in loopback_only(cidrs, &host) {
                 tracing::warn!(%cidr, "--nodeport-addresses: this range holds only loopback addresses of this host, which never take NodePorts (as in kube-proxy's nftables mode)");
@@ -439,7 +439,7 @@ fn follow_host_addresses(
             let mut current = first;
             loop {
                 std::thread::sleep(ADDRESS_POLL);
-                let Ok(host) = proxy_core::steer::local_addresses() else {
+                let Ok(host) = node::steer::local_addresses() else {
                     continue;
                 };
                 let now = within(&given, &cidrs, &host);

@@ -2,12 +2,15 @@
 //! API watch ([`KubeWatch`]: Services, EndpointSlices, this Node and ServiceCIDRs, resolved
 //! by `config`'s one Kubernetes resolver with node mode's policy), the API's objects read into
 //! `config`'s checked types ([`api`]), and what this node's Node object says
-//! ([`node_eligible`], [`node_primary_addresses`], [`node_zone`]).
+//! ([`node_eligible`], [`node_primary_addresses`], [`node_zone`]); and steering ([`steer`]):
+//! the nftables tables that send each service's frontends to its listener, written through
+//! `nft`, `ip` and `conntrack`.
 //!
 //! It never touches a data-plane socket: it decides what the data plane serves, and the
 //! binary hands that to `proxy-core`.
 
 pub mod api;
+pub mod steer;
 mod this_node;
 mod watch;
 

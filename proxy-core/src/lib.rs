@@ -22,7 +22,6 @@ mod idle;
 mod listener;
 mod pool;
 mod relay;
-pub mod steer;
 mod sys;
 mod task;
 mod telemetry;

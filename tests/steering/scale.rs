@@ -9,7 +9,7 @@ use super::*;
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture to print nftables transaction times"]
 fn nftables_transactions_at_ten_thousand_services() {
-    use proxy_core::steer::{SteerEntry, Steering, Verdict};
+    use node::steer::{SteerEntry, Steering, Verdict};
     let ns = match Netns::create("bench") {
         Ok(ns) => ns,
         Err(why) => {

@@ -16,8 +16,8 @@
 //!   prerouting (traffic from pods and other hosts) and output (the node itself) hooks
 //!   `redirect` there; conntrack undoes the translation on replies, for TCP and UDP alike. A
 //!   portal serves exactly one service, so the listener the connection arrives on names the
-//!   service; the original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, see
-//!   [`original_dst`]) tells its frontends apart.
+//!   service; the original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, which the
+//!   data plane's workers read) tells its frontends apart.
 //! - `local-portals`: frontend → the portal for traffic from this node (`nat-output`) and from
 //!   the `pod-cidrs` ranges (`--cluster-cidr`, in `nat-prerouting`), looked up before
 //!   `portals`. Set for the external frontends of an `externalTrafficPolicy: Local` service:
@@ -71,7 +71,7 @@
 //! golden text; [`Steering`] only feeds it to `nft`. This module never touches other tables.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -418,61 +418,6 @@ pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// The destination a connection had before netfilter redirected it (`SO_ORIGINAL_DST` on an
-/// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one: `ipv6` says which the socket is), or
-/// `None` when it was not translated.
-pub fn original_dst(socket: &impl std::os::fd::AsRawFd, ipv6: bool) -> Option<SocketAddr> {
-    if ipv6 {
-        // SAFETY: `sockaddr_in6` is plain old data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        getsockopt_into(
-            socket,
-            libc::SOL_IPV6,
-            libc::IP6T_SO_ORIGINAL_DST,
-            &mut addr,
-        )?;
-        if i32::from(addr.sin6_family) != libc::AF_INET6 {
-            return None;
-        }
-        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-        Some(SocketAddr::new(
-            IpAddr::V6(ip),
-            u16::from_be(addr.sin6_port),
-        ))
-    } else {
-        // SAFETY: `sockaddr_in` is plain old data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        getsockopt_into(socket, libc::SOL_IP, libc::SO_ORIGINAL_DST, &mut addr)?;
-        if i32::from(addr.sin_family) != libc::AF_INET {
-            return None;
-        }
-        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(addr.sin_port)))
-    }
-}
-
-/// `getsockopt(level, name)` into `out`, a plain-old-data socket address; `None` on failure.
-fn getsockopt_into<T>(
-    socket: &impl std::os::fd::AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    out: &mut T,
-) -> Option<()> {
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: the descriptor is borrowed for the call, and `out`/`len` describe a buffer of
-    // exactly `len` bytes, which the kernel fills at most.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (out as *mut T).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(())
 }
 
 #[cfg(test)]
