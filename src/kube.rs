@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use config::k8s::{NodeOptions, NotProxiedReason, Resolved};
 use config::{Config, Table};
+use node::health::{HealthChecks, NodeHealth, NodeServer};
 use node::steer::{SteerEntry, Steering, Verdict};
 use node::{KubeOptions, KubeSnapshot, KubeWatch, NodeAddresses};
 use proxy_core::Proxy;
 
 use crate::cli::{NodePortAddress, RunArgs};
-use crate::healthcheck::{HealthChecks, NodeHealth, NodeServer};
 use crate::serve::{announce_line, Control};
 use control::Plane;
 
@@ -112,7 +112,7 @@ impl Kube {
         // Not fatal: a node health port in use must not keep Services down (see `ensure`).
         let node_server = args.healthz_bind_address.map(|addr| {
             let mut server = NodeServer::new(addr, Arc::clone(&node_health), plane.clone());
-            server.ensure();
+            announce_healthz(server.ensure());
             RefCell::new(server)
         });
         if args.nftables && args.cluster_cidr.is_empty() {
@@ -239,7 +239,7 @@ impl Kube {
     fn sync_health(&self, resolved: &Resolved) {
         self.health.borrow_mut().sync(resolved);
         if let Some(server) = &self.node_server {
-            server.borrow_mut().ensure();
+            announce_healthz(server.borrow_mut().ensure());
         }
     }
 
@@ -314,6 +314,13 @@ impl Kube {
             tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables tables updated");
         }
         Ok(())
+    }
+}
+
+/// The stdout line of a node health server just bound.
+fn announce_healthz(bound: Option<SocketAddr>) {
+    if let Some(addr) = bound {
+        announce_line(&format!("healthz addr={addr}"));
     }
 }
 

@@ -8,7 +8,6 @@ mod check;
 mod cli;
 mod decisions;
 mod demo;
-mod healthcheck;
 mod kube;
 mod serve;
 mod takeover;

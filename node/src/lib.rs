@@ -4,12 +4,15 @@
 //! `config`'s checked types ([`api`]), and what this node's Node object says
 //! ([`node_eligible`], [`node_primary_addresses`], [`node_zone`]); and steering ([`steer`]):
 //! the nftables tables that send each service's frontends to its listener, written through
-//! `nft`, `ip` and `conntrack`.
+//! `nft`, `ip` and `conntrack`; and the health servers ([`health`]) that answer load
+//! balancers as kube-proxy answers them, served by `control`'s HTTP server on the control
+//! runtime.
 //!
 //! It never touches a data-plane socket: it decides what the data plane serves, and the
 //! binary hands that to `proxy-core`.
 
 pub mod api;
+pub mod health;
 pub mod steer;
 mod this_node;
 mod watch;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use config::k8s::Resolved;
 
 use super::{node_handler, service_handler, wanted, Health, NodeHealth};
-use crate::serve::announce_line;
 use control::http::{HttpServer, Limits, ServerKind, Spec};
 use control::Plane;
 
@@ -40,11 +39,12 @@ impl NodeServer {
         }
     }
 
-    /// Serves the port unless it does already. Bound, it prints `healthz addr=ADDR`; not, the
-    /// problem is logged (once) and reported to readiness until a later call binds it.
-    pub fn ensure(&mut self) {
+    /// Serves the port unless it does already. Bound now, it returns the address bound (for
+    /// the caller to announce); not, the problem is logged (once) and reported to readiness
+    /// until a later call binds it.
+    pub fn ensure(&mut self) -> Option<SocketAddr> {
         if self.running.is_some() {
-            return;
+            return None;
         }
         let name = format!("healthz {}", self.addr);
         let spec = Spec {
@@ -59,8 +59,9 @@ impl NodeServer {
             Ok(server) => {
                 self.plane.readiness.clear(&name);
                 self.failing = false;
-                announce_line(&format!("healthz addr={}", server.local_addr()));
+                let bound = server.local_addr();
                 self.running = Some(server);
+                Some(bound)
             }
             Err(e) => {
                 let problem = format!("cannot listen: {e}");
@@ -68,6 +69,7 @@ impl NodeServer {
                     tracing::error!(addr = %self.addr, error = %e, "cannot serve the node /healthz; trying again at the next change from the API");
                 }
                 self.plane.readiness.set(name, problem);
+                None
             }
         }
     }
