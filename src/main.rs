@@ -3,12 +3,13 @@
 //! Protocol logic lives in `proxy-core`; scheduling in `balancers`; parsing in `config`.
 
 mod admin;
+mod announce;
 mod budget;
 mod check;
 mod cli;
 mod decisions;
 mod demo;
-mod kube;
+mod node_mode;
 mod serve;
 mod takeover;
 

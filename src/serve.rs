@@ -1,6 +1,5 @@
 //! `ringlb run`: config in, data plane up, signals, drain.
 
-use std::io::Write;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,6 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{self, AdminBind, AdminState, DataPlane};
+use crate::announce::{announce, announce_line};
 use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 use crate::decisions::{self, DecisionWriter};
@@ -26,7 +26,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.kubernetes {
         // Before the watch: it starts the node health server on the control runtime.
         let control = start_control()?;
-        let (kube, config) = crate::kube::Kube::start(&args, control.plane())?;
+        let (kube, config) = crate::node_mode::Kube::start(&args, control.plane())?;
         let admin = admin_bind(&args, None);
         return serve_with(
             config,
@@ -127,7 +127,7 @@ enum Changes<'a> {
     /// A file (reloads) or nothing (command-line flags).
     File(Option<Source<'a>>),
     /// The Kubernetes watch.
-    Kube(&'a crate::kube::Kube),
+    Kube(&'a crate::node_mode::Kube),
 }
 
 /// Where a config comes from, for reloads.
@@ -149,7 +149,7 @@ fn report_not_proxied(list: &[config::k8s::NotProxied]) {
 }
 
 /// What the control loop reacts to.
-pub(crate) enum Control {
+enum Control {
     /// Read the config file again (SIGHUP, or the file changed).
     Reload(&'static str),
     /// Stop accepting and drain (SIGTERM, SIGINT).
@@ -341,7 +341,10 @@ fn serve_with(
     }
     on_ready(&proxy);
     if let Some(kube) = kube {
-        kube.attach(control_tx.clone());
+        let tx = control_tx.clone();
+        kube.attach(move || {
+            let _ = tx.send(Control::Kube);
+        });
         // A change published while the data plane started.
         kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
     }
@@ -501,39 +504,4 @@ fn serve_with(
         server.stop();
     }
     Ok(())
-}
-
-/// Prints one stable line per bound frontend and a `ready` line on stdout (scripts and tests
-/// wait for these), and logs the same.
-fn announce(proxy: &Proxy, table: &Table) {
-    let mut out = std::io::stdout().lock();
-    for f in proxy.frontends() {
-        let name = table
-            .lookup(&f.key)
-            .map_or("?", |s| s.service.name.as_str());
-        let _ = writeln!(
-            out,
-            "listening service={name} proto={} addr={}",
-            f.key.protocol, f.local_addr
-        );
-    }
-    let driver = proxy
-        .drivers()
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "ready workers={} driver={driver}",
-        proxy.drivers().len()
-    );
-    let _ = out.flush();
-    tracing::info!(workers = proxy.drivers().len(), %driver, frontends = proxy.frontends().len(), "ringlb ready");
-}
-
-/// One line on stdout for scripts and tests (`reloaded version=N`, `reload-failed ...`).
-pub(crate) fn announce_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }

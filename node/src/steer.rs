@@ -71,17 +71,19 @@
 //! golden text; [`Steering`] only feeds it to `nft`. This module never touches other tables.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
 mod ruleset;
+mod served;
 
 pub use ruleset::{
     delete_ruleset, diff_ruleset, full_ruleset, stale_udp, State, SteerEntry, Verdict,
 };
+pub use served::Tables;
 
 /// The table ringlb owns, once in family `ip` and once in family `ip6`.
 pub const TABLE: &str = "ringlb";
@@ -401,35 +403,5 @@ fn flush_udp_conntrack(program: String, frontends: Vec<(IpAddr, u16)>) {
         .spawn(work)
     {
         tracing::warn!(error = %e, "cannot start the conntrack cleanup thread");
-    }
-}
-
-/// This host's interface addresses (in the network namespace of the calling thread).
-pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
-        let Some(addr) = ifa.address else { continue };
-        if let Some(v4) = addr.as_sockaddr_in() {
-            out.push(IpAddr::V4(Ipv4Addr::from(v4.ip())));
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            out.push(IpAddr::V6(v6.ip()));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_addresses_include_loopback() {
-        let addrs = local_addresses().unwrap();
-        assert!(
-            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "{addrs:?}"
-        );
     }
 }
