@@ -14,7 +14,6 @@
 
 mod alarm;
 mod connect;
-pub mod demo;
 mod driver;
 mod error;
 mod fds;
@@ -40,7 +39,7 @@ use arc_swap::ArcSwap;
 use config::{Config, FrontendKey, Table};
 use tokio_util::sync::CancellationToken;
 
-pub use driver::{IoDriver, IoDriverKind};
+pub use driver::{runtime, IoDriver, IoDriverKind, WorkerRuntime};
 pub use error::ProxyError;
 pub use fds::{is_exhaustion, nofile_limit, open_descriptors, FdBudget};
 pub use sys::raise_nofile_limit;
