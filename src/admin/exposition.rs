@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use config::{Protocol, Table};
+use config::{Protocol, ServiceCounters, ServiceEntry, Table};
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::formatting::{
     sanitize_label_value, write_help_line, write_type_line,
@@ -369,48 +369,59 @@ impl Collect for TableSeries {
                 );
             }
             if svc.protocol == Protocol::Udp {
-                out.gauge(&UDP_FLOWS, &s, c.flows.load(Relaxed) as f64);
-                out.counter(&UDP_FLOWS_OPENED, &s, c.flows_opened.load(Relaxed));
-                for (reason, n) in [
-                    ("max_flows", &c.flows_refused),
-                    ("descriptors", &c.flows_no_descriptors),
-                ] {
-                    out.counter(
-                        &UDP_FLOWS_REFUSED,
-                        &[("service", name), ("reason", reason)],
-                        n.load(Relaxed),
-                    );
-                }
-                out.counter(&UDP_FLOWS_REBALANCED, &s, c.flows_rebalanced.load(Relaxed));
-                for (direction, n) in [
-                    ("client_to_backend", &c.datagrams_to_backend),
-                    ("backend_to_client", &c.datagrams_to_client),
-                ] {
-                    out.counter(
-                        &UDP_DATAGRAMS,
-                        &[("service", name), ("direction", direction)],
-                        n.load(Relaxed),
-                    );
-                }
-                out.counter(
-                    &UDP_DATAGRAMS_DROPPED,
-                    &s,
-                    c.datagrams_dropped.load(Relaxed),
-                );
+                udp_series(name, c, out);
             }
-            for (backend, state) in entry.backends.iter().zip(&entry.states) {
-                let address = backend.address.to_string();
-                let b = [("service", name), ("backend", address.as_str())];
-                out.gauge(&BACKEND_ACTIVE, &b, f64::from(state.active()));
-                out.gauge(&BACKEND_INACTIVE, &b, f64::from(state.inactive()));
-                out.gauge(&BACKEND_WEIGHT, &b, f64::from(backend.weight));
-                out.gauge(
-                    &BACKEND_OVERLOADED,
-                    &b,
-                    f64::from(u8::from(state.is_overloaded())),
-                );
-            }
+            backend_series(name, entry, out);
         }
+    }
+}
+
+/// The UDP series of service `name`, from its counters `c`.
+fn udp_series(name: &str, c: &ServiceCounters, out: &mut Scrape) {
+    let s = [("service", name)];
+    out.gauge(&UDP_FLOWS, &s, c.flows.load(Relaxed) as f64);
+    out.counter(&UDP_FLOWS_OPENED, &s, c.flows_opened.load(Relaxed));
+    for (reason, n) in [
+        ("max_flows", &c.flows_refused),
+        ("descriptors", &c.flows_no_descriptors),
+    ] {
+        out.counter(
+            &UDP_FLOWS_REFUSED,
+            &[("service", name), ("reason", reason)],
+            n.load(Relaxed),
+        );
+    }
+    out.counter(&UDP_FLOWS_REBALANCED, &s, c.flows_rebalanced.load(Relaxed));
+    for (direction, n) in [
+        ("client_to_backend", &c.datagrams_to_backend),
+        ("backend_to_client", &c.datagrams_to_client),
+    ] {
+        out.counter(
+            &UDP_DATAGRAMS,
+            &[("service", name), ("direction", direction)],
+            n.load(Relaxed),
+        );
+    }
+    out.counter(
+        &UDP_DATAGRAMS_DROPPED,
+        &s,
+        c.datagrams_dropped.load(Relaxed),
+    );
+}
+
+/// The per-backend series of service `name`.
+fn backend_series(name: &str, entry: &ServiceEntry, out: &mut Scrape) {
+    for (backend, state) in entry.backends.iter().zip(&entry.states) {
+        let address = backend.address.to_string();
+        let b = [("service", name), ("backend", address.as_str())];
+        out.gauge(&BACKEND_ACTIVE, &b, f64::from(state.active()));
+        out.gauge(&BACKEND_INACTIVE, &b, f64::from(state.inactive()));
+        out.gauge(&BACKEND_WEIGHT, &b, f64::from(backend.weight));
+        out.gauge(
+            &BACKEND_OVERLOADED,
+            &b,
+            f64::from(u8::from(state.is_overloaded())),
+        );
     }
 }
 
