@@ -25,8 +25,6 @@ use std::time::{Instant, SystemTime};
 
 use config::{ServiceCounters, ServiceEntry, Table};
 
-use crate::connect::{candidates, Choice};
-
 pub use decision::{
     AffinityOutcome, CloseReason, Datagrams, Decision, DecisionLog, DECISION_QUEUE,
 };
@@ -400,14 +398,15 @@ pub(crate) struct ConnTrace {
 }
 
 impl ConnTrace {
-    /// Records the placement: affinity outcome, and for the log the eligible backends.
-    pub(crate) fn chose(&mut self, entry: &ServiceEntry, choice: &Choice) {
+    /// Records the placement: the affinity outcome, and for the log how many backends were
+    /// eligible (`candidates` counts them, only when the connection is logged).
+    pub(crate) fn chose(&mut self, affinity: AffinityOutcome, candidates: impl FnOnce() -> u32) {
         if let Some(stats) = &self.stats {
-            stats.affinity(choice.affinity);
+            stats.affinity(affinity);
         }
         if let Some(facts) = &mut self.log {
-            facts.candidates = candidates(entry);
-            facts.affinity = choice.affinity;
+            facts.candidates = candidates();
+            facts.affinity = affinity;
         }
     }
 
