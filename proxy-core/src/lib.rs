@@ -307,20 +307,7 @@ impl Proxy {
             threads.push(handle);
         }
         drop(ready_tx);
-        let mut drivers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            match ready_rx.recv() {
-                Ok(Ok(kind)) => drivers.push(kind),
-                Ok(Err(e)) => {
-                    shutdown.cancel();
-                    return Err(e);
-                }
-                Err(_) => {
-                    shutdown.cancel();
-                    return Err(ProxyError::WorkerDied);
-                }
-            }
-        }
+        let drivers = wait_ready(&ready_rx, workers, &shutdown)?;
         Ok(Proxy {
             table,
             frontends,
@@ -509,4 +496,28 @@ impl Proxy {
             connections_reset,
         }
     }
+}
+
+/// Waits until each of `workers` workers says it runs (with its driver) or failed to start;
+/// on a failure the others are told to stop (`shutdown`) and the failure returned.
+fn wait_ready(
+    ready: &mpsc::Receiver<Result<IoDriverKind, ProxyError>>,
+    workers: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<IoDriverKind>, ProxyError> {
+    let mut drivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match ready.recv() {
+            Ok(Ok(kind)) => drivers.push(kind),
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+            Err(_) => {
+                shutdown.cancel();
+                return Err(ProxyError::WorkerDied);
+            }
+        }
+    }
+    Ok(drivers)
 }
