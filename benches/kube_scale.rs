@@ -188,7 +188,7 @@ fn ten_thousand_services(ns: Option<&support::netns::Netns>) {
         took[0],
         took[CHANGES / 2],
         took[CHANGES - 1],
-        config::kube::SETTLE
+        node::SETTLE
     );
     if let Some(ns) = ns {
         // All endpoints gone: the frontend is rejected (an nftables element); then back.

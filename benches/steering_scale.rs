@@ -25,7 +25,7 @@ fn main() {
 /// The first (whole) transaction for 10,000 Services (a cluster IP and a node port each), then
 /// one Service's endpoints going away and coming back (two element lines each way).
 fn nftables_transactions_at_ten_thousand_services() {
-    use proxy_core::steer::{SteerEntry, Steering, Verdict};
+    use node::steer::{SteerEntry, Steering, Verdict};
     let Some(ns) = netns("bench") else {
         return;
     };

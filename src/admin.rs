@@ -1,6 +1,6 @@
 //! The admin HTTP API: `/healthz`, `/readyz`, `/config`, `/stats` and `/metrics`.
 //!
-//! It is served on the control runtime by the bounded server of [`crate::http`] (its limits:
+//! It is served on the control runtime by the bounded server of [`control::http`] (its limits:
 //! [`Limits::ADMIN`]). Every answer is computed from the live [`Table`], the control plane's own
 //! [`Telemetry`], the [`Readiness`] problems and the data plane's per-worker telemetry when it
 //! is asked for; nothing here touches a data-plane socket or adds work to the data plane, and
@@ -31,10 +31,10 @@ use self::dataplane::DataPlaneSeries;
 use self::exposition::TableSeries;
 pub use self::views::UdpFlowsView;
 use self::views::{ConfigView, StatsView};
-use crate::control::Plane;
 use crate::decisions::DecisionLogControl;
-use crate::http::{Body, HttpServer, Limits, ServerKind, Spec};
-use crate::readiness::Readiness;
+use control::http::{Body, HttpServer, Limits, ServerKind, Spec};
+use control::Plane;
+use control::Readiness;
 
 /// Where the admin API is to listen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +143,7 @@ pub struct AdminState {
     /// Reloads and table swaps.
     pub telemetry: Telemetry,
     /// The HTTP ports' counters.
-    http: Arc<crate::http::Telemetry>,
+    http: Arc<control::http::Telemetry>,
     /// Set once the workers run.
     data_plane: OnceLock<DataPlane>,
 }
@@ -274,7 +274,7 @@ pub fn start(
         name: format!("admin {addr}"),
         limits: Limits::ADMIN,
     };
-    let handler: crate::http::Handler = Arc::new(move |req| {
+    let handler: control::http::Handler = Arc::new(move |req| {
         let state = Arc::clone(&state);
         Box::pin(async move { respond(&state, req).await })
     });

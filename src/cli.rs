@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use balancers::SchedulerKind;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use node::NodePortAddress;
 use proxy_core::IoDriver;
 
 /// ringlb: an io_uring L4 (TCP) load balancer with IPVS-style schedulers.
@@ -265,15 +266,6 @@ pub struct DemoArgs {
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
-}
-
-/// One value of `--nodeport-addresses`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodePortAddress {
-    /// `primary`: this node's primary addresses, from its Node object.
-    Primary,
-    /// This host's addresses within a range.
-    Cidr(ipnet::IpNet),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

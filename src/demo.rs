@@ -1,7 +1,9 @@
-//! `ringlb demo`: the main job on an embedded default config.
+//! `ringlb demo`: the main job on an embedded default config, with local backends and a
+//! burst of requests through it ([`traffic`]).
+
+mod traffic;
 
 use anyhow::Context;
-use proxy_core::demo;
 
 use crate::cli::{DemoArgs, ReloadArgs};
 use crate::serve::serve;
@@ -20,7 +22,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let wanted: Vec<_> = svc.backends.iter().map(|b| b.address).collect();
-    let backends = demo::start_backends(&wanted).context("cannot start the demo backends")?;
+    let backends = traffic::start_backends(&wanted).context("cannot start the demo backends")?;
     for (b, addr) in svc.backends.iter_mut().zip(&backends.addrs) {
         b.address = *addr;
     }
@@ -47,7 +49,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "sending {} requests ({} at a time) through ringlb at {target} ...",
                 args.requests, args.concurrency
             );
-            burst_result = demo::burst(
+            burst_result = traffic::burst(
                 target,
                 args.requests as usize,
                 usize::from(args.concurrency),
@@ -65,7 +67,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     burst_result
 }
 
-fn print_report(r: &demo::BurstReport) {
+fn print_report(r: &traffic::BurstReport) {
     let total: u64 = r.per_backend.iter().map(|(_, n)| n).sum();
     println!("\nconnections per backend (scheduler rr):");
     for (name, n) in &r.per_backend {

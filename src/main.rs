@@ -3,16 +3,13 @@
 //! Protocol logic lives in `proxy-core`; scheduling in `balancers`; parsing in `config`.
 
 mod admin;
+mod announce;
 mod budget;
 mod check;
 mod cli;
-mod control;
 mod decisions;
 mod demo;
-mod healthcheck;
-mod http;
-mod kube;
-mod readiness;
+mod node_mode;
 mod serve;
 mod takeover;
 

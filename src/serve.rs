@@ -1,32 +1,34 @@
 //! `ringlb run`: config in, data plane up, signals, drain.
 
-use std::io::Write;
+mod changes;
+
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
-use config::{Backend, Config, DnsConfig, DnsWatch, Protocol, Service, ServiceDefaults, Table};
-use proxy_core::{Count, Proxy, ProxyOptions};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use config::{Backend, Config, DnsConfig, Protocol, Service, ServiceDefaults, Table};
+use proxy_core::{Proxy, ProxyOptions};
+
+use self::changes::{Changes, Names, Running, Source, Started};
+use crate::node_mode::Kube;
+use control::Plane;
 
 use crate::admin::{self, AdminBind, AdminState, DataPlane};
+use crate::announce::{announce, announce_line};
 use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
-use crate::control::ControlRuntime;
 use crate::decisions::{self, DecisionWriter};
+use control::ControlRuntime;
 
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.kubernetes {
         // Before the watch: it starts the node health server on the control runtime.
         let control = start_control()?;
-        let (kube, config) = crate::kube::Kube::start(&args, control.plane())?;
+        let (kube, config) = Kube::start(&args, control.plane())?;
         let admin = admin_bind(&args, None);
         return serve_with(
             config,
@@ -121,92 +123,12 @@ fn start_control() -> anyhow::Result<ControlRuntime> {
     ControlRuntime::start().context("cannot start the control thread")
 }
 
-/// Where changes to the served config come from.
-#[derive(Clone, Copy)]
-enum Changes<'a> {
-    /// A file (reloads) or nothing (command-line flags).
-    File(Option<Source<'a>>),
-    /// The Kubernetes watch.
-    Kube(&'a crate::kube::Kube),
-}
-
-/// Where a config comes from, for reloads.
-#[derive(Clone, Copy)]
-pub struct Source<'a> {
-    /// A ringlb YAML file, or Kubernetes manifests (file or directory).
-    pub path: &'a Path,
-    /// Where Kubernetes NodePorts listen.
-    pub node_addresses: &'a [std::net::IpAddr],
-    /// The `dns:` settings of the config as first loaded (reloads read them again).
-    pub dns: &'a DnsConfig,
-}
-
 /// Logs the Kubernetes Services and ports that are valid but not proxied.
 fn report_not_proxied(list: &[config::k8s::NotProxied]) {
     for np in list {
         tracing::info!(service = %np.name, "not proxied: {}", np.reason);
     }
 }
-
-/// What the control loop reacts to.
-pub(crate) enum Control {
-    /// Read the config file again (SIGHUP, or the file changed).
-    Reload(&'static str),
-    /// Stop accepting and drain (SIGTERM, SIGINT).
-    Stop(i32),
-    /// The addresses of a DNS-named backend changed.
-    Resolved,
-    /// The Kubernetes watch published a new model (`--kubernetes`).
-    Kube,
-}
-
-/// DNS-named backends: the watch, started by the first config that names a host, and where
-/// it reports changes.
-struct Names {
-    watch: Option<DnsWatch>,
-    control: mpsc::Sender<Control>,
-}
-
-impl Names {
-    /// Follows the host names of `config` (as written) with `dns`, waits briefly for the first
-    /// answers of names new to it, and returns `config` expanded with the answers known now. A
-    /// name without an answer is logged; its backends are left out until it resolves.
-    fn follow(&mut self, config: &Config, dns: &DnsConfig) -> anyhow::Result<Config> {
-        let names = config.host_names();
-        if names.is_empty() && self.watch.is_none() {
-            return Ok(config.clone());
-        }
-        let watch = match &mut self.watch {
-            Some(watch) => watch,
-            None => {
-                let tx = self.control.clone();
-                self.watch.insert(DnsWatch::start(move || {
-                    let _ = tx.send(Control::Resolved);
-                })?)
-            }
-        };
-        // A and AAAA are asked at once; allow one retry after a lost query.
-        let wait = dns.timeout * 2 + Duration::from_secs(1);
-        watch.sync(dns, names.clone(), wait)?;
-        let answers = watch.answers();
-        for name in names.iter().filter(|n| !answers.contains_key(*n)) {
-            tracing::warn!(%name, "DNS name not resolved yet: its backends are left out until it resolves");
-        }
-        Ok(config.expand(&answers))
-    }
-
-    /// `config` (as written) expanded with the latest answers.
-    fn expand(&self, config: &Config) -> Config {
-        match &self.watch {
-            Some(watch) => config.expand(&watch.answers()),
-            None => config.clone(),
-        }
-    }
-}
-
-/// Events arriving this soon after a reload trigger are folded into one reload (an editor's
-/// save is several file system events).
-const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
 /// Starts the data plane for `config`, calls `on_ready` once every listener is bound, then
 /// serves until SIGTERM or SIGINT and drains. With a `source` file, SIGHUP and every change to
@@ -227,7 +149,7 @@ pub fn serve(
 
 /// [`serve`], with its changes from `changes` and its HTTP ports on `control`.
 fn serve_with(
-    mut config: Config,
+    config: Config,
     changes: Changes<'_>,
     control: &ControlRuntime,
     reload: &ReloadArgs,
@@ -239,42 +161,13 @@ fn serve_with(
         Changes::File(source) => (source, None),
         Changes::Kube(kube) => (None, Some(kube)),
     };
-    match proxy_core::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
+    raise_nofile_limit();
     // A decision log file that cannot be opened fails the start.
     let decision_output = decisions::Output::open(dp.decision_log.as_deref())?;
-    let reopen_decisions = decision_output.reopen_flag();
-    // Registered before the workers start so that an early signal is not lost.
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
-    let (control_tx, control_rx) = mpsc::channel();
-    let signal_tx = control_tx.clone();
-    std::thread::Builder::new()
-        .name("ringlb-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let event = if signal == SIGHUP {
-                    // Like other daemons: SIGHUP also reopens the log file (logrotate).
-                    reopen_decisions.store(true, Relaxed);
-                    Control::Reload("SIGHUP")
-                } else {
-                    Control::Stop(signal)
-                };
-                if signal_tx.send(event).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
+    // Before the workers start, so that an early signal is not lost.
+    let (control_tx, control_rx) = changes::listen(decision_output.reopen_flag())?;
     let _watch = match source.filter(|_| !reload.no_watch) {
-        Some(src) => {
-            let tx = control_tx.clone();
-            Some(config::FileWatch::new(src.path, move || {
-                let _ = tx.send(Control::Reload("file changed"));
-            })?)
-        }
+        Some(src) => Some(changes::watch_file(src.path, control_tx.clone())?),
         None => None,
     };
     // Before the data plane: a taken admin port fails before any worker starts.
@@ -282,45 +175,67 @@ fn serve_with(
         Some(bind) => admin::bind(bind)?,
         None => None,
     };
-    let options = ProxyOptions {
-        workers: dp
-            .workers
-            .map_or_else(|| ProxyOptions::default().workers, usize::from),
-        io_driver: dp.io_driver.into(),
-        share_ports: dp.share_port || dp.takeover.is_some(),
-        busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
-        udp_coalesce: Some(dp.udp_coalesce).filter(|d| !d.is_zero()),
-        telemetry: !dp.no_telemetry,
-        ..ProxyOptions::default()
-    };
     if config.services.is_empty() {
         tracing::warn!("the config has no service to serve; waiting for a change to it");
     }
-    // `last_good` is the config as written; `serving` is it expanded with DNS answers, before
-    // port-0 frontends are bound (reloads compare and bind again from there).
-    let mut last_good = config.clone();
-    let mut dns = source.map(|s| s.dns.clone()).unwrap_or_default();
-    let mut names = Names {
-        watch: None,
-        control: control_tx.clone(),
-    };
-    config = names.follow(&last_good, &dns)?;
-    let mut serving = config.clone();
+    let dns = source.map(|s| s.dns.clone()).unwrap_or_default();
+    let mut names = Names::new(control_tx.clone());
+    // `config` is as written; `serving` is it expanded with DNS answers, before port-0
+    // frontends are bound (reloads compare and bind again from there).
+    let serving = names.follow(&config, &dns)?;
+    let options = proxy_options(dp);
     if let Some(old) = dp.takeover {
         // Before binding: from the moment this process joins the port groups, the kernel may
         // hand it datagrams of the old process's flows.
         crate::takeover::start(old, Arc::clone(&options.handed_over))?;
     }
-    let listeners = proxy_core::bind(&mut config, &options)?;
-    let table = Arc::new(ArcSwap::from_pointee(Table::build(&config, None)));
-    let plane = control.plane();
+    let started = start_data_plane(
+        &serving,
+        &options,
+        control.plane(),
+        admin_listener,
+        kube,
+        decision_output,
+    )?;
+    on_ready(&started.proxy);
+    let mut running = Running {
+        started,
+        last_good: config,
+        serving,
+        dns,
+        names,
+        source,
+        kube,
+        backend_drain: reload.backend_drain_timeout,
+    };
+    if kube.is_some() {
+        running.attach_kube(control_tx.clone());
+    }
+    let signal = running.until_stop(&control_rx);
+    running.drain(signal, dp.drain_timeout);
+    Ok(())
+}
+
+/// Binds `serving`'s frontends and starts the workers, the admin API (on `admin_listener`,
+/// on the control runtime of `plane`) and the decision log; with node mode writes the first
+/// nftables tables, since `ready` means traffic to the frontends arrives. Then says `ready`.
+fn start_data_plane(
+    serving: &Config,
+    options: &ProxyOptions,
+    plane: &Plane,
+    admin_listener: Option<std::net::TcpListener>,
+    kube: Option<&Kube>,
+    decision_output: decisions::Output,
+) -> anyhow::Result<Started> {
+    let mut bound = serving.clone();
+    let listeners = proxy_core::bind(&mut bound, options)?;
+    let table = Arc::new(ArcSwap::from_pointee(Table::build(&bound, None)));
     let admin_state = Arc::new(AdminState::new(Arc::clone(&table), plane));
     let admin_server = admin_listener
         .map(|listener| admin::start(plane, listener, Arc::clone(&admin_state)))
         .transpose()?;
-    let mut proxy = Proxy::start(Arc::clone(&table), listeners, &options)?;
+    let proxy = Proxy::start(Arc::clone(&table), listeners, options)?;
     if let Some(kube) = kube {
-        // Steered before `ready`: ready means traffic to the frontends arrives.
         kube.start_steering(&proxy)?;
     }
     let decision_writer = DecisionWriter::start(decision_output, proxy.telemetry())?;
@@ -333,210 +248,40 @@ fn serve_with(
     });
     admin_state.set_ready();
     let mut fds = DescriptorBudget::new(proxy.fd_budget());
-    fds.refresh(&serving, proxy.table().version());
+    fds.refresh(serving, proxy.table().version());
     announce(&proxy, &table.load());
     if let Some(server) = &admin_server {
         announce_line(&format!("admin addr={}", server.local_addr()));
         tracing::info!(addr = %server.local_addr(), "admin API listening");
     }
-    on_ready(&proxy);
-    if let Some(kube) = kube {
-        kube.attach(control_tx.clone());
-        // A change published while the data plane started.
-        kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
-    }
-
-    let signal = loop {
-        // Every table swap (reload, DNS change) happens in one turn of this loop.
-        admin_state
-            .telemetry
-            .table_published(proxy.table().version());
-        // Listeners may have come or gone: what the data plane may hold moves with them.
-        fds.refresh(&serving, proxy.table().version());
-        let mut why = match control_rx.recv() {
-            Ok(Control::Kube) => {
-                // The watch thread already folded the burst (config::kube::SETTLE).
-                if let Some(kube) = kube {
-                    kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
-                }
-                continue;
-            }
-            Ok(Control::Reload(why)) => Some(why),
-            Ok(Control::Resolved) => None,
-            Ok(Control::Stop(signal)) => break signal,
-            Err(_) => break SIGTERM,
-        };
-        // Fold the burst of events of one save into one reload; a stop request wins.
-        let mut stop = None;
-        while let Ok(event) = control_rx.recv_timeout(RELOAD_SETTLE) {
-            match event {
-                Control::Stop(signal) => {
-                    stop = Some(signal);
-                    break;
-                }
-                Control::Reload(w) => why = Some(w),
-                Control::Resolved => {}
-                Control::Kube => {
-                    if let Some(kube) = kube {
-                        kube.apply(&mut proxy, &mut serving, reload.backend_drain_timeout);
-                    }
-                }
-            }
-        }
-        if let Some(signal) = stop {
-            break signal;
-        }
-        let Some(why) = why else {
-            // DNS answers changed: the same path as a reload, so only services whose
-            // addresses changed are rebuilt and removed addresses drain like removed backends.
-            let expanded = names.expand(&last_good);
-            if expanded != serving {
-                let changed: Vec<&str> = expanded
-                    .services
-                    .iter()
-                    .filter(|s| !serving.services.contains(s))
-                    .map(|s| s.name.as_str())
-                    .collect();
-                match proxy.reload(expanded.clone(), reload.backend_drain_timeout) {
-                    Ok(report) => {
-                        announce_line(&format!("resolved version={}", report.version));
-                        tracing::info!(version = report.version, services = ?changed, "DNS answers changed; services rebuilt");
-                        serving = expanded;
-                    }
-                    Err(e) => tracing::error!(
-                        "new DNS answers not applied, the current backends keep serving: {e}"
-                    ),
-                }
-            }
-            continue;
-        };
-        let Some(src) = source else {
-            tracing::info!(
-                trigger = why,
-                "nothing to reload: ringlb runs from command-line flags"
-            );
-            continue;
-        };
-        match config::load(src.path, src.node_addresses) {
-            Ok(new) if new.config == last_good && new.dns == dns => {
-                tracing::debug!(trigger = why, "config unchanged")
-            }
-            Ok(new) => match names.follow(&new.config, &new.dns).and_then(|expanded| {
-                let report = proxy.reload(expanded.clone(), reload.backend_drain_timeout)?;
-                Ok((report, expanded))
-            }) {
-                Ok((report, expanded)) => {
-                    last_good = new.config;
-                    dns = new.dns;
-                    serving = expanded;
-                    admin_state.telemetry.reload_succeeded();
-                    announce_line(&format!("reloaded version={}", report.version));
-                    tracing::info!(
-                        trigger = why,
-                        version = report.version,
-                        added = ?report.added,
-                        removed = ?report.removed,
-                        "config reloaded"
-                    );
-                }
-                Err(e) => {
-                    let reload_failures = admin_state.telemetry.reload_failed();
-                    tracing::error!(
-                        trigger = why,
-                        failures = reload_failures,
-                        "reload failed, the last good config keeps serving: {e:#}"
-                    );
-                    announce_line(&format!("reload-failed failures={reload_failures}"));
-                    // Follow the names of the config that keeps serving again.
-                    if let Err(e) = names.follow(&last_good, &dns) {
-                        tracing::error!("DNS names of the serving config: {e:#}");
-                    }
-                }
-            },
-            Err(e) => {
-                let reload_failures = admin_state.telemetry.reload_failed();
-                tracing::error!(
-                    trigger = why,
-                    failures = reload_failures,
-                    "reload failed, the last good config keeps serving:\n{e}"
-                );
-                announce_line(&format!("reload-failed failures={reload_failures}"));
-            }
-        }
-    };
-    let name = if signal == SIGINT {
-        "SIGINT"
-    } else {
-        "SIGTERM"
-    };
-    admin_state.set_draining();
-    tracing::info!(signal = name, drain_timeout = ?dp.drain_timeout, "stopped accepting; draining open connections");
-    let table = proxy.table();
-    let telemetry = proxy.telemetry();
-    let report = proxy.shutdown(dp.drain_timeout);
-    // The connections that ended while draining are logged before exit.
-    decision_writer.stop();
-    if report.workers_cut > 0 {
-        tracing::warn!(
-            workers = report.workers_cut,
-            connections = report.connections_reset,
-            "drain timeout reached: {} connections still open were reset on both sides",
-            report.connections_reset
-        );
-    }
-    // After the drain: every connection that ended is counted.
-    let counts = telemetry.snapshot();
-    for svc in table.services() {
-        let c = counts.service(svc);
-        tracing::info!(
-            service = %svc.service.name,
-            accepted = c.count(Count::Accepted),
-            connect_failed = c.count(Count::ConnectFailed),
-            no_backend = c.count(Count::NoBackend),
-            connect_retries = c.count(Count::ConnectRetries),
-            idle_timeouts = c.count(Count::IdleTimeouts),
-            bytes_to_backend = c.count(Count::BytesToBackend),
-            bytes_to_client = c.count(Count::BytesToClient),
-            "service totals"
-        );
-    }
-    if let Some(server) = admin_server {
-        server.stop();
-    }
-    Ok(())
+    Ok(Started {
+        proxy,
+        admin_state,
+        admin_server,
+        decisions: decision_writer,
+        fds,
+    })
 }
 
-/// Prints one stable line per bound frontend and a `ready` line on stdout (scripts and tests
-/// wait for these), and logs the same.
-fn announce(proxy: &Proxy, table: &Table) {
-    let mut out = std::io::stdout().lock();
-    for f in proxy.frontends() {
-        let name = table
-            .lookup(&f.key)
-            .map_or("?", |s| s.service.name.as_str());
-        let _ = writeln!(
-            out,
-            "listening service={name} proto={} addr={}",
-            f.key.protocol, f.local_addr
-        );
+/// Raises the open file limit as far as it goes (logged).
+fn raise_nofile_limit() {
+    match proxy_core::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "raised the open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
-    let driver = proxy
-        .drivers()
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "ready workers={} driver={driver}",
-        proxy.drivers().len()
-    );
-    let _ = out.flush();
-    tracing::info!(workers = proxy.drivers().len(), %driver, frontends = proxy.frontends().len(), "ringlb ready");
 }
 
-/// One line on stdout for scripts and tests (`reloaded version=N`, `reload-failed ...`).
-pub(crate) fn announce_line(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+/// How the data plane runs, from the flags.
+fn proxy_options(dp: &DataPlaneArgs) -> ProxyOptions {
+    ProxyOptions {
+        workers: dp
+            .workers
+            .map_or_else(|| ProxyOptions::default().workers, usize::from),
+        io_driver: dp.io_driver.into(),
+        share_ports: dp.share_port || dp.takeover.is_some(),
+        busy_poll: dp.busy_poll.filter(|d| !d.is_zero()),
+        udp_coalesce: Some(dp.udp_coalesce).filter(|d| !d.is_zero()),
+        telemetry: !dp.no_telemetry,
+        ..ProxyOptions::default()
+    }
 }

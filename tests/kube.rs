@@ -20,8 +20,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use config::k8s::{NodeOptions, NotProxiedReason};
-use config::kube::{KubeOptions, KubeSnapshot, KubeWatch};
 use fake_api::{FakeApi, Kind};
+use node::{KubeOptions, KubeSnapshot, KubeWatch};
 use serde_json::{json, Value};
 use shared::*;
 use support::*;

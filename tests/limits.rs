@@ -163,7 +163,8 @@ fn udp_flows_past_the_budget_are_refused_counted_and_warned_of() {
         ],
     );
     let admin = admin_addr(&proxy);
-    // The default max_flows (65,536) cannot be met under this limit: said at start.
+    // The default max_flows (65,536) cannot be met under this limit: said at start (the log
+    // is read by another thread, which may not have read it yet).
     proxy.wait_stderr("the config allows 65536 UDP flows (max_flows, 1 descriptor each)");
     let cap = value(&scrape(admin), "ringlb_descriptors_budget", &[]) as usize;
     assert!((40..160 - 40).contains(&cap), "{cap}");

@@ -11,19 +11,17 @@
 //! resolves them on their TTL on a thread of its own, and [`Config::expand`] turns the answers
 //! into IP backends.
 //!
-//! With the `kube` feature, `kube::KubeWatch` watches Services, EndpointSlices and this node
-//! through the Kubernetes API and resolves them into the model for node mode.
+//! [`k8s`] reads Kubernetes manifests and resolves Kubernetes Services, for standalone mode
+//! and for node mode (whose API watch is the `ringlb-node` crate's).
 //!
-//! This crate never opens a data-plane socket. Its only async runtimes are the current-thread
-//! tokio runtimes of the `dns` feature (the `ringlb-dns` thread) and of the `kube` feature (the
-//! `ringlb-kube` thread); the data plane never sees them.
+//! This crate never opens a data-plane socket. Its only async runtime is the current-thread
+//! tokio runtime of the `dns` feature (the `ringlb-dns` thread); the data plane never sees it.
 #![forbid(unsafe_code)]
 
 mod duration;
 mod error;
+mod expand;
 pub mod k8s;
-#[cfg(feature = "kube")]
-pub mod kube;
 mod model;
 mod names;
 mod raw;

@@ -48,7 +48,7 @@ pub(crate) async fn connect(
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
     let states = &entry.states;
     let choice = choose_traced(entry, flow, std::time::Instant::now());
-    trace.chose(entry, &choice);
+    trace.chose(choice.affinity, || candidates(entry));
     let first = choice.backend.ok_or(ConnectFailure::NoBackend)?;
     let svc = &entry.service;
     let mut idx = first;

@@ -57,7 +57,14 @@ impl fmt::Display for IoDriverKind {
     }
 }
 
-pub(crate) type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+/// A worker's runtime: io_uring or epoll, with timers.
+pub type WorkerRuntime = FusionRuntime<TimeDriver<IoUringDriver>, TimeDriver<LegacyDriver>>;
+
+/// Builds a runtime on the calling thread as a worker's is built (`driver` chooses), for
+/// monoio code outside the data plane: `ringlb demo`'s backends and load client.
+pub fn runtime(driver: IoDriver) -> std::io::Result<WorkerRuntime> {
+    build(driver, false).map(|(rt, _)| rt)
+}
 
 /// Builds the runtime on the calling thread (the ring must be created by the thread that uses
 /// it, for SINGLE_ISSUER). `busy_poll` (the low-latency mode) leaves DEFER_TASKRUN out: with

@@ -14,7 +14,6 @@
 
 mod alarm;
 mod connect;
-pub mod demo;
 mod driver;
 mod error;
 mod fds;
@@ -22,7 +21,6 @@ mod idle;
 mod listener;
 mod pool;
 mod relay;
-pub mod steer;
 mod sys;
 mod task;
 mod telemetry;
@@ -43,7 +41,7 @@ use arc_swap::ArcSwap;
 use config::{Config, FrontendKey, Table};
 use tokio_util::sync::CancellationToken;
 
-pub use driver::{IoDriver, IoDriverKind};
+pub use driver::{runtime, IoDriver, IoDriverKind, WorkerRuntime};
 pub use error::ProxyError;
 pub use fds::{is_exhaustion, nofile_limit, open_descriptors, FdBudget};
 pub use sys::raise_nofile_limit;
@@ -312,20 +310,7 @@ impl Proxy {
             threads.push(handle);
         }
         drop(ready_tx);
-        let mut drivers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            match ready_rx.recv() {
-                Ok(Ok(kind)) => drivers.push(kind),
-                Ok(Err(e)) => {
-                    shutdown.cancel();
-                    return Err(e);
-                }
-                Err(_) => {
-                    shutdown.cancel();
-                    return Err(ProxyError::WorkerDied);
-                }
-            }
-        }
+        let drivers = wait_ready(&ready_rx, workers, &shutdown)?;
         Ok(Proxy {
             table,
             frontends,
@@ -514,4 +499,28 @@ impl Proxy {
             connections_reset,
         }
     }
+}
+
+/// Waits until each of `workers` workers says it runs (with its driver) or failed to start;
+/// on a failure the others are told to stop (`shutdown`) and the failure returned.
+fn wait_ready(
+    ready: &mpsc::Receiver<Result<IoDriverKind, ProxyError>>,
+    workers: usize,
+    shutdown: &CancellationToken,
+) -> Result<Vec<IoDriverKind>, ProxyError> {
+    let mut drivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        match ready.recv() {
+            Ok(Ok(kind)) => drivers.push(kind),
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+            Err(_) => {
+                shutdown.cancel();
+                return Err(ProxyError::WorkerDied);
+            }
+        }
+    }
+    Ok(drivers)
 }

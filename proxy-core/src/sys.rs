@@ -1,7 +1,10 @@
-//! Small OS helpers: file descriptor limit, socket option access.
+//! Small OS helpers: file descriptor limit, socket option access (resets, the original
+//! destination of a redirected connection).
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use nix::sys::socket::{getsockopt, sockopt};
 use socket2::SockRef;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
@@ -38,4 +41,27 @@ pub(crate) fn abort<S: AsRawFd>(socket: &S) {
     // SAFETY: `socket` is borrowed for the call, so its descriptor is open; the address points
     // to a live `sockaddr` of `len` bytes, which the kernel only reads.
     let _ = unsafe { libc::connect(socket.as_raw_fd(), &unspec, len) };
+}
+
+/// The destination a connection had before netfilter redirected it (`SO_ORIGINAL_DST` on an
+/// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one: `ipv6` says which the socket is), or
+/// `None` when it was not translated. Node mode's steering redirects a service's frontends to
+/// its portal listener; this tells them apart.
+pub(crate) fn original_dst<S: AsRawFd>(socket: &S, ipv6: bool) -> Option<SocketAddr> {
+    let fd = socket.as_raw_fd();
+    if ipv6 {
+        let addr = getsockopt(fd, sockopt::Ip6tOriginalDst).ok()?;
+        if i32::from(addr.sin6_family) != libc::AF_INET6 {
+            return None;
+        }
+        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+        Some(SocketAddrV6::new(ip, u16::from_be(addr.sin6_port), 0, 0).into())
+    } else {
+        let addr = getsockopt(fd, sockopt::OriginalDst).ok()?;
+        if i32::from(addr.sin_family) != libc::AF_INET {
+            return None;
+        }
+        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+        Some(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
+    }
 }

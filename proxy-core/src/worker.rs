@@ -505,7 +505,7 @@ fn destination(client: &TcpStream, listen: SocketAddr) -> SocketAddr {
     if !listen.ip().is_unspecified() {
         return listen;
     }
-    crate::steer::original_dst(client, listen.is_ipv6())
+    crate::sys::original_dst(client, listen.is_ipv6())
         .or_else(|| client.local_addr().ok())
         .unwrap_or(listen)
 }

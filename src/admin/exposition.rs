@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
-use config::{Protocol, Table};
+use config::{Protocol, ServiceEntry, Table};
 use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::formatting::{
     sanitize_label_value, write_help_line, write_type_line,
@@ -370,44 +370,55 @@ impl Collect for TableSeries<'_> {
                 );
             }
             if svc.protocol == Protocol::Udp {
-                out.gauge(&UDP_FLOWS, &s, entry.state.flows() as f64);
-                out.counter(&UDP_FLOWS_OPENED, &s, c(Count::FlowsOpened));
-                for (reason, count) in [
-                    ("max_flows", Count::FlowsRefused),
-                    ("descriptors", Count::FlowsNoDescriptors),
-                ] {
-                    out.counter(
-                        &UDP_FLOWS_REFUSED,
-                        &[("service", name), ("reason", reason)],
-                        c(count),
-                    );
-                }
-                out.counter(&UDP_FLOWS_REBALANCED, &s, c(Count::FlowsRebalanced));
-                for (direction, count) in [
-                    ("client_to_backend", Count::DatagramsToBackend),
-                    ("backend_to_client", Count::DatagramsToClient),
-                ] {
-                    out.counter(
-                        &UDP_DATAGRAMS,
-                        &[("service", name), ("direction", direction)],
-                        c(count),
-                    );
-                }
-                out.counter(&UDP_DATAGRAMS_DROPPED, &s, c(Count::DatagramsDropped));
+                udp_series(name, entry.state.flows(), &c, out);
             }
-            for (backend, state) in entry.backends.iter().zip(&entry.states) {
-                let address = backend.address.to_string();
-                let b = [("service", name), ("backend", address.as_str())];
-                out.gauge(&BACKEND_ACTIVE, &b, f64::from(state.active()));
-                out.gauge(&BACKEND_INACTIVE, &b, f64::from(state.inactive()));
-                out.gauge(&BACKEND_WEIGHT, &b, f64::from(backend.weight));
-                out.gauge(
-                    &BACKEND_OVERLOADED,
-                    &b,
-                    f64::from(u8::from(state.is_overloaded())),
-                );
-            }
+            backend_series(name, entry, out);
         }
+    }
+}
+
+/// The UDP series of service `name`: its node-wide flow gauge `flows`, and its counts `c`.
+fn udp_series(name: &str, flows: u64, c: &impl Fn(Count) -> u64, out: &mut Scrape) {
+    let s = [("service", name)];
+    out.gauge(&UDP_FLOWS, &s, flows as f64);
+    out.counter(&UDP_FLOWS_OPENED, &s, c(Count::FlowsOpened));
+    for (reason, count) in [
+        ("max_flows", Count::FlowsRefused),
+        ("descriptors", Count::FlowsNoDescriptors),
+    ] {
+        out.counter(
+            &UDP_FLOWS_REFUSED,
+            &[("service", name), ("reason", reason)],
+            c(count),
+        );
+    }
+    out.counter(&UDP_FLOWS_REBALANCED, &s, c(Count::FlowsRebalanced));
+    for (direction, count) in [
+        ("client_to_backend", Count::DatagramsToBackend),
+        ("backend_to_client", Count::DatagramsToClient),
+    ] {
+        out.counter(
+            &UDP_DATAGRAMS,
+            &[("service", name), ("direction", direction)],
+            c(count),
+        );
+    }
+    out.counter(&UDP_DATAGRAMS_DROPPED, &s, c(Count::DatagramsDropped));
+}
+
+/// The per-backend series of service `name`.
+fn backend_series(name: &str, entry: &ServiceEntry, out: &mut Scrape) {
+    for (backend, state) in entry.backends.iter().zip(&entry.states) {
+        let address = backend.address.to_string();
+        let b = [("service", name), ("backend", address.as_str())];
+        out.gauge(&BACKEND_ACTIVE, &b, f64::from(state.active()));
+        out.gauge(&BACKEND_INACTIVE, &b, f64::from(state.inactive()));
+        out.gauge(&BACKEND_WEIGHT, &b, f64::from(backend.weight));
+        out.gauge(
+            &BACKEND_OVERLOADED,
+            &b,
+            f64::from(u8::from(state.is_overloaded())),
+        );
     }
 }
 
@@ -438,7 +449,7 @@ const HTTP_ACCEPT_ERRORS: Family = Family::counter(
     "Failed accepts on ringlb's HTTP ports (out of descriptors or memory: retried with backoff).",
 );
 
-impl Collect for crate::http::Telemetry {
+impl Collect for control::http::Telemetry {
     fn collect(&self, _table: &Table, out: &mut Scrape) {
         for (kind, counts) in self.counts() {
             let server = kind.label();

@@ -2,12 +2,12 @@
 
 use std::net::IpAddr;
 
-use super::node::{Checker, Fields, Node};
-use super::parse::{protocol, required};
+use super::rules::{protocol, required};
 use super::types::{
     AddressType, EndpointAddress, EndpointConditions, EndpointPort, EndpointSlice, EndpointSubset,
     Endpoints, ObjectMeta, SliceEndpoint,
 };
+use super::yaml::{Checker, Fields, Node};
 
 /// The label that maps an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

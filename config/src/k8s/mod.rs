@@ -52,25 +52,27 @@ use std::sync::Arc;
 use crate::error::{ConfigError, Problem};
 use crate::Config;
 
-#[cfg(feature = "kube")]
-pub mod api;
+mod annotations;
+mod collect;
 mod endpoints;
-mod node;
-mod node_mode;
 mod parse;
+mod policy;
 mod resolve;
+mod resolved;
+mod rules;
+mod select;
 mod service;
 mod types;
+mod yaml;
 
+pub use annotations::{scheduler_of_annotations, SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
+pub use collect::{assemble, resolve_node, resolve_node_service};
 pub use endpoints::SERVICE_NAME_LABEL;
-pub use node_mode::{
-    assemble, resolve_node, resolve_node_service, NodeOptions, NodeService, ZONE_LABEL,
+pub use policy::{NodeOptions, StandaloneOptions};
+pub use resolved::{
+    service_port_name, Firewall, Frontends, NodeService, NotProxied, NotProxiedReason, Resolved,
+    ResolvedEndpoint, ResolvedPort, SERVICE_PROXY_NAME_LABEL,
 };
-pub use resolve::{
-    service_port_name, Firewall, Frontends, NotProxied, NotProxiedReason, Resolved,
-    ResolvedEndpoint, ResolvedPort, StandaloneOptions, SERVICE_PROXY_NAME_LABEL,
-};
-pub use service::{SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
 pub use types::{
     AddressType, EndpointAddress, EndpointConditions, EndpointPort, EndpointSlice, EndpointSubset,
     Endpoints, IpMode, LoadBalancerIngress, Loc, Object, ObjectMeta, Origin, PortProtocol, Service,
@@ -97,7 +99,7 @@ pub fn parse_manifests(source_name: &str, text: &str) -> Result<Vec<Object>, Con
 /// Problems found here (a frontend used twice, endpoints of a missing Service, a scheduler
 /// that cannot serve its endpoints, duplicate objects) point at the objects' sources.
 pub fn resolve(objects: &[Object], options: &StandaloneOptions) -> Result<Resolved, ConfigError> {
-    resolve::resolve(objects, options).map_err(|p| merge("Kubernetes manifests", p))
+    collect::resolve(objects, options).map_err(|p| merge("Kubernetes manifests", p))
 }
 
 /// Reads one manifest file, or every `*.yaml` / `*.yml` file of a directory (in name order,
@@ -119,7 +121,7 @@ pub fn load_dir_or_file(path: &Path, options: &StandaloneOptions) -> Result<Reso
     if !problems.is_empty() {
         return Err(merge(&path.display().to_string(), problems));
     }
-    resolve::resolve(&objects, options).map_err(|p| merge(&path.display().to_string(), p))
+    collect::resolve(&objects, options).map_err(|p| merge(&path.display().to_string(), p))
 }
 
 /// `path` itself, or the sorted `*.yaml` / `*.yml` files of the directory `path`.

@@ -7,8 +7,12 @@ use std::sync::Arc;
 use crate::error::Problem;
 use crate::raw::syntax_problem;
 
-use super::node::{Checker, Fields, Loc, Node};
-use super::types::{Object, ObjectMeta, Origin, PortProtocol};
+use super::rules::{
+    dns1035_label, dns1123_label, dns1123_subdomain, required, LABEL_RULE, SERVICE_NAME_RULE,
+    SUBDOMAIN_RULE,
+};
+use super::types::{Object, ObjectMeta, Origin};
+use super::yaml::{Checker, Fields, Loc, Node};
 use super::{endpoints, service};
 
 /// Reads every document of `text`; returns what could be read and every problem found.
@@ -100,35 +104,60 @@ fn document(
             ck.at(kind_loc, "kind", "a List inside a List is not supported");
             return;
         }
-        let Some(items) = f.get("items").and_then(|n| ck.seq(n, "items")) else {
-            return;
-        };
-        for (i, item) in items.iter().enumerate() {
-            let before = out.len();
-            document(
-                ck,
-                source,
-                &format!("{label}, items[{i}]"),
-                item,
-                false,
-                out,
-            );
-            if let (Some(want), Some(got)) = (item_kind, out.get(before)) {
-                if got.kind() != want {
-                    ck.object = format!("{label}, items[{i}]");
-                    ck.at(
-                        item.loc,
-                        "kind",
-                        format!("a {kind} holds {want} objects only"),
-                    );
-                    out.truncate(before);
-                }
-            }
-        }
+        list_items(ck, source, label, &kind, item_kind, &f, out);
         return;
     }
+    object(ck, source, label, &kind, &f, out);
+}
+
+/// The items of a list of kind `kind`, each of `item_kind` where the list says so.
+fn list_items(
+    ck: &mut Checker,
+    source: &Arc<str>,
+    label: &str,
+    kind: &str,
+    item_kind: Option<&str>,
+    f: &Fields<'_>,
+    out: &mut Vec<Object>,
+) {
+    let Some(items) = f.get("items").and_then(|n| ck.seq(n, "items")) else {
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let before = out.len();
+        document(
+            ck,
+            source,
+            &format!("{label}, items[{i}]"),
+            item,
+            false,
+            out,
+        );
+        if let (Some(want), Some(got)) = (item_kind, out.get(before)) {
+            if got.kind() != want {
+                ck.object = format!("{label}, items[{i}]");
+                ck.at(
+                    item.loc,
+                    "kind",
+                    format!("a {kind} holds {want} objects only"),
+                );
+                out.truncate(before);
+            }
+        }
+    }
+}
+
+/// One object of kind `kind` (a Service, Endpoints or EndpointSlice).
+fn object(
+    ck: &mut Checker,
+    source: &Arc<str>,
+    label: &str,
+    kind: &str,
+    f: &Fields<'_>,
+    out: &mut Vec<Object>,
+) {
     ck.object = format!("{kind} ({label})");
-    let meta = metadata(ck, source, &kind, &f);
+    let meta = metadata(ck, source, kind, f);
     let named = meta.is_some();
     // Without a usable name, still check the rest of the object (and then drop it), so that
     // every problem is reported at once.
@@ -145,10 +174,10 @@ fn document(
     if named {
         ck.object = format!("{kind} {}", meta.key());
     }
-    let object = match kind.as_str() {
-        "Service" => service::service(ck, meta, &f).map(Object::Service),
-        "Endpoints" => endpoints::endpoints(ck, meta, &f).map(Object::Endpoints),
-        _ => endpoints::endpoint_slice(ck, meta, &f).map(Object::EndpointSlice),
+    let object = match kind {
+        "Service" => service::service(ck, meta, f).map(Object::Service),
+        "Endpoints" => endpoints::endpoints(ck, meta, f).map(Object::Endpoints),
+        _ => endpoints::endpoint_slice(ck, meta, f).map(Object::EndpointSlice),
     };
     if named {
         out.extend(object);
@@ -212,106 +241,4 @@ fn metadata(ck: &mut Checker, source: &Arc<str>, kind: &str, f: &Fields<'_>) -> 
             loc: f.loc,
         },
     })
-}
-
-/// The located annotations of `f` (`metadata.annotations`), for checking ringlb's own.
-pub(crate) fn located_annotations(f: &Fields<'_>) -> BTreeMap<String, (String, Loc)> {
-    let mut quiet = Checker::default();
-    f.get("metadata")
-        .and_then(|m| quiet.map(m, "").and_then(|m| m.get("annotations")))
-        .map(|n| quiet.string_map(n, ""))
-        .unwrap_or_default()
-}
-
-/// `f[key]`, or a "required field is missing" problem at the mapping.
-pub(crate) fn required<'a>(ck: &mut Checker, f: &Fields<'a>, key_path: &str) -> Option<&'a Node> {
-    let key = key_path.rsplit('.').next().unwrap_or(key_path);
-    let n = f.get(key);
-    if n.is_none() {
-        ck.at(f.loc, key_path, "required field is missing");
-    }
-    n
-}
-
-/// `protocol` of a port: `TCP` (default), `UDP` or `SCTP`, spelled as Kubernetes does.
-pub(crate) fn protocol(ck: &mut Checker, f: &Fields<'_>, field: &str) -> Option<PortProtocol> {
-    let Some(n) = f.get("protocol") else {
-        return Some(PortProtocol::Tcp);
-    };
-    match ck.string(n, field)?.as_str() {
-        "TCP" => Some(PortProtocol::Tcp),
-        "UDP" => Some(PortProtocol::Udp),
-        "SCTP" => Some(PortProtocol::Sctp),
-        other => {
-            ck.at(
-                n.loc,
-                field,
-                format!("unsupported protocol {other:?} (TCP, UDP or SCTP)"),
-            );
-            None
-        }
-    }
-}
-
-pub(crate) const LABEL_RULE: &str =
-    "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit";
-const SERVICE_NAME_RULE: &str =
-    "use at most 63 lower-case letters, digits and '-', starting with a letter and ending with a \
-     letter or digit";
-const SUBDOMAIN_RULE: &str =
-    "use at most 253 lower-case letters, digits, '-' and '.', starting and ending with a letter \
-     or digit";
-
-/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub(crate) fn dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    (1..=63).contains(&b.len())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// RFC 1035 label (Service names): an RFC 1123 label that starts with a letter.
-pub(crate) fn dns1035_label(s: &str) -> bool {
-    dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-pub(crate) fn dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(dns1123_label)
-}
-
-/// IANA service name (named container ports): at most 15 of `[a-z0-9-]`, at least one letter,
-/// no leading, trailing or doubled '-'.
-pub(crate) fn iana_svc_name(s: &str) -> bool {
-    (1..=15).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        && s.bytes().any(|c| c.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn name_rules_follow_kubernetes_validation() {
-        assert!(dns1123_label("web-1"));
-        assert!(dns1123_label("80"));
-        assert!(!dns1123_label("Web"));
-        assert!(!dns1123_label("-web"));
-        assert!(!dns1123_label(&"a".repeat(64)));
-        assert!(dns1035_label("web"));
-        assert!(!dns1035_label("1web"));
-        assert!(dns1123_subdomain("web-abc12.x"));
-        assert!(!dns1123_subdomain("web..x"));
-        assert!(iana_svc_name("http-alt"));
-        assert!(!iana_svc_name("8080"));
-        assert!(!iana_svc_name("a--b"));
-        assert!(!iana_svc_name("averyveryverylongname"));
-    }
 }

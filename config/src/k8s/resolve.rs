@@ -1,542 +1,485 @@
-//! Checked objects into the ringlb model for standalone mode: one [`crate::Service`] per
-//! (Kubernetes Service, service port), endpoints chosen as kube-proxy chooses them.
+//! The one resolver: a Kubernetes Service and its endpoints into ringlb services, for
+//! standalone mode and node mode alike. What differs between them is asked of a [`Policy`];
+//! the rules are kube-proxy's (`pkg/proxy/topology.go` `CategorizeEndpoints`; the Kubernetes
+//! repository's `docs/dev/sig-network/service-proxy.md`):
+//!
+//! - Label rules, ExternalName and headless Services: [`Policy::not_proxied_reason`]. SCTP
+//!   ports are not served (manifests refuse them already).
+//! - Frontends: cluster IPs at `port` are *internal*; external IPs, VIP-mode load balancer
+//!   IPs at `port` and every node address at `nodePort` (NodePort and LoadBalancer services)
+//!   are *external*. A port with neither is not proxied.
+//! - `loadBalancerSourceRanges` (node mode only) guard the load balancer IPs only (not
+//!   external IPs or node ports, as in kube-proxy): [`ResolvedPort::firewall`] lists them with
+//!   the sources of their family that may open flows, plus every node address and the load
+//!   balancer IPs themselves when a node address is in a range (the spec's "any local IP",
+//!   kube-proxy's `allowFromNode`). Ranges set but none of the family admit no one there.
+//!   Where nothing enforces them, the load balancer IPs are not served, with a warning.
+//! - Endpoints: per service port by name and protocol, port number from each slice
+//!   ([`super::select`]). Internal frontends use the local set under `internalTrafficPolicy:
+//!   Local`, external ones under `externalTrafficPolicy: Local`, else the cluster set (policies
+//!   as [`Policy::traffic_policies`] gives them). When the two policies differ, the port
+//!   becomes two ringlb services, `namespace.name.port` (cluster IPs) and
+//!   `namespace.name.port.external`.
+//! - Short-circuit: under `externalTrafficPolicy: Local` (and `internalTrafficPolicy:
+//!   Cluster`), traffic from this node and its pods to the external frontends goes to the
+//!   cluster-wide endpoints, as kube-proxy sends it ("subject to neither form of traffic
+//!   policy"); [`ResolvedPort::short_circuit`] names the ringlb service that serves it.
+//! - Address families, where [`Policy::families_apart`]: a Service is served in each family
+//!   it has a cluster IP of, with that family's cluster IPs, external IPs, load balancer IPs
+//!   and node addresses and only that family's endpoints (so a dual-stack Service with IPv4
+//!   endpoints only works on IPv4 and refuses on IPv6). The first cluster IP's family keeps
+//!   the plain name; the other's ringlb services end in `.ipv6` (or `.ipv4`). External IPs and
+//!   load balancer IPs of a family the Service has no cluster IP of are not served (a warning
+//!   says so).
+//! - A port with frontends but no usable endpoint is served with no backends where
+//!   [`Policy::serves_without_endpoints`] (new connections are refused, as kube-proxy rejects
+//!   them), else not proxied. [`ResolvedPort::any_endpoints`] tells a rejection (none
+//!   anywhere) from a policy `Local` drop (none here).
 
-use std::collections::HashMap;
-use std::fmt;
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use balancers::Scheduler;
+use balancers::{Scheduler, SchedulerConfig};
+use ipnet::IpNet;
 
-use crate::error::Problem;
-use crate::model::{Backend, Config, Protocol, Service as ModelService, ServiceDefaults};
+use crate::model::{Backend, Protocol, Service as ModelService, ServiceDefaults};
 
-use super::node::Loc;
-use super::types::{
-    EndpointConditions, EndpointPort, EndpointSlice, Endpoints, IpMode, Object, PortProtocol,
-    Service, ServicePort, ServiceType, TrafficPolicy,
+use super::policy::Policy;
+use super::resolved::{
+    service_port_name, Firewall, Frontends, NotProxied, NotProxiedReason, ResolvedEndpoint,
+    ResolvedPort,
 };
+use super::select::{categorize, endpoints_of, Sets, Source};
+use super::types::{IpMode, PortProtocol, Service, ServicePort, ServiceType, TrafficPolicy};
 
-/// The label that hands a Service to another proxy (kube-proxy ignores such services).
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-
-/// What standalone mode needs to know besides the manifests.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StandaloneOptions {
-    /// Addresses on which NodePort and LoadBalancer services listen at their `nodePort`
-    /// (kube-proxy's `--nodeport-addresses`). Empty: no node ports.
-    pub node_addresses: Vec<IpAddr>,
-}
-
-/// The result of [`super::resolve`]: the model, and what is deliberately not proxied.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Resolved {
-    /// One service per proxied (Kubernetes Service, service port). May be empty.
-    pub config: Config,
-    /// The Kubernetes side of each entry of `config.services`, at the same index.
-    pub ports: Vec<ResolvedPort>,
-    /// Services and service ports accepted but not proxied, with why.
-    pub not_proxied: Vec<NotProxied>,
-    /// What node mode served differently from what a Service asked (an unusable scheduler
-    /// annotation, a frontend claimed twice, load balancer IPs left out); always empty in
-    /// standalone mode, where such things are problems.
-    pub warnings: Vec<String>,
-}
-
-/// A Service or service port that is valid but not proxied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NotProxied {
-    /// `namespace.name` for a whole Service, `namespace.name.port` for one port.
-    pub name: String,
-    /// Why.
-    pub reason: NotProxiedReason,
-}
-
-/// Why something is not proxied.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NotProxiedReason {
-    /// `clusterIP: None`: DNS only, as kube-proxy.
-    Headless,
-    /// `type: ExternalName`: a DNS alias (CNAME) for the name, as kube-proxy.
-    ExternalName(String),
-    /// The label `service.kubernetes.io/service-proxy-name` gives it to another proxy.
-    OtherProxy(String),
-    /// No cluster IP, external IP, load balancer IP or node port to listen on.
-    NoListenAddress,
-    /// No usable endpoint (kube-proxy would reject connections); the text says which part
-    /// is missing.
-    NoEndpoints(String),
-    /// An SCTP service port (node mode; standalone mode refuses the manifest).
-    Sctp,
-    /// Node mode with `--service-proxy-name`: the Service does not carry
-    /// `service.kubernetes.io/service-proxy-name` with that name.
-    NotSelected(String),
-}
-
-impl fmt::Display for NotProxiedReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NotProxiedReason::Headless => f.write_str("headless (clusterIP: None): DNS only"),
-            NotProxiedReason::ExternalName(n) => write!(f, "ExternalName {n}: DNS only"),
-            NotProxiedReason::OtherProxy(p) => {
-                write!(f, "{SERVICE_PROXY_NAME_LABEL}={p}: served by another proxy")
-            }
-            NotProxiedReason::NoListenAddress => f.write_str(
-                "no address to listen on (no clusterIP, externalIPs or load balancer IP, \
-                 and no nodePort with node addresses)",
-            ),
-            NotProxiedReason::NoEndpoints(why) => write!(f, "no usable endpoints: {why}"),
-            NotProxiedReason::Sctp => f.write_str("SCTP is not supported (TCP and UDP only)"),
-            NotProxiedReason::NotSelected(ours) => write!(
-                f,
-                "not labelled {SERVICE_PROXY_NAME_LABEL}={ours}: served by another proxy"
-            ),
-        }
-    }
-}
-
-/// The Kubernetes side of one proxied service port: what the model does not carry yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedPort {
-    /// `namespace/name` of the Kubernetes Service.
-    pub service: String,
-    /// The service port's name (empty when unnamed).
-    pub port_name: String,
-    /// `externalTrafficPolicy` (standalone mode treats every policy as `Cluster`).
-    pub external_traffic_policy: TrafficPolicy,
-    /// `internalTrafficPolicy` (standalone mode treats every policy as `Cluster`).
-    pub internal_traffic_policy: TrafficPolicy,
-    /// Every endpoint of the port, usable or not, in slice (or subset) order.
-    pub endpoints: Vec<ResolvedEndpoint>,
-    /// Which frontends of the Kubernetes service port this ringlb service carries.
-    pub frontends: Frontends,
-    /// Whether the port has a usable endpoint anywhere in the cluster (ready, or serving and
-    /// terminating), whatever the traffic policy: kube-proxy rejects when there is none and
-    /// drops when there are some but none local under policy `Local`.
-    pub any_endpoints: bool,
-    /// `spec.ports[].nodePort`.
-    pub node_port: Option<u16>,
-    /// `spec.healthCheckNodePort` (LoadBalancer services with `externalTrafficPolicy: Local`).
-    pub health_check_node_port: Option<u16>,
-    /// The Service's cluster IPs (empty for headless services).
-    pub cluster_ips: Vec<IpAddr>,
-    /// Node mode: the load balancer IPs among these frontends that
-    /// `loadBalancerSourceRanges` guard, and who may open flows to them.
-    pub firewall: Option<Firewall>,
-    /// Node mode: the ringlb service (the cluster IP part of the same port) that serves
-    /// traffic from this node and its pods to these external frontends, when policy `Local`
-    /// would otherwise keep it on this node's endpoints (kube-proxy's short-circuit).
-    pub short_circuit: Option<String>,
-}
-
-/// Load balancer IPs whose new flows only some sources may open
-/// (`spec.loadBalancerSourceRanges`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Firewall {
-    /// The guarded frontends: load balancer IPs at the service port.
-    pub frontends: Vec<SocketAddr>,
-    /// The sources admitted (of the frontends' family); empty admits no one.
-    pub sources: Vec<ipnet::IpNet>,
-}
-
-/// Which frontends of a Kubernetes service port a ringlb service carries. Node mode splits a
-/// port in two when its internal and external traffic policies differ, because each set of
-/// frontends then has its own endpoints.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Frontends {
-    /// Cluster IPs, external IPs, load balancer IPs and node ports (one endpoint set).
-    #[default]
-    All,
-    /// Cluster IPs only (`internalTrafficPolicy` applies).
-    Internal,
-    /// External IPs, load balancer IPs and node ports only (`externalTrafficPolicy`
-    /// applies); the ringlb service's name ends in `.external`.
-    External,
-}
-
-/// One endpoint of a service port, with its port resolved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResolvedEndpoint {
-    /// Address and port (the port comes from the endpoint's slice or subset).
-    pub address: SocketAddr,
-    /// Conditions (for Endpoints: ready addresses are ready and serving, not-ready ones
-    /// neither).
-    pub conditions: EndpointConditions,
-    /// `nodeName`.
-    pub node_name: Option<String>,
-    /// `zone` (slices only).
-    pub zone: Option<String>,
-    /// `hints.forZones[].name` (slices only).
-    pub zone_hints: Vec<String>,
-    /// Whether it is a backend: ready, or (when no endpoint is ready) serving and terminating.
-    pub usable: bool,
-}
-
-/// Why a Service is not proxied at all, or `None`: kube-proxy's label rules (a Service
-/// labelled `service.kubernetes.io/service-proxy-name` belongs to another proxy, unless
-/// `ours` names it; with `ours` set, only Services labelled with it are ours), then
-/// ExternalName and headless Services, which are DNS only.
-pub(crate) fn not_proxied_reason(svc: &Service, ours: Option<&str>) -> Option<NotProxiedReason> {
-    let label = svc.meta.labels.get(SERVICE_PROXY_NAME_LABEL);
-    match (ours, label) {
-        (None, Some(other)) => return Some(NotProxiedReason::OtherProxy(other.clone())),
-        (Some(ours), Some(v)) if v == ours => {}
-        (Some(ours), _) => return Some(NotProxiedReason::NotSelected(ours.to_owned())),
-        (None, None) => {}
-    }
-    if svc.service_type == ServiceType::ExternalName {
-        Some(NotProxiedReason::ExternalName(
-            svc.external_name.clone().unwrap_or_default(),
-        ))
-    } else if svc.headless {
-        Some(NotProxiedReason::Headless)
-    } else {
-        None
-    }
-}
-
-/// The ringlb name of a service port: `namespace.name.portname`, or `namespace.name.port`
-/// for an unnamed port. Kubernetes names and port names are DNS labels (no '.'), so the name
-/// is unambiguous and uses only the characters of ringlb names.
-pub fn service_port_name(service: &Service, port: &ServicePort) -> String {
-    let meta = &service.meta;
-    if port.name.is_empty() {
-        format!("{}.{}.{}", meta.namespace, meta.name, port.port)
-    } else {
-        format!("{}.{}.{}", meta.namespace, meta.name, port.name)
-    }
-}
-
-type Key<'a> = (&'a str, &'a str);
-
-/// Problems of resolution, each with the source of its object.
+/// What one Kubernetes Service resolves to.
 #[derive(Default)]
-struct Problems(Vec<(Arc<str>, Problem)>);
-
-impl Problems {
-    fn at(&mut self, object: &Object, loc: Loc, field: &str, reason: String) {
-        let meta = object.meta();
-        let label = format!("{} {}", object.kind(), meta.key());
-        self.0.push((
-            Arc::clone(&meta.origin.source),
-            Problem {
-                line: Some(loc.line),
-                column: Some(loc.column),
-                path: if field.is_empty() {
-                    label
-                } else {
-                    format!("{label}: {field}")
-                },
-                reason,
-            },
-        ));
-    }
+pub(crate) struct Resolution {
+    /// Its ringlb services, one or more per served port.
+    pub(crate) parts: Vec<Part>,
+    /// The Service or those of its ports that are not served, with why.
+    pub(crate) not_proxied: Vec<NotProxied>,
+    /// What is served differently from what the Service asks.
+    pub(crate) warnings: Vec<String>,
 }
 
-/// Resolves objects into the model; `Err` holds every problem with its source.
-pub(crate) fn resolve(
-    objects: &[Object],
-    options: &StandaloneOptions,
-) -> Result<Resolved, Vec<(Arc<str>, Problem)>> {
-    let mut problems = Problems::default();
-    let mut services: Vec<(&Object, &Service)> = Vec::new();
-    let mut by_key: HashMap<Key<'_>, &Object> = HashMap::new();
-    let mut endpoints: HashMap<Key<'_>, &Endpoints> = HashMap::new();
-    let mut slices: HashMap<Key<'_>, Vec<&EndpointSlice>> = HashMap::new();
-    let mut seen: HashMap<(&str, Key<'_>), &Object> = HashMap::new();
-    for o in objects {
-        let meta = o.meta();
-        let key = (meta.namespace.as_str(), meta.name.as_str());
-        if let Some(first) = seen.insert((o.kind(), key), o) {
-            let f = &first.meta().origin;
-            problems.at(
-                o,
-                meta.origin.loc,
-                "metadata.name",
-                format!(
-                    "duplicate {} {} (also {}:{})",
-                    o.kind(),
-                    meta.key(),
-                    f.source,
-                    f.loc
-                ),
-            );
-            continue;
-        }
-        match o {
-            Object::Service(s) => {
-                services.push((o, s));
-                by_key.insert(key, o);
-            }
-            Object::Endpoints(e) => {
-                endpoints.insert(key, e);
-            }
-            Object::EndpointSlice(s) => slices
-                .entry((meta.namespace.as_str(), s.service_name.as_str()))
-                .or_default()
-                .push(s),
-        }
-    }
-    // Endpoints of a Service that is not there are most likely a typo in a name.
-    for o in objects {
-        let meta = o.meta();
-        let (service, field) = match o {
-            Object::Service(_) => continue,
-            Object::Endpoints(_) => (meta.name.as_str(), "metadata.name".to_owned()),
-            Object::EndpointSlice(s) => (
-                s.service_name.as_str(),
-                format!(
-                    "metadata.labels[{:?}]",
-                    super::endpoints::SERVICE_NAME_LABEL
-                ),
-            ),
-        };
-        if !by_key.contains_key(&(meta.namespace.as_str(), service)) {
-            problems.at(
-                o,
-                meta.origin.loc,
-                &field,
-                format!("no Service {}/{service} in these manifests", meta.namespace),
-            );
-        }
-    }
+/// One ringlb service of a Kubernetes service port.
+pub(crate) struct Part {
+    pub(crate) model: ModelService,
+    pub(crate) port: ResolvedPort,
+    /// The port's index in `spec.ports`, to point at.
+    pub(crate) index: usize,
+    /// Why the scheduler cannot serve the endpoints, where the policy does not fall back.
+    pub(crate) unusable_scheduler: Option<String>,
+}
 
-    let mut out = Resolved::default();
-    let mut frontends: HashMap<(Protocol, SocketAddr), String> = HashMap::new();
-    for (object, svc) in services {
-        let meta = &svc.meta;
-        let whole = format!("{}.{}", meta.namespace, meta.name);
-        if let Some(reason) = not_proxied_reason(svc, None) {
-            out.not_proxied.push(NotProxied {
-                name: whole,
-                reason,
-            });
-            continue;
-        }
-        let key = (meta.namespace.as_str(), meta.name.as_str());
-        let source = match (slices.get(&key), endpoints.get(&key)) {
-            (Some(s), _) => Source::Slices(s),
-            (None, Some(e)) => Source::Endpoints(e),
-            (None, None) => Source::None,
+/// An address family to serve: `Some(true)` IPv6, `Some(false)` IPv4, `None` both together.
+type Family = Option<bool>;
+
+fn in_family(family: Family, ip: &IpAddr) -> bool {
+    family.is_none_or(|v6| ip.is_ipv6() == v6)
+}
+
+/// Resolves `svc` with the endpoints of `source` under `policy`.
+pub(crate) fn resolve_service(
+    svc: &Service,
+    source: &Source<'_>,
+    policy: Policy<'_>,
+) -> Resolution {
+    let mut out = Resolution::default();
+    let meta = &svc.meta;
+    let whole = format!("{}.{}", meta.namespace, meta.name);
+    if let Some(reason) = policy.not_proxied_reason(svc) {
+        out.not_proxied.push(NotProxied {
+            name: whole,
+            reason,
+        });
+        return out;
+    }
+    let lb_ips = load_balancer_ips(svc, policy, &whole, &mut out.warnings);
+    let families = families(svc, policy, &lb_ips, &whole, &mut out.warnings);
+    for (index, port) in svc.ports.iter().enumerate() {
+        let name = service_port_name(svc, port);
+        let protocol = match port.protocol {
+            PortProtocol::Tcp => Protocol::Tcp,
+            PortProtocol::Udp => Protocol::Udp,
+            PortProtocol::Sctp => {
+                out.not_proxied.push(NotProxied {
+                    name,
+                    reason: NotProxiedReason::Sctp,
+                });
+                continue;
+            }
         };
-        for (i, port) in svc.ports.iter().enumerate() {
-            let name = service_port_name(svc, port);
-            let listen = listen_addresses(svc, port, options);
-            if listen.is_empty() {
+        let all = endpoints_of(source, port);
+        for (i, &family) in families.iter().enumerate() {
+            let name = family_name(&name, i, family);
+            let (internal, external) = frontends(svc, port, family, &lb_ips, policy);
+            if internal.is_empty() && external.is_empty() {
                 out.not_proxied.push(NotProxied {
                     name,
                     reason: NotProxiedReason::NoListenAddress,
                 });
                 continue;
             }
-            let eps = match endpoints_of(&source, port) {
-                Ok(eps) if eps.iter().any(|e| e.usable) => eps,
-                Ok(eps) => {
-                    let why = if eps.is_empty() {
-                        format!(
-                            "no endpoint port named {:?} with protocol {}",
-                            port.name, port.protocol
-                        )
-                    } else {
-                        "no endpoint is ready, nor serving and terminating".to_owned()
-                    };
-                    out.not_proxied.push(NotProxied {
-                        name,
-                        reason: NotProxiedReason::NoEndpoints(why),
-                    });
-                    continue;
-                }
-                Err(why) => {
-                    out.not_proxied.push(NotProxied {
-                        name,
-                        reason: NotProxiedReason::NoEndpoints(why.to_owned()),
-                    });
-                    continue;
-                }
-            };
-            let protocol = match port.protocol {
-                PortProtocol::Udp => Protocol::Udp,
-                _ => Protocol::Tcp,
-            };
-            let mut clash = false;
-            for addr in &listen {
-                if let Some(first) = frontends.get(&(protocol, *addr)) {
-                    problems.at(
-                        object,
-                        port.loc,
-                        &format!("spec.ports[{i}]"),
-                        format!("{protocol} {addr} is already a frontend of {first}"),
-                    );
-                    clash = true;
-                } else {
-                    frontends.insert((protocol, *addr), name.clone());
-                }
-            }
-            let backends: Vec<Backend> = eps
+            let endpoints: Vec<ResolvedEndpoint> = all
+                .as_deref()
+                .unwrap_or_default()
                 .iter()
-                .filter(|e| e.usable)
-                .map(|e| Backend::new(e.address, ServiceDefaults::WEIGHT))
+                .filter(|e| in_family(family, &e.address.ip()))
+                .cloned()
                 .collect();
-            let mut model = ModelService::with_defaults(
-                name.clone(),
+            let sets = categorize(&endpoints, policy.node());
+            if !sets.any && !policy.serves_without_endpoints() {
+                let why = match &all {
+                    Err(why) => (*why).to_owned(),
+                    Ok(_) => no_usable_endpoint(&endpoints, port),
+                };
+                out.not_proxied.push(NotProxied {
+                    name,
+                    reason: NotProxiedReason::NoEndpoints(why),
+                });
+                continue;
+            }
+            let firewall = firewall(svc, port, family, &lb_ips, &external, policy);
+            let part = PortFamily {
+                name,
+                index,
                 protocol,
-                listen,
-                backends,
-                svc.scheduler,
-            );
-            model.session_affinity = svc.session_affinity;
-            let specs: Vec<_> = model.backends.iter().map(Backend::spec).collect();
-            if let Err(e) = Scheduler::build(&model.scheduler, &specs) {
-                problems.at(
-                    object,
-                    svc.scheduler_loc,
-                    &format!("metadata.annotations[{:?}]", super::SCHEDULER_ANNOTATION),
-                    format!(
-                        "scheduler {} cannot serve the {} endpoints of {name}: {e}",
-                        model.scheduler.kind,
-                        specs.len()
-                    ),
-                );
-                continue;
-            }
-            if clash {
-                continue;
-            }
-            out.config.services.push(model);
-            out.ports.push(ResolvedPort {
-                service: meta.key(),
-                port_name: port.name.clone(),
-                external_traffic_policy: svc.external_traffic_policy,
-                internal_traffic_policy: svc.internal_traffic_policy,
-                endpoints: eps,
-                frontends: Frontends::All,
-                any_endpoints: true,
-                node_port: port.node_port,
-                health_check_node_port: svc.health_check_node_port,
-                cluster_ips: svc.cluster_ips.clone(),
-                firewall: None,
-                short_circuit: None,
-            });
+                internal,
+                external,
+                endpoints,
+                sets,
+                firewall,
+            };
+            resolve_family(svc, port, part, policy, &mut out);
         }
     }
-    if problems.0.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems.0)
+    out
+}
+
+/// The ringlb name of a port in the `i`th family served: the primary family (that of the
+/// first cluster IP) keeps the plain name.
+fn family_name(name: &str, i: usize, family: Family) -> String {
+    match (i, family) {
+        (0, _) | (_, None) => name.to_owned(),
+        (_, Some(true)) => format!("{name}.ipv6"),
+        (_, Some(false)) => format!("{name}.ipv4"),
     }
 }
 
-/// Where the endpoints of a Service come from: slices win over Endpoints, as in kube-proxy
-/// (which reads only slices; the mirroring controller turns custom Endpoints into slices).
-pub(super) enum Source<'a> {
-    Slices(&'a [&'a EndpointSlice]),
-    Endpoints(&'a Endpoints),
-    None,
+/// Why a port with endpoints objects has no usable endpoint.
+fn no_usable_endpoint(endpoints: &[ResolvedEndpoint], port: &ServicePort) -> String {
+    if endpoints.is_empty() {
+        format!(
+            "no endpoint port named {:?} with protocol {}",
+            port.name, port.protocol
+        )
+    } else {
+        "no endpoint is ready, nor serving and terminating".to_owned()
+    }
 }
 
-/// Every cluster IP, external IP and VIP-mode load balancer IP at `port`, then every node
-/// address at `nodePort` (NodePort and LoadBalancer services); without duplicates.
-fn listen_addresses(
+/// The Service's VIP-mode load balancer IPs: none where `loadBalancerSourceRanges` guard them
+/// and nothing enforces the ranges (serving every client would open what the ranges close).
+fn load_balancer_ips(
     svc: &Service,
-    port: &ServicePort,
-    options: &StandaloneOptions,
-) -> Vec<SocketAddr> {
-    let lb_ips = svc
+    policy: Policy<'_>,
+    whole: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<IpAddr> {
+    let mut lb_ips: Vec<IpAddr> = svc
         .load_balancer_ingress
         .iter()
         .filter(|i| i.ip_mode == IpMode::Vip)
-        .filter_map(|i| i.ip);
-    let mut out: Vec<SocketAddr> = svc
+        .filter_map(|i| i.ip)
+        .collect();
+    if svc.load_balancer_source_ranges.is_some()
+        && !policy.source_ranges_enforced()
+        && !lb_ips.is_empty()
+    {
+        warnings.push(format!(
+            "{whole}: load balancer IPs not served: loadBalancerSourceRanges are enforced only \
+             with --nftables, and serving every client would open what the ranges close"
+        ));
+        lb_ips.clear();
+    }
+    lb_ips
+}
+
+/// The address families to serve, in the order of the cluster IPs where they are served
+/// apart: kube-proxy proxies each family on its own (one proxier per family), so a family's
+/// frontends exist only if the Service has a cluster IP of that family.
+fn families(
+    svc: &Service,
+    policy: Policy<'_>,
+    lb_ips: &[IpAddr],
+    whole: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<Family> {
+    if !policy.families_apart() {
+        return vec![None];
+    }
+    let mut families: Vec<Family> = Vec::new();
+    for ip in &svc.cluster_ips {
+        if !families.contains(&Some(ip.is_ipv6())) {
+            families.push(Some(ip.is_ipv6()));
+        }
+    }
+    let stray: Vec<String> = svc
+        .external_ips
+        .iter()
+        .chain(lb_ips)
+        .filter(|ip| !families.contains(&Some(ip.is_ipv6())))
+        .map(ToString::to_string)
+        .collect();
+    if !stray.is_empty() {
+        warnings.push(format!(
+            "{whole}: external or load balancer IPs {} not served: the Service has no cluster \
+             IP of their family (kube-proxy serves each family only with its own cluster IP)",
+            stray.join(", ")
+        ));
+    }
+    families
+}
+
+/// The internal frontends (cluster IPs at `port`) and the external ones (external IPs and
+/// load balancer IPs at `port`, node addresses at `nodePort`) of `family`, each once.
+fn frontends(
+    svc: &Service,
+    port: &ServicePort,
+    family: Family,
+    lb_ips: &[IpAddr],
+    policy: Policy<'_>,
+) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let at_port = |ip: &IpAddr| SocketAddr::new(*ip, port.port);
+    let mut internal: Vec<SocketAddr> = svc
         .cluster_ips
         .iter()
-        .chain(&svc.external_ips)
-        .copied()
+        .filter(|ip| in_family(family, ip))
+        .map(at_port)
+        .collect();
+    let mut external: Vec<SocketAddr> = svc
+        .external_ips
+        .iter()
         .chain(lb_ips)
-        .map(|ip| SocketAddr::new(ip, port.port))
+        .filter(|ip| in_family(family, ip))
+        .map(at_port)
         .collect();
     if let (Some(np), ServiceType::NodePort | ServiceType::LoadBalancer) =
         (port.node_port, svc.service_type)
     {
-        out.extend(
-            options
-                .node_addresses
+        external.extend(
+            policy
+                .node_addresses()
                 .iter()
+                .filter(|ip| in_family(family, ip))
                 .map(|ip| SocketAddr::new(*ip, np)),
         );
     }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|a| seen.insert(*a));
-    out
+    let mut seen: HashSet<SocketAddr> = HashSet::new();
+    internal.retain(|a| seen.insert(*a));
+    external.retain(|a| seen.insert(*a));
+    (internal, external)
 }
 
-fn matches(ep: &EndpointPort, port: &ServicePort) -> bool {
-    ep.name == port.name && ep.protocol == port.protocol && ep.port.is_some()
-}
-
-/// Every endpoint of `port` with its `usable` flag; `Err` when the Service has no endpoints
-/// object at all.
-pub(super) fn endpoints_of(
-    source: &Source<'_>,
+/// `loadBalancerSourceRanges` over the load balancer IPs of `family` among `external`, or
+/// `None` where the Service has no ranges or no such frontend.
+fn firewall(
+    svc: &Service,
     port: &ServicePort,
-) -> Result<Vec<ResolvedEndpoint>, &'static str> {
-    let mut out: Vec<ResolvedEndpoint> = Vec::new();
-    let mut push = |e: ResolvedEndpoint| {
-        // Overlapping slices may list an endpoint twice: the first copy wins.
-        if !out.iter().any(|o| o.address == e.address) {
-            out.push(e);
-        }
-    };
-    match source {
-        Source::None => return Err("no Endpoints or EndpointSlice for this Service"),
-        Source::Slices(slices) => {
-            for slice in *slices {
-                for p in slice.ports.iter().filter(|p| matches(p, port)) {
-                    let number = p.port.unwrap_or_default();
-                    for e in &slice.endpoints {
-                        push(ResolvedEndpoint {
-                            address: SocketAddr::new(e.address, number),
-                            conditions: e.conditions,
-                            node_name: e.node_name.clone(),
-                            zone: e.zone.clone(),
-                            zone_hints: e.zone_hints.clone(),
-                            usable: false,
-                        });
-                    }
-                }
-            }
-        }
-        Source::Endpoints(eps) => {
-            for subset in &eps.subsets {
-                for p in subset.ports.iter().filter(|p| matches(p, port)) {
-                    let number = p.port.unwrap_or_default();
-                    let ready = subset.addresses.iter().map(|a| (a, true));
-                    let not_ready = subset.not_ready_addresses.iter().map(|a| (a, false));
-                    for (a, ready) in ready.chain(not_ready) {
-                        push(ResolvedEndpoint {
-                            address: SocketAddr::new(a.ip, number),
-                            conditions: EndpointConditions {
-                                ready,
-                                serving: ready,
-                                terminating: false,
-                            },
-                            node_name: a.node_name.clone(),
-                            zone: None,
-                            zone_hints: Vec::new(),
-                            usable: false,
-                        });
-                    }
-                }
-            }
-        }
+    family: Family,
+    lb_ips: &[IpAddr],
+    external: &[SocketAddr],
+    policy: Policy<'_>,
+) -> Option<Firewall> {
+    let ranges = svc.load_balancer_source_ranges.as_ref()?;
+    let frontends: Vec<SocketAddr> = lb_ips
+        .iter()
+        .filter(|ip| in_family(family, ip))
+        .map(|ip| SocketAddr::new(*ip, port.port))
+        .filter(|a| external.contains(a))
+        .collect();
+    let mut sources: Vec<IpNet> = ranges
+        .iter()
+        .filter(|r| in_family(family, &r.addr()))
+        .copied()
+        .collect();
+    // A node address in the ranges admits every local address (the spec), and the load
+    // balancer IPs themselves (kube-proxy's `allowFromNode`: a VIP is often also a local
+    // address, and the node's requests to it come from it).
+    let node_addresses = policy
+        .node_addresses()
+        .iter()
+        .filter(|a| in_family(family, a));
+    if node_addresses
+        .clone()
+        .any(|a| sources.iter().any(|r| r.contains(a)))
+    {
+        let local = node_addresses
+            .copied()
+            .chain(frontends.iter().map(|a| a.ip()));
+        sources.extend(local.map(IpNet::from));
+        sources.sort_unstable();
+        sources.dedup();
     }
-    // kube-proxy: ready endpoints; if there are none, serving and terminating ones.
-    let any_ready = out.iter().any(|e| e.conditions.ready);
-    for e in &mut out {
-        e.usable = if any_ready {
-            e.conditions.ready
-        } else {
-            e.conditions.serving && e.conditions.terminating
+    (!frontends.is_empty()).then_some(Firewall { frontends, sources })
+}
+
+/// One service port in one address family: its frontends and endpoints of that family.
+struct PortFamily {
+    /// The ringlb name (of the internal part, when the policies split the port).
+    name: String,
+    /// The port's index in `spec.ports`.
+    index: usize,
+    protocol: Protocol,
+    /// Cluster IPs at `port`.
+    internal: Vec<SocketAddr>,
+    /// External IPs and load balancer IPs at `port`, node addresses at `nodePort`.
+    external: Vec<SocketAddr>,
+    endpoints: Vec<ResolvedEndpoint>,
+    /// The endpoints usable under each traffic policy.
+    sets: Sets,
+    /// `loadBalancerSourceRanges` over this family's load balancer IPs.
+    firewall: Option<Firewall>,
+}
+
+/// One ringlb service of a port: its name, which frontends, their addresses, the traffic
+/// policy that picks its endpoints, and the service that short-circuits it.
+type Group = (
+    String,
+    Frontends,
+    Vec<SocketAddr>,
+    TrafficPolicy,
+    Option<String>,
+);
+
+/// The ringlb services of one service port in one address family.
+fn resolve_family(
+    svc: &Service,
+    port: &ServicePort,
+    part: PortFamily,
+    policy: Policy<'_>,
+    out: &mut Resolution,
+) {
+    let PortFamily {
+        name,
+        index,
+        protocol,
+        internal,
+        external,
+        endpoints: eps,
+        sets,
+        firewall,
+    } = part;
+    let groups = groups(name, internal, external, policy.traffic_policies(svc));
+    for (svc_name, frontends, listen, traffic, short_circuit) in groups {
+        let usable = match traffic {
+            TrafficPolicy::Cluster => &sets.cluster,
+            TrafficPolicy::Local => &sets.local,
         };
+        let endpoints: Vec<ResolvedEndpoint> = eps
+            .iter()
+            .zip(usable)
+            .map(|(e, &usable)| ResolvedEndpoint {
+                usable,
+                ..e.clone()
+            })
+            .collect();
+        let backends: Vec<Backend> = endpoints
+            .iter()
+            .filter(|e| e.usable)
+            .map(|e| Backend::new(e.address, ServiceDefaults::WEIGHT))
+            .collect();
+        let (scheduler, unusable_scheduler) =
+            scheduler(svc, &svc_name, &backends, policy, &mut out.warnings);
+        let mut model =
+            ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
+        model.session_affinity = svc.session_affinity;
+        model.preserve_client_ip = policy.preserve_client_ip() && short_circuit.is_some();
+        let port = ResolvedPort {
+            service: svc.meta.key(),
+            port_name: port.name.clone(),
+            external_traffic_policy: svc.external_traffic_policy,
+            internal_traffic_policy: svc.internal_traffic_policy,
+            endpoints,
+            frontends,
+            any_endpoints: sets.any,
+            node_port: port.node_port,
+            health_check_node_port: svc.health_check_node_port,
+            cluster_ips: svc.cluster_ips.clone(),
+            firewall: firewall
+                .clone()
+                .filter(|_| frontends != Frontends::Internal),
+            short_circuit,
+        };
+        out.parts.push(Part {
+            model,
+            port,
+            index,
+            unusable_scheduler,
+        });
     }
-    Ok(out)
+}
+
+/// The ringlb services of a port's frontends under the traffic policies (internal,
+/// external): one for all, or one per policy where they differ.
+fn groups(
+    name: String,
+    internal: Vec<SocketAddr>,
+    external: Vec<SocketAddr>,
+    (itp, etp): (TrafficPolicy, TrafficPolicy),
+) -> Vec<Group> {
+    // Traffic from this node and its pods to the external frontends of a policy `Local`
+    // port is served by the cluster-wide endpoints, as kube-proxy short-circuits it
+    // (unless the internal policy is `Local` too: then there is no cluster-wide set).
+    if external.is_empty() {
+        vec![(name, Frontends::All, internal, itp, None)]
+    } else if itp == etp {
+        let mut all = internal;
+        all.extend(external);
+        vec![(name, Frontends::All, all, itp, None)]
+    } else {
+        let external_name = format!("{name}.external");
+        let short_circuit = (etp == TrafficPolicy::Local).then(|| name.clone());
+        vec![
+            (name, Frontends::Internal, internal, itp, None),
+            (
+                external_name,
+                Frontends::External,
+                external,
+                etp,
+                short_circuit,
+            ),
+        ]
+    }
+}
+
+/// The Service's scheduler for `backends`; where it cannot serve them, `rr` with a warning
+/// (the policy falls back) or the scheduler with why (it does not).
+fn scheduler(
+    svc: &Service,
+    name: &str,
+    backends: &[Backend],
+    policy: Policy<'_>,
+    warnings: &mut Vec<String>,
+) -> (SchedulerConfig, Option<String>) {
+    let scheduler = svc.scheduler;
+    let specs: Vec<_> = backends.iter().map(Backend::spec).collect();
+    if specs.is_empty() {
+        return (scheduler, None);
+    }
+    let Err(e) = Scheduler::build(&scheduler, &specs) else {
+        return (scheduler, None);
+    };
+    let (kind, count) = (scheduler.kind, specs.len());
+    if policy.scheduler_falls_back() {
+        warnings.push(format!(
+            "{name}: scheduler {kind} cannot serve its {count} endpoints ({e}); using rr"
+        ));
+        (SchedulerConfig::default(), None)
+    } else {
+        let why = format!("scheduler {kind} cannot serve the {count} endpoints of {name}: {e}");
+        (scheduler, Some(why))
+    }
 }

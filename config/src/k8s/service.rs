@@ -1,24 +1,16 @@
 //! `v1 Service`: spec, status and ringlb's annotations.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use balancers::{SchedulerConfig, SchedulerKind};
-
-use super::node::{Checker, Fields, Loc, Node, Value};
-use super::parse::{dns1123_label, iana_svc_name, located_annotations, protocol, LABEL_RULE};
+use super::annotations::scheduler;
+use super::rules::{dns1123_label, iana_svc_name, protocol, required, LABEL_RULE};
 use super::types::{
     IpMode, LoadBalancerIngress, ObjectMeta, PortProtocol, Service, ServicePort, ServiceType,
     TargetPort, TrafficPolicy,
 };
-
-/// Annotation choosing the scheduler (an IPVS name).
-pub const SCHEDULER_ANNOTATION: &str = "ringlb.io/scheduler";
-/// Annotation with comma-separated scheduler flags.
-pub const SCHEDULER_FLAGS_ANNOTATION: &str = "ringlb.io/scheduler-flags";
-/// Prefix of every ringlb annotation: an unknown one is a problem (most likely a typo).
-const RINGLB_PREFIX: &str = "ringlb.io/";
+use super::yaml::{Checker, Fields, Node, Value};
 
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_SECONDS: i64 = 10_800;
@@ -27,25 +19,13 @@ const MAX_AFFINITY_SECONDS: i64 = 86_400;
 
 pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Option<Service> {
     let (scheduler, scheduler_loc) = scheduler(ck, f, meta.origin.loc);
-    let spec = super::parse::required(ck, f, "spec").and_then(|n| ck.map(n, "spec"))?;
+    let spec = required(ck, f, "spec").and_then(|n| ck.map(n, "spec"))?;
     let service_type = match spec.get("type") {
         None => Some(ServiceType::ClusterIp),
-        Some(n) => match ck.string(n, "spec.type")?.as_str() {
-            "ClusterIP" => Some(ServiceType::ClusterIp),
-            "NodePort" => Some(ServiceType::NodePort),
-            "LoadBalancer" => Some(ServiceType::LoadBalancer),
-            "ExternalName" => Some(ServiceType::ExternalName),
-            other => {
-                ck.at(
-                    n.loc,
-                    "spec.type",
-                    format!(
-                        "unknown type {other:?} (ClusterIP, NodePort, LoadBalancer or ExternalName)"
-                    ),
-                );
-                None
-            }
-        },
+        Some(n) => {
+            let text = ck.string(n, "spec.type")?;
+            service_type(ck, n, &text)
+        }
     };
     let (cluster_ips, headless) = cluster_ips(ck, &spec).unzip();
     let external_name = match spec.get("externalName") {
@@ -114,6 +94,26 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         scheduler: scheduler?,
         scheduler_loc,
     })
+}
+
+/// `spec.type`, written as `text` at `n`.
+fn service_type(ck: &mut Checker, n: &Node, text: &str) -> Option<ServiceType> {
+    match text {
+        "ClusterIP" => Some(ServiceType::ClusterIp),
+        "NodePort" => Some(ServiceType::NodePort),
+        "LoadBalancer" => Some(ServiceType::LoadBalancer),
+        "ExternalName" => Some(ServiceType::ExternalName),
+        other => {
+            ck.at(
+                n.loc,
+                "spec.type",
+                format!(
+                    "unknown type {other:?} (ClusterIP, NodePort, LoadBalancer or ExternalName)"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// `spec.clusterIP` and `spec.clusterIPs`: the addresses, and whether the service is headless.
@@ -287,7 +287,7 @@ fn port(
         }
         p => p,
     };
-    let number = super::parse::required(ck, &f, &format!("{path}.port"))
+    let number = super::rules::required(ck, &f, &format!("{path}.port"))
         .and_then(|p| ck.port(p, &format!("{path}.port")));
     let target_port = match f.get("targetPort") {
         None => number.map(TargetPort::Number),
@@ -498,115 +498,4 @@ fn load_balancer_ingress(ck: &mut Checker, f: &Fields<'_>) -> Option<Vec<LoadBal
         }
     }
     ok.then_some(out)
-}
-
-/// The scheduler from ringlb's annotations, and where to point at if it cannot serve.
-fn scheduler(ck: &mut Checker, f: &Fields<'_>, object: Loc) -> (Option<SchedulerConfig>, Loc) {
-    let annotations: BTreeMap<String, (String, Loc)> = located_annotations(f);
-    let field = |key: &str| format!("metadata.annotations[{key:?}]");
-    for (key, (_, loc)) in &annotations {
-        if key.starts_with(RINGLB_PREFIX)
-            && key != SCHEDULER_ANNOTATION
-            && key != SCHEDULER_FLAGS_ANNOTATION
-        {
-            ck.at(
-                *loc,
-                &field(key),
-                format!(
-                    "unknown ringlb annotation ({SCHEDULER_ANNOTATION}, {SCHEDULER_FLAGS_ANNOTATION})"
-                ),
-            );
-        }
-    }
-    let (mut sc, loc) = match annotations.get(SCHEDULER_ANNOTATION) {
-        None => (SchedulerConfig::default(), object),
-        Some((value, loc)) => match value.trim().parse::<SchedulerKind>() {
-            Ok(kind) => (SchedulerConfig::new(kind), *loc),
-            Err(e) => {
-                ck.at(*loc, &field(SCHEDULER_ANNOTATION), e.to_string());
-                return (None, *loc);
-            }
-        },
-    };
-    let Some((flags, flags_loc)) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) else {
-        return (Some(sc), loc);
-    };
-    let errors = apply_scheduler_flags(&mut sc, flags);
-    for e in &errors {
-        ck.at(*flags_loc, &field(SCHEDULER_FLAGS_ANNOTATION), e.clone());
-    }
-    (errors.is_empty().then_some(sc), loc)
-}
-
-/// Sets the flags of the comma-separated `flags` (`ringlb.io/scheduler-flags`) on `sc`;
-/// returns why each flag that cannot be set was refused.
-fn apply_scheduler_flags(sc: &mut SchedulerConfig, flags: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    for flag in flags.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind = sc.kind;
-        let (owner, slot) = match flag {
-            "sh-fallback" => (SchedulerKind::Sh, &mut sc.sh_fallback),
-            "sh-port" => (SchedulerKind::Sh, &mut sc.sh_port),
-            "mh-fallback" => (SchedulerKind::Mh, &mut sc.mh_fallback),
-            "mh-port" => (SchedulerKind::Mh, &mut sc.mh_port),
-            other => {
-                errors.push(format!(
-                    "unknown flag {other:?} (sh-fallback, sh-port, mh-fallback, mh-port)"
-                ));
-                continue;
-            }
-        };
-        if owner != kind {
-            errors.push(format!(
-                "{flag} only applies to scheduler {owner}, not {kind}"
-            ));
-            continue;
-        }
-        *slot = true;
-    }
-    errors
-}
-
-/// The scheduler of a Service read from the API (node mode): its ringlb annotations, or the
-/// default scheduler with why each annotation was not usable. A typo in an annotation must
-/// not take a Service of a running cluster off the air, so it falls back rather than fails.
-#[cfg(feature = "kube")]
-pub(crate) fn scheduler_of_annotations(
-    annotations: &BTreeMap<String, String>,
-) -> (SchedulerConfig, Vec<String>) {
-    let mut problems = Vec::new();
-    for key in annotations.keys() {
-        if key.starts_with(RINGLB_PREFIX)
-            && key != SCHEDULER_ANNOTATION
-            && key != SCHEDULER_FLAGS_ANNOTATION
-        {
-            problems.push(format!(
-                "unknown ringlb annotation {key:?} ({SCHEDULER_ANNOTATION}, {SCHEDULER_FLAGS_ANNOTATION})"
-            ));
-        }
-    }
-    let mut sc = match annotations.get(SCHEDULER_ANNOTATION) {
-        None => SchedulerConfig::default(),
-        Some(value) => match value.trim().parse::<SchedulerKind>() {
-            Ok(kind) => SchedulerConfig::new(kind),
-            Err(e) => {
-                problems.push(format!("{SCHEDULER_ANNOTATION}: {e}; using rr"));
-                return (SchedulerConfig::default(), problems);
-            }
-        },
-    };
-    if let Some(flags) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) {
-        let mut flagged = sc;
-        let errors = apply_scheduler_flags(&mut flagged, flags);
-        if errors.is_empty() {
-            sc = flagged;
-        } else {
-            problems.extend(
-                errors
-                    .into_iter()
-                    .map(|e| format!("{SCHEDULER_FLAGS_ANNOTATION}: {e}; flags ignored")),
-            );
-        }
-    }
-    (sc, problems)
 }

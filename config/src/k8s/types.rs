@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use balancers::SchedulerConfig;
 
-pub use super::node::Loc;
+pub use super::yaml::Loc;
 
 /// One supported Kubernetes object (the items of a `v1 List` are flattened).
 #[derive(Clone, Debug, PartialEq)]

@@ -12,7 +12,6 @@ use super::{
     AffinityOutcome, CloseReason, ConnectError, Count, Decision, ServiceStats, WorkerTelemetry,
     CONNECT_SCALE, DURATION_SCALE,
 };
-use crate::connect::{candidates, Choice};
 
 impl WorkerTelemetry {
     /// Starts tracing a TCP connection counted in `stats` that reached `frontend` (the address
@@ -102,12 +101,13 @@ pub(crate) struct ConnTrace {
 }
 
 impl ConnTrace {
-    /// Records the placement: affinity outcome, and for the log the eligible backends.
-    pub(crate) fn chose(&mut self, entry: &ServiceEntry, choice: &Choice) {
-        self.stats.affinity(choice.affinity);
+    /// Records the placement: the affinity outcome, and for the log how many backends were
+    /// eligible (`candidates` counts them, only when the connection is logged).
+    pub(crate) fn chose(&mut self, affinity: AffinityOutcome, candidates: impl FnOnce() -> u32) {
+        self.stats.affinity(affinity);
         if let Some(facts) = &mut self.log {
-            facts.candidates = candidates(entry);
-            facts.affinity = choice.affinity;
+            facts.candidates = candidates();
+            facts.affinity = affinity;
         }
     }
 

@@ -5,23 +5,19 @@
 //! address that does not parse, a slice without its Service's label, an FQDN slice) is left
 //! out with a warning rather than failing the object, except where nothing useful remains.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use config::k8s::{
+    scheduler_of_annotations, AddressType, EndpointConditions, EndpointPort, EndpointSlice, IpMode,
+    LoadBalancerIngress, Loc, ObjectMeta, Origin, PortProtocol, Service, ServicePort, ServiceType,
+    SliceEndpoint, TargetPort, TrafficPolicy, SERVICE_NAME_LABEL,
+};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as ApiMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-use super::endpoints::SERVICE_NAME_LABEL;
-use super::node::Loc;
-use super::types::{
-    AddressType, EndpointConditions, EndpointPort, EndpointSlice, IpMode, LoadBalancerIngress,
-    ObjectMeta, Origin, PortProtocol, Service, ServicePort, ServiceType, SliceEndpoint, TargetPort,
-    TrafficPolicy,
-};
 
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 const DEFAULT_AFFINITY_SECONDS: u64 = 10_800;
@@ -76,7 +72,7 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
     let meta = meta(&s.metadata, &origin);
     let key = meta.key();
     let mut warnings = Vec::new();
-    let (scheduler, problems) = super::service::scheduler_of_annotations(&meta.annotations);
+    let (scheduler, problems) = scheduler_of_annotations(&meta.annotations);
     warnings.extend(problems.into_iter().map(|p| format!("Service {key}: {p}")));
     let spec = s.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {
@@ -103,6 +99,43 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
             &mut warnings,
         )
     };
+    let ports = ports(&spec, &key, &mut warnings);
+    let session_affinity = session_affinity(&spec);
+    let policy = |p: &Option<String>| match p.as_deref() {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
+    };
+    let load_balancer_ingress = load_balancer_ingress(s, &key, &mut warnings);
+    let external_ips = ips(
+        spec.external_ips.iter().flatten(),
+        &format!("Service {key}: spec.externalIPs"),
+        &mut warnings,
+    );
+    let load_balancer_source_ranges = source_ranges(&spec, &key, &mut warnings);
+    let service = Service {
+        service_type,
+        cluster_ips,
+        headless,
+        external_name: spec.external_name.clone(),
+        ports,
+        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
+        session_affinity,
+        external_ips,
+        external_traffic_policy: policy(&spec.external_traffic_policy),
+        internal_traffic_policy: policy(&spec.internal_traffic_policy),
+        health_check_node_port: spec.health_check_node_port.and_then(port_number),
+        load_balancer_ingress,
+        load_balancer_source_ranges,
+        scheduler,
+        scheduler_loc: Loc::default(),
+        meta,
+    };
+    (service, warnings)
+}
+
+/// `spec.ports`, each with its target port; a port without a usable number or protocol is
+/// left out with a warning.
+fn ports(spec: &core::ServiceSpec, key: &str, warnings: &mut Vec<String>) -> Vec<ServicePort> {
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let at = format!("Service {key}: spec.ports[{i}]");
@@ -127,7 +160,13 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
             loc: Loc::default(),
         });
     }
-    let session_affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+    ports
+}
+
+/// `sessionAffinity: ClientIP` with its timeout (Kubernetes' default where unset or out of
+/// range), or `None`.
+fn session_affinity(spec: &core::ServiceSpec) -> Option<Duration> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         let secs = spec
             .session_affinity_config
             .as_ref()
@@ -137,11 +176,15 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
             .filter(|t| (1..=MAX_AFFINITY_SECONDS).contains(t))
             .unwrap_or(DEFAULT_AFFINITY_SECONDS);
         Duration::from_secs(secs)
-    });
-    let policy = |p: &Option<String>| match p.as_deref() {
-        Some("Local") => TrafficPolicy::Local,
-        _ => TrafficPolicy::Cluster,
-    };
+    })
+}
+
+/// `status.loadBalancer.ingress`; an IP that does not parse is left out with a warning.
+fn load_balancer_ingress(
+    s: &core::Service,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<LoadBalancerIngress> {
     let mut load_balancer_ingress = Vec::new();
     let ingress = s
         .status
@@ -153,7 +196,7 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
             let parsed = ips(
                 [ip],
                 &format!("Service {key}: status.loadBalancer.ingress"),
-                &mut warnings,
+                warnings,
             );
             parsed.first().copied()
         });
@@ -166,14 +209,17 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
             },
         });
     }
-    let external_ips = ips(
-        spec.external_ips.iter().flatten(),
-        &format!("Service {key}: spec.externalIPs"),
-        &mut warnings,
-    );
+    load_balancer_ingress
+}
+
+/// `spec.loadBalancerSourceRanges`, `None` when unset or empty.
+fn source_ranges(
+    spec: &core::ServiceSpec,
+    key: &str,
+    warnings: &mut Vec<String>,
+) -> Option<Vec<ipnet::IpNet>> {
     // As kube-proxy: surrounding blanks are ignored, a range that does not parse is skipped.
-    let load_balancer_source_ranges = spec
-        .load_balancer_source_ranges
+    spec.load_balancer_source_ranges
         .as_ref()
         .filter(|r| !r.is_empty())
         .map(|ranges| {
@@ -189,26 +235,7 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
                     }
                 })
                 .collect()
-        });
-    let service = Service {
-        service_type,
-        cluster_ips,
-        headless,
-        external_name: spec.external_name.clone(),
-        ports,
-        has_selector: spec.selector.as_ref().is_some_and(|s| !s.is_empty()),
-        session_affinity,
-        external_ips,
-        external_traffic_policy: policy(&spec.external_traffic_policy),
-        internal_traffic_policy: policy(&spec.internal_traffic_policy),
-        health_check_node_port: spec.health_check_node_port.and_then(port_number),
-        load_balancer_ingress,
-        load_balancer_source_ranges,
-        scheduler,
-        scheduler_loc: Loc::default(),
-        meta,
-    };
-    (service, warnings)
+        })
 }
 
 /// An EndpointSlice from the API; `Err` says why it cannot be used at all (no Service label,
@@ -290,113 +317,4 @@ pub fn endpoint_slice(
         },
         warnings,
     ))
-}
-
-/// The zone label of a Node.
-pub fn node_zone(labels: Option<&BTreeMap<String, String>>) -> Option<String> {
-    labels.and_then(|l| l.get(super::ZONE_LABEL)).cloned()
-}
-
-/// A Node's primary addresses, which take NodePorts under kube-proxy's `--nodeport-addresses
-/// primary` (its nftables mode's default): as `GetNodeHostIPs` picks them, the first address
-/// of `status.addresses` with the `InternalIP` addresses before the `ExternalIP` ones, then
-/// the first of the other family in that order (so one per family, the primary family
-/// first). A loopback address among them is left out, as kube-proxy leaves it out: loopback
-/// never takes NodePorts. Addresses that do not parse and other types (`Hostname`) are
-/// skipped.
-pub fn node_primary_addresses(node: &core::Node) -> Vec<IpAddr> {
-    let addresses = node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_deref())
-        .unwrap_or_default();
-    let of_type = |kind: &'static str| {
-        addresses
-            .iter()
-            .filter(move |a| a.type_ == kind)
-            .filter_map(|a| a.address.parse::<IpAddr>().ok())
-    };
-    let mut all = of_type("InternalIP").chain(of_type("ExternalIP"));
-    let Some(first) = all.next() else {
-        return Vec::new();
-    };
-    let mut out = vec![first];
-    out.extend(all.find(|ip| ip.is_ipv4() != first.is_ipv4()));
-    out.retain(|ip| !ip.is_loopback());
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(addresses: &[(&str, &str)]) -> core::Node {
-        core::Node {
-            status: Some(core::NodeStatus {
-                addresses: Some(
-                    addresses
-                        .iter()
-                        .map(|(kind, address)| core::NodeAddress {
-                            type_: (*kind).to_owned(),
-                            address: (*address).to_owned(),
-                        })
-                        .collect(),
-                ),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|a| a.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn primary_addresses_are_one_per_family_internal_before_external() {
-        let n = node(&[
-            ("Hostname", "node-a"),
-            ("ExternalIP", "203.0.113.7"),
-            ("InternalIP", "10.0.0.7"),
-            ("InternalIP", "10.0.0.8"),
-            ("ExternalIP", "2001:db8::7"),
-        ]);
-        // The IPv6 address is the first of its family once InternalIPs come first.
-        assert_eq!(
-            node_primary_addresses(&n),
-            ips(&["10.0.0.7", "2001:db8::7"])
-        );
-        let v6_first = node(&[
-            ("InternalIP", "fd00::7"),
-            ("InternalIP", "fd00::8"),
-            ("InternalIP", "10.0.0.7"),
-        ]);
-        assert_eq!(
-            node_primary_addresses(&v6_first),
-            ips(&["fd00::7", "10.0.0.7"])
-        );
-        let external_only = node(&[("ExternalIP", "203.0.113.7"), ("Hostname", "a")]);
-        assert_eq!(
-            node_primary_addresses(&external_only),
-            ips(&["203.0.113.7"])
-        );
-    }
-
-    #[test]
-    fn primary_addresses_leave_loopback_and_unparsable_ones_out() {
-        let n = node(&[
-            ("InternalIP", "not-an-ip"),
-            ("InternalIP", "127.0.0.1"),
-            ("InternalIP", "::1"),
-            ("InternalIP", "10.0.0.7"),
-        ]);
-        // 127.0.0.1 is the primary IPv4 address and ::1 the IPv6 one: neither takes
-        // NodePorts, and 10.0.0.7 does not stand in (kube-proxy picks first, then filters).
-        assert_eq!(node_primary_addresses(&n), Vec::<IpAddr>::new());
-        assert_eq!(node_primary_addresses(&node(&[])), Vec::<IpAddr>::new());
-        assert_eq!(
-            node_primary_addresses(&core::Node::default()),
-            Vec::<IpAddr>::new()
-        );
-    }
 }

@@ -334,9 +334,14 @@ fn set_elements(state: &State) -> BTreeSet<(&'static str, &'static str, String)>
 /// The fixed part of one family's table: created empty (after deleting whatever a previous
 /// ringlb left in it), its maps and sets, and its chains.
 fn skeleton(family: Family, line: &mut impl FnMut(String)) {
+    skeleton_sets(family, line);
+    skeleton_chains(family, line);
+}
+
+/// The table (replacing a stale one) with its maps and sets, still empty.
+fn skeleton_sets(family: Family, line: &mut impl FnMut(String)) {
     let t = family.table();
     let key = format!("{} . inet_proto . inet_service", family.addr_type());
-    let lookup = format!("{} . meta l4proto . th dport", family.daddr());
     line(format!("add table {t}"));
     line(format!("delete table {t}"));
     line(format!(
@@ -371,6 +376,12 @@ fn skeleton(family: Family, line: &mut impl FnMut(String)) {
         "add set {t} firewall-allow {{ type {key} . {} ; flags interval ; }}",
         family.addr_type()
     ));
+}
+
+/// The chains and their rules, which never change after the first transaction.
+fn skeleton_chains(family: Family, line: &mut impl FnMut(String)) {
+    let t = family.table();
+    let lookup = format!("{} . meta l4proto . th dport", family.daddr());
     line(format!("add chain {t} reject-chain"));
     // TCP gets a reset, the rest ICMP port unreachable (see the module docs).
     line(format!(

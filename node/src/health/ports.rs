@@ -1,9 +1,9 @@
 //! The health ports' lives: the node health server and one server per wanted
-//! `healthCheckNodePort`, bound here and served on the control runtime by [`crate::http`]
+//! `healthCheckNodePort`, bound here and served on the control runtime by [`control::http`]
 //! with [`Limits::HEALTH`].
 //!
 //! A port that cannot be bound does not stop ringlb (Services must not go down for it): it is
-//! logged, reported to [`crate::readiness::Readiness`] (so `/readyz` says so) and tried again
+//! logged, reported to [`control::Readiness`] (so `/readyz` says so) and tried again
 //! at the next sync, and the problem is cleared once it binds or is no longer wanted.
 
 use std::collections::{BTreeSet, HashMap};
@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex};
 use config::k8s::Resolved;
 
 use super::{node_handler, service_handler, wanted, Health, NodeHealth};
-use crate::control::Plane;
-use crate::http::{HttpServer, Limits, ServerKind, Spec};
-use crate::serve::announce_line;
+use control::http::{HttpServer, Limits, ServerKind, Spec};
+use control::Plane;
 
 /// The node health server (`--healthz-bind-address`), once it could be bound.
 #[derive(Debug)]
@@ -40,11 +39,12 @@ impl NodeServer {
         }
     }
 
-    /// Serves the port unless it does already. Bound, it prints `healthz addr=ADDR`; not, the
-    /// problem is logged (once) and reported to readiness until a later call binds it.
-    pub fn ensure(&mut self) {
+    /// Serves the port unless it does already. Bound now, it returns the address bound (for
+    /// the caller to announce); not, the problem is logged (once) and reported to readiness
+    /// until a later call binds it.
+    pub fn ensure(&mut self) -> Option<SocketAddr> {
         if self.running.is_some() {
-            return;
+            return None;
         }
         let name = format!("healthz {}", self.addr);
         let spec = Spec {
@@ -59,8 +59,9 @@ impl NodeServer {
             Ok(server) => {
                 self.plane.readiness.clear(&name);
                 self.failing = false;
-                announce_line(&format!("healthz addr={}", server.local_addr()));
+                let bound = server.local_addr();
                 self.running = Some(server);
+                Some(bound)
             }
             Err(e) => {
                 let problem = format!("cannot listen: {e}");
@@ -68,6 +69,7 @@ impl NodeServer {
                     tracing::error!(addr = %self.addr, error = %e, "cannot serve the node /healthz; trying again at the next change from the API");
                 }
                 self.plane.readiness.set(name, problem);
+                None
             }
         }
     }

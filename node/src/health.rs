@@ -11,11 +11,11 @@
 //! deleted, or tainted `ToBeDeletedByClusterAutoscaler`: KEP-3836), so cloud load balancers
 //! drain a node before it goes. Bodies as kube-proxy's; times in RFC 3339.
 //!
-//! This file holds the answers; [`ports`] starts and stops the ports. Every port is served by
-//! hyper through [`crate::http`] (bounded head, deadline, connection cap with shedding:
-//! [`crate::http::Limits::HEALTH`]) on the control runtime: nothing here parses HTTP, so no
-//! fuzz target is needed. A port answers one request per connection and closes it
-//! (`Connection: close`), as ringlb always has.
+//! This file holds the answers; `health/ports.rs` ([`HealthChecks`], [`NodeServer`]) starts
+//! and stops the ports. Every port is served by hyper through [`control::http`] (bounded head,
+//! deadline, connection cap with shedding: [`control::http::Limits::HEALTH`]) on the control
+//! runtime: nothing here parses HTTP, so no fuzz target is needed. A port answers one request
+//! per connection and closes it (`Connection: close`), as ringlb always has.
 
 mod ports;
 
@@ -30,7 +30,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTION
 use hyper::{Response, StatusCode};
 
 pub use self::ports::{HealthChecks, NodeServer};
-use crate::http::{Body, Handler};
+use control::http::{Body, Handler};
 
 /// Whether this node's proxy is up to date, shared by the servers here.
 #[derive(Debug)]

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::http::telemetry::Telemetry;
 use crate::readiness::Readiness;
 
 /// What a control-plane task needs: where to run and where to report.
@@ -23,7 +24,7 @@ pub struct Plane {
     /// What `/readyz` reports.
     pub readiness: Arc<Readiness>,
     /// The counters of the HTTP servers, for `/metrics`.
-    pub http: Arc<crate::http::Telemetry>,
+    pub http: Arc<Telemetry>,
 }
 
 /// The running control thread; dropping it stops the runtime (its tasks are dropped) and

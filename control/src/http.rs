@@ -1,13 +1,13 @@
 //! The one HTTP/1.1 server behind every HTTP port ringlb serves: the admin API, the node
 //! health server (`--healthz-bind-address`) and the `healthCheckNodePort` servers, each a task
-//! on the control runtime ([`crate::control`]) speaking through hyper.
+//! on the control runtime ([`crate::ControlRuntime`]) speaking through hyper.
 //!
 //! It owns the limits that keep a port answering whatever its clients do ([`Limits`]): a
 //! bounded request head (hyper's `max_buf_size` and `max_header_size`; a longer one ends the
 //! connection with a 431 without buffering more), a deadline for the whole head (and for a
 //! keep-alive connection's next request), a cap on concurrent connections per port that sheds
-//! the one idle the longest ([`slots`]), a cap on requests per connection, and an accept loop
-//! that backs off and never gives up ([`accept`]). Each port counts its connections
+//! the one idle the longest (`slots.rs`), a cap on requests per connection, and an accept loop
+//! that backs off and never gives up (`accept.rs`). Each port counts its connections
 //! ([`Telemetry`]) and reports accepts that keep failing to [`Readiness`].
 //!
 //! It never parses HTTP itself and never blocks the control thread: a handler is a future, and
@@ -15,6 +15,7 @@
 
 mod accept;
 mod slots;
+pub(crate) mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -23,8 +24,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,10 @@ use tokio_util::sync::CancellationToken;
 
 use self::accept::Backoff;
 use self::slots::{Admit, Slots};
-use crate::control::Plane;
+use self::telemetry::Counters;
+pub use self::telemetry::{Counts, ServerKind, Telemetry};
 use crate::readiness::Readiness;
+use crate::runtime::Plane;
 
 /// A whole response body.
 pub type Body = Full<Bytes>;
@@ -92,88 +95,6 @@ impl Limits {
         max_requests: 1,
         title_case_headers: true,
     };
-}
-
-/// Which kind of port a server is, for the `server` label of its counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerKind {
-    /// The admin API.
-    Admin,
-    /// The node health server (`--healthz-bind-address`).
-    Healthz,
-    /// The `healthCheckNodePort` servers, counted together.
-    HealthCheckNodePort,
-}
-
-impl ServerKind {
-    /// Every kind, in the order of the exposition.
-    pub const ALL: [ServerKind; 3] = [
-        ServerKind::Admin,
-        ServerKind::Healthz,
-        ServerKind::HealthCheckNodePort,
-    ];
-
-    /// The value of the `server` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            ServerKind::Admin => "admin",
-            ServerKind::Healthz => "healthz",
-            ServerKind::HealthCheckNodePort => "health_check_node_port",
-        }
-    }
-}
-
-/// The counters of one kind of port.
-#[derive(Debug, Default)]
-pub struct Counters {
-    started: AtomicBool,
-    accepted: AtomicU64,
-    shed: AtomicU64,
-    refused: AtomicU64,
-    accept_errors: AtomicU64,
-}
-
-/// What a kind of port counted so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Counts {
-    /// Connections admitted (some by shedding another).
-    pub accepted: u64,
-    /// Connections closed, idle, to make room for a new one.
-    pub shed: u64,
-    /// Connections closed at once because every other one was answering.
-    pub refused: u64,
-    /// Failed `accept` calls.
-    pub accept_errors: u64,
-}
-
-/// The counters of every HTTP port of the process, by [`ServerKind`].
-#[derive(Debug, Default)]
-pub struct Telemetry {
-    servers: [Counters; 3],
-}
-
-impl Telemetry {
-    fn of(&self, kind: ServerKind) -> &Counters {
-        &self.servers[kind as usize]
-    }
-
-    /// The counts of each kind of port that has served at all.
-    pub fn counts(&self) -> Vec<(ServerKind, Counts)> {
-        ServerKind::ALL
-            .into_iter()
-            .filter(|kind| self.of(*kind).started.load(Relaxed))
-            .map(|kind| {
-                let c = self.of(kind);
-                let counts = Counts {
-                    accepted: c.accepted.load(Relaxed),
-                    shed: c.shed.load(Relaxed),
-                    refused: c.refused.load(Relaxed),
-                    accept_errors: c.accept_errors.load(Relaxed),
-                };
-                (kind, counts)
-            })
-            .collect()
-    }
 }
 
 /// One port to serve.

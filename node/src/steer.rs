@@ -16,8 +16,8 @@
 //!   prerouting (traffic from pods and other hosts) and output (the node itself) hooks
 //!   `redirect` there; conntrack undoes the translation on replies, for TCP and UDP alike. A
 //!   portal serves exactly one service, so the listener the connection arrives on names the
-//!   service; the original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, see
-//!   [`original_dst`]) tells its frontends apart.
+//!   service; the original destination (`SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`, which the
+//!   data plane's workers read) tells its frontends apart.
 //! - `local-portals`: frontend → the portal for traffic from this node (`nat-output`) and from
 //!   the `pod-cidrs` ranges (`--cluster-cidr`, in `nat-prerouting`), looked up before
 //!   `portals`. Set for the external frontends of an `externalTrafficPolicy: Local` service:
@@ -71,17 +71,19 @@
 //! golden text; [`Steering`] only feeds it to `nft`. This module never touches other tables.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
 mod ruleset;
+mod served;
 
 pub use ruleset::{
     delete_ruleset, diff_ruleset, full_ruleset, stale_udp, State, SteerEntry, Verdict,
 };
+pub use served::Tables;
 
 /// The table ringlb owns, once in family `ip` and once in family `ip6`.
 pub const TABLE: &str = "ringlb";
@@ -401,90 +403,5 @@ fn flush_udp_conntrack(program: String, frontends: Vec<(IpAddr, u16)>) {
         .spawn(work)
     {
         tracing::warn!(error = %e, "cannot start the conntrack cleanup thread");
-    }
-}
-
-/// This host's interface addresses (in the network namespace of the calling thread).
-pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
-        let Some(addr) = ifa.address else { continue };
-        if let Some(v4) = addr.as_sockaddr_in() {
-            out.push(IpAddr::V4(Ipv4Addr::from(v4.ip())));
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            out.push(IpAddr::V6(v6.ip()));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// The destination a connection had before netfilter redirected it (`SO_ORIGINAL_DST` on an
-/// IPv4 socket, `IP6T_SO_ORIGINAL_DST` on an IPv6 one: `ipv6` says which the socket is), or
-/// `None` when it was not translated.
-pub fn original_dst(socket: &impl std::os::fd::AsRawFd, ipv6: bool) -> Option<SocketAddr> {
-    if ipv6 {
-        // SAFETY: `sockaddr_in6` is plain old data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        getsockopt_into(
-            socket,
-            libc::SOL_IPV6,
-            libc::IP6T_SO_ORIGINAL_DST,
-            &mut addr,
-        )?;
-        if i32::from(addr.sin6_family) != libc::AF_INET6 {
-            return None;
-        }
-        let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-        Some(SocketAddr::new(
-            IpAddr::V6(ip),
-            u16::from_be(addr.sin6_port),
-        ))
-    } else {
-        // SAFETY: `sockaddr_in` is plain old data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        getsockopt_into(socket, libc::SOL_IP, libc::SO_ORIGINAL_DST, &mut addr)?;
-        if i32::from(addr.sin_family) != libc::AF_INET {
-            return None;
-        }
-        let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-        Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(addr.sin_port)))
-    }
-}
-
-/// `getsockopt(level, name)` into `out`, a plain-old-data socket address; `None` on failure.
-fn getsockopt_into<T>(
-    socket: &impl std::os::fd::AsRawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    out: &mut T,
-) -> Option<()> {
-    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: the descriptor is borrowed for the call, and `out`/`len` describe a buffer of
-    // exactly `len` bytes, which the kernel fills at most.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (out as *mut T).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_addresses_include_loopback() {
-        let addrs = local_addresses().unwrap();
-        assert!(
-            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            "{addrs:?}"
-        );
     }
 }

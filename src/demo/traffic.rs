@@ -1,5 +1,6 @@
 //! Demo traffic: small local backends that say who they are, and a burst client that measures
-//! latency through the proxy. Used by `ringlb demo`; not part of the proxy's data path.
+//! latency through the proxy. Used by `ringlb demo`; not part of the proxy's data path, and
+//! run on runtimes built as the workers build theirs.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-use crate::driver::{self, IoDriver};
+use proxy_core::IoDriver;
 
 /// Running demo backends (they live until the process exits).
 #[derive(Debug)]
@@ -36,7 +37,7 @@ pub fn start_backends(addrs: &[SocketAddr]) -> io::Result<DemoBackends> {
     std::thread::Builder::new()
         .name("demo-backends".into())
         .spawn(move || {
-            let Ok((mut rt, _)) = driver::build(IoDriver::Auto, false) else {
+            let Ok(mut rt) = proxy_core::runtime(IoDriver::Auto) else {
                 return;
             };
             rt.block_on(async move {
@@ -129,8 +130,8 @@ pub fn burst(target: SocketAddr, requests: usize, concurrency: usize) -> io::Res
     std::thread::Builder::new()
         .name("demo-client".into())
         .spawn(move || {
-            let result = driver::build(IoDriver::Auto, false)
-                .map(|(mut rt, _)| rt.block_on(run_burst(target, requests, concurrency)));
+            let result = proxy_core::runtime(IoDriver::Auto)
+                .map(|mut rt| rt.block_on(run_burst(target, requests, concurrency)));
             let _ = tx.send(result);
         })?;
     rx.recv()

@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use tokio::sync::Notify;
 
 use super::*;
-use crate::control::ControlRuntime;
+use crate::runtime::ControlRuntime;
 
 const WAIT: Duration = Duration::from_secs(10);
 

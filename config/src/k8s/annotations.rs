@@ -1,0 +1,131 @@
+//! ringlb's own annotations on a Service: `ringlb.io/scheduler` (an IPVS name) and
+//! `ringlb.io/scheduler-flags`, read from a manifest (every problem located) or from the API
+//! (node mode: a problem falls back to the default scheduler rather than failing).
+
+use std::collections::BTreeMap;
+
+use balancers::{SchedulerConfig, SchedulerKind};
+
+use super::rules::located_annotations;
+use super::yaml::{Checker, Fields, Loc};
+
+/// Annotation choosing the scheduler (an IPVS name).
+pub const SCHEDULER_ANNOTATION: &str = "ringlb.io/scheduler";
+/// Annotation with comma-separated scheduler flags.
+pub const SCHEDULER_FLAGS_ANNOTATION: &str = "ringlb.io/scheduler-flags";
+/// Prefix of every ringlb annotation: an unknown one is a problem (most likely a typo).
+const RINGLB_PREFIX: &str = "ringlb.io/";
+
+/// The scheduler from ringlb's annotations, and where to point at if it cannot serve.
+pub(crate) fn scheduler(
+    ck: &mut Checker,
+    f: &Fields<'_>,
+    object: Loc,
+) -> (Option<SchedulerConfig>, Loc) {
+    let annotations: BTreeMap<String, (String, Loc)> = located_annotations(f);
+    let field = |key: &str| format!("metadata.annotations[{key:?}]");
+    for (key, (_, loc)) in &annotations {
+        if key.starts_with(RINGLB_PREFIX)
+            && key != SCHEDULER_ANNOTATION
+            && key != SCHEDULER_FLAGS_ANNOTATION
+        {
+            ck.at(
+                *loc,
+                &field(key),
+                format!(
+                    "unknown ringlb annotation ({SCHEDULER_ANNOTATION}, {SCHEDULER_FLAGS_ANNOTATION})"
+                ),
+            );
+        }
+    }
+    let (mut sc, loc) = match annotations.get(SCHEDULER_ANNOTATION) {
+        None => (SchedulerConfig::default(), object),
+        Some((value, loc)) => match value.trim().parse::<SchedulerKind>() {
+            Ok(kind) => (SchedulerConfig::new(kind), *loc),
+            Err(e) => {
+                ck.at(*loc, &field(SCHEDULER_ANNOTATION), e.to_string());
+                return (None, *loc);
+            }
+        },
+    };
+    let Some((flags, flags_loc)) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) else {
+        return (Some(sc), loc);
+    };
+    let errors = apply_scheduler_flags(&mut sc, flags);
+    for e in &errors {
+        ck.at(*flags_loc, &field(SCHEDULER_FLAGS_ANNOTATION), e.clone());
+    }
+    (errors.is_empty().then_some(sc), loc)
+}
+
+/// Sets the flags of the comma-separated `flags` (`ringlb.io/scheduler-flags`) on `sc`;
+/// returns why each flag that cannot be set was refused.
+fn apply_scheduler_flags(sc: &mut SchedulerConfig, flags: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for flag in flags.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = sc.kind;
+        let (owner, slot) = match flag {
+            "sh-fallback" => (SchedulerKind::Sh, &mut sc.sh_fallback),
+            "sh-port" => (SchedulerKind::Sh, &mut sc.sh_port),
+            "mh-fallback" => (SchedulerKind::Mh, &mut sc.mh_fallback),
+            "mh-port" => (SchedulerKind::Mh, &mut sc.mh_port),
+            other => {
+                errors.push(format!(
+                    "unknown flag {other:?} (sh-fallback, sh-port, mh-fallback, mh-port)"
+                ));
+                continue;
+            }
+        };
+        if owner != kind {
+            errors.push(format!(
+                "{flag} only applies to scheduler {owner}, not {kind}"
+            ));
+            continue;
+        }
+        *slot = true;
+    }
+    errors
+}
+
+/// The scheduler of a Service read from the API (node mode): its ringlb annotations, or the
+/// default scheduler with why each annotation was not usable. A typo in an annotation must
+/// not take a Service of a running cluster off the air, so it falls back rather than fails.
+pub fn scheduler_of_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> (SchedulerConfig, Vec<String>) {
+    let mut problems = Vec::new();
+    for key in annotations.keys() {
+        if key.starts_with(RINGLB_PREFIX)
+            && key != SCHEDULER_ANNOTATION
+            && key != SCHEDULER_FLAGS_ANNOTATION
+        {
+            problems.push(format!(
+                "unknown ringlb annotation {key:?} ({SCHEDULER_ANNOTATION}, {SCHEDULER_FLAGS_ANNOTATION})"
+            ));
+        }
+    }
+    let mut sc = match annotations.get(SCHEDULER_ANNOTATION) {
+        None => SchedulerConfig::default(),
+        Some(value) => match value.trim().parse::<SchedulerKind>() {
+            Ok(kind) => SchedulerConfig::new(kind),
+            Err(e) => {
+                problems.push(format!("{SCHEDULER_ANNOTATION}: {e}; using rr"));
+                return (SchedulerConfig::default(), problems);
+            }
+        },
+    };
+    if let Some(flags) = annotations.get(SCHEDULER_FLAGS_ANNOTATION) {
+        let mut flagged = sc;
+        let errors = apply_scheduler_flags(&mut flagged, flags);
+        if errors.is_empty() {
+            sc = flagged;
+        } else {
+            problems.extend(
+                errors
+                    .into_iter()
+                    .map(|e| format!("{SCHEDULER_FLAGS_ANNOTATION}: {e}; flags ignored")),
+            );
+        }
+    }
+    (sc, problems)
+}

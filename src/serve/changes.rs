@@ -1,0 +1,388 @@
+//! What changes the served config while ringlb runs, and the loop that applies it: signals
+//! (SIGHUP reloads, SIGTERM and SIGINT stop), the config file, the answers for DNS-named
+//! backends, node mode's API watch. Every table swap happens in one turn of the loop.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, DnsConfig, DnsWatch};
+use proxy_core::{Count, Proxy};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::admin::AdminState;
+use crate::announce::announce_line;
+use crate::budget::DescriptorBudget;
+use crate::decisions::DecisionWriter;
+use crate::node_mode::Kube;
+use control::http::HttpServer;
+
+/// Where changes to the served config come from.
+#[derive(Clone, Copy)]
+pub(super) enum Changes<'a> {
+    /// A file (reloads) or nothing (command-line flags).
+    File(Option<Source<'a>>),
+    /// The Kubernetes watch.
+    Kube(&'a Kube),
+}
+
+/// Where a config comes from, for reloads.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    /// A ringlb YAML file, or Kubernetes manifests (file or directory).
+    pub path: &'a Path,
+    /// Where Kubernetes NodePorts listen.
+    pub node_addresses: &'a [std::net::IpAddr],
+    /// The `dns:` settings of the config as first loaded (reloads read them again).
+    pub dns: &'a DnsConfig,
+}
+
+/// What the serve loop reacts to.
+pub(super) enum Control {
+    /// Read the config file again (SIGHUP, or the file changed).
+    Reload(&'static str),
+    /// Stop accepting and drain (SIGTERM, SIGINT).
+    Stop(i32),
+    /// The addresses of a DNS-named backend changed.
+    Resolved,
+    /// The Kubernetes watch published a new model (`--kubernetes`).
+    Kube,
+}
+
+/// DNS-named backends: the watch, started by the first config that names a host, and where
+/// it reports changes.
+pub(super) struct Names {
+    watch: Option<DnsWatch>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Names {
+    /// No names followed yet; `control` hears when their answers change.
+    pub(super) fn new(control: mpsc::Sender<Control>) -> Names {
+        Names {
+            watch: None,
+            control,
+        }
+    }
+
+    /// Follows the host names of `config` (as written) with `dns`, waits briefly for the first
+    /// answers of names new to it, and returns `config` expanded with the answers known now. A
+    /// name without an answer is logged; its backends are left out until it resolves.
+    pub(super) fn follow(&mut self, config: &Config, dns: &DnsConfig) -> anyhow::Result<Config> {
+        let names = config.host_names();
+        if names.is_empty() && self.watch.is_none() {
+            return Ok(config.clone());
+        }
+        let watch = match &mut self.watch {
+            Some(watch) => watch,
+            None => {
+                let tx = self.control.clone();
+                self.watch.insert(DnsWatch::start(move || {
+                    let _ = tx.send(Control::Resolved);
+                })?)
+            }
+        };
+        // A and AAAA are asked at once; allow one retry after a lost query.
+        let wait = dns.timeout * 2 + Duration::from_secs(1);
+        watch.sync(dns, names.clone(), wait)?;
+        let answers = watch.answers();
+        for name in names.iter().filter(|n| !answers.contains_key(*n)) {
+            tracing::warn!(%name, "DNS name not resolved yet: its backends are left out until it resolves");
+        }
+        Ok(config.expand(&answers))
+    }
+
+    /// `config` (as written) expanded with the latest answers.
+    fn expand(&self, config: &Config) -> Config {
+        match &self.watch {
+            Some(watch) => config.expand(&watch.answers()),
+            None => config.clone(),
+        }
+    }
+}
+
+/// Events arriving this soon after a reload trigger are folded into one reload (an editor's
+/// save is several file system events).
+const RELOAD_SETTLE: Duration = Duration::from_millis(100);
+
+/// Registers for SIGTERM, SIGINT and SIGHUP and turns them into [`Control`] events on a
+/// thread of their own; SIGHUP also raises `reopen` (the decision log reopens its file, for
+/// logrotate). Returns where the events go and where the loop hears them.
+pub(super) fn listen(
+    reopen: Arc<AtomicBool>,
+) -> anyhow::Result<(mpsc::Sender<Control>, mpsc::Receiver<Control>)> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
+    let (control_tx, control_rx) = mpsc::channel();
+    let signal_tx = control_tx.clone();
+    std::thread::Builder::new()
+        .name("ringlb-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let event = if signal == SIGHUP {
+                    // Like other daemons: SIGHUP also reopens the log file (logrotate).
+                    reopen.store(true, Relaxed);
+                    Control::Reload("SIGHUP")
+                } else {
+                    Control::Stop(signal)
+                };
+                if signal_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok((control_tx, control_rx))
+}
+
+/// Watches the config file at `path`: every change sends a reload to `control`.
+pub(super) fn watch_file(
+    path: &Path,
+    control: mpsc::Sender<Control>,
+) -> anyhow::Result<config::FileWatch> {
+    Ok(config::FileWatch::new(path, move || {
+        let _ = control.send(Control::Reload("file changed"));
+    })?)
+}
+
+/// The data plane serving, with the admin API and the decision log on it.
+pub(super) struct Started {
+    pub(super) proxy: Proxy,
+    pub(super) admin_state: Arc<AdminState>,
+    pub(super) admin_server: Option<HttpServer>,
+    pub(super) decisions: DecisionWriter,
+    /// What the data plane may hold, kept in line with its listeners.
+    pub(super) fds: DescriptorBudget,
+}
+
+/// The running data plane with what the loop changes and compares.
+pub(super) struct Running<'a> {
+    pub(super) started: Started,
+    /// The config as written (file or flags), which a reload compares with.
+    pub(super) last_good: Config,
+    /// `last_good` expanded with DNS answers (or node mode's model), before port-0 frontends
+    /// are bound: what the data plane serves.
+    pub(super) serving: Config,
+    /// The `dns:` settings of `last_good`.
+    pub(super) dns: DnsConfig,
+    pub(super) names: Names,
+    /// The file to reload, if any.
+    pub(super) source: Option<Source<'a>>,
+    /// Node mode's watch.
+    pub(super) kube: Option<&'a Kube>,
+    /// `--backend-drain-timeout`.
+    pub(super) backend_drain: Option<Duration>,
+}
+
+impl Running<'_> {
+    /// Applies changes as `rx` tells of them until a stop; returns the signal that stopped it.
+    pub(super) fn until_stop(&mut self, rx: &mpsc::Receiver<Control>) -> i32 {
+        loop {
+            // Every table swap (reload, DNS change) happens in one turn of this loop.
+            self.started
+                .admin_state
+                .telemetry
+                .table_published(self.started.proxy.table().version());
+            // Listeners may have come or gone: what the data plane may hold moves with them.
+            let version = self.started.proxy.table().version();
+            self.started.fds.refresh(&self.serving, version);
+            let mut why = match rx.recv() {
+                Ok(Control::Kube) => {
+                    // The watch thread already folded the burst (node::SETTLE).
+                    self.apply_kube();
+                    continue;
+                }
+                Ok(Control::Reload(why)) => Some(why),
+                Ok(Control::Resolved) => None,
+                Ok(Control::Stop(signal)) => return signal,
+                Err(_) => return SIGTERM,
+            };
+            // Fold the burst of events of one save into one reload; a stop request wins.
+            while let Ok(event) = rx.recv_timeout(RELOAD_SETTLE) {
+                match event {
+                    Control::Stop(signal) => return signal,
+                    Control::Reload(w) => why = Some(w),
+                    Control::Resolved => {}
+                    Control::Kube => self.apply_kube(),
+                }
+            }
+            match why {
+                Some(why) => self.reload(why),
+                None => self.resolved(),
+            }
+        }
+    }
+
+    /// Tells node mode to send a [`Control::Kube`] to `control` after every change from now
+    /// on, and serves a change published while the data plane started.
+    pub(super) fn attach_kube(&mut self, control: mpsc::Sender<Control>) {
+        if let Some(kube) = self.kube {
+            kube.attach(move || {
+                let _ = control.send(Control::Kube);
+            });
+        }
+        self.apply_kube();
+    }
+
+    /// Serves node mode's latest model.
+    fn apply_kube(&mut self) {
+        if let Some(kube) = self.kube {
+            kube.apply(
+                &mut self.started.proxy,
+                &mut self.serving,
+                self.backend_drain,
+            );
+        }
+    }
+
+    /// DNS answers changed: the same path as a reload, so only services whose addresses
+    /// changed are rebuilt and removed addresses drain like removed backends.
+    fn resolved(&mut self) {
+        let expanded = self.names.expand(&self.last_good);
+        if expanded == self.serving {
+            return;
+        }
+        let changed: Vec<&str> = expanded
+            .services
+            .iter()
+            .filter(|s| !self.serving.services.contains(s))
+            .map(|s| s.name.as_str())
+            .collect();
+        match self
+            .started
+            .proxy
+            .reload(expanded.clone(), self.backend_drain)
+        {
+            Ok(report) => {
+                announce_line(&format!("resolved version={}", report.version));
+                tracing::info!(version = report.version, services = ?changed, "DNS answers changed; services rebuilt");
+                self.serving = expanded;
+            }
+            Err(e) => tracing::error!(
+                "new DNS answers not applied, the current backends keep serving: {e}"
+            ),
+        }
+    }
+
+    /// Reads the config file again (`why` triggered it); a new valid config is served, an
+    /// invalid one is reported and the last good one keeps serving.
+    fn reload(&mut self, why: &'static str) {
+        let Some(src) = self.source else {
+            tracing::info!(
+                trigger = why,
+                "nothing to reload: ringlb runs from command-line flags"
+            );
+            return;
+        };
+        let new = match config::load(src.path, src.node_addresses) {
+            Ok(new) if new.config == self.last_good && new.dns == self.dns => {
+                tracing::debug!(trigger = why, "config unchanged");
+                return;
+            }
+            Ok(new) => new,
+            Err(e) => {
+                let reload_failures = self.started.admin_state.telemetry.reload_failed();
+                tracing::error!(
+                    trigger = why,
+                    failures = reload_failures,
+                    "reload failed, the last good config keeps serving:\n{e}"
+                );
+                announce_line(&format!("reload-failed failures={reload_failures}"));
+                return;
+            }
+        };
+        let applied = self
+            .names
+            .follow(&new.config, &new.dns)
+            .and_then(|expanded| {
+                let report = self
+                    .started
+                    .proxy
+                    .reload(expanded.clone(), self.backend_drain)?;
+                Ok((report, expanded))
+            });
+        match applied {
+            Ok((report, expanded)) => {
+                self.last_good = new.config;
+                self.dns = new.dns;
+                self.serving = expanded;
+                self.started.admin_state.telemetry.reload_succeeded();
+                announce_line(&format!("reloaded version={}", report.version));
+                tracing::info!(
+                    trigger = why,
+                    version = report.version,
+                    added = ?report.added,
+                    removed = ?report.removed,
+                    "config reloaded"
+                );
+            }
+            Err(e) => {
+                let reload_failures = self.started.admin_state.telemetry.reload_failed();
+                tracing::error!(
+                    trigger = why,
+                    failures = reload_failures,
+                    "reload failed, the last good config keeps serving: {e:#}"
+                );
+                announce_line(&format!("reload-failed failures={reload_failures}"));
+                // Follow the names of the config that keeps serving again.
+                if let Err(e) = self.names.follow(&self.last_good, &self.dns) {
+                    tracing::error!("DNS names of the serving config: {e:#}");
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, lets open connections finish until `timeout`, then writes the last
+    /// decisions and logs what was left and each service's totals.
+    pub(super) fn drain(self, signal: i32, timeout: Duration) {
+        let Started {
+            proxy,
+            admin_state,
+            admin_server,
+            decisions,
+            ..
+        } = self.started;
+        let name = if signal == SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        admin_state.set_draining();
+        tracing::info!(signal = name, drain_timeout = ?timeout, "stopped accepting; draining open connections");
+        let table = proxy.table();
+        let telemetry = proxy.telemetry();
+        let report = proxy.shutdown(timeout);
+        // The connections that ended while draining are logged before exit.
+        decisions.stop();
+        if report.workers_cut > 0 {
+            tracing::warn!(
+                workers = report.workers_cut,
+                connections = report.connections_reset,
+                "drain timeout reached: {} connections still open were reset on both sides",
+                report.connections_reset
+            );
+        }
+        // After the drain: every connection that ended is counted.
+        let counts = telemetry.snapshot();
+        for svc in table.services() {
+            let c = counts.service(svc);
+            tracing::info!(
+                service = %svc.service.name,
+                accepted = c.count(Count::Accepted),
+                connect_failed = c.count(Count::ConnectFailed),
+                no_backend = c.count(Count::NoBackend),
+                connect_retries = c.count(Count::ConnectRetries),
+                idle_timeouts = c.count(Count::IdleTimeouts),
+                bytes_to_backend = c.count(Count::BytesToBackend),
+                bytes_to_client = c.count(Count::BytesToClient),
+                "service totals"
+            );
+        }
+        if let Some(server) = admin_server {
+            server.stop();
+        }
+    }
+}
