@@ -54,41 +54,43 @@ fn nftables_transactions_at_ten_thousand_services() {
         .collect();
     let name = ns.0.clone();
     let lines = in_netns(&name, move || {
-        // `nft` runs as a child of this thread and so in its namespace.
-        let mut steering = Steering::new("nft");
-        let full = steering
-            .sync(&entries, &cluster_ips, &[])
-            .expect("whole table");
-        let mut changed = entries.clone();
-        let mut toggles = Vec::new();
-        for round in 0..10 {
-            changed[2 * round].verdict = Verdict::Reject;
-            toggles.push(
-                steering
-                    .sync(&changed, &cluster_ips, &[])
-                    .expect("one change"),
+        // `nft` runs as a child of this thread and so in its namespace; it is awaited on a
+        // runtime of this thread, as ringlb awaits it on its control runtime.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let mut steering = Steering::new("nft");
+            let full = steering
+                .sync(&entries, &cluster_ips, &[])
+                .await
+                .expect("whole table");
+            let mut changed = entries.clone();
+            let mut toggles = Vec::new();
+            for round in 0..10 {
+                changed[2 * round].verdict = Verdict::Reject;
+                let one = steering.sync(&changed, &cluster_ips, &[]).await;
+                toggles.push(one.expect("one change"));
+                changed[2 * round].verdict = entries[2 * round].verdict;
+                let back = steering.sync(&changed, &cluster_ips, &[]).await;
+                toggles.push(back.expect("one change back"));
+            }
+            let mut took: Vec<Duration> = toggles.iter().map(|r| r.took).collect();
+            took.sort();
+            println!(
+                "nftables: {SERVICES} services, {} frontends: whole table {} lines in {:?}; \
+                 one service changed ({} lines): median {:?}, max {:?} (incl. starting nft)",
+                full.steered,
+                full.lines,
+                full.took,
+                toggles[0].lines,
+                took[took.len() / 2],
+                took[took.len() - 1]
             );
-            changed[2 * round].verdict = entries[2 * round].verdict;
-            toggles.push(
-                steering
-                    .sync(&changed, &cluster_ips, &[])
-                    .expect("one change back"),
-            );
-        }
-        let mut took: Vec<Duration> = toggles.iter().map(|r| r.took).collect();
-        took.sort();
-        println!(
-            "nftables: {SERVICES} services, {} frontends: whole table {} lines in {:?}; \
-             one service changed ({} lines): median {:?}, max {:?} (incl. starting nft)",
-            full.steered,
-            full.lines,
-            full.took,
-            toggles[0].lines,
-            took[took.len() / 2],
-            took[took.len() - 1]
-        );
-        steering.remove().expect("table removed");
-        full.lines
+            steering.remove().expect("table removed");
+            full.lines
+        })
     });
     assert!(
         lines > SERVICES as usize,

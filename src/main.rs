@@ -10,6 +10,7 @@ mod cli;
 mod decisions;
 mod demo;
 mod node_mode;
+mod reload;
 mod serve;
 mod takeover;
 

@@ -3,7 +3,6 @@
 //! flags, hands each published model to the data plane in one table swap, keeps the tables and
 //! health ports in line with it, and prints the lines scripts and tests wait for.
 
-use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use proxy_core::Proxy;
 
 use crate::announce::announce_line;
 use crate::cli::RunArgs;
+use crate::reload::swap;
 
 /// How often ringlb says it is still waiting for the API at start.
 const SYNC_WAIT_LOG: Duration = Duration::from_secs(10);
@@ -31,13 +31,13 @@ pub struct Kube {
     watch: KubeWatch,
     notify: Notify,
     /// The version of the snapshot the data plane serves.
-    applied: Cell<u64>,
+    applied: u64,
     /// With `--nftables`: the tables that steer frontends to the portals.
-    tables: Option<RefCell<Tables>>,
+    tables: Option<Tables>,
     /// The `healthCheckNodePort` servers.
-    health: RefCell<HealthChecks>,
+    health: HealthChecks,
     /// The node health server (`--healthz-bind-address`).
-    node_server: Option<RefCell<NodeServer>>,
+    node_server: Option<NodeServer>,
     /// Whether the last change is in effect (`/healthz`, `serviceProxyHealthy`).
     node_health: Arc<NodeHealth>,
 }
@@ -45,8 +45,9 @@ pub struct Kube {
 impl Kube {
     /// Connects to the API with the flags of `args`, waits until Services, EndpointSlices and
     /// the Node have been listed once (as kube-proxy waits for its caches), and returns the
-    /// watch with the first model. Its health ports run on the control runtime of `plane`.
-    pub fn start(args: &RunArgs, plane: &Plane) -> anyhow::Result<(Kube, Config)> {
+    /// watch with the first model. The watch and the health ports run on the control runtime
+    /// of `plane`.
+    pub async fn start(args: &RunArgs, plane: &Plane) -> anyhow::Result<(Kube, Config)> {
         let node_name = node_name(args)?;
         let source = NodePortSource::new(&args.node_addresses, &args.nodeport_addresses)?;
         let given = node::given_addresses(&args.node_addresses);
@@ -65,29 +66,30 @@ impl Kube {
         };
         let notify: Notify = Arc::default();
         let to = Arc::clone(&notify);
-        let watch = KubeWatch::start(options, move || {
+        let watch = KubeWatch::start(&plane.handle, options, move || {
             if let Some(notify) = to.lock().expect("notify lock").as_ref() {
                 notify();
             }
         })
+        .await
         .context("cannot watch the Kubernetes API")?;
         tracing::info!(node = %node_name, service_proxy_name = ?args.service_proxy_name, "watching Services and EndpointSlices");
         source.follow(given, addresses, watch.node_addresses());
-        let snapshot = first_snapshot(&watch);
+        let snapshot = first_snapshot(&watch).await;
         let node_health = Arc::new(NodeHealth::new(watch.node_eligibility()));
         // Not fatal: a node health port in use must not keep Services down (see `ensure`).
         let node_server = args.healthz_bind_address.map(|addr| {
             let mut server = NodeServer::new(addr, Arc::clone(&node_health), plane.clone());
             announce_healthz(server.ensure());
-            RefCell::new(server)
+            server
         });
         let health = HealthChecks::new(node_name, Arc::clone(&node_health), plane.clone());
         let kube = Kube {
             watch,
             notify,
-            applied: Cell::new(snapshot.version),
-            tables: tables(args).map(RefCell::new),
-            health: RefCell::new(health),
+            applied: snapshot.version,
+            tables: tables(args),
+            health,
             node_server,
             node_health,
         };
@@ -103,25 +105,30 @@ impl Kube {
     /// Serves the latest model if it is newer than the served one: one table swap in which
     /// only changed services are rebuilt. A failure (a frontend that cannot be bound) is
     /// logged and the current table keeps serving; the next change tries again.
-    pub fn apply(&self, proxy: &mut Proxy, serving: &mut Config, backend_drain: Option<Duration>) {
+    pub async fn apply(
+        &mut self,
+        proxy: &mut Proxy,
+        serving: &mut Config,
+        backend_drain: Option<Duration>,
+    ) {
         let Some(snapshot) = self.watch.latest() else {
             return;
         };
-        if snapshot.version <= self.applied.get() {
+        if snapshot.version <= self.applied {
             return;
         }
         let config = &self.served(&snapshot.resolved.config);
         if config == serving {
-            self.applied.set(snapshot.version);
+            self.applied = snapshot.version;
             // Frontends, verdicts or service CIDRs may have changed even so.
-            self.log_steer(proxy, &snapshot);
+            self.log_steer(proxy, &snapshot).await;
             return;
         }
         // What stops going to a portal is withdrawn before the portal stops serving it.
-        self.withdraw_steering(proxy, &snapshot);
-        match proxy.reload(config.clone(), backend_drain) {
+        self.withdraw_steering(proxy, &snapshot).await;
+        match swap(proxy, config.clone(), backend_drain).await {
             Ok(report) => {
-                self.applied.set(snapshot.version);
+                self.applied = snapshot.version;
                 *serving = config.clone();
                 announce_line(&format!(
                     "kubernetes version={} services={}",
@@ -135,7 +142,7 @@ impl Kube {
                     removed = ?report.removed,
                     "Kubernetes changes applied"
                 );
-                self.log_steer(proxy, &snapshot);
+                self.log_steer(proxy, &snapshot).await;
             }
             Err(e) => {
                 self.node_health.failed();
@@ -151,7 +158,7 @@ impl Kube {
     /// ([`Tables::portals`]), else the frontends themselves.
     fn served(&self, config: &Config) -> Config {
         match &self.tables {
-            Some(tables) => tables.borrow().portals(config),
+            Some(tables) => tables.portals(config),
             None => config.clone(),
         }
     }
@@ -159,27 +166,28 @@ impl Kube {
     /// Starts the `healthCheckNodePort` servers and writes the first nftables tables
     /// (replacing stale ones) for the served model. An nftables error here means ringlb
     /// cannot do its job: the caller stops.
-    pub fn start_steering(&self, proxy: &Proxy) -> anyhow::Result<()> {
+    pub async fn start_steering(&mut self, proxy: &Proxy) -> anyhow::Result<()> {
         let Some(snapshot) = self.watch.latest() else {
             return Ok(());
         };
         self.sync_health(&snapshot.resolved);
         self.steer(proxy, &snapshot)
+            .await
             .context("cannot program the nftables tables (needs CAP_NET_ADMIN and nft)")
     }
 
     /// The health ports for `resolved`: its `healthCheckNodePort`s, and the node health server
     /// if it could not be bound so far.
-    fn sync_health(&self, resolved: &Resolved) {
-        self.health.borrow_mut().sync(resolved);
-        if let Some(server) = &self.node_server {
-            announce_healthz(server.borrow_mut().ensure());
+    fn sync_health(&mut self, resolved: &Resolved) {
+        self.health.sync(resolved);
+        if let Some(server) = &mut self.node_server {
+            announce_healthz(server.ensure());
         }
     }
 
-    fn log_steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
+    async fn log_steer(&mut self, proxy: &Proxy, snapshot: &KubeSnapshot) {
         self.sync_health(&snapshot.resolved);
-        match self.steer(proxy, snapshot) {
+        match self.steer(proxy, snapshot).await {
             Ok(()) => self.node_health.updated(),
             Err(e) => {
                 self.node_health.failed();
@@ -193,14 +201,11 @@ impl Kube {
     /// Before the data plane swaps to `snapshot`: what stops going to a portal (see
     /// [`Tables::withdraw`]). The [`Kube::steer`] after the swap writes the rest. A failure is
     /// logged; that sync writes the tables whole.
-    fn withdraw_steering(&self, proxy: &Proxy, snapshot: &KubeSnapshot) {
-        let Some(tables) = &self.tables else {
+    async fn withdraw_steering(&mut self, proxy: &Proxy, snapshot: &KubeSnapshot) {
+        let Some(tables) = &mut self.tables else {
             return;
         };
-        match tables
-            .borrow_mut()
-            .withdraw(&snapshot.resolved, &proxy.table())
-        {
+        match tables.withdraw(&snapshot.resolved, &proxy.table()).await {
             Ok(report) if report.lines > 0 => {
                 announce_transaction(&report);
                 tracing::info!(lines = report.lines, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables: withdrawn before the table swap");
@@ -211,15 +216,13 @@ impl Kube {
     }
 
     /// Brings the nftables tables in line with `snapshot` and the portals `proxy` serves.
-    fn steer(&self, proxy: &Proxy, snapshot: &KubeSnapshot) -> anyhow::Result<()> {
-        let Some(tables) = &self.tables else {
+    async fn steer(&mut self, proxy: &Proxy, snapshot: &KubeSnapshot) -> anyhow::Result<()> {
+        let Some(tables) = &mut self.tables else {
             return Ok(());
         };
-        let report = tables.borrow_mut().sync(
-            &snapshot.resolved,
-            &snapshot.service_cidrs,
-            &proxy.table(),
-        )?;
+        let report = tables
+            .sync(&snapshot.resolved, &snapshot.service_cidrs, &proxy.table())
+            .await?;
         if report.lines > 0 {
             announce_transaction(&report);
             tracing::info!(full = report.full, lines = report.lines, steered = report.steered, took = ?report.took, udp_conntrack_flushes = report.conntrack_flushes, "nftables tables updated");
@@ -245,9 +248,9 @@ fn node_name(args: &RunArgs) -> anyhow::Result<String> {
 
 /// Waits for the watch's first publication, saying every [`SYNC_WAIT_LOG`] that it still
 /// waits, and logs what it holds.
-fn first_snapshot(watch: &KubeWatch) -> Arc<KubeSnapshot> {
+async fn first_snapshot(watch: &KubeWatch) -> Arc<KubeSnapshot> {
     let snapshot = loop {
-        if let Some(s) = watch.wait_synced(SYNC_WAIT_LOG) {
+        if let Some(s) = watch.wait_synced(SYNC_WAIT_LOG).await {
             break s;
         }
         tracing::warn!("still waiting for the first list of Services, EndpointSlices and this Node from the API");

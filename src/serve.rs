@@ -1,4 +1,6 @@
-//! `ringlb run`: config in, data plane up, signals, drain.
+//! `ringlb run`: config in, data plane up, signals, drain. All of it runs on the control
+//! runtime, which the main thread runs: every source of change is a task on it, and the loop
+//! that applies the changes is the future the main thread blocks on.
 
 mod changes;
 
@@ -26,19 +28,22 @@ use control::ControlRuntime;
 /// `ringlb run`.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.kubernetes {
-        // Before the watch: it starts the node health server on the control runtime.
         let control = start_control()?;
-        let (kube, config) = Kube::start(&args, control.plane())?;
-        let admin = admin_bind(&args, None);
-        return serve_with(
-            config,
-            Changes::Kube(&kube),
-            &control,
-            &args.reload,
-            &args.data_plane,
-            admin,
-            |_| {},
-        );
+        let plane = control.plane().clone();
+        return control.block_on(async {
+            let (kube, config) = Kube::start(&args, &plane).await?;
+            let admin = admin_bind(&args, None);
+            serve_with(
+                config,
+                Changes::Kube(Box::new(kube)),
+                &plane,
+                &args.reload,
+                &args.data_plane,
+                admin,
+                |_| {},
+            )
+            .await
+        });
     }
     let mut admin_key = None;
     let mut dns = DnsConfig::default();
@@ -120,7 +125,7 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
 }
 
 fn start_control() -> anyhow::Result<ControlRuntime> {
-    ControlRuntime::start().context("cannot start the control thread")
+    ControlRuntime::new().context("cannot start the control runtime")
 }
 
 /// Logs the Kubernetes Services and ports that are valid but not proxied.
@@ -143,33 +148,36 @@ pub fn serve(
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
     let control = start_control()?;
+    let plane = control.plane().clone();
     let changes = Changes::File(source);
-    serve_with(config, changes, &control, reload, dp, admin, on_ready)
+    control.block_on(serve_with(
+        config, changes, &plane, reload, dp, admin, on_ready,
+    ))
 }
 
-/// [`serve`], with its changes from `changes` and its HTTP ports on `control`.
-fn serve_with(
+/// [`serve`], with its changes from `changes` and its HTTP ports on the control runtime of
+/// `plane` (the one this runs on).
+async fn serve_with(
     config: Config,
     changes: Changes<'_>,
-    control: &ControlRuntime,
+    plane: &Plane,
     reload: &ReloadArgs,
     dp: &DataPlaneArgs,
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
-    let (source, kube) = match changes {
+    let (source, mut kube) = match changes {
         Changes::File(source) => (source, None),
-        Changes::Kube(kube) => (None, Some(kube)),
+        Changes::Kube(kube) => (None, Some(*kube)),
     };
     raise_nofile_limit();
     // A decision log file that cannot be opened fails the start.
     let decision_output = decisions::Output::open(dp.decision_log.as_deref())?;
     // Before the workers start, so that an early signal is not lost.
-    let (control_tx, control_rx) = changes::listen(decision_output.reopen_flag())?;
-    let _watch = match source.filter(|_| !reload.no_watch) {
-        Some(src) => Some(changes::watch_file(src.path, control_tx.clone())?),
-        None => None,
-    };
+    let (control_tx, mut control_rx) = changes::listen(decision_output.reopen_flag())?;
+    if let Some(src) = source.filter(|_| !reload.no_watch) {
+        changes::watch_file(src.path, control_tx.clone())?;
+    }
     // Before the data plane: a taken admin port fails before any worker starts.
     let admin_listener = match admin {
         Some(bind) => admin::bind(bind)?,
@@ -182,21 +190,22 @@ fn serve_with(
     let mut names = Names::new(control_tx.clone());
     // `config` is as written; `serving` is it expanded with DNS answers, before port-0
     // frontends are bound (reloads compare and bind again from there).
-    let serving = names.follow(&config, &dns)?;
+    let serving = names.follow(&config, &dns).await?;
     let options = proxy_options(dp);
     if let Some(old) = dp.takeover {
         // Before binding: from the moment this process joins the port groups, the kernel may
         // hand it datagrams of the old process's flows.
-        crate::takeover::start(old, Arc::clone(&options.handed_over))?;
+        crate::takeover::start(old, Arc::clone(&options.handed_over)).await;
     }
     let started = start_data_plane(
         &serving,
         &options,
-        control.plane(),
+        plane,
         admin_listener,
-        kube,
+        kube.as_mut(),
         decision_output,
-    )?;
+    )
+    .await?;
     on_ready(&started.proxy);
     let mut running = Running {
         started,
@@ -208,23 +217,23 @@ fn serve_with(
         kube,
         backend_drain: reload.backend_drain_timeout,
     };
-    if kube.is_some() {
-        running.attach_kube(control_tx.clone());
+    if running.kube.is_some() {
+        running.attach_kube(control_tx.clone()).await;
     }
-    let signal = running.until_stop(&control_rx);
-    running.drain(signal, dp.drain_timeout);
+    let signal = running.until_stop(&mut control_rx).await;
+    running.drain(signal, dp.drain_timeout).await;
     Ok(())
 }
 
 /// Binds `serving`'s frontends and starts the workers, the admin API (on `admin_listener`,
 /// on the control runtime of `plane`) and the decision log; with node mode writes the first
 /// nftables tables, since `ready` means traffic to the frontends arrives. Then says `ready`.
-fn start_data_plane(
+async fn start_data_plane(
     serving: &Config,
     options: &ProxyOptions,
     plane: &Plane,
     admin_listener: Option<std::net::TcpListener>,
-    kube: Option<&Kube>,
+    kube: Option<&mut Kube>,
     decision_output: decisions::Output,
 ) -> anyhow::Result<Started> {
     let mut bound = serving.clone();
@@ -234,9 +243,9 @@ fn start_data_plane(
     let admin_server = admin_listener
         .map(|listener| admin::start(plane, listener, Arc::clone(&admin_state)))
         .transpose()?;
-    let proxy = Proxy::start(Arc::clone(&table), listeners, options)?;
+    let proxy = Proxy::start(Arc::clone(&table), listeners, options).await?;
     if let Some(kube) = kube {
-        kube.start_steering(&proxy)?;
+        kube.start_steering(&proxy).await?;
     }
     let decision_writer = DecisionWriter::start(decision_output, proxy.telemetry())?;
     admin_state.attach(DataPlane {

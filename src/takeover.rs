@@ -24,33 +24,23 @@ const POLL: Duration = Duration::from_millis(100);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads the flows of the process at `admin` into `handed` once, then keeps following them
-/// on a thread until that process drains or stops answering.
-pub fn start(admin: SocketAddr, handed: Arc<HandedOver>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the takeover client")?;
-    match rt.block_on(fetch(admin)) {
+/// in a task on the current runtime until that process drains or stops answering. The old
+/// process may be gone already: a restart does not fail for that.
+pub async fn start(admin: SocketAddr, handed: Arc<HandedOver>) {
+    match fetch(admin).await {
         Ok(view) => {
             let draining = view.draining;
             let flows = view.into_infos();
             handed.add(&flows, Instant::now());
             tracing::info!(from = %admin, flows = flows.len(), "took over UDP flows");
-            if draining {
-                return Ok(());
+            if !draining {
+                tokio::spawn(follow(admin, handed));
             }
         }
         Err(e) => {
-            // The old process may be gone already; a restart must not fail for that.
             tracing::warn!(from = %admin, error = %format!("{e:#}"), "cannot read the UDP flows to take over; starting without them");
-            return Ok(());
         }
     }
-    std::thread::Builder::new()
-        .name("ringlb-takeover".into())
-        .spawn(move || rt.block_on(follow(admin, handed)))
-        .context("cannot start the takeover thread")?;
-    Ok(())
 }
 
 async fn follow(admin: SocketAddr, handed: Arc<HandedOver>) {

@@ -38,8 +38,42 @@ fn fixture(name: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The watch on a runtime of the test's own (one worker thread), so the test can read it
+/// from a plain thread as ringlb's reconcile loop does on the control runtime.
+struct Watch {
+    // Dropped first: it stops the watch's task before the runtime goes.
+    watch: KubeWatch,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Watch {
+    fn start(options: KubeOptions, on_change: impl Fn() + Send + Sync + 'static) -> Watch {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let watch = runtime
+            .block_on(KubeWatch::start(runtime.handle(), options, on_change))
+            .unwrap();
+        Watch { watch, runtime }
+    }
+
+    fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
+        self.runtime.block_on(self.watch.wait_synced(timeout))
+    }
+}
+
+impl std::ops::Deref for Watch {
+    type Target = KubeWatch;
+
+    fn deref(&self) -> &KubeWatch {
+        &self.watch
+    }
+}
+
 /// Starts a watch and delivers every publication to the returned channel.
-fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (KubeWatch, mpsc::Receiver<()>) {
+fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (Watch, mpsc::Receiver<()>) {
     let (tx, rx) = mpsc::channel();
     let options = KubeOptions {
         kubeconfig: Some(api.kubeconfig()),
@@ -53,10 +87,9 @@ fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (KubeWatch, mpsc::Rec
         },
         primary_node_addresses: false,
     };
-    let watch = KubeWatch::start(options, move || {
+    let watch = Watch::start(options, move || {
         let _ = tx.send(());
-    })
-    .unwrap();
+    });
     (watch, rx)
 }
 
@@ -307,10 +340,9 @@ fn node_ports_follow_the_primary_addresses_of_the_node() {
         },
         primary_node_addresses: true,
     };
-    let watch = KubeWatch::start(options, move || {
+    let watch = Watch::start(options, move || {
         let _ = tx.send(());
-    })
-    .unwrap();
+    });
     let frontends = |s: &KubeSnapshot| {
         let svc = s
             .resolved

@@ -1,5 +1,5 @@
 //! Following DNS-named backends: every name is resolved again when its answer's TTL runs out,
-//! with hickory-resolver on a current-thread tokio runtime of its own thread (`ringlb-dns`).
+//! with hickory-resolver, as tasks on the caller's tokio runtime (ringlb's control runtime).
 //!
 //! Each name has one task: look up A and AAAA, publish the sorted addresses, sleep for the
 //! clamped TTL ([`DnsConfig::clamp_ttl`]), repeat. A failed lookup (timeout, SERVFAIL,
@@ -12,8 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
-use std::thread;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
@@ -37,18 +36,15 @@ pub enum DnsError {
     /// The resolver could not be built from the configuration.
     #[error("cannot set up the DNS resolver: {0}")]
     Resolver(#[source] NetError),
-    /// The `ringlb-dns` thread or its runtime could not be started.
-    #[error("cannot start the DNS thread: {0}")]
-    Start(#[source] std::io::Error),
-    /// The `ringlb-dns` thread is gone.
-    #[error("the DNS thread stopped")]
+    /// The watch's task is gone (its runtime stopped).
+    #[error("the DNS watch stopped")]
     Stopped,
 }
 
 /// The names being followed and their latest addresses, for as long as this is alive.
 ///
-/// Dropping it stops the `ringlb-dns` thread (its lookups are abandoned; nothing is left
-/// half-published because answers are replaced whole under a lock).
+/// Dropping it stops its tasks (their lookups are abandoned; nothing is left half-published
+/// because answers are replaced whole under a lock).
 pub struct DnsWatch {
     commands: tmpsc::UnboundedSender<Command>,
     answers: Arc<Mutex<Answers>>,
@@ -66,40 +62,38 @@ struct Command {
     resolver: TokioResolver,
     names: BTreeSet<HostName>,
     /// Told once every name that (re)started has had its first outcome.
-    tried: mpsc::Sender<()>,
+    tried: oneshot::Sender<()>,
 }
 
 impl DnsWatch {
-    /// Starts the `ringlb-dns` thread, following no name yet. `on_change` runs on that thread
-    /// whenever the addresses of a followed name change (it should only send a message).
-    pub fn start(on_change: impl Fn() + Send + Sync + 'static) -> Result<Self, DnsError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(DnsError::Start)?;
+    /// Starts following no name yet, as a task on the current tokio runtime (call it inside
+    /// one, with I/O and time). `on_change` runs on that runtime whenever the addresses of a
+    /// followed name change (it should only send a message).
+    pub fn start(on_change: impl Fn() + Send + Sync + 'static) -> Self {
         let (commands, rx) = tmpsc::unbounded_channel();
         let answers = Arc::new(Mutex::new(Answers::new()));
         let shared = Arc::clone(&answers);
         let on_change: Arc<dyn Fn() + Send + Sync> = Arc::new(on_change);
-        thread::Builder::new()
-            .name("ringlb-dns".into())
-            .spawn(move || runtime.block_on(serve(rx, shared, on_change)))
-            .map_err(DnsError::Start)?;
-        Ok(Self { commands, answers })
+        tokio::spawn(serve(rx, shared, on_change));
+        Self { commands, answers }
     }
 
     /// Follows exactly `names` with `config` from now on, and returns once every name new to
     /// the watch (all of them when `config` changed) has been looked up once, or after
     /// `wait`, whichever comes first. Names no longer listed are dropped with their answers;
     /// names still listed keep their addresses and schedule.
-    pub fn sync(
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future after it sent the names leaves them followed.
+    pub async fn sync(
         &self,
         config: &DnsConfig,
         names: BTreeSet<HostName>,
         wait: Duration,
     ) -> Result<(), DnsError> {
         let resolver = build_resolver(config)?;
-        let (tried, done) = mpsc::channel();
+        let (tried, done) = oneshot::channel();
         self.commands
             .send(Command {
                 config: config.clone(),
@@ -108,9 +102,9 @@ impl DnsWatch {
                 tried,
             })
             .map_err(|_| DnsError::Stopped)?;
-        match done.recv_timeout(wait) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(DnsError::Stopped),
+        match tokio::time::timeout(wait, done).await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(_)) => Err(DnsError::Stopped),
         }
     }
 
@@ -155,7 +149,7 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
     builder.build().map_err(DnsError::Resolver)
 }
 
-/// The thread's main task: applies [`Command`]s until the [`DnsWatch`] is dropped.
+/// The watch's main task: applies [`Command`]s until the [`DnsWatch`] is dropped.
 async fn serve(
     mut commands: tmpsc::UnboundedReceiver<Command>,
     answers: Arc<Mutex<Answers>>,
@@ -321,12 +315,21 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..DnsConfig::default()
         };
-        let watch = DnsWatch::start(|| {}).unwrap();
-        let names = BTreeSet::from([HostName::parse("nowhere.test").unwrap()]);
-        let started = Instant::now();
-        watch.sync(&config, names, Duration::from_secs(5)).unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(watch.answers().is_empty());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let watch = DnsWatch::start(|| {});
+            let names = BTreeSet::from([HostName::parse("nowhere.test").unwrap()]);
+            let started = Instant::now();
+            watch
+                .sync(&config, names, Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert!(watch.answers().is_empty());
+        });
         // The system configuration builds too (whatever /etc/resolv.conf says).
         let _ = build_resolver(&DnsConfig::default());
     }

@@ -114,7 +114,7 @@ pub struct Spec {
 pub struct HttpServer {
     addr: SocketAddr,
     stop: CancellationToken,
-    done: std::sync::mpsc::Receiver<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl HttpServer {
@@ -142,7 +142,7 @@ impl HttpServer {
             force: CancellationToken::new(),
         });
         let stop = CancellationToken::new();
-        let (done_tx, done) = std::sync::mpsc::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
         plane
             .handle
             .spawn(serve(listener, port, stop.clone(), done_tx));
@@ -155,11 +155,16 @@ impl HttpServer {
     }
 
     /// Stops accepting, lets requests in flight finish (up to a grace of 2 s), closes the
-    /// rest and returns. Call it from outside the control runtime (it waits for it).
-    pub fn stop(self) {
+    /// rest; resolves once done.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the server stopping on its own.
+    pub async fn stop(mut self) {
         self.stop.cancel();
         // The task says when it is done; a stopped runtime drops it (and the sender).
-        let _ = self.done.recv_timeout(GRACE + Duration::from_secs(1));
+        let done = &mut self.done;
+        let _ = tokio::time::timeout(GRACE + Duration::from_secs(1), done).await;
     }
 }
 
@@ -204,7 +209,7 @@ async fn serve(
     listener: TcpListener,
     port: Arc<Port>,
     stop: CancellationToken,
-    done: std::sync::mpsc::Sender<()>,
+    done: tokio::sync::oneshot::Sender<()>,
 ) {
     let graceful = GracefulShutdown::new();
     let http = builder(&port.spec.limits);

@@ -1,10 +1,11 @@
-//! The control plane's runtime and what runs on it: the one control thread (`ringlb-control`,
-//! a current-thread tokio runtime, [`ControlRuntime`]) with what its tasks share ([`Plane`]),
+//! The control plane's runtime and what runs on it: one current-thread tokio runtime that the
+//! main thread runs ([`ControlRuntime`]), with what its tasks share ([`Plane`]),
 //! the bounded HTTP/1.1 server behind every HTTP port ringlb serves ([`http`]: the admin API,
 //! node mode's health servers), and the registry of what keeps ringlb from being ready
 //! ([`Readiness`], which `/readyz` reports).
 //!
-//! Everything here runs on, or hands work to, that one thread; nothing may block it. This
+//! Everything here runs on, or hands work to, that one thread (ringlb's main thread); nothing
+//! may block it. This
 //! crate never touches a data-plane socket, and knows neither the admin API's routes nor
 //! Kubernetes: its callers bring their handlers.
 

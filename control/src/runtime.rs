@@ -1,17 +1,17 @@
-//! The control runtime: one OS thread, `ringlb-control`, running a current-thread tokio
-//! runtime (I/O and timers), and what tasks on it share ([`Plane`]).
+//! The control runtime: one current-thread tokio runtime (I/O, timers, signals, child
+//! processes) that the process's main thread runs, and what tasks on it share ([`Plane`]).
 //!
-//! This is the home of control-plane tasks: today every HTTP port ringlb serves (the admin
-//! API, the node health server, the `healthCheckNodePort` servers, see [`crate::http`]); the
-//! file and API watchers, DNS and the reload loop are to move here too. Nothing on it may
-//! block the thread (a blocking call stalls every port at once: await instead, and bound the
-//! wait), and nothing on it touches a data-plane socket.
+//! Every control-plane source is a task on it: signals, the config file watch, DNS
+//! re-resolution, node mode's API watch and host address polling, the admin API and the health
+//! ports (see [`crate::http`]), takeover, `nft` and `conntrack` awaited as child processes;
+//! the reconcile loop that owns the table swap is the future the main thread blocks on.
+//! Nothing on it may block the thread (a blocking call stalls every port at once: await
+//! instead, and bound the wait), and nothing on it touches a data-plane socket.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::runtime::{Handle, Runtime};
 
 use crate::http::telemetry::Telemetry;
 use crate::readiness::Readiness;
@@ -27,55 +27,46 @@ pub struct Plane {
     pub http: Arc<Telemetry>,
 }
 
-/// The running control thread; dropping it stops the runtime (its tasks are dropped) and
-/// joins the thread.
+impl Plane {
+    /// Tasks on the runtime of `handle`, with nothing reported yet.
+    pub fn new(handle: Handle) -> Plane {
+        Plane {
+            handle,
+            readiness: Arc::default(),
+            http: Arc::default(),
+        }
+    }
+}
+
+/// The control runtime, not running until a thread blocks on it ([`ControlRuntime::block_on`]:
+/// the main thread, for ringlb); dropping it drops its tasks.
 #[derive(Debug)]
 pub struct ControlRuntime {
+    runtime: Runtime,
     plane: Plane,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl ControlRuntime {
-    /// Starts the thread and its runtime.
-    pub fn start() -> std::io::Result<ControlRuntime> {
+    /// Builds the runtime: current-thread, with I/O (sockets, signals, child processes) and
+    /// timers. It spawns no thread.
+    pub fn new() -> std::io::Result<ControlRuntime> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("ringlb-control".into())
-            .spawn(move || {
-                // Either a stop or a dropped sender ends it.
-                let _ = runtime.block_on(stopped);
-            })?;
-        Ok(ControlRuntime {
-            plane: Plane {
-                handle,
-                readiness: Arc::default(),
-                http: Arc::default(),
-            },
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let plane = Plane::new(runtime.handle().clone());
+        Ok(ControlRuntime { runtime, plane })
     }
 
     /// The runtime's handle and the shared registries.
     pub fn plane(&self) -> &Plane {
         &self.plane
     }
-}
 
-impl Drop for ControlRuntime {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Runs `future`, and every task spawned on the runtime meanwhile, on this thread until
+    /// `future` ends.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 }
 
@@ -84,19 +75,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tasks_run_on_the_named_thread_until_the_runtime_is_dropped() {
-        let control = ControlRuntime::start().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+    fn tasks_run_on_the_thread_that_blocks_on_the_runtime_and_end_with_it() {
+        let control = ControlRuntime::new().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         control.plane().handle.spawn(async move {
-            let name = std::thread::current().name().map(str::to_owned);
-            let _ = tx.send(name);
+            let _ = tx.send(std::thread::current().id());
         });
-        let name = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        assert_eq!(name.as_deref(), Some("ringlb-control"));
+        let ran_on = control.block_on(rx).unwrap();
+        assert_eq!(ran_on, std::thread::current().id());
         let handle = control.plane().handle.clone();
         drop(control);
         // The runtime is gone: a task spawned now never runs, and its handle says so.
         let late = handle.spawn(async {});
-        assert!(handle.block_on(late).is_err());
+        let other = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(other.block_on(late).is_err());
     }
 }

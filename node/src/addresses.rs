@@ -94,35 +94,34 @@ impl NodePortSource {
     /// With [`NodePortSource::Within`]: reads this host's addresses again every
     /// `ADDRESS_POLL` (2 s) and hands a changed set to the watch (an address added by DHCP or a
     /// new interface takes NodePorts, a removed one stops), as kube-proxy reads them again on
-    /// every sync. A `getifaddrs` every few seconds costs microseconds; the thread ends with
-    /// the watch. `first` is what [`NodePortSource::addresses`] gave for `given`.
+    /// every sync. A `getifaddrs` every few seconds costs microseconds; the task runs on the
+    /// current runtime and ends with the watch. `first` is what [`NodePortSource::addresses`]
+    /// gave for `given`.
     pub fn follow(&self, given: Vec<IpAddr>, first: Vec<IpAddr>, to: NodeAddresses) {
         let NodePortSource::Within(cidrs) = self else {
             return;
         };
         let cidrs = cidrs.clone();
-        let spawned = std::thread::Builder::new()
-            .name("ringlb-addresses".into())
-            .spawn(move || {
-                let mut current = first;
-                loop {
-                    std::thread::sleep(ADDRESS_POLL);
-                    let Ok(host) = local_addresses() else {
-                        continue;
-                    };
-                    let now = within(&given, &cidrs, &host);
-                    if now != current {
-                        tracing::info!(addresses = ?now, "this host's NodePort addresses changed");
-                        if !to.set(now.clone()) {
-                            return;
-                        }
-                        current = now;
+        tokio::spawn(async move {
+            let mut current = first;
+            let mut poll = tokio::time::interval(ADDRESS_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            poll.tick().await;
+            loop {
+                poll.tick().await;
+                let Ok(host) = local_addresses() else {
+                    continue;
+                };
+                let now = within(&given, &cidrs, &host);
+                if now != current {
+                    tracing::info!(addresses = ?now, "this host's NodePort addresses changed");
+                    if !to.set(now.clone()) {
+                        return;
                     }
+                    current = now;
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot follow this host's addresses; NodePort addresses stay as read at start");
-        }
+            }
+        });
     }
 }
 

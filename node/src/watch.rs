@@ -2,9 +2,8 @@
 //! Node watched with kube-rs, resolved into the model by [`config::k8s::resolve_node_service`],
 //! and the cluster's ServiceCIDRs (for steering), as kube-proxy watches them.
 //!
-//! [`KubeWatch::start`] runs the watchers on a thread of their own (`ringlb-kube`, a
-//! current-thread tokio runtime); the data plane never sees it. The watch is one future
-//! (`run`), so any tokio runtime could run it instead of that thread. Each watcher feeds a
+//! [`KubeWatch::start`] spawns the watchers as one task (`run`) on the runtime it is handed
+//! (ringlb's control runtime); the data plane never sees it. Each watcher feeds a
 //! reflector store. A watch event marks the Kubernetes Services it touches (a Service, or the
 //! Service named by a slice's `kubernetes.io/service-name` label, before and after the
 //! event); 100 ms after the first mark the marked Services alone are resolved again, the
@@ -74,9 +73,9 @@ pub enum KubeError {
     /// The client cannot be built (TLS settings, say).
     #[error("Kubernetes client: {0}")]
     Client(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The watch thread cannot start.
-    #[error("cannot start the Kubernetes watch thread: {0}")]
-    Thread(#[source] std::io::Error),
+    /// The watch's task ended before it connected (its runtime stopped).
+    #[error("the Kubernetes watch stopped before it connected")]
+    Stopped,
 }
 
 /// Sends new node addresses to a running [`KubeWatch`] from any thread.
@@ -90,65 +89,43 @@ impl NodeAddresses {
     }
 }
 
-/// The running watch; dropping it stops the watch thread.
+/// The running watch; dropping it stops the watch's task.
 #[derive(Debug)]
 pub struct KubeWatch {
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     addresses: mpsc::UnboundedSender<Vec<IpAddr>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl KubeWatch {
-    /// Connects (reads the kubeconfig or the in-cluster configuration) and starts watching;
-    /// `on_change` runs on the watch thread after every publication.
-    pub fn start(
+    /// Connects (reads the kubeconfig or the in-cluster configuration) and starts watching, as
+    /// a task on the runtime of `handle`; resolves once connected. `on_change` runs on that
+    /// runtime after every publication (it should only send a message).
+    pub async fn start(
+        handle: &tokio::runtime::Handle,
         options: KubeOptions,
         on_change: impl Fn() + Send + Sync + 'static,
     ) -> Result<KubeWatch, KubeError> {
         let shared = Arc::new(Shared::default());
         let (stop_tx, stop_rx) = oneshot::channel();
         let (addr_tx, addr_rx) = mpsc::unbounded_channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let watch = run(
+        let (ready_tx, ready_rx) = oneshot::channel();
+        handle.spawn(run(
             options,
             Arc::clone(&shared),
             addr_rx,
             stop_rx,
-            ready_tx.clone(),
+            ready_tx,
             on_change,
-        );
-        let thread = std::thread::Builder::new()
-            .name("ringlb-kube".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(watch),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(KubeError::Thread(e)));
-                    }
-                }
-            })
-            .map_err(KubeError::Thread)?;
-        match ready_rx.recv() {
+        ));
+        match ready_rx.await {
             Ok(Ok(())) => Ok(KubeWatch {
                 shared,
                 addresses: addr_tx,
                 stop: Some(stop_tx),
-                thread: Some(thread),
             }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(KubeError::Thread(std::io::Error::other(
-                    "the watch thread ended before connecting",
-                )))
-            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(KubeError::Stopped),
         }
     }
 
@@ -170,8 +147,12 @@ impl KubeWatch {
     }
 
     /// Waits up to `timeout` for the first publication (every watcher has listed once).
-    pub fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
-        self.shared.wait_synced(timeout)
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
+        self.shared.wait_synced(timeout).await
     }
 }
 
@@ -179,9 +160,6 @@ impl Drop for KubeWatch {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }
@@ -194,7 +172,7 @@ async fn run(
     shared: Arc<Shared>,
     addresses: mpsc::UnboundedReceiver<Vec<IpAddr>>,
     stop: oneshot::Receiver<()>,
-    ready: std::sync::mpsc::Sender<Result<(), KubeError>>,
+    ready: oneshot::Sender<Result<(), KubeError>>,
     on_change: impl Fn() + Send + Sync + 'static,
 ) {
     let client = match client(&options).await {
@@ -247,7 +225,7 @@ mod tests {
             .unwrap();
         let (_stop, stop_rx) = oneshot::channel();
         let (_addresses, addr_rx) = mpsc::unbounded_channel();
-        let (ready, ready_rx) = std::sync::mpsc::channel();
+        let (ready, ready_rx) = oneshot::channel();
         let options = KubeOptions {
             kubeconfig: Some("no/such/kubeconfig".into()),
             ..KubeOptions::default()
@@ -257,7 +235,7 @@ mod tests {
             .handle()
             .spawn(run(options, shared, addr_rx, stop_rx, ready, || {}));
         rt.block_on(task).unwrap();
-        let answer = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let answer = rt.block_on(ready_rx).unwrap();
         assert!(
             matches!(answer, Err(KubeError::Kubeconfig { .. })),
             "{answer:?}"

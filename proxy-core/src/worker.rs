@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -44,8 +44,8 @@ pub(crate) struct WorkerStart {
     pub(crate) buffer_size: usize,
     pub(crate) udp: UdpWake,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) ready: mpsc::Sender<Result<IoDriverKind, ProxyError>>,
-    pub(crate) done: mpsc::Sender<usize>,
+    pub(crate) ready: flume::Sender<Result<IoDriverKind, ProxyError>>,
+    pub(crate) done: flume::Sender<usize>,
     pub(crate) commands: flume::Receiver<Command>,
     pub(crate) telemetry: Arc<Telemetry>,
     pub(crate) handed_over: Arc<HandedOver>,
@@ -67,13 +67,13 @@ pub(crate) enum Command {
         table: Arc<Table>,
         deadline: Option<Duration>,
         /// Told once this worker has applied the swap (and every command before it).
-        applied: mpsc::Sender<()>,
+        applied: flume::Sender<()>,
     },
     /// List this worker's live UDP flows.
     UdpFlows(flume::Sender<Vec<UdpFlowInfo>>),
     /// The shutdown's drain deadline passed: reset every connection still open, both sides,
     /// and say how many there were.
-    Cut(mpsc::Sender<usize>),
+    Cut(flume::Sender<usize>),
 }
 
 /// One frontend's socket on this worker.

@@ -1,32 +1,38 @@
 //! What changes the served config while ringlb runs, and the loop that applies it: signals
 //! (SIGHUP reloads, SIGTERM and SIGINT stop), the config file, the answers for DNS-named
-//! backends, node mode's API watch. Every table swap happens in one turn of the loop.
+//! backends, node mode's API watch. Each source is a task on the control runtime that sends
+//! its events to the loop; every table swap happens in one turn of the loop.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use config::{Config, DnsConfig, DnsWatch};
 use proxy_core::{Count, Proxy};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::admin::AdminState;
 use crate::announce::announce_line;
 use crate::budget::DescriptorBudget;
 use crate::decisions::DecisionWriter;
 use crate::node_mode::Kube;
+use crate::reload::swap;
 use control::http::HttpServer;
 
+/// After the drain deadline, how long the workers get to reset what is still open and count
+/// it, and then to end.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
 /// Where changes to the served config come from.
-#[derive(Clone, Copy)]
 pub(super) enum Changes<'a> {
     /// A file (reloads) or nothing (command-line flags).
     File(Option<Source<'a>>),
     /// The Kubernetes watch.
-    Kube(&'a Kube),
+    Kube(Box<Kube>),
 }
 
 /// Where a config comes from, for reloads.
@@ -52,16 +58,19 @@ pub(super) enum Control {
     Kube,
 }
 
+/// Where the loop hears of changes.
+pub(super) type Events = UnboundedSender<Control>;
+
 /// DNS-named backends: the watch, started by the first config that names a host, and where
 /// it reports changes.
 pub(super) struct Names {
     watch: Option<DnsWatch>,
-    control: mpsc::Sender<Control>,
+    control: Events,
 }
 
 impl Names {
     /// No names followed yet; `control` hears when their answers change.
-    pub(super) fn new(control: mpsc::Sender<Control>) -> Names {
+    pub(super) fn new(control: Events) -> Names {
         Names {
             watch: None,
             control,
@@ -71,7 +80,11 @@ impl Names {
     /// Follows the host names of `config` (as written) with `dns`, waits briefly for the first
     /// answers of names new to it, and returns `config` expanded with the answers known now. A
     /// name without an answer is logged; its backends are left out until it resolves.
-    pub(super) fn follow(&mut self, config: &Config, dns: &DnsConfig) -> anyhow::Result<Config> {
+    pub(super) async fn follow(
+        &mut self,
+        config: &Config,
+        dns: &DnsConfig,
+    ) -> anyhow::Result<Config> {
         let names = config.host_names();
         if names.is_empty() && self.watch.is_none() {
             return Ok(config.clone());
@@ -82,12 +95,12 @@ impl Names {
                 let tx = self.control.clone();
                 self.watch.insert(DnsWatch::start(move || {
                     let _ = tx.send(Control::Resolved);
-                })?)
+                }))
             }
         };
         // A and AAAA are asked at once; allow one retry after a lost query.
         let wait = dns.timeout * 2 + Duration::from_secs(1);
-        watch.sync(dns, names.clone(), wait)?;
+        watch.sync(dns, names.clone(), wait).await?;
         let answers = watch.answers();
         for name in names.iter().filter(|n| !answers.contains_key(*n)) {
             tracing::warn!(%name, "DNS name not resolved yet: its backends are left out until it resolves");
@@ -108,44 +121,53 @@ impl Names {
 /// save is several file system events).
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
 
-/// Registers for SIGTERM, SIGINT and SIGHUP and turns them into [`Control`] events on a
-/// thread of their own; SIGHUP also raises `reopen` (the decision log reopens its file, for
+/// Registers for SIGTERM, SIGINT and SIGHUP and turns them into [`Control`] events, in a task
+/// on the current runtime; SIGHUP also raises `reopen` (the decision log reopens its file, for
 /// logrotate). Returns where the events go and where the loop hears them.
 pub(super) fn listen(
     reopen: Arc<AtomicBool>,
-) -> anyhow::Result<(mpsc::Sender<Control>, mpsc::Receiver<Control>)> {
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("cannot install signal handlers")?;
-    let (control_tx, control_rx) = mpsc::channel();
-    let signal_tx = control_tx.clone();
-    std::thread::Builder::new()
-        .name("ringlb-signals".into())
-        .spawn(move || {
-            for signal in signals.forever() {
-                let event = if signal == SIGHUP {
+) -> anyhow::Result<(Events, UnboundedReceiver<Control>)> {
+    let register = |kind| signal(kind).context("cannot install signal handlers");
+    let mut term = register(SignalKind::terminate())?;
+    let mut int = register(SignalKind::interrupt())?;
+    let mut hup = register(SignalKind::hangup())?;
+    let (control_tx, control_rx) = unbounded_channel();
+    let to = control_tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = term.recv() => Control::Stop(SIGTERM),
+                _ = int.recv() => Control::Stop(SIGINT),
+                _ = hup.recv() => {
                     // Like other daemons: SIGHUP also reopens the log file (logrotate).
                     reopen.store(true, Relaxed);
                     Control::Reload("SIGHUP")
-                } else {
-                    Control::Stop(signal)
-                };
-                if signal_tx.send(event).is_err() {
-                    break;
                 }
+            };
+            if to.send(event).is_err() {
+                return;
             }
-        })
-        .context("cannot start the signal thread")?;
+        }
+    });
     Ok((control_tx, control_rx))
 }
 
-/// Watches the config file at `path`: every change sends a reload to `control`.
-pub(super) fn watch_file(
-    path: &Path,
-    control: mpsc::Sender<Control>,
-) -> anyhow::Result<config::FileWatch> {
-    Ok(config::FileWatch::new(path, move || {
-        let _ = control.send(Control::Reload("file changed"));
-    })?)
+/// Watches the config file at `path` in a task on the current runtime: every change sends a
+/// reload to `control`.
+pub(super) fn watch_file(path: &Path, control: Events) -> anyhow::Result<()> {
+    let mut watch = config::FileWatch::new(path)?;
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = watch.changed().await {
+                tracing::error!("{e}: the config is reloaded on SIGHUP only from now on");
+                return;
+            }
+            if control.send(Control::Reload("file changed")).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The data plane serving, with the admin API and the decision log on it.
@@ -172,14 +194,14 @@ pub(super) struct Running<'a> {
     /// The file to reload, if any.
     pub(super) source: Option<Source<'a>>,
     /// Node mode's watch.
-    pub(super) kube: Option<&'a Kube>,
+    pub(super) kube: Option<Kube>,
     /// `--backend-drain-timeout`.
     pub(super) backend_drain: Option<Duration>,
 }
 
 impl Running<'_> {
     /// Applies changes as `rx` tells of them until a stop; returns the signal that stopped it.
-    pub(super) fn until_stop(&mut self, rx: &mpsc::Receiver<Control>) -> i32 {
+    pub(super) async fn until_stop(&mut self, rx: &mut UnboundedReceiver<Control>) -> i32 {
         loop {
             // Every table swap (reload, DNS change) happens in one turn of this loop.
             self.started
@@ -189,58 +211,59 @@ impl Running<'_> {
             // Listeners may have come or gone: what the data plane may hold moves with them.
             let version = self.started.proxy.table().version();
             self.started.fds.refresh(&self.serving, version);
-            let mut why = match rx.recv() {
-                Ok(Control::Kube) => {
-                    // The watch thread already folded the burst (node::SETTLE).
-                    self.apply_kube();
+            let mut why = match rx.recv().await {
+                Some(Control::Kube) => {
+                    // The watch already folded the burst (node::SETTLE).
+                    self.apply_kube().await;
                     continue;
                 }
-                Ok(Control::Reload(why)) => Some(why),
-                Ok(Control::Resolved) => None,
-                Ok(Control::Stop(signal)) => return signal,
-                Err(_) => return SIGTERM,
+                Some(Control::Reload(why)) => Some(why),
+                Some(Control::Resolved) => None,
+                Some(Control::Stop(signal)) => return signal,
+                None => return SIGTERM,
             };
             // Fold the burst of events of one save into one reload; a stop request wins.
-            while let Ok(event) = rx.recv_timeout(RELOAD_SETTLE) {
+            while let Ok(Some(event)) = tokio::time::timeout(RELOAD_SETTLE, rx.recv()).await {
                 match event {
                     Control::Stop(signal) => return signal,
                     Control::Reload(w) => why = Some(w),
                     Control::Resolved => {}
-                    Control::Kube => self.apply_kube(),
+                    Control::Kube => self.apply_kube().await,
                 }
             }
             match why {
-                Some(why) => self.reload(why),
-                None => self.resolved(),
+                Some(why) => self.reload(why).await,
+                None => self.resolved().await,
             }
         }
     }
 
     /// Tells node mode to send a [`Control::Kube`] to `control` after every change from now
     /// on, and serves a change published while the data plane started.
-    pub(super) fn attach_kube(&mut self, control: mpsc::Sender<Control>) {
-        if let Some(kube) = self.kube {
+    pub(super) async fn attach_kube(&mut self, control: Events) {
+        if let Some(kube) = &self.kube {
             kube.attach(move || {
                 let _ = control.send(Control::Kube);
             });
         }
-        self.apply_kube();
+        self.apply_kube().await;
     }
 
     /// Serves node mode's latest model.
-    fn apply_kube(&mut self) {
-        if let Some(kube) = self.kube {
+    async fn apply_kube(&mut self) {
+        if let Some(kube) = &mut self.kube {
             kube.apply(
                 &mut self.started.proxy,
                 &mut self.serving,
                 self.backend_drain,
-            );
+            )
+            .await;
         }
     }
 
     /// DNS answers changed: the same path as a reload, so only services whose addresses
     /// changed are rebuilt and removed addresses drain like removed backends.
-    fn resolved(&mut self) {
+    async fn resolved(&mut self) {
         let expanded = self.names.expand(&self.last_good);
         if expanded == self.serving {
             return;
@@ -251,10 +274,12 @@ impl Running<'_> {
             .filter(|s| !self.serving.services.contains(s))
             .map(|s| s.name.as_str())
             .collect();
-        match self
-            .started
-            .proxy
-            .reload(expanded.clone(), self.backend_drain)
+        match swap(
+            &mut self.started.proxy,
+            expanded.clone(),
+            self.backend_drain,
+        )
+        .await
         {
             Ok(report) => {
                 announce_line(&format!("resolved version={}", report.version));
@@ -269,7 +294,7 @@ impl Running<'_> {
 
     /// Reads the config file again (`why` triggered it); a new valid config is served, an
     /// invalid one is reported and the last good one keeps serving.
-    fn reload(&mut self, why: &'static str) {
+    async fn reload(&mut self, why: &'static str) {
         let Some(src) = self.source else {
             tracing::info!(
                 trigger = why,
@@ -294,16 +319,17 @@ impl Running<'_> {
                 return;
             }
         };
-        let applied = self
-            .names
-            .follow(&new.config, &new.dns)
-            .and_then(|expanded| {
-                let report = self
-                    .started
-                    .proxy
-                    .reload(expanded.clone(), self.backend_drain)?;
-                Ok((report, expanded))
-            });
+        let applied = match self.names.follow(&new.config, &new.dns).await {
+            Ok(expanded) => swap(
+                &mut self.started.proxy,
+                expanded.clone(),
+                self.backend_drain,
+            )
+            .await
+            .map(|report| (report, expanded))
+            .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
         match applied {
             Ok((report, expanded)) => {
                 self.last_good = new.config;
@@ -328,18 +354,18 @@ impl Running<'_> {
                 );
                 announce_line(&format!("reload-failed failures={reload_failures}"));
                 // Follow the names of the config that keeps serving again.
-                if let Err(e) = self.names.follow(&self.last_good, &self.dns) {
+                if let Err(e) = self.names.follow(&self.last_good, &self.dns).await {
                     tracing::error!("DNS names of the serving config: {e:#}");
                 }
             }
         }
     }
 
-    /// Stops accepting, lets open connections finish until `timeout`, then writes the last
-    /// decisions and logs what was left and each service's totals.
-    pub(super) fn drain(self, signal: i32, timeout: Duration) {
+    /// Stops accepting, lets open connections finish until `timeout`, resets what is left,
+    /// then writes the last decisions and logs what was reset and each service's totals.
+    pub(super) async fn drain(self, signal: i32, timeout: Duration) {
         let Started {
-            proxy,
+            mut proxy,
             admin_state,
             admin_server,
             decisions,
@@ -354,17 +380,25 @@ impl Running<'_> {
         tracing::info!(signal = name, drain_timeout = ?timeout, "stopped accepting; draining open connections");
         let table = proxy.table();
         let telemetry = proxy.telemetry();
-        let report = proxy.shutdown(timeout);
-        // The connections that ended while draining are logged before exit.
-        decisions.stop();
-        if report.workers_cut > 0 {
+        proxy.stop_accepting();
+        if tokio::time::timeout(timeout, proxy.drained())
+            .await
+            .is_err()
+        {
+            let workers = proxy.workers_drained();
+            let reset = tokio::time::timeout(CUT_WAIT, proxy.cut())
+                .await
+                .unwrap_or_default();
+            let _ = tokio::time::timeout(CUT_WAIT, proxy.drained()).await;
             tracing::warn!(
-                workers = report.workers_cut,
-                connections = report.connections_reset,
-                "drain timeout reached: {} connections still open were reset on both sides",
-                report.connections_reset
+                workers = proxy.drivers().len() - workers,
+                connections = reset,
+                "drain timeout reached: {reset} connections still open were reset on both sides"
             );
         }
+        proxy.join();
+        // The connections that ended while draining are logged before exit.
+        decisions.stop();
         // After the drain: every connection that ended is counted.
         let counts = telemetry.snapshot();
         for svc in table.services() {
@@ -382,7 +416,7 @@ impl Running<'_> {
             );
         }
         if let Some(server) = admin_server {
-            server.stop();
+            server.stop().await;
         }
     }
 }

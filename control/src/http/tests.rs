@@ -10,14 +10,52 @@ use hyper::StatusCode;
 use tokio::sync::Notify;
 
 use super::*;
-use crate::runtime::ControlRuntime;
+use crate::runtime::Plane;
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A control runtime run by a thread of the test's own, so the test thread can be the
+/// blocking client; the runtime stops when this is dropped.
+struct Background {
+    plane: Plane,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start() -> Background {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plane = Plane::new(runtime.handle().clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _ = runtime.block_on(stopped);
+        });
+        Background {
+            plane,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn plane(&self) -> &Plane {
+        &self.plane
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+        let _ = self.thread.take().map(|t| t.join());
+    }
+}
 
 /// A server of `limits` answering `ok`, except `/slow`: that one tells `started` and waits for
 /// `release` first.
 fn server(
-    control: &ControlRuntime,
+    control: &Background,
     limits: Limits,
     started: mpsc::Sender<()>,
     release: Arc<Notify>,
@@ -67,7 +105,7 @@ fn rest(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn counts(control: &ControlRuntime) -> Counts {
+fn counts(control: &Background) -> Counts {
     control.plane().http.counts()[0].1
 }
 
@@ -80,7 +118,7 @@ fn limits(max_connections: usize) -> Limits {
 
 #[test]
 fn at_the_cap_an_idle_connection_is_shed_and_one_answering_is_not() {
-    let control = ControlRuntime::start().unwrap();
+    let control = Background::start();
     let (started, busy) = mpsc::channel();
     let release = Arc::new(Notify::new());
     let server = server(&control, limits(2), started, Arc::clone(&release));
@@ -105,12 +143,12 @@ fn at_the_cap_an_idle_connection_is_shed_and_one_answering_is_not() {
     assert_eq!(&answered, b"HTTP/1.1 200");
     let c = counts(&control);
     assert_eq!((c.accepted, c.shed, c.refused), (3, 1, 0));
-    server.stop();
+    control.plane().handle.block_on(server.stop());
 }
 
 #[test]
 fn when_every_connection_is_answering_a_new_one_is_refused() {
-    let control = ControlRuntime::start().unwrap();
+    let control = Background::start();
     let (started, busy) = mpsc::channel();
     let release = Arc::new(Notify::new());
     let server = server(&control, limits(1), started, Arc::clone(&release));
@@ -129,7 +167,7 @@ fn when_every_connection_is_answering_a_new_one_is_refused() {
 
 #[test]
 fn the_last_request_a_connection_may_make_is_answered_with_connection_close() {
-    let control = ControlRuntime::start().unwrap();
+    let control = Background::start();
     let (started, _) = mpsc::channel();
     let limits = Limits {
         max_requests: 2,
@@ -148,7 +186,7 @@ fn the_last_request_a_connection_may_make_is_answered_with_connection_close() {
 
 #[test]
 fn a_request_head_over_the_limit_is_answered_431_and_closed() {
-    let control = ControlRuntime::start().unwrap();
+    let control = Background::start();
     let (started, _) = mpsc::channel();
     let server = server(&control, Limits::HEALTH, started, Arc::new(Notify::new()));
     let mut s = client(&server);

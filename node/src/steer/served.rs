@@ -63,18 +63,18 @@ impl Tables {
     /// on the kernel refuses new connections and no portal is left to accept a steered
     /// client only to reset it (see [`Steering::withdraw`]). The [`Tables::sync`] after the
     /// swap writes the rest.
-    pub fn withdraw(
+    pub async fn withdraw(
         &mut self,
         resolved: &Resolved,
         table: &Table,
     ) -> Result<SyncReport, SteerError> {
-        self.steering.withdraw(&entries(resolved, table))
+        self.steering.withdraw(&entries(resolved, table)).await
     }
 
     /// Brings the tables in line with `resolved`, the portals of `table` and the cluster's
     /// `service_cidrs` (one that does not parse is left out with a warning). IPv6 frontends
     /// that cannot be steered (no IPv6 on this host) are logged and reported.
-    pub fn sync(
+    pub async fn sync(
         &mut self,
         resolved: &Resolved,
         service_cidrs: &[String],
@@ -99,7 +99,8 @@ impl Tables {
         cluster_ips.dedup();
         let report = self
             .steering
-            .sync(&entries(resolved, table), &cluster_ips, &service_cidrs)?;
+            .sync(&entries(resolved, table), &cluster_ips, &service_cidrs)
+            .await?;
         for e in &report.unsteered {
             tracing::warn!(frontend = %e.frontend, "not steered: this host has no IPv6");
         }

@@ -3,7 +3,7 @@
 //! eligibility for load balancer traffic.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use config::k8s::Resolved;
@@ -28,7 +28,7 @@ pub struct KubeSnapshot {
 /// What the watch shares with the threads that read it.
 pub(crate) struct Shared {
     latest: Mutex<Option<Arc<KubeSnapshot>>>,
-    published: Condvar,
+    published: tokio::sync::Notify,
     /// Whether this node is eligible to take load balancer traffic: not being deleted and
     /// not tainted `ToBeDeletedByClusterAutoscaler` (kube-proxy's `SyncNode`). True until the
     /// Node says otherwise.
@@ -39,7 +39,7 @@ impl Default for Shared {
     fn default() -> Self {
         Shared {
             latest: Mutex::default(),
-            published: Condvar::new(),
+            published: tokio::sync::Notify::new(),
             node_eligible: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -56,7 +56,7 @@ impl Shared {
     /// Makes `snapshot` the latest and wakes whoever waits for one.
     pub(crate) fn publish(&self, snapshot: KubeSnapshot) {
         *self.latest.lock().expect("kube state lock") = Some(Arc::new(snapshot));
-        self.published.notify_all();
+        self.published.notify_waiters();
     }
 
     /// The latest snapshot, if the watchers have listed everything once.
@@ -65,12 +65,19 @@ impl Shared {
     }
 
     /// Waits up to `timeout` for the first snapshot.
-    pub(crate) fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
-        let guard = self.latest.lock().expect("kube state lock");
-        let (guard, _) = self
-            .published
-            .wait_timeout_while(guard, timeout, |s| s.is_none())
-            .expect("kube state lock");
-        guard.clone()
+    pub(crate) async fn wait_synced(&self, timeout: Duration) -> Option<Arc<KubeSnapshot>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before the check, so a publication in between is not missed.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            if let Some(latest) = self.latest() {
+                return Some(latest);
+            }
+            if tokio::time::timeout_at(deadline, published).await.is_err() {
+                return self.latest();
+            }
+        }
     }
 }

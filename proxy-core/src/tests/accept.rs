@@ -197,15 +197,10 @@ fn cut_resets_what_is_open_and_what_connects_later() {
         wait_for("the first connection relayed", &first_up).await;
         wait_for("the second connection relayed", &second_up).await;
 
-        let (reply, answer) = mpsc::channel();
+        let (reply, answer) = flume::unbounded();
         commands.send(Command::Cut(reply)).unwrap();
         let open = within("the worker's answer to Cut", async {
-            loop {
-                if let Ok(n) = answer.try_recv() {
-                    break n;
-                }
-                monoio::time::sleep(Duration::from_millis(2)).await;
-            }
+            answer.recv_async().await.expect("an answer")
         })
         .await;
         assert_eq!(open, 2, "{kind}: connections open at the cut");
