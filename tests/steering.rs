@@ -19,6 +19,8 @@ mod guarded;
 mod health;
 #[path = "steering/refusal.rs"]
 mod refusal;
+#[path = "steering/threads.rs"]
+mod threads;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
