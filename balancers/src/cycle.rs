@@ -1,4 +1,5 @@
-//! A lock-free cursor over a precomputed cyclic schedule, shared by `rr` and `wrr`.
+//! A lock-free cursor over a precomputed cyclic schedule, and the scheduler `rr` and `wrr`
+//! both are ([`Cyclic`]: the backends' weights and such a schedule over them).
 //!
 //! IPVS keeps one cursor per service under `svc->sched_lock` and walks the destination list from
 //! the last pick, skipping ineligible entries. Here the walk's order is precomputed at build
@@ -19,6 +20,44 @@
 //! cursor is eligible, at most one pass over the schedule otherwise.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::{eligible, BackendState, Flow};
+
+/// The backends' weights and a cyclic schedule over them; `rr` and `wrr` differ only in the
+/// schedule they build.
+#[derive(Debug)]
+pub struct Cyclic {
+    weights: Box<[u32]>,
+    cycle: Cycle,
+}
+
+impl Cyclic {
+    /// `weights` of every backend, and `order`: the schedule, as backend indices.
+    pub(crate) fn new(weights: Box<[u32]>, order: Vec<u32>) -> Self {
+        Self {
+            weights,
+            cycle: Cycle::new(order),
+        }
+    }
+
+    pub(crate) fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
+    /// The next backend of the schedule that is eligible (weight above zero, not overloaded).
+    #[inline]
+    pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
+        self.cycle
+            .next(|i| eligible(self.weights[i], states.get(i)))
+    }
+
+    /// Length of one full cycle.
+    #[cfg(test)]
+    pub(crate) fn cycle_len(&self) -> usize {
+        self.cycle.len()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Cycle {

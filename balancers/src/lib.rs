@@ -60,6 +60,7 @@ pub use affinity::{
     Affinity, AffinityError, DEFAULT_AFFINITY_CAPACITY, DEFAULT_AFFINITY_TIMEOUT_SECS,
     MAX_AFFINITY_TIMEOUT_SECS,
 };
+pub use cycle::Cyclic;
 pub use dh::DestinationHashing;
 pub use least::LeastLoad;
 pub use mh::{Maglev, DEFAULT_MH_TABLE_SIZE, MH_TABLE_SIZES};

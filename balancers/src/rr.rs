@@ -3,19 +3,16 @@
 //! The cursor walks the backend list circularly from the last pick and returns the next backend
 //! with `weight > 0` that is not overloaded. Weight is only an on/off switch.
 
-use std::sync::Arc;
+use std::ops::Deref;
 
-use crate::cycle::Cycle;
-use crate::{eligible, BackendSpec, BackendState, Flow};
+use crate::cycle::Cyclic;
+use crate::BackendSpec;
 
 /// Circular over the backends whose weight is above zero; weight is otherwise ignored.
 ///
 /// Concurrency: a lock-free shared cursor (see the `cycle` module docs in the source).
 #[derive(Debug)]
-pub struct RoundRobin {
-    weights: Box<[u32]>,
-    cycle: Cycle,
-}
+pub struct RoundRobin(Cyclic);
 
 impl RoundRobin {
     pub(crate) fn new(backends: &[BackendSpec]) -> Self {
@@ -25,19 +22,17 @@ impl RoundRobin {
             .filter(|(_, b)| b.weight > 0)
             .map(|(i, _)| i as u32)
             .collect();
-        Self {
-            weights: backends.iter().map(|b| b.weight).collect(),
-            cycle: Cycle::new(order),
-        }
+        Self(Cyclic::new(
+            backends.iter().map(|b| b.weight).collect(),
+            order,
+        ))
     }
+}
 
-    pub(crate) fn weights(&self) -> &[u32] {
-        &self.weights
-    }
+impl Deref for RoundRobin {
+    type Target = Cyclic;
 
-    #[inline]
-    pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
-        self.cycle
-            .next(|i| eligible(self.weights[i], states.get(i)))
+    fn deref(&self) -> &Cyclic {
+        &self.0
     }
 }

@@ -7,20 +7,17 @@
 //! and walked by a lock-free cursor; skipping an ineligible entry of the cycle is exactly IPVS
 //! skipping that dest in its pass.
 
-use std::sync::Arc;
+use std::ops::Deref;
 
-use crate::cycle::Cycle;
-use crate::{eligible, BackendSpec, BackendState, BuildError, Flow};
+use crate::cycle::Cyclic;
+use crate::{BackendSpec, BuildError};
 
 /// Longest precomputed cycle accepted (entries of 4 bytes: 16 MiB).
 pub const MAX_WRR_CYCLE: usize = 1 << 22;
 
 /// Interleaved weighted round robin over a precomputed cycle.
 #[derive(Debug)]
-pub struct WeightedRoundRobin {
-    weights: Box<[u32]>,
-    cycle: Cycle,
-}
+pub struct WeightedRoundRobin(Cyclic);
 
 pub(crate) fn gcd(mut a: u32, mut b: u32) -> u32 {
     while b != 0 {
@@ -60,24 +57,14 @@ impl WeightedRoundRobin {
             }
         }
         debug_assert_eq!(order.len() as u64, len, "wrr cycle length is Σ w/di");
-        Ok(Self {
-            weights,
-            cycle: Cycle::new(order),
-        })
+        Ok(Self(Cyclic::new(weights, order)))
     }
+}
 
-    pub(crate) fn weights(&self) -> &[u32] {
-        &self.weights
-    }
+impl Deref for WeightedRoundRobin {
+    type Target = Cyclic;
 
-    #[inline]
-    pub(crate) fn pick(&self, _flow: &Flow, states: &[Arc<BackendState>]) -> Option<usize> {
-        self.cycle
-            .next(|i| eligible(self.weights[i], states.get(i)))
-    }
-
-    #[cfg(test)]
-    pub(crate) fn cycle_len(&self) -> usize {
-        self.cycle.len()
+    fn deref(&self) -> &Cyclic {
+        &self.0
     }
 }
