@@ -8,14 +8,15 @@
 //! counts, the UDP flow gauge, each service's identity) across rebuilds.
 //!
 //! Backends may be DNS names ([`BackendAddress::Name`]): with the `dns` feature, `DnsWatch`
-//! resolves them on their TTL on a thread of its own, and [`Config::expand`] turns the answers
-//! into IP backends.
+//! resolves them on their TTL as tasks on the caller's tokio runtime, and [`Config::expand`]
+//! turns the answers into IP backends.
 //!
 //! [`k8s`] reads Kubernetes manifests and resolves Kubernetes Services, for standalone mode
 //! and for node mode (whose API watch is the `ringlb-node` crate's).
 //!
-//! This crate never opens a data-plane socket. Its only async runtime is the current-thread
-//! tokio runtime of the `dns` feature (the `ringlb-dns` thread); the data plane never sees it.
+//! This crate never opens a data-plane socket and starts no thread or runtime: the DNS watch
+//! (`dns` feature) and the file watch (`watch` feature) run as tasks on the caller's tokio
+//! runtime (ringlb's control runtime); the data plane never sees them.
 #![forbid(unsafe_code)]
 
 mod duration;

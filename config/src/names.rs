@@ -2,7 +2,7 @@
 //! retry backoff, and the backends as configured ([`Target`]); `expand.rs` turns them into one
 //! [`crate::Backend`] per address.
 //!
-//! Resolution itself (hickory-resolver on its own thread) is in `resolver.rs`, behind the
+//! Resolution itself (hickory-resolver, tasks on the control runtime) is in `resolver.rs`, behind the
 //! `dns` feature; everything here is synchronous and tested without a network.
 
 use std::collections::HashMap;
