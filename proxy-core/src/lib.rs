@@ -23,6 +23,7 @@ mod listener;
 mod pool;
 mod proxy;
 mod relay;
+mod stop;
 mod sys;
 mod task;
 mod telemetry;

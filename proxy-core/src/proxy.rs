@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct Proxy {
     commands: Vec<flume::Sender<worker::Command>>,
     drivers: Vec<IoDriverKind>,
     shutdown: CancellationToken,
+    /// Set before `shutdown` when a successor process takes the sockets over.
+    handed_over_at_stop: Arc<AtomicBool>,
     done_rx: flume::Receiver<usize>,
     /// Workers that reported drained so far.
     drained: usize,
@@ -92,6 +95,7 @@ impl Proxy {
         let telemetry = Arc::new(Telemetry::new(workers, options.telemetry));
         let panics = Arc::new(Panics::default());
         let shutdown = CancellationToken::new();
+        let handed_over_at_stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = flume::unbounded();
         let (done_tx, done_rx) = flume::unbounded();
         let mut threads = Vec::with_capacity(workers);
@@ -114,6 +118,7 @@ impl Proxy {
                     coalesce: options.udp_coalesce,
                 },
                 shutdown: shutdown.clone(),
+                handed_over_at_stop: Arc::clone(&handed_over_at_stop),
                 ready: ready_tx.clone(),
                 done: done_tx.clone(),
                 commands: command_rx,
@@ -139,6 +144,7 @@ impl Proxy {
             commands,
             drivers,
             shutdown,
+            handed_over_at_stop,
             done_rx,
             drained: 0,
             threads,
@@ -260,6 +266,14 @@ impl Proxy {
     /// Stops accepting on every worker at once (listeners are shut down: new connections are
     /// refused); open connections go on until they end, [`Proxy::cut`] or the process exits.
     pub fn stop_accepting(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Stops accepting on every worker at once and leaves every listening socket as it is, for
+    /// the successor process that serves the same sockets: what is queued on them is its to
+    /// take. Open connections go on as after [`Proxy::stop_accepting`].
+    pub fn hand_over(&self) {
+        self.handed_over_at_stop.store(true, Relaxed);
         self.shutdown.cancel();
     }
 

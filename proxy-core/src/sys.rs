@@ -65,3 +65,38 @@ pub(crate) fn original_dst<S: AsRawFd>(socket: &S, ipv6: bool) -> Option<SocketA
         Some(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
     }
 }
+
+/// Accepts one connection from the listening socket `fd` without blocking: the new socket is
+/// non-blocking and close-on-exec, with its peer's address. `WouldBlock` when none waits.
+///
+/// A readiness wait plus this call, rather than an io_uring accept operation: a pending
+/// readiness wait takes no connection, so a worker that stops reading a listener shared with
+/// a successor process leaves every queued connection to the successor (see `stop.rs`).
+pub(crate) fn accept(
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `try_init` hands the closure a zeroed `sockaddr_storage` and its length; the
+    // kernel writes at most that many bytes and the address's length, as `try_init` expects.
+    let (accepted, peer) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let fd = libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(fd)
+            }
+        })
+    }?;
+    // SAFETY: `accept4` returned a new descriptor that nothing else owns.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(accepted) };
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("accepted a connection that is not IP"))?;
+    Ok((stream, peer))
+}

@@ -20,7 +20,8 @@ use crate::idle::IdleTimers;
 use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
-use crate::sys::{abort, set_reset_on_close, with_socket};
+use crate::stop::{ready_or_stop, Stop};
+use crate::sys::{abort, accept, set_reset_on_close, with_socket};
 use crate::task::{self, Panics, TaskKind};
 use crate::telemetry::{CloseReason, ConnEnd, Count, ServiceStats, Telemetry, WorkerTelemetry};
 use crate::throttle::Throttle;
@@ -44,6 +45,9 @@ pub(crate) struct WorkerStart {
     pub(crate) buffer_size: usize,
     pub(crate) udp: UdpWake,
     pub(crate) shutdown: CancellationToken,
+    /// Read when `shutdown` fires: a successor process serves the same sockets, so they are
+    /// left untouched (else they are shut down, refusing new connections at once).
+    pub(crate) handed_over_at_stop: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) ready: flume::Sender<Result<IoDriverKind, ProxyError>>,
     pub(crate) done: flume::Sender<usize>,
     pub(crate) commands: flume::Receiver<Command>,
@@ -80,24 +84,31 @@ pub(crate) enum Command {
 enum Frontend {
     Tcp {
         listener: Rc<TcpListener>,
-        closed: Rc<Cell<bool>>,
+        stop: Rc<Stop>,
     },
     Udp(Rc<UdpFrontend>),
 }
 
 impl Frontend {
-    /// TCP: refuses new connections at once and ends the accept loop. shutdown(2) on a
-    /// listening socket wakes a pending accept with an error, on io_uring and epoll alike.
-    /// (Cancelling the in-flight accept through io_uring's AsyncCancel instead can hit a newer
-    /// operation that reused the same slot, since monoio keys cancellation by slot index.)
-    /// UDP: stops reading the same way.
+    /// Nobody serves the frontend after this worker (it left the config, or ringlb stops):
+    /// new connections are refused at once (`shutdown(2)` on the listening socket; the ones
+    /// queued are reset) and the accept loop ends. UDP stops reading the same way.
     fn close(&self) {
         match self {
-            Frontend::Tcp { listener, closed } => {
-                closed.set(true);
+            Frontend::Tcp { listener, stop } => {
+                stop.close();
                 let _ = with_socket(&**listener, |s| s.shutdown(std::net::Shutdown::Both));
             }
             Frontend::Udp(frontend) => frontend.close(),
+        }
+    }
+
+    /// A successor process serves the same socket from now on: this worker stops taking
+    /// connections (datagrams) and leaves the socket, and what is queued on it, untouched.
+    fn hand_over(&self) {
+        match self {
+            Frontend::Tcp { stop, .. } => stop.stop(),
+            Frontend::Udp(frontend) => frontend.hand_over(),
         }
     }
 }
@@ -160,17 +171,12 @@ impl Worker {
         let frontend = match socket {
             ListenSocket::Tcp(listener) => {
                 let listener = Rc::new(TcpListener::from_std(listener)?);
-                let closed = Rc::new(Cell::new(false));
+                let stop = Rc::new(Stop::default());
                 task::spawn(
                     TaskKind::Accept,
-                    accept_loop(
-                        Rc::clone(&listener),
-                        key,
-                        Rc::clone(&closed),
-                        Rc::clone(self),
-                    ),
+                    accept_loop(Rc::clone(&listener), key, Rc::clone(&stop), Rc::clone(self)),
                 );
-                Frontend::Tcp { listener, closed }
+                Frontend::Tcp { listener, stop }
             }
             ListenSocket::Udp(socket) => {
                 Frontend::Udp(self.udp.listen(key, socket, Arc::clone(&self.table))?)
@@ -268,6 +274,7 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         buffer_size,
         udp,
         shutdown,
+        handed_over_at_stop,
         ready,
         done,
         commands,
@@ -305,10 +312,15 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     task::spawn(TaskKind::Worker, Rc::clone(&worker).commands(commands));
 
     shutdown.cancelled().await;
-    tracing::debug!(worker = id, "worker stopping");
+    let hand_over = handed_over_at_stop.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(worker = id, hand_over, "worker stopping");
     worker.stopping.set(true);
     for (_, frontend) in worker.frontends.borrow_mut().drain() {
-        frontend.close();
+        if hand_over {
+            frontend.hand_over();
+        } else {
+            frontend.close();
+        }
     }
     // UDP has no goodbye to wait for: its flows end with the worker, and its sockets close
     // now, not at exit, so they stop taking datagrams meant for a successor on the port.
@@ -321,42 +333,62 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
     let _ = done.send(id);
 }
 
-/// Accepts until the frontend is closed (removed, or the worker stops). Never returns on an
-/// accept error: resource exhaustion backs off, anything else (an aborted handshake) is
-/// skipped. A connection that the descriptor budget has no room for is reset at once.
+/// Connections accepted per readiness wake-up at most, before the worker's other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
+/// Accepts until the frontend stops (removed, handed over, or the worker stops): waits for
+/// the listener to be readable, then accepts what is queued without blocking (up to
+/// [`ACCEPT_BATCH`] per wake-up). Never returns on an accept error: resource exhaustion
+/// backs off, anything else (an aborted handshake) is skipped. A connection that the
+/// descriptor budget has no room for is reset at once.
 ///
 /// # Cancel safety
-/// Not raced against anything: the worker stops it by shutting the listening socket down,
-/// which completes the pending accept with an error.
+/// Not raced against anything from outside: [`Stop`] ends it, abandoning its pending
+/// readiness wait (see `stop.rs`), which takes no connection.
 async fn accept_loop(
     listener: Rc<TcpListener>,
     key: FrontendKey,
-    closed: Rc<Cell<bool>>,
+    stop: Rc<Stop>,
     worker: Rc<Worker>,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if closed.get() {
-                    set_reset_on_close(&stream);
-                    break;
-                }
-                match worker.fds.take(2) {
-                    Some(fds) => task::spawn(
-                        TaskKind::Connection,
-                        serve(stream, peer, key, fds, Rc::clone(&worker)),
-                    ),
-                    None => worker.refuse(stream, &key),
-                }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&*listener);
+    'wait: while ready_or_stop(listener.readable(false), &stop)
+        .await
+        .is_some_and(|_| !stop.is_stopped())
+    {
+        for _ in 0..ACCEPT_BATCH {
+            if stop.is_stopped() {
+                break 'wait;
             }
-            Err(_) if closed.get() => break,
-            Err(e) if is_exhaustion(&e) => {
-                if let Some(n) = worker.exhausted.hit(Instant::now()) {
-                    tracing::warn!(frontend = %key.addr, error = %e, failures = n, "accept: out of resources, backing off ({n} failed accepts since the last warning)");
+            match accept(fd) {
+                Ok((stream, peer)) => {
+                    let stream = match TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::debug!(frontend = %key.addr, error = %e, "accepted connection not registered");
+                            continue;
+                        }
+                    };
+                    match worker.fds.take(2) {
+                        Some(fds) => task::spawn(
+                            TaskKind::Connection,
+                            serve(stream, peer, key, fds, Rc::clone(&worker)),
+                        ),
+                        None => worker.refuse(stream, &key),
+                    }
                 }
-                monoio::time::sleep(ACCEPT_BACKOFF).await;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue 'wait,
+                Err(e) if is_exhaustion(&e) => {
+                    if let Some(n) = worker.exhausted.hit(Instant::now()) {
+                        tracing::warn!(frontend = %key.addr, error = %e, failures = n, "accept: out of resources, backing off ({n} failed accepts since the last warning)");
+                    }
+                    monoio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue 'wait;
+                }
+                // A listener shut down (the frontend closed) fails with EINVAL.
+                Err(_) if stop.is_stopped() => break 'wait,
+                Err(e) => tracing::debug!(frontend = %key.addr, error = %e, "accept failed"),
             }
-            Err(e) => tracing::debug!(frontend = %key.addr, error = %e, "accept failed"),
         }
     }
     tracing::debug!(frontend = %key.addr, "listener closed");

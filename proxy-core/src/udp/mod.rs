@@ -37,6 +37,7 @@ use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
 use crate::fds::FdBudget;
+use crate::stop::{ready_or_stop, Stop};
 use crate::sys::with_socket;
 use crate::task::{self, TaskKind};
 use crate::telemetry::WorkerTelemetry;
@@ -90,7 +91,7 @@ pub(crate) struct UdpFrontend {
     key: FrontendKey,
     /// Bound to `0.0.0.0` or `[::]`: the local address of a flow comes from packet info.
     wildcard: bool,
-    closed: Cell<bool>,
+    stop: Stop,
     headers: RefCell<sock::RecvHeaders>,
 }
 
@@ -107,11 +108,18 @@ impl UdpFrontend {
         }
     }
 
-    /// Stops reading: shutdown(2) wakes the pending readiness wait (for an unbound UDP socket
-    /// the call reports `ENOTCONN` but still wakes waiters, see `inet_shutdown`).
+    /// Stops reading for good (nobody serves the frontend after this worker): shutdown(2)
+    /// wakes the pending readiness wait (for an unbound UDP socket the call reports
+    /// `ENOTCONN` but still wakes waiters, see `inet_shutdown`).
     pub(crate) fn close(&self) {
-        self.closed.set(true);
+        self.stop.close();
         let _ = with_socket(&self.socket, |s| s.shutdown(std::net::Shutdown::Read));
+    }
+
+    /// Stops reading and leaves the socket, and the datagrams queued on it, to the successor
+    /// process that shares it.
+    pub(crate) fn hand_over(&self) {
+        self.stop.stop();
     }
 }
 
@@ -190,7 +198,7 @@ impl Udp {
             socket: UdpSocket::from_std(socket)?,
             key,
             wildcard: key.addr.ip().is_unspecified(),
-            closed: Cell::new(false),
+            stop: Stop::default(),
             headers: RefCell::new(sock::RecvHeaders::new()),
         });
         task::spawn(
@@ -269,8 +277,9 @@ impl Udp {
     async fn frontend_loop(self: Rc<Self>, frontend: Rc<UdpFrontend>, table: Arc<TableRef>) {
         let fd = frontend.socket.as_raw_fd();
         let mut received = [sock::Received::EMPTY; BATCH];
-        'wait: while !frontend.closed.get() {
-            if frontend.socket.readable(false).await.is_err() || frontend.closed.get() {
+        'wait: while !frontend.stop.is_stopped() {
+            let ready = ready_or_stop(frontend.socket.readable(false), &frontend.stop).await;
+            if !matches!(ready, Some(Ok(()))) || frontend.stop.is_stopped() {
                 break;
             }
             let mut full = 0;
