@@ -29,8 +29,8 @@ use proxy_core::TelemetrySnapshot;
 
 use self::dataplane::DataPlaneSeries;
 use self::exposition::TableSeries;
-pub use self::views::UdpFlowsView;
 use self::views::{ConfigView, StatsView};
+pub use self::views::{UdpFlowView, UdpFlowsView};
 use crate::decisions::DecisionLogControl;
 use control::http::{Body, HttpServer, Limits, ServerKind, Spec};
 use control::Plane;
@@ -48,8 +48,9 @@ pub struct AdminBind {
 
 /// Binds the admin listener before anything else starts, so that a taken port fails early (as
 /// Envoy's admin listener does): a second ringlb on one host must choose its own `--admin`.
-pub fn bind(bind: AdminBind) -> anyhow::Result<Option<std::net::TcpListener>> {
-    match std::net::TcpListener::bind(bind.addr) {
+/// The listener comes from `plane`'s socket source (the master keeps it across restarts).
+pub fn bind(plane: &Plane, bind: AdminBind) -> anyhow::Result<Option<std::net::TcpListener>> {
+    match plane.http_listener(format!("admin {}", bind.addr), bind.addr, false) {
         Ok(listener) => {
             if !bind.addr.ip().is_loopback() {
                 tracing::info!(addr = %bind.addr, "the admin API listens beyond loopback: /config shows every frontend and backend");

@@ -26,10 +26,12 @@ pub fn announce(proxy: &Proxy, table: &Table) {
         .first()
         .map(ToString::to_string)
         .unwrap_or_default();
+    // The PID is the data plane's: a worker of the master (`ringlb run`), or this process.
     let _ = writeln!(
         out,
-        "ready workers={} driver={driver}",
-        proxy.drivers().len()
+        "ready workers={} driver={driver} pid={}",
+        proxy.drivers().len(),
+        std::process::id()
     );
     let _ = out.flush();
     tracing::info!(workers = proxy.drivers().len(), %driver, frontends = proxy.frontends().len(), "ringlb ready");

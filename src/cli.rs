@@ -41,6 +41,28 @@ pub enum Command {
     /// Start local demo backends and ringlb in front of them from an embedded config, send a
     /// burst of traffic, print the spread and latency, then keep serving until Ctrl-C.
     Demo(DemoArgs),
+    /// Upgrade the running ringlb in place (as `kill -USR2 MASTER`): its master executes the
+    /// binary at its path again with the same arguments, keeping its PID, and a worker of the
+    /// new binary takes every listening socket over; the old worker drains. Exit 0 once the
+    /// new worker serves; 1, with the reason, when the upgrade failed (the old worker keeps
+    /// serving).
+    Upgrade {
+        /// The master's handover socket (as given to `ringlb run`).
+        #[arg(long, value_name = "PATH")]
+        handover_socket: Option<PathBuf>,
+    },
+    /// Delete what node mode leaves in the kernel for its successor, as kube-proxy's
+    /// --cleanup: the nftables tables `ip ringlb` and `ip6 ringlb`, and the policy rule and
+    /// routes of --preserve-client-ip. Refuses while a ringlb answers at the handover socket.
+    Cleanup {
+        /// The handover socket of the ringlb that must not be running.
+        #[arg(long, value_name = "PATH")]
+        handover_socket: Option<PathBuf>,
+
+        /// The packet mark --preserve-client-ip used.
+        #[arg(long, value_name = "HEX", default_value = "0x200000", value_parser = parse_mark)]
+        client_ip_mark: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,8 +107,8 @@ pub struct RunArgs {
 
     /// With --kubernetes: steer traffic for cluster IPs, external IPs, load balancer IPs and
     /// node addresses at node ports to ringlb through its own nftables tables (`ip ringlb`
-    /// and `ip6 ringlb`, replaced at start, deleted at exit; needs CAP_NET_ADMIN and the
-    /// `nft` program).
+    /// and `ip6 ringlb`, replaced at start, left at exit for the next ringlb: `ringlb cleanup`
+    /// deletes them; needs CAP_NET_ADMIN and the `nft` program).
     /// Without it, ringlb binds those addresses itself, so they must be local.
     #[arg(long, requires = "kubernetes")]
     pub nftables: bool,
@@ -122,7 +144,8 @@ pub struct RunArgs {
     /// With --nftables and --cluster-cidr: backends of `externalTrafficPolicy: Local` ports
     /// see the client's address (UDP: and port), as with kube-proxy: ringlb connects from it
     /// (`IP_TRANSPARENT`) and steers the replies back to itself with a packet mark, a policy
-    /// rule and routing table 2400 (`ip rule`/`ip route`, set at start, removed at exit).
+    /// rule and routing table 2400 (`ip rule`/`ip route`, set at start, left at exit as the
+    /// tables are).
     #[arg(long, requires_all = ["nftables", "cluster_cidr"])]
     pub preserve_client_ip: bool,
 
@@ -164,6 +187,13 @@ pub struct RunArgs {
     /// Quick mode: backends tried per client connection before the client is reset.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub max_connect_attempts: u32,
+
+    /// The master's handover socket: `ringlb upgrade` asks the master through it, and a new
+    /// ringlb started with the same path (a new pod of the DaemonSet) takes every listening
+    /// socket over from the running one. [default: handover.sock in $RUNTIME_DIRECTORY, else
+    /// in $XDG_RUNTIME_DIR/ringlb, else in /run/ringlb as root]
+    #[arg(long, value_name = "PATH")]
+    pub handover_socket: Option<PathBuf>,
 
     /// Admin HTTP API (/metrics, /healthz, /readyz, /config, /stats): IP:port, or off.
     /// Default: the config's `admin:` key, else 127.0.0.1:9901 with --config; off in quick mode.

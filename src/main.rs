@@ -6,9 +6,12 @@ mod admin;
 mod announce;
 mod budget;
 mod check;
+mod cleanup;
 mod cli;
 mod decisions;
 mod demo;
+mod link;
+mod master;
 mod node_mode;
 mod reload;
 mod serve;
@@ -25,20 +28,50 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log.as_deref());
     let result = match cli.command {
-        Command::Run(args) => serve::run(args),
+        Command::Run(args) => return run(args),
         Command::Check {
             config,
             node_addresses,
         } => return check::check(&config, &node_addresses),
         Command::Demo(args) => demo::run(args),
+        Command::Upgrade { handover_socket } => master::client::upgrade(handover_socket.as_deref()),
+        Command::Cleanup {
+            handover_socket,
+            client_ip_mark,
+        } => cleanup::run(handover_socket.as_deref(), client_ip_mark),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failure(&e),
+    }
+}
+
+/// `ringlb run`: the master, or, started by a master, a worker.
+fn run(args: cli::RunArgs) -> ExitCode {
+    let link = match link::Link::from_env() {
+        Ok(Some(link)) => link,
+        Ok(None) => {
+            let handover = master::HandoverPath::new(args.handover_socket.as_deref());
+            return match master::run(handover) {
+                Ok(code) => code,
+                Err(e) => failure(&e),
+            };
+        }
+        Err(e) => return failure(&e),
+    };
+    let report = link.reporter();
+    match serve::run(args, Some(link)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringlb: error: {}", one_line(&e));
-            ExitCode::FAILURE
+            report.failed(&one_line(&e));
+            failure(&e)
         }
     }
+}
+
+fn failure(e: &anyhow::Error) -> ExitCode {
+    eprintln!("ringlb: error: {}", one_line(e));
+    ExitCode::FAILURE
 }
 
 /// `e` and its causes on one line, each cause once: library errors often name their source

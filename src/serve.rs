@@ -12,9 +12,9 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use balancers::SchedulerConfig;
 use config::{Backend, Config, DnsConfig, Protocol, Service, ServiceDefaults, Table};
-use proxy_core::{Proxy, ProxyOptions};
+use proxy_core::{LocalSockets, Proxy, ProxyOptions, SocketSource};
 
-use self::changes::{Changes, Names, Running, Source, Started};
+use self::changes::{Changes, Control, Names, Running, Source, Started};
 use crate::node_mode::Kube;
 use control::Plane;
 
@@ -23,26 +23,28 @@ use crate::announce::{announce, announce_line};
 use crate::budget::DescriptorBudget;
 use crate::cli::{DataPlaneArgs, Proto, ReloadArgs, RunArgs};
 use crate::decisions::{self, DecisionWriter};
+use crate::link::{Link, ToMaster};
 use control::ControlRuntime;
 
-/// `ringlb run`.
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// `ringlb run`'s data plane: the worker of a master (`link`), or a process on its own.
+pub fn run(args: RunArgs, link: Option<Link>) -> anyhow::Result<()> {
+    let sockets: Arc<dyn SocketSource> = match &link {
+        Some(link) => link.sockets.clone(),
+        None => Arc::new(LocalSockets),
+    };
+    let control = start_control(sockets)?;
+    let plane = control.plane().clone();
     if args.kubernetes {
-        let control = start_control()?;
-        let plane = control.plane().clone();
         return control.block_on(async {
             let (kube, config) = Kube::start(&args, &plane).await?;
             let admin = admin_bind(&args, None);
-            serve_with(
-                config,
-                Changes::Kube(Box::new(kube)),
-                &plane,
-                &args.reload,
-                &args.data_plane,
+            let how = How {
+                reload: &args.reload,
+                dp: &args.data_plane,
                 admin,
-                |_| {},
-            )
-            .await
+                link,
+            };
+            serve_with(config, Changes::Kube(Box::new(kube)), &plane, how, |_| {}).await
         });
     }
     let mut admin_key = None;
@@ -63,15 +65,28 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         node_addresses: &args.node_addresses,
         dns: &dns,
     });
-    let admin = admin_bind(&args, admin_key);
-    serve(
+    let how = How {
+        reload: &args.reload,
+        dp: &args.data_plane,
+        admin: admin_bind(&args, admin_key),
+        link,
+    };
+    control.block_on(serve_with(
         config,
-        source,
-        &args.reload,
-        &args.data_plane,
-        admin,
+        Changes::File(source),
+        &plane,
+        how,
         |_| {},
-    )
+    ))
+}
+
+/// How to serve, besides what: the flags, and the master if any.
+struct How<'a> {
+    reload: &'a ReloadArgs,
+    dp: &'a DataPlaneArgs,
+    admin: Option<AdminBind>,
+    /// The master this process is a worker of.
+    link: Option<Link>,
 }
 
 /// Where the admin API listens: `--admin`, else the config file's `admin:` key, else
@@ -124,8 +139,9 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     })
 }
 
-fn start_control() -> anyhow::Result<ControlRuntime> {
-    ControlRuntime::new().context("cannot start the control runtime")
+/// The control runtime, its HTTP ports' sockets from `sockets`.
+fn start_control(sockets: Arc<dyn SocketSource>) -> anyhow::Result<ControlRuntime> {
+    ControlRuntime::new(sockets).context("cannot start the control runtime")
 }
 
 /// Logs the Kubernetes Services and ports that are valid but not proxied.
@@ -147,12 +163,16 @@ pub fn serve(
     admin: Option<AdminBind>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
-    let control = start_control()?;
+    let control = start_control(Arc::new(LocalSockets))?;
     let plane = control.plane().clone();
     let changes = Changes::File(source);
-    control.block_on(serve_with(
-        config, changes, &plane, reload, dp, admin, on_ready,
-    ))
+    let how = How {
+        reload,
+        dp,
+        admin,
+        link: None,
+    };
+    control.block_on(serve_with(config, changes, &plane, how, on_ready))
 }
 
 /// [`serve`], with its changes from `changes` and its HTTP ports on the control runtime of
@@ -161,11 +181,15 @@ async fn serve_with(
     config: Config,
     changes: Changes<'_>,
     plane: &Plane,
-    reload: &ReloadArgs,
-    dp: &DataPlaneArgs,
-    admin: Option<AdminBind>,
+    how: How<'_>,
     on_ready: impl FnOnce(&Proxy),
 ) -> anyhow::Result<()> {
+    let How {
+        reload,
+        dp,
+        admin,
+        link,
+    } = how;
     let (source, mut kube) = match changes {
         Changes::File(source) => (source, None),
         Changes::Kube(kube) => (None, Some(*kube)),
@@ -180,7 +204,7 @@ async fn serve_with(
     }
     // Before the data plane: a taken admin port fails before any worker starts.
     let admin_listener = match admin {
-        Some(bind) => admin::bind(bind)?,
+        Some(bind) => admin::bind(plane, bind)?,
         None => None,
     };
     if config.services.is_empty() {
@@ -191,7 +215,10 @@ async fn serve_with(
     // `config` is as written; `serving` is it expanded with DNS answers, before port-0
     // frontends are bound (reloads compare and bind again from there).
     let serving = names.follow(&config, &dns).await?;
-    let options = proxy_options(dp);
+    let mut options = proxy_options(dp);
+    options.sockets = Arc::clone(&plane.sockets);
+    options.udp_held = link.as_ref().is_some_and(|l| l.held);
+    let master = link.map(|l| listen_to_master(l, &control_tx)).transpose()?;
     if let Some(old) = dp.takeover {
         // Before binding: from the moment this process joins the port groups, the kernel may
         // hand it datagrams of the old process's flows.
@@ -207,6 +234,9 @@ async fn serve_with(
     )
     .await?;
     on_ready(&started.proxy);
+    if let Some(master) = &master {
+        master.ready().await;
+    }
     let mut running = Running {
         started,
         last_good: config,
@@ -216,13 +246,23 @@ async fn serve_with(
         source,
         kube,
         backend_drain: reload.backend_drain_timeout,
+        master,
+        handed_over: Arc::clone(&options.handed_over),
     };
     if running.kube.is_some() {
         running.attach_kube(control_tx.clone()).await;
     }
-    let signal = running.until_stop(&mut control_rx).await;
-    running.drain(signal, dp.drain_timeout).await;
+    let stop = running.until_stop(&mut control_rx).await;
+    running.drain(stop, dp.drain_timeout).await;
     Ok(())
+}
+
+/// Passes what the master says to the control loop, as [`Control::Master`].
+fn listen_to_master(mut link: Link, control_tx: &changes::Events) -> anyhow::Result<ToMaster> {
+    let to = control_tx.clone();
+    link.listen(move |m| {
+        let _ = to.send(Control::Master(m));
+    })
 }
 
 /// Binds `serving`'s frontends and starts the workers, the admin API (on `admin_listener`,

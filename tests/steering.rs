@@ -292,7 +292,7 @@ fn serve_web(backend: &Netns) {
 }
 
 #[test]
-fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit() {
+fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_next_ringlb() {
     let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
         return;
     };
@@ -476,13 +476,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
 
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
-    for family in ["ip", "ip6"] {
-        let gone = node.exec(&["nft", "list", "table", family, "ringlb"]);
-        assert!(
-            !gone.status.success(),
-            "the {family} table is deleted at exit"
-        );
-    }
+    assert_tables_left_then_cleaned_up(&node, &proxy);
 
     let restarted = node_proxy(&[]);
     // The cleanup runs on its own thread: the client retries as UDP clients do, always from
@@ -500,4 +494,27 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_goes_at_exit()
     );
     drop(restarted);
     let _ = std::fs::remove_file(&decisions);
+}
+
+/// After ringlb exits, its tables are still there for the next one (kube-proxy leaves its
+/// rules too); `ringlb cleanup` deletes them, and refuses while a ringlb answers.
+fn assert_tables_left_then_cleaned_up(node: &Netns, proxy: &Ringlb) {
+    for family in ["ip", "ip6"] {
+        let kept = node.exec(&["nft", "list", "table", family, "ringlb"]);
+        assert!(kept.status.success(), "the {family} table stays at exit");
+    }
+    let cleanup = node.exec(&[
+        env!("CARGO_BIN_EXE_ringlb"),
+        "cleanup",
+        "--handover-socket",
+        proxy.handover_socket(),
+    ]);
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    for family in ["ip", "ip6"] {
+        let gone = node.exec(&["nft", "list", "table", family, "ringlb"]);
+        assert!(
+            !gone.status.success(),
+            "ringlb cleanup deletes the {family} table"
+        );
+    }
 }

@@ -286,8 +286,8 @@ impl Steering {
         Ok(report)
     }
 
-    /// Deletes the tables (at exit), waiting for `nft` and `ip` on the spot: it runs when
-    /// the tables' owner goes, with nothing left to serve. Idempotent.
+    /// Deletes the tables and the client-address routing, waiting for `nft` and `ip` on the
+    /// spot. Idempotent.
     pub fn remove(&mut self) -> Result<(), SteerError> {
         self.current = None;
         if let Some(mark) = self.client_ip_mark {
@@ -388,6 +388,15 @@ impl Steering {
             })
         }
     }
+}
+
+/// Deletes what node mode leaves in the kernel for its successor (`ringlb cleanup`, as
+/// kube-proxy's `--cleanup`): both tables, and the policy rule and routes of
+/// `client_ip_mark`. Deleting what is not there is not an error.
+pub fn cleanup(client_ip_mark: u32) -> Result<(), SteerError> {
+    Steering::new("nft")
+        .with_client_ip_mark(client_ip_mark)
+        .remove()
 }
 
 /// The routing table (and policy rule preference) of [`Steering::with_client_ip_mark`].

@@ -23,6 +23,7 @@ mod listener;
 mod pool;
 mod proxy;
 mod relay;
+mod sockets;
 mod stop;
 mod sys;
 mod task;
@@ -44,6 +45,9 @@ pub use driver::{runtime, IoDriver, IoDriverKind, WorkerRuntime};
 pub use error::ProxyError;
 pub use fds::{is_exhaustion, nofile_limit, open_descriptors, FdBudget};
 pub use proxy::{Proxy, Reload};
+pub use sockets::{
+    bind as bind_sockets, LocalSockets, Opened, SocketKind, SocketSource, SocketSpec,
+};
 pub use sys::raise_nofile_limit;
 pub use task::{PanicRecord, Panics, TaskKind};
 pub use telemetry::{
@@ -89,6 +93,13 @@ pub struct ProxyOptions {
     /// The data plane's share of the open-file limit (no cap by default); the caller sets its
     /// cap once it knows what the rest of the process holds.
     pub fd_budget: Arc<FdBudget>,
+    /// Where the frontends' listening sockets come from (bound here by default; ringlb's
+    /// master hands its workers sockets it keeps across restarts and upgrades).
+    pub sockets: Arc<dyn SocketSource>,
+    /// UDP frontends read nothing until [`Proxy::open_udp`]: a successor process first takes
+    /// its predecessor's flows ([`ProxyOptions::handed_over`]), so their clients keep their
+    /// backends.
+    pub udp_held: bool,
 }
 
 impl Default for ProxyOptions {
@@ -103,6 +114,8 @@ impl Default for ProxyOptions {
             handed_over: HandedOver::new(),
             telemetry: true,
             fd_budget: Arc::new(FdBudget::default()),
+            sockets: Arc::new(LocalSockets),
+            udp_held: false,
         }
     }
 }
@@ -122,17 +135,22 @@ pub struct Listeners {
     workers: usize,
     groups: Vec<listener::ListenGroup>,
     resolved: HashMap<(String, SocketAddr), SocketAddr>,
+    /// The [`SocketSpec::key`] of every frontend bound.
+    socket_keys: HashMap<FrontendKey, String>,
+    sockets: Arc<dyn SocketSource>,
 }
 
-/// Binds every TCP frontend of `config`, `options.workers` sockets each, and rewrites listen
-/// addresses with port 0 to the port the kernel picked, so the table built from `config`
-/// afterwards names the real frontends. Fails on the first address that cannot be bound.
+/// Opens every frontend of `config`, `options.workers` sockets each, from `options.sockets`,
+/// and rewrites listen addresses with port 0 to the port bound, so the table built from
+/// `config` afterwards names the real frontends. Fails on the first that cannot be opened.
 pub fn bind(config: &mut Config, options: &ProxyOptions) -> Result<Listeners, ProxyError> {
     let workers = options.workers.max(1);
     let mut listeners = Listeners {
         workers,
         groups: Vec::new(),
         resolved: HashMap::new(),
+        socket_keys: HashMap::new(),
+        sockets: Arc::clone(&options.sockets),
     };
     listeners.bind_new(config, &HashSet::new(), options.share_ports)?;
     Ok(listeners)
@@ -160,11 +178,14 @@ impl Listeners {
                 if existing.contains(&key) || self.groups.iter().any(|g| g.key == key) {
                     continue;
                 }
-                let group = listener::bind_group(svc.protocol, *addr, self.workers, share)?;
+                let spec =
+                    SocketSpec::frontend(&svc.name, svc.protocol, *addr, self.workers, share);
+                let group = listener::ListenGroup::new(svc.protocol, self.sockets.open(&spec)?);
                 if configured.1.port() == 0 {
                     self.resolved.insert(configured, group.local_addr);
                 }
                 *addr = group.local_addr;
+                self.socket_keys.insert(group.key, spec.key);
                 self.groups.push(group);
             }
         }

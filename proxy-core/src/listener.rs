@@ -27,6 +27,31 @@ pub(crate) struct ListenGroup {
     pub(crate) sockets: Vec<ListenSocket>,
 }
 
+impl ListenGroup {
+    /// The group of `protocol` made of `opened` (from a [`crate::SocketSource`]).
+    pub(crate) fn new(protocol: config::Protocol, opened: crate::Opened) -> ListenGroup {
+        let udp = protocol == config::Protocol::Udp;
+        ListenGroup {
+            key: FrontendKey {
+                protocol,
+                addr: opened.local_addr,
+            },
+            local_addr: opened.local_addr,
+            sockets: opened
+                .sockets
+                .into_iter()
+                .map(|s| {
+                    if udp {
+                        ListenSocket::Udp(s.into())
+                    } else {
+                        ListenSocket::Tcp(s.into())
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Binds `workers` sockets for `protocol` on `addr` in one `SO_REUSEPORT` group.
 ///
 /// `SO_REUSEPORT` lets any socket of the same user join the group, so a second ringlb would
@@ -38,7 +63,7 @@ pub(crate) fn bind_group(
     addr: SocketAddr,
     workers: usize,
     share: bool,
-) -> Result<ListenGroup, ProxyError> {
+) -> Result<(SocketAddr, Vec<Socket>), ProxyError> {
     let err = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 {
             ProxyError::NoFreePort { addr }
@@ -80,25 +105,11 @@ pub(crate) fn bind_group(
         .map_err(err)?
         .as_socket()
         .ok_or_else(|| err(io::Error::other("bound address is not an IP address")))?;
-    let wrap = |s: Socket| {
-        if udp {
-            ListenSocket::Udp(s.into())
-        } else {
-            ListenSocket::Tcp(s.into())
-        }
-    };
-    let mut sockets = vec![wrap(first)];
+    let mut sockets = vec![first];
     for _ in 1..workers {
-        sockets.push(wrap(open(local_addr).map_err(err)?));
+        sockets.push(open(local_addr).map_err(err)?);
     }
-    Ok(ListenGroup {
-        key: FrontendKey {
-            protocol,
-            addr: local_addr,
-        },
-        local_addr,
-        sockets,
-    })
+    Ok((local_addr, sockets))
 }
 
 fn new_socket(addr: SocketAddr, reuse_port: bool, reuse_addr: bool) -> io::Result<Socket> {

@@ -20,7 +20,7 @@ use crate::task::Panics;
 use crate::telemetry::Telemetry;
 use crate::{
     udp, worker, BoundFrontend, FdBudget, FlowList, IoDriverKind, Listeners, ProxyError,
-    ProxyOptions, ReloadReport,
+    ProxyOptions, ReloadReport, SocketSource, UdpFlowInfo,
 };
 
 /// A running data plane.
@@ -29,6 +29,9 @@ pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
     frontends: Vec<BoundFrontend>,
     resolved: HashMap<(String, SocketAddr), SocketAddr>,
+    /// The socket key of every frontend served, to release it when it goes.
+    socket_keys: HashMap<FrontendKey, String>,
+    sockets: Arc<dyn SocketSource>,
     workers: usize,
     share_ports: bool,
     commands: Vec<flume::Sender<worker::Command>>,
@@ -84,6 +87,8 @@ impl Proxy {
             workers,
             mut groups,
             resolved,
+            socket_keys,
+            sockets,
         } = listeners;
         let frontends = groups
             .iter()
@@ -98,47 +103,25 @@ impl Proxy {
         let handed_over_at_stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = flume::unbounded();
         let (done_tx, done_rx) = flume::unbounded();
-        let mut threads = Vec::with_capacity(workers);
-        let mut commands = Vec::with_capacity(workers);
-        for id in 0..workers {
-            let (command_tx, command_rx) = flume::unbounded();
-            commands.push(command_tx);
-            let listeners = groups
-                .iter_mut()
-                .map(|g| (g.key, g.sockets.pop().expect("one socket per worker")))
-                .collect();
-            let ctx = worker::WorkerStart {
-                id,
-                table: Arc::clone(&table),
-                listeners,
-                driver: options.io_driver,
-                buffer_size: options.buffer_size,
-                udp: udp::UdpWake {
-                    busy_poll: options.busy_poll,
-                    coalesce: options.udp_coalesce,
-                },
-                shutdown: shutdown.clone(),
-                handed_over_at_stop: Arc::clone(&handed_over_at_stop),
-                ready: ready_tx.clone(),
-                done: done_tx.clone(),
-                commands: command_rx,
-                telemetry: Arc::clone(&telemetry),
-                handed_over: Arc::clone(&options.handed_over),
-                fds: Arc::clone(&options.fd_budget),
-                panics: Arc::clone(&panics),
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("ringlb-worker-{id}"))
-                .spawn(move || worker::run(ctx))
-                .map_err(ProxyError::Spawn)?;
-            threads.push(handle);
-        }
+        let shared = WorkerShared {
+            table: &table,
+            options,
+            shutdown: &shutdown,
+            handed_over_at_stop: &handed_over_at_stop,
+            ready: &ready_tx,
+            done: &done_tx,
+            telemetry: &telemetry,
+            panics: &panics,
+        };
+        let (threads, commands) = spawn_workers(workers, &mut groups, &shared)?;
         drop(ready_tx);
         let drivers = wait_ready(&ready_rx, workers, &shutdown).await?;
         Ok(Proxy {
             table,
             frontends,
             resolved,
+            socket_keys,
+            sockets,
             workers,
             share_ports: options.share_ports,
             commands,
@@ -171,6 +154,8 @@ impl Proxy {
             workers: self.workers,
             groups: Vec::new(),
             resolved: self.resolved.clone(),
+            socket_keys: HashMap::new(),
+            sockets: Arc::clone(&self.sockets),
         };
         fresh.bind_new(&mut config, &existing, self.share_ports)?;
         let wanted: HashSet<FrontendKey> = config
@@ -204,7 +189,11 @@ impl Proxy {
             for tx in &self.commands {
                 let _ = tx.send(worker::Command::Unlisten(*key));
             }
+            if let Some(socket_key) = self.socket_keys.remove(key) {
+                self.sockets.release(&socket_key);
+            }
         }
+        self.socket_keys.extend(fresh.socket_keys);
         self.frontends.retain(|f| wanted.contains(&f.key));
         let (applied, acks) = flume::unbounded();
         for tx in &self.commands {
@@ -269,12 +258,36 @@ impl Proxy {
         self.shutdown.cancel();
     }
 
-    /// Stops accepting on every worker at once and leaves every listening socket as it is, for
-    /// the successor process that serves the same sockets: what is queued on them is its to
-    /// take. Open connections go on as after [`Proxy::stop_accepting`].
-    pub fn hand_over(&self) {
+    /// Stops reading every frontend on every worker and leaves every listening socket as it
+    /// is, for the successor process that serves the same sockets: what is queued on them is
+    /// its to take. Resolves with the workers' UDP flows (final: nothing opens a flow any
+    /// more), for the successor to keep their clients on their backends. Open connections go
+    /// on as after [`Proxy::stop_accepting`]; the flows relay their backends' replies until
+    /// the drain ends.
+    ///
+    /// # Cancel safety
+    /// Dropping it leaves the workers stopping as asked; the flows are lost.
+    pub async fn hand_over(&self) -> Vec<UdpFlowInfo> {
+        let (tx, rx) = flume::unbounded();
+        for worker in &self.commands {
+            let _ = worker.send(worker::Command::HandOver(tx.clone()));
+        }
+        // A worker drops its sender once it has answered, a stopped one at once.
+        drop(tx);
+        let mut flows = Vec::new();
+        while let Ok(mut some) = rx.recv_async().await {
+            flows.append(&mut some);
+        }
         self.handed_over_at_stop.store(true, Relaxed);
         self.shutdown.cancel();
+        flows
+    }
+
+    /// The UDP frontends start reading (they were held with [`ProxyOptions::udp_held`]).
+    pub fn open_udp(&self) {
+        for worker in &self.commands {
+            let _ = worker.send(worker::Command::OpenUdp);
+        }
     }
 
     /// Resolves once every worker has drained (after [`Proxy::stop_accepting`]): no
@@ -354,4 +367,65 @@ async fn wait_ready(
         }
     }
     Ok(drivers)
+}
+
+/// What every worker of a [`Proxy`] shares, for [`spawn_workers`].
+struct WorkerShared<'a> {
+    table: &'a Arc<ArcSwap<Table>>,
+    options: &'a ProxyOptions,
+    shutdown: &'a CancellationToken,
+    handed_over_at_stop: &'a Arc<AtomicBool>,
+    ready: &'a flume::Sender<Result<IoDriverKind, ProxyError>>,
+    done: &'a flume::Sender<usize>,
+    telemetry: &'a Arc<Telemetry>,
+    panics: &'a Arc<Panics>,
+}
+
+/// Worker threads' handles, and where to send each one commands.
+type Spawned = (Vec<JoinHandle<()>>, Vec<flume::Sender<worker::Command>>);
+
+/// Starts `workers` worker threads, each with one socket of every group of `groups`; returns
+/// their handles and where to send each one commands.
+fn spawn_workers(
+    workers: usize,
+    groups: &mut [crate::listener::ListenGroup],
+    shared: &WorkerShared<'_>,
+) -> Result<Spawned, ProxyError> {
+    let mut threads = Vec::with_capacity(workers);
+    let mut commands = Vec::with_capacity(workers);
+    for id in 0..workers {
+        let (command_tx, command_rx) = flume::unbounded();
+        commands.push(command_tx);
+        let listeners = groups
+            .iter_mut()
+            .map(|g| (g.key, g.sockets.pop().expect("one socket per worker")))
+            .collect();
+        let ctx = worker::WorkerStart {
+            id,
+            table: Arc::clone(shared.table),
+            listeners,
+            driver: shared.options.io_driver,
+            buffer_size: shared.options.buffer_size,
+            udp: udp::UdpWake {
+                busy_poll: shared.options.busy_poll,
+                coalesce: shared.options.udp_coalesce,
+                held: shared.options.udp_held,
+            },
+            shutdown: shared.shutdown.clone(),
+            handed_over_at_stop: Arc::clone(shared.handed_over_at_stop),
+            ready: shared.ready.clone(),
+            done: shared.done.clone(),
+            commands: command_rx,
+            telemetry: Arc::clone(shared.telemetry),
+            handed_over: Arc::clone(&shared.options.handed_over),
+            fds: Arc::clone(&shared.options.fd_budget),
+            panics: Arc::clone(shared.panics),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("ringlb-worker-{id}"))
+            .spawn(move || worker::run(ctx))
+            .map_err(ProxyError::Spawn)?;
+        threads.push(handle);
+    }
+    Ok((threads, commands))
 }

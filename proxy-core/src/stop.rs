@@ -71,6 +71,56 @@ impl Stop {
     }
 }
 
+/// A gate a worker's tasks wait at until it opens (UDP frontends of a successor process wait
+/// for the flows its predecessor hands over before they read their first datagram).
+#[derive(Default)]
+pub(crate) struct Gate {
+    open: Cell<bool>,
+    waiters: std::cell::RefCell<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("open", &self.open.get())
+            .finish()
+    }
+}
+
+impl Gate {
+    /// A gate that is open (`true`) or closed from the start.
+    pub(crate) fn new(open: bool) -> Gate {
+        Gate {
+            open: Cell::new(open),
+            waiters: std::cell::RefCell::default(),
+        }
+    }
+
+    /// Opens the gate and wakes every waiter.
+    pub(crate) fn open(&self) {
+        self.open.set(true);
+        for w in self.waiters.take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves once the gate is open.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only reads the state.
+    pub(crate) async fn opened(&self) {
+        poll_fn(|cx| {
+            if self.open.get() {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// Waits for `ready` or for `stop`, whichever comes first: `Some` with `ready`'s output, or
 /// `None` after a stop, in which case the still-pending `ready` is abandoned (see the module
 /// docs) rather than cancelled.

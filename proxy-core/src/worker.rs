@@ -35,6 +35,10 @@ const POOL_KEEP: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// How often a draining worker checks whether its last connection ended.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// After a handover, a worker keeps its UDP flows until none has seen a datagram for this
+/// long: replies its backends still send reach their clients (the successor has the clients'
+/// next datagrams).
+const UDP_LINGER: Duration = Duration::from_secs(2);
 
 /// Everything a worker thread starts with.
 pub(crate) struct WorkerStart {
@@ -78,6 +82,12 @@ pub(crate) enum Command {
     /// The shutdown's drain deadline passed: reset every connection still open, both sides,
     /// and say how many there were.
     Cut(flume::Sender<usize>),
+    /// A successor process takes this worker's sockets over: stop reading every frontend
+    /// without touching its socket, and reply with the UDP flows (final: no frontend reads
+    /// any more), which keep relaying their backends' replies until the drain ends.
+    HandOver(flume::Sender<Vec<UdpFlowInfo>>),
+    /// The UDP frontends may start reading (see `UdpWake::held`).
+    OpenUdp,
 }
 
 /// One frontend's socket on this worker.
@@ -122,6 +132,9 @@ struct Worker {
     stopping: Cell<bool>,
     /// Past the shutdown's drain deadline: a connection that gets its backend now is reset.
     cutting: Cell<bool>,
+    /// A successor took the sockets over: UDP flows relay their backends' replies until the
+    /// drain ends.
+    handing_over: Cell<bool>,
     frontends: RefCell<HashMap<FrontendKey, Frontend>>,
     udp: Rc<Udp>,
     telemetry: Rc<WorkerTelemetry>,
@@ -134,6 +147,12 @@ struct Worker {
 }
 
 impl Worker {
+    /// After a handover: some UDP flow here saw a datagram within [`UDP_LINGER`], so its
+    /// backend may still answer through it (until the drain deadline cuts).
+    fn udp_lingers(&self) -> bool {
+        !self.cutting.get() && self.udp.quiet_for(Instant::now()) < UDP_LINGER
+    }
+
     /// Worker `id`'s state, serving nothing yet; built on the worker's own thread.
     fn new(
         id: usize,
@@ -151,6 +170,7 @@ impl Worker {
             open: Cell::new(0),
             stopping: Cell::new(false),
             cutting: Cell::new(false),
+            handing_over: Cell::new(false),
             frontends: RefCell::new(HashMap::new()),
             udp: Rc::new(Udp::new(
                 hash_seed(id),
@@ -229,6 +249,14 @@ impl Worker {
                 Command::UdpFlows(reply) => {
                     let _ = reply.send(self.udp.flows(Instant::now()));
                 }
+                Command::HandOver(reply) => {
+                    self.handing_over.set(true);
+                    for (_, frontend) in self.frontends.borrow_mut().drain() {
+                        frontend.hand_over();
+                    }
+                    let _ = reply.send(self.udp.flows(Instant::now()));
+                }
+                Command::OpenUdp => self.udp.open_gate(),
                 Command::Cut(reply) => {
                     self.cutting.set(true);
                     let open = self.open.get();
@@ -323,11 +351,19 @@ async fn worker_main(start: WorkerStart, kind: IoDriverKind) {
         }
     }
     // UDP has no goodbye to wait for: its flows end with the worker, and its sockets close
-    // now, not at exit, so they stop taking datagrams meant for a successor on the port.
-    worker.udp.clear();
-    worker.udp.sockets_closed().await;
-    while worker.open.get() > 0 {
+    // now, not at exit, so they stop taking datagrams meant for a successor on the port. A
+    // successor that took the sockets over has the clients' next datagrams; the flows here
+    // relay what their backends still answer until the drain ends.
+    let handed_over = worker.handing_over.get();
+    if !handed_over {
+        worker.udp.clear();
+        worker.udp.sockets_closed().await;
+    }
+    while worker.open.get() > 0 || (handed_over && worker.udp_lingers()) {
         monoio::time::sleep(DRAIN_POLL).await;
+    }
+    if handed_over {
+        worker.udp.clear();
     }
     tracing::debug!(worker = id, "worker drained");
     let _ = done.send(id);

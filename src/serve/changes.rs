@@ -10,15 +10,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use config::{Config, DnsConfig, DnsWatch};
-use proxy_core::{Count, Proxy};
+use proxy_core::{Count, HandedOver, Proxy};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, UdpFlowsView};
 use crate::announce::announce_line;
 use crate::budget::DescriptorBudget;
 use crate::decisions::DecisionWriter;
+use crate::link::ToMaster;
+use crate::master::wire::ToWorker;
 use crate::node_mode::Kube;
 use crate::reload::swap;
 use control::http::HttpServer;
@@ -56,6 +58,17 @@ pub(super) enum Control {
     Resolved,
     /// The Kubernetes watch published a new model (`--kubernetes`).
     Kube,
+    /// What the master said (this process is its worker).
+    Master(ToWorker),
+}
+
+/// Why the serve loop ended.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+    /// The master handed the sockets to a successor.
+    HandOver,
 }
 
 /// Where the loop hears of changes.
@@ -197,11 +210,15 @@ pub(super) struct Running<'a> {
     pub(super) kube: Option<Kube>,
     /// `--backend-drain-timeout`.
     pub(super) backend_drain: Option<Duration>,
+    /// The master, when this process is its worker.
+    pub(super) master: Option<ToMaster>,
+    /// Where a predecessor's UDP flows go (see [`ToWorker::Pins`]).
+    pub(super) handed_over: Arc<HandedOver>,
 }
 
 impl Running<'_> {
-    /// Applies changes as `rx` tells of them until a stop; returns the signal that stopped it.
-    pub(super) async fn until_stop(&mut self, rx: &mut UnboundedReceiver<Control>) -> i32 {
+    /// Applies changes as `rx` tells of them until a stop; returns what stopped it.
+    pub(super) async fn until_stop(&mut self, rx: &mut UnboundedReceiver<Control>) -> Stop {
         loop {
             // Every table swap (reload, DNS change) happens in one turn of this loop.
             self.started
@@ -219,13 +236,20 @@ impl Running<'_> {
                 }
                 Some(Control::Reload(why)) => Some(why),
                 Some(Control::Resolved) => None,
-                Some(Control::Stop(signal)) => return signal,
-                None => return SIGTERM,
+                Some(Control::Stop(signal)) => return Stop::Signal(signal),
+                Some(Control::Master(ToWorker::HandOver)) => return Stop::HandOver,
+                Some(Control::Master(ToWorker::Pins(view))) => {
+                    self.pin(view);
+                    continue;
+                }
+                None => return Stop::Signal(SIGTERM),
             };
             // Fold the burst of events of one save into one reload; a stop request wins.
             while let Ok(Some(event)) = tokio::time::timeout(RELOAD_SETTLE, rx.recv()).await {
                 match event {
-                    Control::Stop(signal) => return signal,
+                    Control::Stop(signal) => return Stop::Signal(signal),
+                    Control::Master(ToWorker::HandOver) => return Stop::HandOver,
+                    Control::Master(ToWorker::Pins(view)) => self.pin(view),
                     Control::Reload(w) => why = Some(w),
                     Control::Resolved => {}
                     Control::Kube => self.apply_kube().await,
@@ -236,6 +260,18 @@ impl Running<'_> {
                 None => self.resolved().await,
             }
         }
+    }
+
+    /// The predecessor's UDP flows: their clients keep their backends; then the UDP
+    /// frontends start reading.
+    fn pin(&mut self, view: UdpFlowsView) {
+        let flows = view.into_infos();
+        self.handed_over.add(&flows, std::time::Instant::now());
+        self.started.proxy.open_udp();
+        tracing::info!(
+            flows = flows.len(),
+            "serving: UDP flows taken over from the previous worker"
+        );
     }
 
     /// Tells node mode to send a [`Control::Kube`] to `control` after every change from now
@@ -361,23 +397,48 @@ impl Running<'_> {
         }
     }
 
-    /// Stops accepting, lets open connections finish until `timeout`, resets what is left,
-    /// then writes the last decisions and logs what was reset and each service's totals.
-    pub(super) async fn drain(self, signal: i32, timeout: Duration) {
+    /// Stops accepting (or hands the sockets over), lets open connections finish until
+    /// `timeout`, resets what is left, then writes the last decisions and logs what was reset
+    /// and each service's totals.
+    pub(super) async fn drain(self, stop: Stop, timeout: Duration) {
+        let Running {
+            started,
+            kube,
+            master,
+            ..
+        } = self;
         let Started {
             mut proxy,
             admin_state,
-            admin_server,
+            mut admin_server,
             decisions,
             ..
-        } = self.started;
-        let name = if signal == SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
-        };
+        } = started;
         admin_state.set_draining();
-        tracing::info!(signal = name, drain_timeout = ?timeout, "stopped accepting; draining open connections");
+        match stop {
+            Stop::Signal(signal) => {
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                tracing::info!(signal = name, drain_timeout = ?timeout, "stopped accepting; draining open connections");
+                proxy.stop_accepting();
+            }
+            Stop::HandOver => {
+                let flows = proxy.hand_over().await;
+                if let Some(master) = &master {
+                    master.flows(UdpFlowsView::new(true, &flows)).await;
+                }
+                // The successor answers on the HTTP ports, watches the API and writes the
+                // tables from now on.
+                if let Some(server) = admin_server.take() {
+                    server.stop().await;
+                }
+                drop(kube);
+                tracing::info!(udp_flows = flows.len(), drain_timeout = ?timeout, "handed over to the new worker; draining open connections");
+            }
+        }
         let table = proxy.table();
         let telemetry = proxy.telemetry();
         proxy.stop_accepting();

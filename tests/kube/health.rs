@@ -53,7 +53,7 @@ fn a_request_line_that_never_ends_is_cut_short_and_costs_no_memory() {
     let proxy = node_with_healthz(&kubeconfig, "127.0.0.1:0");
     let healthz = proxy.addr_before_ready("healthz addr=");
     assert_healthz_answers(healthz, "before");
-    let before = proc_status(proxy.pid(), "VmRSS");
+    let before = proc_status(proxy.worker_pid(), "VmRSS");
 
     let mut s = connect(healthz);
     s.write_all(b"GET /").unwrap();
@@ -68,7 +68,7 @@ fn a_request_line_that_never_ends_is_cut_short_and_costs_no_memory() {
             Err(e) => break Some(e),
         }
     };
-    let after = proc_status(proxy.pid(), "VmRSS");
+    let after = proc_status(proxy.worker_pid(), "VmRSS");
     eprintln!("request line cut after {sent} bytes ({cut:?}); VmRSS {before} -> {after} KiB");
     match cut {
         Some(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe) => {}
@@ -93,12 +93,12 @@ fn slow_clients_take_no_thread_each_and_never_keep_a_probe_out() {
     let proxy = node_with_healthz(&kubeconfig, "127.0.0.1:0");
     let healthz = proxy.addr_before_ready("healthz addr=");
     assert_healthz_answers(healthz, "before");
-    let threads = proc_status(proxy.pid(), "Threads");
+    let threads = proc_status(proxy.worker_pid(), "Threads");
 
     let slow = SlowClients::start(healthz, 400, Duration::from_millis(200), true, None);
     let mut peak = threads;
     for i in 0..10 {
-        peak = peak.max(proc_status(proxy.pid(), "Threads"));
+        peak = peak.max(proc_status(proxy.worker_pid(), "Threads"));
         assert_healthz_answers(healthz, &format!("during the attack (probe {i})"));
         // Pacing of the probes, not readiness: they spread over the attack.
         std::thread::sleep(Duration::from_millis(200));

@@ -373,12 +373,6 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
 
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
-    for family in ["ip", "ip6"] {
-        let gone = node.exec(&["nft", "list", "table", family, "ringlb"]);
-        assert!(
-            !gone.status.success(),
-            "the {family} table is deleted at exit"
-        );
-    }
+    assert_tables_left_then_cleaned_up(&node, &proxy);
     let _ = std::fs::remove_file(&decisions);
 }

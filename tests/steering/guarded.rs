@@ -210,7 +210,13 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
     let rules = node.exec(&["ip", "rule", "show"]);
     assert!(
+        String::from_utf8_lossy(&rules.stdout).contains("lookup 2400"),
+        "the policy rule stays at exit, with the tables: {rules:?}"
+    );
+    assert_tables_left_then_cleaned_up(&node, &proxy);
+    let rules = node.exec(&["ip", "rule", "show"]);
+    assert!(
         !String::from_utf8_lossy(&rules.stdout).contains("lookup 2400"),
-        "the policy rule goes at exit: {rules:?}"
+        "ringlb cleanup deletes the policy rule: {rules:?}"
     );
 }

@@ -38,12 +38,12 @@ fn slow_clients_of_a_health_check_node_port_never_keep_a_probe_out() {
         other => panic!("healthCheckNodePort {when}: {other:?}"),
     };
     answered("before");
-    let threads = proc_status(proxy.pid(), "Threads");
+    let threads = proc_status(proxy.worker_pid(), "Threads");
 
     let slow = SlowClients::start(hc, 400, Duration::from_millis(200), true, Some(&pod.0));
     let mut peak = threads;
     for i in 0..10 {
-        peak = peak.max(proc_status(proxy.pid(), "Threads"));
+        peak = peak.max(proc_status(proxy.worker_pid(), "Threads"));
         answered(&format!("during the attack (probe {i})"));
         // Pacing of the probes, not readiness: they spread over the attack.
         std::thread::sleep(Duration::from_millis(200));

@@ -1,6 +1,7 @@
-//! The threads of a running node-mode ringlb are the ones `docs/architecture.md` draws, and
-//! no others: the main thread (`ringlb`, the control runtime, on which every control-plane
-//! source runs as a task), one per worker, and the decision-log writer.
+//! The processes and threads of a running node-mode ringlb are the ones
+//! `docs/architecture.md` draws, and no others: the master, one thread; its worker process
+//! with its main thread (`ringlb`, the control runtime, on which every control-plane source
+//! runs as a task), one per worker thread, and the decision-log writer.
 
 use super::*;
 
@@ -23,7 +24,7 @@ fn thread_names(pid: i32) -> Vec<String> {
 /// port and `healthCheckNodePort`s, the admin API, a decision log, while a pod's connection
 /// goes through a cluster IP.
 #[test]
-fn a_node_mode_ringlb_runs_the_main_thread_its_workers_and_the_decision_log_writer_only() {
+fn a_node_mode_ringlb_is_a_one_thread_master_and_a_worker_with_its_threads_only() {
     let Some((pod, node, backend)) = pod_node_backend("thpod", "thnode", "thbe") else {
         return;
     };
@@ -61,9 +62,15 @@ fn a_node_mode_ringlb_runs_the_main_thread_its_workers_and_the_decision_log_writ
     wait_decision_line(&decisions, "10.96.0.10:80");
     assert!(http_get(&pod.0, "10.241.1.1:10256").starts_with("HTTP/1.1 200"));
 
-    // The kernel keeps 15 bytes of a name: `ringlb-decisions` shows as `ringlb-decision`.
     assert_eq!(
         thread_names(proxy.pid()),
+        ["ringlb"],
+        "the master is one thread"
+    );
+    assert_eq!(parent_of(proxy.worker_pid()), Some(proxy.pid()));
+    // The kernel keeps 15 bytes of a name: `ringlb-decisions` shows as `ringlb-decision`.
+    assert_eq!(
+        thread_names(proxy.worker_pid()),
         [
             "ringlb",
             "ringlb-decision",

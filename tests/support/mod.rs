@@ -27,6 +27,10 @@ pub struct Ringlb {
     pub before_ready: Vec<String>,
     stderr: Arc<Mutex<String>>,
     stdout: Receiver<String>,
+    /// Every `ready` line read since: each worker's PID.
+    readies: Mutex<Vec<String>>,
+    /// `--handover-socket`.
+    handover: String,
 }
 
 /// How a `ringlb` start failed.
@@ -36,13 +40,27 @@ pub struct StartFailure {
     pub stderr: String,
 }
 
+/// A handover socket path of this test process that no other ringlb uses.
+pub fn test_handover_socket() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("ringlb-test-{}-{n}.sock", std::process::id()))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// `args` with `--admin 127.0.0.1:0` added when they start ringlb from a config file or the
 /// Kubernetes API and choose no admin address (neither `--admin` nor an `admin:` key): the
 /// default admin port is fixed, and a taken admin port is a startup error, so tests that run
-/// side by side each take a free one.
+/// side by side each take a free one. Likewise a `run` without `--handover-socket` gets one
+/// of its own: tests never touch the default path.
 pub fn with_test_admin(args: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let running = args.first() == Some(&"run");
+    if running && !args.contains(&"--handover-socket") {
+        out.extend(["--handover-socket".to_owned(), test_handover_socket()]);
+    }
     let from_file_or_api = args
         .iter()
         .any(|a| *a == "--config" || *a == "--kubernetes");
@@ -173,13 +191,21 @@ impl Ringlb {
                 }
             }
         }
+        let handover = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .skip_while(|a| a != "--handover-socket")
+            .nth(1)
+            .unwrap_or_default();
         Ok(Ringlb {
             child,
             addrs,
+            readies: Mutex::new(vec![ready.clone()]),
             ready,
             before_ready,
             stderr,
             stdout,
+            handover,
         })
     }
 
@@ -188,8 +214,19 @@ impl Ringlb {
         self.addrs[0]
     }
 
+    /// The master's PID (the process `ringlb run` started as).
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    /// The PID of the worker that printed the `ready` line (the data plane).
+    pub fn worker_pid(&self) -> i32 {
+        pid_of(&self.ready)
+    }
+
+    /// The handover socket the master listens on (`--handover-socket`).
+    pub fn handover_socket(&self) -> &str {
+        &self.handover
     }
 
     /// Sends `signal` to the process.
@@ -233,7 +270,26 @@ impl Ringlb {
 
     /// Stdout lines after the readiness lines.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.try_iter().collect()
+        let lines: Vec<String> = self.stdout.try_iter().collect();
+        self.note_readies(&lines);
+        lines
+    }
+
+    fn note_readies(&self, lines: &[String]) {
+        let mut readies = self.readies.lock().unwrap();
+        readies.extend(lines.iter().filter(|l| l.starts_with("ready")).cloned());
+    }
+
+    /// The PIDs of every worker that said it was ready, as far as read.
+    fn workers_seen(&self) -> Vec<i32> {
+        let lines: Vec<String> = self.stdout.try_iter().collect();
+        self.note_readies(&lines);
+        self.readies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| pid_of(r))
+            .collect()
     }
 
     /// Waits for the next stdout line that starts with `prefix` (skipping others).
@@ -244,8 +300,11 @@ impl Ringlb {
                 .stdout
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => {}
+                Ok(line) if line.starts_with(prefix) => {
+                    self.note_readies(std::slice::from_ref(&line));
+                    return line;
+                }
+                Ok(line) => self.note_readies(&[line]),
                 Err(_) => panic!("no {prefix:?} line from ringlb; stderr:\n{}", self.stderr()),
             }
         }
@@ -255,10 +314,40 @@ impl Ringlb {
 impl Drop for Ringlb {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            // The workers too (they would drain on their own once the master is gone): those
+            // still the master's children, so a PID reused since is left alone.
+            let master = self.pid();
+            for pid in self.workers_seen() {
+                if parent_of(pid) == Some(master) {
+                    // SAFETY: kill(2) with the PID of a child of the master this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
     }
+}
+
+/// The parent of process `pid` (`/proc/PID/stat`), if it runs.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state, then the parent's PID.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The `pid=` of a `ready` line.
+pub fn pid_of(ready: &str) -> i32 {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {ready:?}"))
 }
 
 fn drain_text(text: &Arc<Mutex<String>>) -> String {

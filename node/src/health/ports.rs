@@ -7,7 +7,7 @@
 //! at the next sync, and the problem is cleared once it binds or is no longer wanted.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use config::k8s::Resolved;
@@ -53,7 +53,9 @@ impl NodeServer {
             limits: Limits::HEALTH,
         };
         let handler = node_handler(Arc::clone(&self.health));
-        match TcpListener::bind(self.addr)
+        match self
+            .plane
+            .http_listener(name.clone(), self.addr, false)
             .and_then(|l| HttpServer::start(&self.plane, l, spec, handler))
         {
             Ok(server) => {
@@ -117,7 +119,15 @@ impl HealthChecks {
     /// change.
     pub fn sync(&mut self, resolved: &Resolved) {
         let wanted = wanted(resolved, &self.node);
-        self.servers.retain(|port, _| wanted.contains_key(port));
+        let sockets = &self.plane.sockets;
+        self.servers.retain(|port, _| {
+            let keep = wanted.contains_key(port);
+            if !keep {
+                // Its listener goes with it (the master keeps nothing nobody serves).
+                sockets.release(&port_name(*port));
+            }
+            keep
+        });
         let readiness = &self.plane.readiness;
         self.failing.retain(|port| {
             let keep = wanted.contains_key(port);
@@ -145,7 +155,15 @@ impl HealthChecks {
             limits: Limits::HEALTH,
         };
         let handler = service_handler(Arc::clone(&health), Arc::clone(&self.health));
-        match any_address(port).and_then(|l| HttpServer::start(&self.plane, l, spec, handler)) {
+        match self
+            .plane
+            .http_listener(
+                port_name(port),
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+                true,
+            )
+            .and_then(|l| HttpServer::start(&self.plane, l, spec, handler))
+        {
             Ok(server) => {
                 tracing::info!(%service, port, "serving healthCheckNodePort");
                 if self.failing.remove(&port) {
@@ -165,33 +183,6 @@ impl HealthChecks {
                 self.plane.readiness.set(name, problem);
             }
         }
-    }
-}
-
-/// A listener on every address of both families at `port` (one dual-stack `[::]` socket, as
-/// kube-proxy's `:port` listener), or on `0.0.0.0` where the host has no IPv6: load
-/// balancers probe over whichever family they reach the node by.
-fn any_address(port: u16) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let dual = || -> std::io::Result<TcpListener> {
-        let socket = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-        socket.set_only_v6(false)?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
-        socket.listen(128)?;
-        Ok(socket.into())
-    };
-    match dual() {
-        Ok(listener) => Ok(listener),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-            ) =>
-        {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-        }
-        Err(e) => Err(e),
     }
 }
 

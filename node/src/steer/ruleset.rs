@@ -345,7 +345,7 @@ fn skeleton_sets(family: Family, line: &mut impl FnMut(String)) {
     line(format!("add table {t}"));
     line(format!("delete table {t}"));
     line(format!(
-        "add table {t} {{ comment \"owned by ringlb; replaced at start, deleted at exit\" ; }}"
+        "add table {t} {{ comment \"owned by ringlb; replaced at start, kept for the next ringlb, deleted by ringlb cleanup\" ; }}"
     ));
     line(format!(
         "add map {t} portals {{ type {key} : inet_service ; }}"

@@ -10,11 +10,13 @@ use config::{Config, Table};
 use ipnet::IpNet;
 
 use super::ruleset::{SteerEntry, Verdict};
-use super::{SteerError, Steering, SyncReport, TABLE};
+use super::{SteerError, Steering, SyncReport};
 
 /// ringlb's nftables tables for one run of node mode: written whole at the first
-/// [`Tables::sync`] (replacing stale ones), kept in line with each change, deleted when
-/// dropped (at exit).
+/// [`Tables::sync`] (replacing what an earlier run left, in one transaction), kept in line
+/// with each change, and left as they are at exit: they steer to the portals the master
+/// keeps, for the next worker (a restart, an upgrade, a new pod) to serve. Only
+/// [`super::cleanup`] (`ringlb cleanup`) deletes them.
 #[derive(Debug)]
 pub struct Tables {
     steering: Steering,
@@ -105,15 +107,6 @@ impl Tables {
             tracing::warn!(frontend = %e.frontend, "not steered: this host has no IPv6");
         }
         Ok(report)
-    }
-}
-
-impl Drop for Tables {
-    fn drop(&mut self) {
-        match self.steering.remove() {
-            Ok(()) => tracing::info!("nftables tables {TABLE} deleted"),
-            Err(e) => tracing::error!("cannot delete the nftables tables: {e}"),
-        }
     }
 }
 

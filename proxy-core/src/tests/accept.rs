@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use config::{Backend as BackendConfig, Config, Protocol, Service, ServiceEntry};
 
 use super::*;
-use crate::listener::{bind_group, ListenSocket};
+use crate::listener::{bind_group, ListenGroup, ListenSocket};
 use crate::telemetry::CloseReason;
 use crate::tests::backend::{connect, read_to_end, round_trip, send_then_read, Backend, End, Seen};
 use crate::tests::{off_thread, on_each_driver, signal, until, wait_for, within, Pending, BUFFER};
@@ -31,7 +31,15 @@ struct Rig {
 impl Rig {
     fn new(backend: &Backend, fds: FdBudget) -> Rig {
         let any = "127.0.0.1:0".parse().unwrap();
-        let mut group = bind_group(Protocol::Tcp, any, 1, false).expect("bind the frontend");
+        let (local_addr, sockets) =
+            bind_group(Protocol::Tcp, any, 1, false).expect("bind the frontend");
+        let mut group = ListenGroup::new(
+            Protocol::Tcp,
+            crate::Opened {
+                local_addr,
+                sockets,
+            },
+        );
         let (key, front) = (group.key, group.local_addr);
         let service = Service::with_defaults(
             "svc",
@@ -56,6 +64,7 @@ impl Rig {
             UdpWake {
                 busy_poll: None,
                 coalesce: None,
+                held: false,
             },
             Rc::new(WorkerTelemetry::new(Arc::clone(&telemetry), 0)),
             HandedOver::new(),

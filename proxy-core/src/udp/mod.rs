@@ -37,7 +37,7 @@ use monoio::net::udp::UdpSocket;
 
 use crate::alarm::Alarm;
 use crate::fds::FdBudget;
-use crate::stop::{ready_or_stop, Stop};
+use crate::stop::{ready_or_stop, Gate, Stop};
 use crate::sys::with_socket;
 use crate::task::{self, TaskKind};
 use crate::telemetry::WorkerTelemetry;
@@ -83,6 +83,8 @@ pub(crate) struct Udp {
     at_max_flows: Throttle,
     /// New flows refused for want of descriptors.
     no_descriptors: Throttle,
+    /// Opens when the frontends may read: at once, or once a predecessor's flows are pinned.
+    gate: Gate,
 }
 
 /// One UDP frontend socket of this worker.
@@ -157,7 +159,24 @@ impl Udp {
             fds,
             at_max_flows: Throttle::default(),
             no_descriptors: Throttle::default(),
+            gate: Gate::new(!wake.held),
         }
+    }
+
+    /// The frontends may read from now on (see [`UdpWake::held`]).
+    pub(crate) fn open_gate(&self) {
+        self.gate.open();
+    }
+
+    /// How long every flow has been without a datagram at `now` (all the time there is when
+    /// none is open).
+    pub(crate) fn quiet_for(&self, now: Instant) -> Duration {
+        self.flows
+            .borrow()
+            .iter()
+            .map(|f| f.idle_for(now))
+            .min()
+            .unwrap_or(Duration::MAX)
     }
 
     /// This worker's live flows at `now`, for listing and for a successor process.
@@ -277,6 +296,12 @@ impl Udp {
     async fn frontend_loop(self: Rc<Self>, frontend: Rc<UdpFrontend>, table: Arc<TableRef>) {
         let fd = frontend.socket.as_raw_fd();
         let mut received = [sock::Received::EMPTY; BATCH];
+        if ready_or_stop(self.gate.opened(), &frontend.stop)
+            .await
+            .is_none()
+        {
+            return;
+        }
         'wait: while !frontend.stop.is_stopped() {
             let ready = ready_or_stop(frontend.socket.readable(false), &frontend.stop).await;
             if !matches!(ready, Some(Ok(()))) || frontend.stop.is_stopped() {
@@ -356,6 +381,9 @@ pub(crate) struct UdpWake {
     pub(crate) busy_poll: Option<Duration>,
     /// Receive coalescing's pause (`--udp-coalesce`); ignored while busy polling.
     pub(crate) coalesce: Option<Duration>,
+    /// The frontends read nothing until the control plane opens them (a successor process
+    /// first takes its predecessor's flows, so their clients keep their backends).
+    pub(crate) held: bool,
 }
 
 /// The worker's view of the published table.

@@ -156,7 +156,7 @@ fn skeleton_text(family: &str, addr: &str, daddr: &str) -> String {
         "\
 add table {t}
 delete table {t}
-add table {t} {{ comment \"owned by ringlb; replaced at start, deleted at exit\" ; }}
+add table {t} {{ comment \"owned by ringlb; replaced at start, kept for the next ringlb, deleted by ringlb cleanup\" ; }}
 add map {t} portals {{ type {addr} . inet_proto . inet_service : inet_service ; }}
 add map {t} no-endpoints {{ type {addr} . inet_proto . inet_service : verdict ; }}
 add set {t} cluster-ips {{ type {addr} ; }}
