@@ -353,4 +353,73 @@ mod tests {
         drop(a);
         assert!(b.recv().unwrap().is_none(), "the other end closed");
     }
+
+    #[test]
+    fn a_body_of_megabytes_arrives_whole_across_datagrams() {
+        let (a, b) = Channel::pair().unwrap();
+        let flows: Vec<String> = (0..60_000).map(|i| format!("10.0.{i}.1:53")).collect();
+        let expected = flows.clone();
+        let sender = std::thread::spawn(move || a.send(&flows, &[]).unwrap());
+        let got: Vec<String> = b.recv().unwrap().expect("a message").parse().unwrap();
+        sender.join().unwrap();
+        assert_eq!(got, expected);
+    }
+
+    /// Raw datagrams from a hostile or broken peer, straight onto the socket.
+    fn raw_peer(datagrams: &[&[u8]]) -> io::Result<Option<Received>> {
+        let (a, b) = Channel::pair().unwrap();
+        for datagram in datagrams {
+            a.send_one(datagram, &[]).unwrap();
+        }
+        drop(a);
+        b.recv()
+    }
+
+    #[test]
+    fn a_hostile_header_is_refused_before_anything_is_allocated() {
+        let huge = format!("M{{\"bytes\":{},\"fds\":0}}\n", usize::MAX);
+        let cases: [&[u8]; 5] = [
+            huge.as_bytes(),
+            b"M{\"bytes\":5,\"fds\":100000}\n",
+            b"Mno header line",
+            b"+a continuation without a start",
+            b"M{\"bytes\":2,\"fds\":0}\nlonger than said",
+        ];
+        for case in cases {
+            let err = raw_peer(&[case]).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{case:?}: {err}");
+        }
+        // A message cut short by the peer's exit is an error, not a message.
+        let cut = raw_peer(&[b"M{\"bytes\":10,\"fds\":0}\nabc"]).unwrap_err();
+        assert!(cut.to_string().contains("closed within a message"), "{cut}");
+    }
+
+    proptest::proptest! {
+        /// Whatever datagrams arrive, assembling them ends in a message, a wait for more or
+        /// an error, never a panic, and holds at most one message's bound in memory.
+        #[test]
+        fn assembly_of_arbitrary_datagrams_is_bounded(
+            datagrams in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256), 0..16),
+            starts in proptest::collection::vec(proptest::prelude::any::<bool>(), 16),
+        ) {
+            let mut assembly = Assembly::default();
+            for (i, datagram) in datagrams.iter().enumerate() {
+                // Half of them well-formed starts, so assembly gets past the header.
+                let bytes = if starts[i] {
+                    let mut d = format!("M{{\"bytes\":{},\"fds\":0}}\n", datagram.len() * 2)
+                        .into_bytes();
+                    d.extend_from_slice(datagram);
+                    d
+                } else {
+                    datagram.clone()
+                };
+                match assembly.push(&bytes, Vec::new()) {
+                    Ok(Some(message)) => proptest::prop_assert!(message.body.len() <= MAX_MESSAGE),
+                    Ok(None) => proptest::prop_assert!(assembly.body.len() <= MAX_MESSAGE),
+                    Err(_) => assembly = Assembly::default(),
+                }
+            }
+        }
+    }
 }
