@@ -21,6 +21,8 @@ mod health;
 mod refusal;
 #[path = "steering/threads.rs"]
 mod threads;
+#[path = "steering/upgrade.rs"]
+mod upgrade;
 
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -291,13 +293,9 @@ fn serve_web(backend: &Netns) {
     });
 }
 
-#[test]
-fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_next_ringlb() {
-    let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
-        return;
-    };
-    wire_ipv4(&pod, &node, &backend);
-    serve_web(&backend);
+/// The UDP endpoint at 10.241.2.2:5353 in `backend`: answers every datagram with `dns:` and
+/// the datagram.
+fn serve_dns(backend: &Netns) {
     let udp_be = in_netns(&backend.0, || UdpSocket::bind("10.241.2.2:5353").unwrap());
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -306,6 +304,16 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_
             let _ = udp_be.send_to(&reply, from);
         }
     });
+}
+
+#[test]
+fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_next_ringlb() {
+    let Some((pod, node, backend)) = pod_node_backend("pod", "node", "be") else {
+        return;
+    };
+    wire_ipv4(&pod, &node, &backend);
+    serve_web(&backend);
+    serve_dns(&backend);
     // The API server, on the node's loopback.
     let api = FakeApi::start(&node.0, "steering", objects());
     // A stale table from an earlier run is replaced.
