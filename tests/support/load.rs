@@ -219,6 +219,7 @@ fn kind(e: &std::io::Error) -> String {
             "reset".into()
         }
         ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".into(),
+        ErrorKind::UnexpectedEof => "cut short".into(),
         _ => format!("{e}"),
     }
 }

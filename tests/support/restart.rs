@@ -44,11 +44,13 @@ pub fn upgrade(proxy: &Ringlb, worker: i32, ask: Ask) -> i32 {
     new
 }
 
-/// A worker crash: when it was killed, and when the master had reaped it.
+/// A worker crash: when it was killed, when the master had reaped it, and when its
+/// successor said it was ready.
 #[derive(Debug, Clone, Copy)]
 pub struct Crash {
     pub killed: Instant,
     pub dead: Instant,
+    pub ready: Instant,
 }
 
 /// `SIGKILL`s the worker `worker` of `proxy`, waits until the master has reaped it and its
@@ -67,8 +69,16 @@ pub fn kill_worker(proxy: &Ringlb, worker: i32) -> (i32, Crash) {
     }
     let dead = Instant::now();
     let next = pid_of(&proxy.wait_line("ready"));
+    let ready = Instant::now();
     assert_eq!(parent_of(next), Some(proxy.pid()), "the master started it");
-    (next, Crash { killed, dead })
+    (
+        next,
+        Crash {
+            killed,
+            dead,
+            ready,
+        },
+    )
 }
 
 /// Today's restart without a master's help: a second `ringlb run ARGS --share-port` joins the
