@@ -9,6 +9,8 @@ mod support;
 
 #[path = "kube/binary.rs"]
 mod binary;
+#[path = "kube/deploy.rs"]
+mod deploy;
 #[path = "kube/health.rs"]
 mod health;
 #[path = "kube/shared.rs"]
