@@ -51,6 +51,14 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         handover_socket: Option<PathBuf>,
     },
+    /// Reload the running ringlb's config file (as `kill -HUP MASTER`), and say how it went:
+    /// exit 0 with the table version now served, 1 with the reason when the new config was
+    /// refused (the last good one keeps serving).
+    Reload {
+        /// The master's handover socket (as given to `ringlb run`).
+        #[arg(long, value_name = "PATH")]
+        handover_socket: Option<PathBuf>,
+    },
     /// Delete what node mode leaves in the kernel for its successor, as kube-proxy's
     /// --cleanup: the nftables tables `ip ringlb` and `ip6 ringlb`, and the policy rule and
     /// routes of --preserve-client-ip. Refuses while a ringlb answers at the handover socket.

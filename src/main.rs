@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         } => return check::check(&config, &node_addresses),
         Command::Demo(args) => demo::run(args),
         Command::Upgrade { handover_socket } => master::client::upgrade(handover_socket.as_deref()),
+        Command::Reload { handover_socket } => master::client::reload(handover_socket.as_deref()),
         Command::Cleanup {
             handover_socket,
             client_ip_mark,

@@ -16,6 +16,7 @@ pub mod client;
 mod handover;
 mod process;
 mod registry;
+mod reload;
 mod supervise;
 mod switch;
 mod upgrade;

@@ -202,3 +202,65 @@ fn sighup_reloads_and_a_removed_backend_drains() {
     assert_eq!(&pong, b"ping\n");
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// `ringlb reload ARGS` against `proxy`: its exit code, stdout and stderr.
+fn ringlb_reload(proxy: &Ringlb) -> (Option<i32>, String, String) {
+    let out = ringlb_command(&["reload", "--handover-socket", proxy.handover_socket()])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `ringlb reload` goes through the master to the worker and says how it went: the version
+/// now served, or the reason the last good config keeps serving (exit 1).
+#[test]
+fn ringlb_reload_says_how_the_reload_went() {
+    let (a, b) = (name_server("a"), name_server("b"));
+    let path = config_path("command");
+    let web = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        &path,
+        format!("services:\n{}", service("web", &web.to_string(), &[(a, 1)])),
+    )
+    .unwrap();
+    let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--no-watch"]);
+    assert_eq!(answer(web), "a");
+
+    std::fs::write(
+        &path,
+        format!("services:\n{}", service("web", &web.to_string(), &[(b, 1)])),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = ringlb_reload(&proxy);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("reloaded version="), "{stdout}");
+    assert_eq!(answer(web), "b");
+
+    let bad = service("web", &web.to_string(), &[(b, 1)]).replace(&b.to_string(), "b:http");
+    std::fs::write(&path, format!("services:\n{bad}")).unwrap();
+    let (code, _, stderr) = ringlb_reload(&proxy);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("last good config keeps serving"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(path.to_str().unwrap()),
+        "names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains("services[0].backends[0].address"),
+        "names the field: {stderr}"
+    );
+    assert_eq!(answer(web), "b");
+
+    // From flags there is no file to read again.
+    let quick = Ringlb::start(&["run", "--listen", "127.0.0.1:0", "--to", &a.to_string()]);
+    let (code, _, stderr) = ringlb_reload(&quick);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nothing to reload"), "{stderr}");
+}

@@ -53,6 +53,8 @@ pub struct Master {
     /// A new master serves the sockets now: this one waits for its workers to drain and
     /// then for SIGTERM (a supervisor that restarts what exits would start it again).
     pub(super) taken_over: bool,
+    /// `ringlb reload` clients waiting for the worker (by id) they asked.
+    pub(super) reloads: Vec<(u64, Conn)>,
     pub(super) exit: Option<u8>,
 }
 
@@ -85,6 +87,7 @@ impl Master {
             handoff: None,
             taker: None,
             taken_over: false,
+            reloads: Vec::new(),
             exit: None,
         };
         if let Some(state) = State::inherited().context("cannot read the previous image's state")? {
@@ -275,6 +278,7 @@ impl Master {
                     }
                 }
             }
+            FromWorker::Reloaded(outcome) => self.reloaded(id, outcome),
         }
     }
 
@@ -306,6 +310,7 @@ impl Master {
         let how = describe(status);
         let (id, pid) = (worker.id, pid.as_raw());
         self.forget_in_handoff(id);
+        self.reloaded(id, Err(format!("the worker {how} before it reloaded")));
         match worker.role {
             Role::Candidate => {
                 let why = worker.failure.unwrap_or_else(|| how.clone());

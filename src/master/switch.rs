@@ -295,6 +295,7 @@ impl Master {
     pub(super) async fn asked(&mut self, ask: Ask, conn: Conn) {
         match ask {
             Ask::Upgrade => self.upgrade(Asker::Client(conn)),
+            Ask::Reload => self.reload(conn).await,
             Ask::TakeOver => match self.busy() {
                 Some(why) => answer(&conn, Answer::Failed(why.to_owned()), Vec::new()),
                 None => {

@@ -148,6 +148,8 @@ pub enum ToWorker {
     /// The UDP flows of the predecessor: keep their clients on their backends, then start
     /// reading the UDP frontends.
     Pins(UdpFlowsView),
+    /// Read the config again (`ringlb reload`) and say how it went.
+    Reload,
 }
 
 /// What a worker tells its master on its control channel.
@@ -160,6 +162,9 @@ pub enum FromWorker {
     Failed(String),
     /// The answer to [`ToWorker::HandOver`].
     Flows(UdpFlowsView),
+    /// The answer to [`ToWorker::Reload`]: the table version now served, or why the last
+    /// good config keeps serving.
+    Reloaded(Result<u64, String>),
 }
 
 /// What a client asks a master on its handover socket.
@@ -172,6 +177,8 @@ pub enum Ask {
     TakeOver,
     /// The asker serves the sockets now: hand over the workers' UDP flows, drain.
     Switch,
+    /// Have the serving worker read its config again (`ringlb reload`).
+    Reload,
 }
 
 /// A held socket set as it travels to a new master; its descriptors follow in order.
@@ -195,6 +202,8 @@ pub enum Answer {
     Sockets(Vec<HeldSet>),
     /// The workers stopped reading ([`Ask::Switch`]); these were their UDP flows.
     Switched(UdpFlowsView),
+    /// The config was read again ([`Ask::Reload`]); this table version serves.
+    Reloaded { version: u64 },
 }
 
 #[cfg(test)]

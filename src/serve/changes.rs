@@ -20,7 +20,7 @@ use crate::announce::announce_line;
 use crate::budget::DescriptorBudget;
 use crate::decisions::DecisionWriter;
 use crate::link::ToMaster;
-use crate::master::wire::ToWorker;
+use crate::master::wire::{FromWorker, ToWorker};
 use crate::node_mode::Kube;
 use crate::reload::swap;
 use control::http::HttpServer;
@@ -130,6 +130,9 @@ impl Names {
     }
 }
 
+/// The trigger of a reload `ringlb reload` asked for.
+const ASKED: &str = "ringlb reload";
+
 /// Events arriving this soon after a reload trigger are folded into one reload (an editor's
 /// save is several file system events).
 const RELOAD_SETTLE: Duration = Duration::from_millis(100);
@@ -219,6 +222,8 @@ pub(super) struct Running<'a> {
 impl Running<'_> {
     /// Applies changes as `rx` tells of them until a stop; returns what stopped it.
     pub(super) async fn until_stop(&mut self, rx: &mut UnboundedReceiver<Control>) -> Stop {
+        // A `ringlb reload` waits for the outcome of the next reload.
+        let mut asked = false;
         loop {
             // Every table swap (reload, DNS change) happens in one turn of this loop.
             self.started
@@ -235,6 +240,10 @@ impl Running<'_> {
                     continue;
                 }
                 Some(Control::Reload(why)) => Some(why),
+                Some(Control::Master(ToWorker::Reload)) => {
+                    asked = true;
+                    Some(ASKED)
+                }
                 Some(Control::Resolved) => None,
                 Some(Control::Stop(signal)) => return Stop::Signal(signal),
                 Some(Control::Master(ToWorker::HandOver)) => return Stop::HandOver,
@@ -251,12 +260,23 @@ impl Running<'_> {
                     Control::Master(ToWorker::HandOver) => return Stop::HandOver,
                     Control::Master(ToWorker::Pins(view)) => self.pin(view),
                     Control::Reload(w) => why = Some(w),
+                    Control::Master(ToWorker::Reload) => {
+                        asked = true;
+                        why = Some(ASKED);
+                    }
                     Control::Resolved => {}
                     Control::Kube => self.apply_kube().await,
                 }
             }
             match why {
-                Some(why) => self.reload(why).await,
+                Some(why) => {
+                    let outcome = self.reload(why).await;
+                    if std::mem::take(&mut asked) {
+                        if let Some(master) = &self.master {
+                            master.say(&FromWorker::Reloaded(outcome)).await;
+                        }
+                    }
+                }
                 None => self.resolved().await,
             }
         }
@@ -329,19 +349,19 @@ impl Running<'_> {
     }
 
     /// Reads the config file again (`why` triggered it); a new valid config is served, an
-    /// invalid one is reported and the last good one keeps serving.
-    async fn reload(&mut self, why: &'static str) {
+    /// invalid one is reported and the last good one keeps serving. Returns the table version
+    /// served, or why the new config was not.
+    async fn reload(&mut self, why: &'static str) -> Result<u64, String> {
         let Some(src) = self.source else {
-            tracing::info!(
-                trigger = why,
-                "nothing to reload: ringlb runs from command-line flags"
-            );
-            return;
+            let nothing = "nothing to reload: ringlb runs from command-line flags or the \
+                           Kubernetes API, not from a config file";
+            tracing::info!(trigger = why, "{nothing}");
+            return Err(nothing.to_owned());
         };
         let new = match config::load(src.path, src.node_addresses) {
             Ok(new) if new.config == self.last_good && new.dns == self.dns => {
                 tracing::debug!(trigger = why, "config unchanged");
-                return;
+                return Ok(self.started.proxy.table().version());
             }
             Ok(new) => new,
             Err(e) => {
@@ -352,7 +372,7 @@ impl Running<'_> {
                     "reload failed, the last good config keeps serving:\n{e}"
                 );
                 announce_line(&format!("reload-failed failures={reload_failures}"));
-                return;
+                return Err(e.to_string());
             }
         };
         let applied = match self.names.follow(&new.config, &new.dns).await {
@@ -380,19 +400,22 @@ impl Running<'_> {
                     removed = ?report.removed,
                     "config reloaded"
                 );
+                Ok(report.version)
             }
             Err(e) => {
+                let why_failed = format!("{e:#}");
                 let reload_failures = self.started.admin_state.telemetry.reload_failed();
                 tracing::error!(
                     trigger = why,
                     failures = reload_failures,
-                    "reload failed, the last good config keeps serving: {e:#}"
+                    "reload failed, the last good config keeps serving: {why_failed}"
                 );
                 announce_line(&format!("reload-failed failures={reload_failures}"));
                 // Follow the names of the config that keeps serving again.
                 if let Err(e) = self.names.follow(&self.last_good, &self.dns).await {
                     tracing::error!("DNS names of the serving config: {e:#}");
                 }
+                Err(why_failed)
             }
         }
     }
