@@ -14,6 +14,7 @@
 mod channel;
 pub mod client;
 mod handover;
+mod pending;
 mod process;
 mod registry;
 mod reload;

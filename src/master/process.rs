@@ -23,6 +23,8 @@ use super::wire::{Failure, FromWorker, Reply, Request, ToWorker};
 use super::Event;
 
 /// The environment that makes the binary a worker, and its descriptors to the master.
+/// The environment variable that carries the master's state across the `exec`.
+pub const STATE: &str = "RINGLB_MASTER_STATE";
 pub const ROLE: &str = "RINGLB_WORKER";
 /// The worker's end of the descriptor channel.
 pub const SOCKETS_FD: &str = "RINGLB_SOCKETS_FD";
@@ -91,7 +93,7 @@ impl WorkerProc {
             .env(SOCKETS_FD, inherit[0].to_string())
             .env(CONTROL_FD, inherit[1].to_string())
             .env(MASTER_PID, std::process::id().to_string())
-            .env_remove(super::upgrade::STATE);
+            .env_remove(STATE);
         // A candidate's UDP frontends wait for its predecessors' flows.
         if role == Role::Candidate {
             cmd.env(HELD, "1");

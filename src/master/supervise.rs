@@ -46,8 +46,8 @@ pub struct Master {
     pub(super) restart_at: Option<Instant>,
     /// When the last worker started.
     last_spawn: Option<Instant>,
-    pub(super) upgrade: Option<super::switch::Upgrade>,
-    pub(super) handoff: Option<super::switch::HandOff>,
+    pub(super) upgrade: Option<super::pending::Upgrade>,
+    pub(super) handoff: Option<super::pending::HandOff>,
     /// The client that took the sockets ([`super::wire::Ask::TakeOver`]), which may switch.
     pub(super) taker: Option<Conn>,
     /// A new master serves the sockets now: this one waits for its workers to drain and
@@ -168,9 +168,9 @@ impl Master {
                 let fd = unsafe { inherited(fd) };
                 let channel = super::channel::AsyncChannel::new(super::Channel::from_owned(fd))
                     .context("cannot answer the upgrade's asker")?;
-                super::switch::Asker::Client(Arc::new(channel))
+                super::pending::Asker::Client(Arc::new(channel))
             }
-            None => super::switch::Asker::Log,
+            None => super::pending::Asker::Log,
         };
         tracing::info!(
             workers = self.workers.len(),
@@ -228,7 +228,7 @@ impl Master {
                     w.signal(Signal::SIGHUP);
                 }
             }
-            Event::Signal(Sig::Upgrade) => self.upgrade(super::switch::Asker::Log),
+            Event::Signal(Sig::Upgrade) => self.upgrade(super::pending::Asker::Log),
             Event::Signal(Sig::Child) => self.reap(),
             Event::Worker(id, message) => self.heard(id, message).await,
             Event::Asked(ask, conn) => self.asked(ask, conn).await,

@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 
 use super::channel::{AsyncChannel, Channel};
 use super::handover::{answer, Conn};
+use super::pending::{Asker, HandOff, HandTo, Upgrade};
 use super::process::{lock, Role};
 use super::supervise::Master;
 use super::upgrade::{exec, SavedSet, SavedWorker, State};
@@ -32,44 +33,6 @@ const READY_WAIT: Duration = Duration::from_secs(60);
 const FLOWS_WAIT: Duration = Duration::from_secs(5);
 /// How long a new master waits for the old one's sockets.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
-
-/// Who asked for an upgrade, to tell how it went.
-#[derive(Debug)]
-pub enum Asker {
-    /// SIGUSR2: the log says.
-    Log,
-    /// `ringlb upgrade`, on the handover socket.
-    Client(Conn),
-    /// This master takes over from the master at the other end.
-    Peer(Conn),
-}
-
-/// A successor worker starting.
-#[derive(Debug)]
-pub struct Upgrade {
-    pub candidate: u64,
-    pub deadline: Instant,
-    pub asker: Asker,
-}
-
-/// Old workers handing over, and to whom.
-#[derive(Debug)]
-pub struct HandOff {
-    /// The workers whose UDP flows are still awaited.
-    pub from: BTreeSet<u64>,
-    pub flows: Vec<UdpFlowView>,
-    pub deadline: Instant,
-    pub to: HandTo,
-}
-
-/// Where a handover goes.
-#[derive(Debug)]
-pub enum HandTo {
-    /// The upgrade's candidate worker.
-    Candidate,
-    /// The new master at the other end of the handover socket.
-    Peer(Conn),
-}
 
 impl Master {
     /// Upgrade in place: executes the binary again with everything this master holds. Only

@@ -14,11 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::process::{set_cloexec, Kept, Role};
+use super::process::{set_cloexec, Kept, Role, STATE};
 use super::wire::Spec;
-
-/// The environment variable that carries the master's state across the `exec`.
-pub const STATE: &str = "RINGLB_MASTER_STATE";
 
 /// Everything a master holds, by descriptor number.
 #[derive(Debug, Default, Serialize, Deserialize)]
