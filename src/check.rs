@@ -80,6 +80,17 @@ fn describe(config: &Config) -> String {
             humantime::format_duration(svc.idle_timeout),
             svc.max_connect_attempts
         );
+        if let Some(version) = svc.proxy_protocol {
+            let _ = writeln!(s, "  PROXY protocol {} to backends", version.name());
+        }
+        if !svc.accept_proxy_protocol.is_empty() {
+            let ranges: Vec<String> = svc
+                .accept_proxy_protocol
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let _ = writeln!(s, "  PROXY protocol read from {}", ranges.join(", "));
+        }
         for l in &svc.listen {
             let _ = writeln!(s, "  listen  {l}");
         }

@@ -196,6 +196,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub max_connect_attempts: u32,
 
+    /// Quick mode, TCP: send each backend a PROXY protocol header (v1 text or v2 binary)
+    /// naming the client, before the client's bytes.
+    #[arg(long, value_name = "v1|v2", value_parser = parse_proxy_protocol)]
+    pub proxy_protocol: Option<config::ProxyProtocol>,
+
+    /// Quick mode, TCP: read a PROXY protocol header (v1 or v2) from clients in these ranges
+    /// (front load balancers) and take the client it names; reset connections from elsewhere.
+    #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_range)]
+    pub accept_proxy_protocol: Vec<ipnet::IpNet>,
+
     /// The master's handover socket: `ringlb upgrade` asks the master through it, and a new
     /// ringlb started with the same path (a new pod of the DaemonSet) takes every listening
     /// socket over from the running one. [default: handover.sock in $RUNTIME_DIRECTORY, else
@@ -327,6 +337,15 @@ impl From<DriverArg> for IoDriver {
             DriverArg::Epoll => IoDriver::Epoll,
         }
     }
+}
+
+fn parse_proxy_protocol(s: &str) -> Result<config::ProxyProtocol, String> {
+    config::ProxyProtocol::parse(s).ok_or_else(|| format!("{s:?}: use v1 or v2"))
+}
+
+fn parse_range(s: &str) -> Result<ipnet::IpNet, String> {
+    config::parse_range(s)
+        .ok_or_else(|| format!("{s:?} is not an address range (e.g. 10.0.0.0/8 or 192.0.2.7)"))
 }
 
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {

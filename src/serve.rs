@@ -134,6 +134,12 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
         .unwrap_or_else(|| Service::default_idle_timeout(protocol));
     service.max_connect_attempts = NonZeroU32::new(args.max_connect_attempts)
         .context("--max-connect-attempts must be at least 1")?;
+    let proxying = args.proxy_protocol.is_some() || !args.accept_proxy_protocol.is_empty();
+    if proxying && protocol != Protocol::Tcp {
+        bail!("--proxy-protocol and --accept-proxy-protocol are for TCP (--proto tcp)");
+    }
+    service.proxy_protocol = args.proxy_protocol;
+    service.accept_proxy_protocol = args.accept_proxy_protocol.clone();
     Ok(Config {
         services: vec![service],
     })

@@ -76,6 +76,41 @@ pub struct Service {
     /// (`--preserve-client-ip`, for `externalTrafficPolicy: Local`), with the policy routing
     /// that brings the backends' replies back to ringlb; replies must pass this host.
     pub preserve_client_ip: bool,
+    /// TCP: send each backend a PROXY protocol header (HAProxy's) naming the client and the
+    /// address it dialled, before any byte of the client's (`None`: no header).
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// TCP: the frontends sit behind a load balancer that sends a PROXY protocol header (v1 or
+    /// v2): a connection from these ranges must start with one, and the client it names is
+    /// the client from then on; a connection from elsewhere is reset. Empty: no header is read.
+    pub accept_proxy_protocol: Vec<ipnet::IpNet>,
+}
+
+/// A version of HAProxy's PROXY protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// `v1` or `v2`, as written in configuration; `None` for anything else.
+    pub fn parse(s: &str) -> Option<ProxyProtocol> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "v1" | "1" => Some(ProxyProtocol::V1),
+            "v2" | "2" => Some(ProxyProtocol::V2),
+            _ => None,
+        }
+    }
+
+    /// `v1` or `v2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
 }
 
 /// One backend of a service.
@@ -169,6 +204,8 @@ impl Service {
             session_affinity: None,
             max_flows: ServiceDefaults::MAX_FLOWS,
             preserve_client_ip: false,
+            proxy_protocol: None,
+            accept_proxy_protocol: Vec::new(),
         }
     }
 }

@@ -17,6 +17,9 @@ use crate::model::{Admin, Config, Protocol};
 use crate::names::DnsConfig;
 
 mod dns;
+mod proxy;
+
+pub use proxy::parse_range;
 mod scheduler;
 mod service;
 
@@ -60,6 +63,8 @@ struct RawService {
     session_affinity: Option<Spanned<String>>,
     session_affinity_timeout: Option<Spanned<String>>,
     max_flows: Option<Spanned<i64>>,
+    proxy_protocol: Option<Spanned<String>>,
+    accept_proxy_protocol: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use balancers::{ConnectionGuard, Flow};
 use config::ServiceEntry;
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use nix::sys::socket::{getsockopt, sockopt};
 use socket2::{Domain, Socket, Type};
@@ -36,13 +37,17 @@ pub(crate) enum ConnectFailure {
 /// Every connect error is retryable here: nothing of the client's has been sent yet (the
 /// relay starts only after this returns), so no byte can be duplicated.
 ///
-/// `trace` records the placement, every attempt and the connect latency.
+/// `trace` records the placement, every attempt and the connect latency. `preface` (the
+/// PROXY protocol header and the client's bytes read with a front load balancer's header) is
+/// written to each connected backend before it counts as connected: a backend that cannot
+/// take it is a failed attempt like a refused connect.
 ///
 /// # Cancel safety
 /// Dropping the future drops a pending connect, which closes its socket; nothing is lost.
 pub(crate) async fn connect(
     entry: &ServiceEntry,
     flow: &Flow,
+    preface: &[u8],
     trace: &mut ConnTrace,
 ) -> Result<Upstream, ConnectFailure> {
     let scheduler = entry.scheduler.as_ref().ok_or(ConnectFailure::NoBackend)?;
@@ -58,7 +63,8 @@ pub(crate) async fn connect(
         let mut guard = states[idx].connecting();
         let started = trace.attempt(attempt);
         let source = svc.preserve_client_ip.then(|| flow.client.ip());
-        match monoio::time::timeout(svc.connect_timeout, connect_from(addr, source)).await {
+        let connecting = connect_with(addr, source, preface);
+        match monoio::time::timeout(svc.connect_timeout, connecting).await {
             Ok(Ok(stream)) => {
                 trace.connected(started);
                 let _ = stream.set_nodelay(true);
@@ -90,6 +96,20 @@ pub(crate) async fn connect(
         }
     }
     Err(ConnectFailure::AllFailed)
+}
+
+/// Connects to `addr` (from `source`, see [`connect_from`]) and writes `preface` there.
+async fn connect_with(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    preface: &[u8],
+) -> io::Result<TcpStream> {
+    let mut stream = connect_from(addr, source).await?;
+    if !preface.is_empty() {
+        let (written, _) = stream.write_all(preface.to_vec()).await;
+        written?;
+    }
+    Ok(stream)
 }
 
 /// Connects to `addr`, from `source` when given: a socket with `IP_TRANSPARENT` bound to an

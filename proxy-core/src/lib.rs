@@ -22,6 +22,7 @@ mod idle;
 mod listener;
 mod pool;
 mod proxy;
+mod proxy_protocol;
 mod relay;
 mod sockets;
 mod stop;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use balancers::Flow;
 use config::{FrontendKey, Table};
 use monoio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,7 @@ use crate::fds::{is_exhaustion, FdBudget, Fds};
 use crate::idle::IdleTimers;
 use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
+use crate::proxy_protocol;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::stop::{ready_or_stop, Stop};
 use crate::sys::{abort, accept, set_reset_on_close, with_socket};
@@ -469,7 +469,7 @@ impl Drop for OpenGuard<'_> {
 
 /// One client connection: pick, connect (with retries), relay, count.
 async fn serve(
-    client: TcpStream,
+    mut client: TcpStream,
     peer: SocketAddr,
     key: FrontendKey,
     fds: Fds,
@@ -494,10 +494,22 @@ async fn serve(
     let dest = destination(&client, key.addr);
     let mut trace = worker.telemetry.open(stats, dest);
 
-    let flow = Flow { client: peer, dest };
-    // Boxed: the connect step is short-lived and must not widen the future every open
-    // connection keeps for its whole life.
-    let upstream = match Box::pin(connect(&entry, &flow, &mut trace)).await {
+    // Boxed, as the connect step: short-lived, and not to widen every open connection's
+    // future for its whole life.
+    let (flow, preface) =
+        match Box::pin(proxy_protocol::preface(&mut client, &entry, peer, dest)).await {
+            Ok(got) => got,
+            Err(reason) => {
+                set_reset_on_close(&client);
+                drop(client);
+                worker
+                    .telemetry
+                    .close(trace, &entry, peer, ConnEnd::failed(reason));
+                return;
+            }
+        };
+    let peer = flow.client;
+    let upstream = match Box::pin(connect(&entry, &flow, &preface, &mut trace)).await {
         Ok(u) => u,
         Err(failure) => {
             tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");

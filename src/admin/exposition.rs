@@ -261,7 +261,7 @@ const ACCEPTED: Family = Family::counter(
 const ACTIVE: Family = Family::gauge("ringlb_connections_active", "Client connections open now.");
 const FAILED: Family = Family::counter(
     "ringlb_connections_failed_total",
-    "Client connections reset without reaching a backend, by reason: connect_failed (every attempt failed), no_backend (none eligible) or descriptors (reset at accept: the data plane's share of the open-file limit was used up).",
+    "Client connections reset without reaching a backend, by reason: connect_failed (every attempt failed), no_backend (none eligible) descriptors (reset at accept: the data plane's share of the open-file limit was used up), proxy_header (no valid PROXY protocol header from a front load balancer) or proxy_untrusted (a PROXY protocol frontend reached from outside accept_proxy_protocol).",
 );
 const ATTEMPTS: Family = Family::counter(
     "ringlb_connect_attempts_total",
@@ -353,6 +353,8 @@ impl Collect for TableSeries<'_> {
                 ("connect_failed", Count::ConnectFailed),
                 ("no_backend", Count::NoBackend),
                 ("descriptors", Count::NoDescriptors),
+                ("proxy_header", Count::ProxyHeader),
+                ("proxy_untrusted", Count::ProxyUntrusted),
             ] {
                 out.counter(&FAILED, &[("service", name), ("reason", reason)], c(count));
             }

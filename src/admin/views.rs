@@ -33,6 +33,12 @@ struct ServiceConfig<'a> {
     connect_timeout: String,
     idle_timeout: String,
     max_connect_attempts: u32,
+    /// `v1` or `v2` towards backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proxy_protocol: Option<&'static str>,
+    /// Where a PROXY protocol header is read from.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    accept_proxy_protocol: &'a [ipnet::IpNet],
     endpoints: Vec<EndpointConfig>,
 }
 
@@ -75,6 +81,8 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
         connect_timeout: duration(svc.connect_timeout),
         idle_timeout: duration(svc.idle_timeout),
         max_connect_attempts: svc.max_connect_attempts.get(),
+        proxy_protocol: svc.proxy_protocol.map(config::ProxyProtocol::name),
+        accept_proxy_protocol: &svc.accept_proxy_protocol,
         endpoints: entry
             .backends
             .iter()

@@ -38,6 +38,10 @@ impl Validator {
         );
         let max_flows = self.max_flows(path, r.max_flows);
         let max_connect_attempts = self.max_connect_attempts(path, r.max_connect_attempts);
+        let tcp_only = protocol.unwrap_or_default() == Protocol::Tcp;
+        let proxy_protocol = self.proxy_protocol(path, r.proxy_protocol, tcp_only);
+        let accept_proxy_protocol =
+            self.accept_proxy_protocol(path, r.accept_proxy_protocol, tcp_only);
         let (backends, targets) = backends?;
         Some(Service {
             name: name?,
@@ -52,6 +56,8 @@ impl Validator {
             session_affinity: session_affinity?,
             max_flows: max_flows?,
             preserve_client_ip: false,
+            proxy_protocol: proxy_protocol?,
+            accept_proxy_protocol: accept_proxy_protocol?,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

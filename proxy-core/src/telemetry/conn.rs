@@ -50,6 +50,8 @@ impl WorkerTelemetry {
             CloseReason::NoBackend => stats.add(Count::NoBackend, 1),
             CloseReason::ConnectFailed => stats.add(Count::ConnectFailed, 1),
             CloseReason::IdleTimeout => stats.add(Count::IdleTimeouts, 1),
+            CloseReason::ProxyHeader => stats.add(Count::ProxyHeader, 1),
+            CloseReason::ProxyUntrusted => stats.add(Count::ProxyUntrusted, 1),
             _ => {}
         }
         let Some(started) = trace.started else {

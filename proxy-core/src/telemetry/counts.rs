@@ -45,11 +45,15 @@ pub enum Count {
     DatagramsToClient,
     /// UDP datagrams dropped: no eligible backend, a full socket buffer, or a send error.
     DatagramsDropped,
+    /// Client connections reset for want of a valid PROXY protocol header.
+    ProxyHeader,
+    /// Client connections reset because they came from outside `accept_proxy_protocol`.
+    ProxyUntrusted,
 }
 
 impl Count {
     /// Every counter, in index order.
-    pub const ALL: [Count; 17] = [
+    pub const ALL: [Count; 19] = [
         Count::Accepted,
         Count::Active,
         Count::ConnectAttempts,
@@ -67,6 +71,8 @@ impl Count {
         Count::DatagramsToBackend,
         Count::DatagramsToClient,
         Count::DatagramsDropped,
+        Count::ProxyHeader,
+        Count::ProxyUntrusted,
     ];
 }
 

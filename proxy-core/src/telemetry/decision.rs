@@ -61,11 +61,17 @@ pub enum CloseReason {
     Stopped,
     /// TCP: still open when a shutdown's `--drain-timeout` ran out; both sides were reset.
     DrainTimeout,
+    /// TCP: a frontend that reads the PROXY protocol got no valid header in time (malformed,
+    /// too long, cut short); the client was reset.
+    ProxyHeader,
+    /// TCP: a frontend that reads the PROXY protocol was reached from outside its
+    /// `accept_proxy_protocol` ranges; the client was reset.
+    ProxyUntrusted,
 }
 
 impl CloseReason {
     /// Every reason, in index order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Eof,
         CloseReason::IdleTimeout,
         CloseReason::Drained,
@@ -75,6 +81,8 @@ impl CloseReason {
         CloseReason::Rebalanced,
         CloseReason::Stopped,
         CloseReason::DrainTimeout,
+        CloseReason::ProxyHeader,
+        CloseReason::ProxyUntrusted,
     ];
 
     /// The reason as logged and as a metric label.
@@ -89,6 +97,8 @@ impl CloseReason {
             CloseReason::Rebalanced => "rebalanced",
             CloseReason::Stopped => "stopped",
             CloseReason::DrainTimeout => "drain_timeout",
+            CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::ProxyUntrusted => "proxy_untrusted",
         }
     }
 }

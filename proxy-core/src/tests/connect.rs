@@ -71,7 +71,7 @@ impl Rig {
             dest: FRONTEND.parse().unwrap(),
         };
         let mut trace = self.worker.open(self.worker.stats(&self.entry), flow.dest);
-        within("connect", connect(&self.entry, &flow, &mut trace)).await
+        within("connect", connect(&self.entry, &flow, &[], &mut trace)).await
     }
 
     /// Attempts and retries, as the service's counts show them.
