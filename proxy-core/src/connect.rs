@@ -10,7 +10,8 @@ use monoio::net::TcpStream;
 use nix::sys::socket::{getsockopt, sockopt};
 use socket2::{Domain, Socket, Type};
 
-use crate::telemetry::{AffinityOutcome, ConnTrace, ConnectError};
+use crate::proxy_protocol;
+use crate::telemetry::{AffinityOutcome, CloseReason, ConnTrace, ConnectError};
 
 /// A connected backend.
 pub(crate) struct Upstream {
@@ -96,6 +97,26 @@ pub(crate) async fn connect(
         }
     }
     Err(ConnectFailure::AllFailed)
+}
+
+/// Places a client connection: who the client is (with `accept_proxy_protocol`, the front
+/// load balancer's header says; see [`proxy_protocol::preface`]), then a connected backend
+/// that has what must precede the client's bytes. Returns the client and the backend, or
+/// the client and why the connection is to be reset.
+pub(crate) async fn place(
+    client: &mut TcpStream,
+    entry: &ServiceEntry,
+    flow: Flow,
+    trace: &mut ConnTrace,
+) -> Result<(SocketAddr, Upstream), (SocketAddr, CloseReason)> {
+    let (flow, preface) = proxy_protocol::preface(client, entry, flow)
+        .await
+        .map_err(|reason| (flow.client, reason))?;
+    match connect(entry, &flow, &preface, trace).await {
+        Ok(upstream) => Ok((flow.client, upstream)),
+        Err(ConnectFailure::NoBackend) => Err((flow.client, CloseReason::NoBackend)),
+        Err(ConnectFailure::AllFailed) => Err((flow.client, CloseReason::ConnectFailed)),
+    }
 }
 
 /// Connects to `addr` (from `source`, see [`connect_from`]) and writes `preface` there.

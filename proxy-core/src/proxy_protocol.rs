@@ -204,11 +204,10 @@ async fn read_header(client: &mut TcpStream) -> Result<Received, HeaderError> {
 pub(crate) async fn preface(
     client: &mut TcpStream,
     entry: &ServiceEntry,
-    peer: SocketAddr,
-    dest: SocketAddr,
+    mut flow: Flow,
 ) -> Result<(Flow, Vec<u8>), CloseReason> {
     let svc = &entry.service;
-    let mut flow = Flow { client: peer, dest };
+    let peer = flow.client;
     let mut early = Vec::new();
     if !svc.accept_proxy_protocol.is_empty() {
         let from = peer.ip().to_canonical();

@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use balancers::Flow;
 use config::{FrontendKey, Table};
 use monoio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::{connect, ConnectFailure};
+use crate::connect;
 use crate::driver::{self, IoDriver, IoDriverKind};
 use crate::fds::{is_exhaustion, FdBudget, Fds};
 use crate::idle::IdleTimers;
 use crate::listener::ListenSocket;
 use crate::pool::BufferPool;
-use crate::proxy_protocol;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::stop::{ready_or_stop, Stop};
 use crate::sys::{abort, accept, set_reset_on_close, with_socket};
@@ -494,29 +494,17 @@ async fn serve(
     let dest = destination(&client, key.addr);
     let mut trace = worker.telemetry.open(stats, dest);
 
-    // Boxed, as the connect step: short-lived, and not to widen every open connection's
-    // future for its whole life.
-    let (flow, preface) =
-        match Box::pin(proxy_protocol::preface(&mut client, &entry, peer, dest)).await {
-            Ok(got) => got,
-            Err(reason) => {
-                set_reset_on_close(&client);
-                drop(client);
-                worker
-                    .telemetry
-                    .close(trace, &entry, peer, ConnEnd::failed(reason));
-                return;
-            }
-        };
-    let peer = flow.client;
-    let upstream = match Box::pin(connect(&entry, &flow, &preface, &mut trace)).await {
-        Ok(u) => u,
-        Err(failure) => {
-            tracing::debug!(service = %entry.service.name, client = %peer, ?failure, "resetting client");
+    // Boxed: short-lived, and not to widen every open connection's future for its whole life.
+    let placing = connect::place(&mut client, &entry, Flow { client: peer, dest }, &mut trace);
+    let (peer, upstream) = match Box::pin(placing).await {
+        Ok(placed) => placed,
+        Err((peer, reason)) => {
+            tracing::debug!(service = %entry.service.name, client = %peer, ?reason, "resetting client");
             set_reset_on_close(&client);
             drop(client);
-            let end = ConnEnd::failed(failed_reason(failure));
-            worker.telemetry.close(trace, &entry, peer, end);
+            worker
+                .telemetry
+                .close(trace, &entry, peer, ConnEnd::failed(reason));
             return;
         }
     };
@@ -555,14 +543,6 @@ async fn serve(
         to_backend = outcome.to_backend, to_client = outcome.to_client, end = ?outcome.end,
         "connection closed"
     );
-}
-
-/// How a connection that reached no backend ended.
-fn failed_reason(failure: ConnectFailure) -> CloseReason {
-    match failure {
-        ConnectFailure::NoBackend => CloseReason::NoBackend,
-        ConnectFailure::AllFailed => CloseReason::ConnectFailed,
-    }
 }
 
 /// How a relayed connection ended.
