@@ -80,6 +80,18 @@ fn describe(config: &Config) -> String {
             humantime::format_duration(svc.idle_timeout),
             svc.max_connect_attempts
         );
+        if let Some(h) = &svc.health {
+            let _ = writeln!(
+                s,
+                "  health check {} every {} ({} while down), timeout {}, rise {}, fall {}",
+                h.probe,
+                humantime::format_duration(h.interval),
+                humantime::format_duration(h.down_interval),
+                humantime::format_duration(h.timeout),
+                h.rise,
+                h.fall
+            );
+        }
         if let Some(version) = svc.proxy_protocol {
             let _ = writeln!(s, "  PROXY protocol {} to backends", version.name());
         }

@@ -206,6 +206,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "CIDR[,CIDR...]", value_delimiter = ',', value_parser = parse_range)]
     pub accept_proxy_protocol: Vec<ipnet::IpNet>,
 
+    #[command(flatten)]
+    pub health: HealthArgs,
+
     /// The master's handover socket: `ringlb upgrade` asks the master through it, and a new
     /// ringlb started with the same path (a new pod of the DaemonSet) takes every listening
     /// socket over from the running one. [default: handover.sock in $RUNTIME_DIRECTORY, else
@@ -223,6 +226,52 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
+}
+
+/// Quick mode: active health checks of the backends.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Quick mode: check every backend with a TCP connect (`tcp`) or an HTTP GET of PATH
+    /// answered 2xx or 3xx (`http:PATH`); a backend failing --fall checks in a row takes no
+    /// new connections until it passes --rise.
+    #[arg(long, value_name = "tcp|http:PATH", value_parser = parse_probe)]
+    pub health_check: Option<config::Probe>,
+
+    /// Quick mode: time between two checks of a backend (±10 %).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = config::parse_positive_duration, requires = "health_check")]
+    pub health_interval: Duration,
+
+    /// Quick mode: how long one check may take.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_positive_duration, requires = "health_check")]
+    pub health_timeout: Duration,
+
+    /// Quick mode: consecutive passed checks that bring a down backend up.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100), requires = "health_check")]
+    pub rise: u32,
+
+    /// Quick mode: consecutive failed checks that take a backend down.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), requires = "health_check")]
+    pub fall: u32,
+}
+
+impl HealthArgs {
+    /// The checks these flags ask for.
+    pub fn check(&self) -> Option<config::HealthCheck> {
+        let probe = self.health_check.clone()?;
+        Some(config::HealthCheck {
+            probe,
+            interval: self.health_interval,
+            down_interval: self.health_interval,
+            timeout: self.health_timeout,
+            rise: self.rise,
+            fall: self.fall,
+        })
+    }
+}
+
+fn parse_probe(s: &str) -> Result<config::Probe, String> {
+    config::Probe::parse(s)
+        .ok_or_else(|| format!("{s:?}: use tcp, or http:PATH with PATH starting with /"))
 }
 
 /// How a config file is reloaded.

@@ -140,6 +140,7 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     }
     service.proxy_protocol = args.proxy_protocol;
     service.accept_proxy_protocol = args.accept_proxy_protocol.clone();
+    service.health = args.health.check();
     Ok(Config {
         services: vec![service],
     })
@@ -240,6 +241,8 @@ async fn serve_with(
     )
     .await?;
     on_ready(&started.proxy);
+    // Runs as long as the control runtime: with the process.
+    drop(control::checks::spawn(started.proxy.published()));
     if let Some(master) = &master {
         master.ready().await;
     }

@@ -325,10 +325,11 @@ pub enum Scheduler {
     Mh(Maglev),
 }
 
-/// IPVS eligibility: weight above zero and not overloaded; a missing state is not eligible.
+/// IPVS eligibility: weight above zero, not overloaded and not down; a missing state is not
+/// eligible.
 #[inline]
 pub(crate) fn eligible(weight: u32, state: Option<&Arc<BackendState>>) -> bool {
-    weight > 0 && state.is_some_and(|s| !s.is_overloaded())
+    weight > 0 && state.is_some_and(|s| !s.snapshot().overloaded())
 }
 
 impl Scheduler {

@@ -1,4 +1,5 @@
-//! Node-wide per-backend state shared by all workers: connection counters and the overload flag.
+//! Node-wide per-backend state shared by all workers: connection counters, the overload flag
+//! and the health flag.
 //!
 //! See the crate docs for what "active" and "inactive" mean for TCP and UDP.
 
@@ -23,10 +24,16 @@ use std::sync::Arc;
 /// An overloaded backend is not eligible for new connections. `None` or `Some(0)` means no limit
 /// (IPVS: threshold 0). Under concurrency the flag may lag a racing release by one connection;
 /// it never stays set once the backend drains to zero.
+///
+/// # Down (health checks)
+///
+/// A health checker marks a backend down ([`BackendState::set_down`]); until it marks it up
+/// again the backend is not eligible for new connections, exactly as if it were overloaded
+/// (every scheduler skips it the same way), and its open connections are left alone.
 #[derive(Debug, Default)]
 pub struct BackendState {
     /// Packed so that the least-connection schedulers read everything with one load:
-    /// bit 63 overloaded, bits 32..63 active (31 bits), bits 0..32 inactive.
+    /// bit 63 overloaded, bits 32..63 active (31 bits), bit 31 down, bits 0..31 inactive.
     word: AtomicU64,
     /// Upper threshold; 0 = no limit.
     upper: AtomicU32,
@@ -35,7 +42,8 @@ pub struct BackendState {
 const OVERLOADED: u64 = 1 << 63;
 const ACTIVE_ONE: u64 = 1 << 32;
 const ACTIVE_MASK: u64 = (OVERLOADED - 1) & !(ACTIVE_ONE - 1);
-const INACTIVE_MASK: u64 = ACTIVE_ONE - 1;
+const DOWN: u64 = 1 << 31;
+const INACTIVE_MASK: u64 = DOWN - 1;
 
 /// One consistent snapshot of a [`BackendState`] (a single atomic load).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +60,14 @@ impl Snapshot {
         (self.0 & INACTIVE_MASK) as u32
     }
 
+    /// Overloaded or down: not eligible for new connections.
     #[inline]
     pub(crate) fn overloaded(self) -> bool {
+        self.0 & (OVERLOADED | DOWN) != 0
+    }
+
+    #[inline]
+    fn over_limit(self) -> bool {
         self.0 & OVERLOADED != 0
     }
 
@@ -65,10 +79,11 @@ impl Snapshot {
         overhead | self.overloaded_mask() | u64::from(weight == 0).wrapping_neg()
     }
 
-    /// All ones when overloaded, else 0 (bit 63 spread by an arithmetic shift, no branch).
+    /// All ones when overloaded or down, else 0 (bits 63 and 31 each spread by an
+    /// arithmetic shift, no branch).
     #[inline]
     pub(crate) fn overloaded_mask(self) -> u64 {
-        ((self.0 as i64) >> 63) as u64
+        (((self.0 as i64) >> 63) | (((self.0 << 32) as i64) >> 63)) as u64
     }
 
     /// `active * 256 + inactive`.
@@ -117,7 +132,24 @@ impl BackendState {
     /// Whether the backend is over its connection limit (IPVS `IP_VS_DEST_F_OVERLOAD`).
     #[inline]
     pub fn is_overloaded(&self) -> bool {
-        self.snapshot().overloaded()
+        self.snapshot().over_limit()
+    }
+
+    /// Whether a health checker marked the backend down.
+    #[inline]
+    pub fn is_down(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & DOWN != 0
+    }
+
+    /// Marks the backend down (no new connections) or up again; returns whether that
+    /// changed anything.
+    pub fn set_down(&self, down: bool) -> bool {
+        let before = if down {
+            self.word.fetch_or(DOWN, Ordering::Relaxed)
+        } else {
+            self.word.fetch_and(!DOWN, Ordering::Relaxed)
+        };
+        (before & DOWN != 0) != down
     }
 
     /// The connection limit (IPVS upper threshold), `None` when unlimited.
@@ -162,11 +194,11 @@ impl BackendState {
         self.open(false)
     }
 
-    /// Test hook: sets the counters and the flag directly.
+    /// Test hook: sets the counters and the flags directly.
     #[cfg(test)]
-    pub(crate) fn set_for_test(&self, active: u32, inactive: u32, overloaded: bool) {
-        let o = if overloaded { OVERLOADED } else { 0 };
-        let w = o | (u64::from(active & 0x7fff_ffff) << 32) | u64::from(inactive);
+    pub(crate) fn set_for_test(&self, active: u32, inactive: u32, overloaded: bool, down: bool) {
+        let o = if overloaded { OVERLOADED } else { 0 } | if down { DOWN } else { 0 };
+        let w = o | (u64::from(active & 0x7fff_ffff) << 32) | (u64::from(inactive) & INACTIVE_MASK);
         self.word.store(w, Ordering::Relaxed);
     }
 
@@ -178,7 +210,7 @@ impl BackendState {
                 .wrapping_add(inc),
         );
         let upper = self.upper.load(Ordering::Relaxed);
-        if upper != 0 && now.total() >= u64::from(upper) && !now.overloaded() {
+        if upper != 0 && now.total() >= u64::from(upper) && !now.over_limit() {
             self.word.fetch_or(OVERLOADED, Ordering::Relaxed);
         }
         ConnectionGuard {
@@ -201,7 +233,7 @@ impl BackendState {
         let now = Snapshot(prev.0.wrapping_sub(dec));
         let upper = u64::from(self.upper.load(Ordering::Relaxed));
         // `ip_vs_unbind_dest` with l_threshold == 0: below 3/4 of the upper threshold.
-        if now.overloaded() && (upper == 0 || now.total() * 4 < upper * 3) {
+        if now.over_limit() && (upper == 0 || now.total() * 4 < upper * 3) {
             self.word.fetch_and(!OVERLOADED, Ordering::Relaxed);
         }
     }
@@ -323,5 +355,25 @@ mod tests {
         assert_eq!(s.max_connections(), Some(4));
         s.set_max_connections(Some(0));
         assert_eq!(s.max_connections(), None);
+    }
+
+    #[test]
+    fn down_is_sticky_apart_from_the_counts_and_the_overload() {
+        let s = Arc::new(BackendState::new(Some(2)));
+        assert!(s.set_down(true), "up to down is a change");
+        assert!(!s.set_down(true), "down again is not");
+        let a = s.connect();
+        let b = s.connect();
+        assert!(s.is_down() && s.is_overloaded());
+        drop(a);
+        drop(b);
+        assert!(s.is_down(), "releasing connections keeps it down");
+        assert!(!s.is_overloaded(), "and clears the overload alone");
+        assert_eq!((s.active(), s.inactive()), (0, 0));
+        assert!(s.snapshot().overloaded(), "not eligible while down");
+        assert_eq!(s.snapshot().lc_key(1), u64::MAX);
+        assert!(s.set_down(false));
+        assert!(!s.snapshot().overloaded());
+        assert_eq!(s.snapshot().lc_key(1), 0);
     }
 }

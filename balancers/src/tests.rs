@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use crate::hash::{addr_fold, hash_32, hsiphash_u32, HsipKey};
 use crate::*;
 
-/// One backend as the property tests draw it: weight, active, inactive, overloaded.
+/// One backend as the property tests draw it: weight, active, inactive, and whether it is
+/// unavailable (`over`): the state says so by the overload flag or the health flag, by turns,
+/// since every scheduler must treat both alike.
 #[derive(Clone, Copy, Debug)]
 struct B {
     w: u32,
@@ -39,7 +41,7 @@ fn states(bs: &[B]) -> Vec<Arc<BackendState>> {
     bs.iter()
         .map(|b| {
             let s = BackendState::default();
-            s.set_for_test(b.a, b.i, b.over);
+            s.set_for_test(b.a, b.i, b.over && b.i % 2 == 0, b.over && b.i % 2 == 1);
             Arc::new(s)
         })
         .collect()
@@ -47,7 +49,7 @@ fn states(bs: &[B]) -> Vec<Arc<BackendState>> {
 
 fn set_states(states: &[Arc<BackendState>], bs: &[B]) {
     for (s, b) in states.iter().zip(bs) {
-        s.set_for_test(b.a, b.i, b.over);
+        s.set_for_test(b.a, b.i, b.over && b.i % 2 == 0, b.over && b.i % 2 == 1);
     }
 }
 
@@ -474,7 +476,7 @@ fn rr_is_even_over_eligible_backends_and_skips_quiesced() {
         .iter()
         .map(|_| Arc::new(BackendState::default()))
         .collect();
-    st[3].set_for_test(0, 0, true);
+    st[3].set_for_test(0, 0, true, false);
     let f = flow(Ipv4Addr::LOCALHOST.into(), 1, Ipv4Addr::LOCALHOST.into());
     let seq: Vec<_> = (0..6).map(|_| s.pick(&f, &st).unwrap()).collect();
     assert_eq!(seq, [0, 2, 4, 0, 2, 4]);

@@ -37,7 +37,9 @@ pub use duration::{
     parse_duration, parse_duration_at_most, parse_positive_duration, DurationError, MAX_DURATION,
 };
 pub use error::{ConfigError, Problem};
-pub use model::{Admin, Backend, Config, Protocol, ProxyProtocol, Service, ServiceDefaults};
+pub use model::{
+    Admin, Backend, Config, HealthCheck, Probe, Protocol, ProxyProtocol, Service, ServiceDefaults,
+};
 pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};
 pub use raw::{parse_admin, parse_range, parse_yaml, parse_yaml_file};
 #[cfg(feature = "dns")]

@@ -83,6 +83,79 @@ pub struct Service {
     /// v2): a connection from these ranges must start with one, and the client it names is
     /// the client from then on; a connection from elsewhere is reset. Empty: no header is read.
     pub accept_proxy_protocol: Vec<ipnet::IpNet>,
+    /// Active health checks of the backends (`None`: every backend is taken as up).
+    pub health: Option<HealthCheck>,
+}
+
+/// Active health checks of a service's backends, as HAProxy's `check` with `inter`,
+/// `downinter`, `rise` and `fall`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What one check does.
+    pub probe: Probe,
+    /// Time between two checks of a backend that is up (each spread by up to ±10 %).
+    pub interval: Duration,
+    /// Time between two checks of a backend that is down.
+    pub down_interval: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    pub fall: u32,
+}
+
+/// One health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connect that succeeds within the timeout.
+    Tcp,
+    /// `GET path` over HTTP/1.1 answered with a 2xx or 3xx status within the timeout.
+    Http { path: String },
+}
+
+impl Probe {
+    /// `tcp`, or `http:PATH` with `PATH` starting with `/`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Probe> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("tcp") {
+            return Some(Probe::Tcp);
+        }
+        let path = s.strip_prefix("http:")?;
+        let printable = path.bytes().all(|b| b.is_ascii_graphic());
+        (path.starts_with('/') && printable).then(|| Probe::Http {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Tcp => f.write_str("tcp"),
+            Probe::Http { path } => write!(f, "http:{path}"),
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Defaults: HAProxy's 2 s interval, rise 2 and fall 3; a 1 s timeout.
+    pub const INTERVAL: Duration = Duration::from_secs(2);
+    pub const TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RISE: u32 = 2;
+    pub const FALL: u32 = 3;
+
+    /// `probe` with the defaults.
+    pub fn new(probe: Probe) -> HealthCheck {
+        HealthCheck {
+            probe,
+            interval: Self::INTERVAL,
+            down_interval: Self::INTERVAL,
+            timeout: Self::TIMEOUT,
+            rise: Self::RISE,
+            fall: Self::FALL,
+        }
+    }
 }
 
 /// A version of HAProxy's PROXY protocol.
@@ -206,6 +279,7 @@ impl Service {
             preserve_client_ip: false,
             proxy_protocol: None,
             accept_proxy_protocol: Vec::new(),
+            health: None,
         }
     }
 }

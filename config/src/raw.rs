@@ -17,6 +17,7 @@ use crate::model::{Admin, Config, Protocol};
 use crate::names::DnsConfig;
 
 mod dns;
+mod health;
 mod proxy;
 
 pub use proxy::parse_range;
@@ -65,6 +66,12 @@ struct RawService {
     max_flows: Option<Spanned<i64>>,
     proxy_protocol: Option<Spanned<String>>,
     accept_proxy_protocol: Option<Spanned<Vec<Spanned<String>>>>,
+    health_check: Option<Spanned<String>>,
+    health_interval: Option<Spanned<String>>,
+    health_down_interval: Option<Spanned<String>>,
+    health_timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

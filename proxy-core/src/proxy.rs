@@ -220,6 +220,12 @@ impl Proxy {
         self.table.load_full()
     }
 
+    /// Where the current table is published: what the workers read at every pick (the
+    /// health checks read it too, and mark backends in it).
+    pub fn published(&self) -> Arc<ArcSwap<Table>> {
+        Arc::clone(&self.table)
+    }
+
     /// Frontends with the addresses actually bound.
     pub fn frontends(&self) -> &[BoundFrontend] {
         &self.frontends

@@ -317,6 +317,10 @@ const BACKEND_WEIGHT: Family = Family::gauge(
     "ringlb_backend_weight",
     "Configured weight of the backend; 0 takes no new connections.",
 );
+const BACKEND_UP: Family = Family::gauge(
+    "ringlb_backend_up",
+    "0 while the service's health checks hold the backend down (it takes no new connections), else 1.",
+);
 const BACKEND_OVERLOADED: Family = Family::gauge(
     "ringlb_backend_overloaded",
     "1 while the backend is over its max_connections and takes no new connections, else 0.",
@@ -421,6 +425,7 @@ fn backend_series(name: &str, entry: &ServiceEntry, out: &mut Scrape) {
             &b,
             f64::from(u8::from(state.is_overloaded())),
         );
+        out.gauge(&BACKEND_UP, &b, f64::from(u8::from(!state.is_down())));
     }
 }
 

@@ -39,7 +39,20 @@ struct ServiceConfig<'a> {
     /// Where a PROXY protocol header is read from.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     accept_proxy_protocol: &'a [ipnet::IpNet],
+    /// The health checks, as `tcp` or `http:PATH` with their settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_check: Option<HealthView>,
     endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Serialize)]
+struct HealthView {
+    check: String,
+    interval: String,
+    down_interval: String,
+    timeout: String,
+    rise: u32,
+    fall: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +96,14 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
         max_connect_attempts: svc.max_connect_attempts.get(),
         proxy_protocol: svc.proxy_protocol.map(config::ProxyProtocol::name),
         accept_proxy_protocol: &svc.accept_proxy_protocol,
+        health_check: svc.health.as_ref().map(|h| HealthView {
+            check: h.probe.to_string(),
+            interval: duration(h.interval),
+            down_interval: duration(h.down_interval),
+            timeout: duration(h.timeout),
+            rise: h.rise,
+            fall: h.fall,
+        }),
         endpoints: entry
             .backends
             .iter()
@@ -108,6 +129,8 @@ fn duration(d: std::time::Duration) -> String {
 fn endpoint_state(weight: u32, state: &BackendState) -> &'static str {
     if weight == 0 {
         "inactive"
+    } else if state.is_down() {
+        "down"
     } else if state.is_overloaded() {
         "overloaded"
     } else {

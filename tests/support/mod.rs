@@ -540,3 +540,17 @@ pub fn replace_file(path: &std::path::Path, yaml: &str) {
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// `ringlb check` on `yaml` (written to a file tagged `tag`) exits 1 and says each of `wants`.
+pub fn check_fails_saying(tag: &str, yaml: &str, wants: &[&str]) {
+    let path = write_config(tag, yaml);
+    let out = ringlb_command(&["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    for want in wants {
+        assert!(said.contains(want), "{want:?} in:\n{said}");
+    }
+}

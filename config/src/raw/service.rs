@@ -42,6 +42,17 @@ impl Validator {
         let proxy_protocol = self.proxy_protocol(path, r.proxy_protocol, tcp_only);
         let accept_proxy_protocol =
             self.accept_proxy_protocol(path, r.accept_proxy_protocol, tcp_only);
+        let health = self.health(
+            path,
+            super::health::RawHealth {
+                check: r.health_check,
+                interval: r.health_interval,
+                down_interval: r.health_down_interval,
+                timeout: r.health_timeout,
+                rise: r.rise,
+                fall: r.fall,
+            },
+        );
         let (backends, targets) = backends?;
         Some(Service {
             name: name?,
@@ -58,6 +69,7 @@ impl Validator {
             preserve_client_ip: false,
             proxy_protocol: proxy_protocol?,
             accept_proxy_protocol: accept_proxy_protocol?,
+            health: health?,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

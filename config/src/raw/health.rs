@@ -1,0 +1,109 @@
+//! Validation of a service's health-check keys (`health_check`, `health_interval`,
+//! `health_down_interval`, `health_timeout`, `rise`, `fall`), each with its located error.
+
+use serde_saphyr::Spanned;
+
+use super::Validator;
+use crate::model::{HealthCheck, Probe};
+
+/// The most consecutive results `rise` and `fall` may ask for.
+const MAX_COUNT: i64 = 100;
+
+/// A service's health-check keys as written.
+pub(super) struct RawHealth {
+    pub check: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub down_interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+}
+
+impl Validator {
+    /// The health checks of a service: `None` inside when `health_check` is absent (then
+    /// the other keys are errors: they would do nothing).
+    pub(super) fn health(&mut self, path: &str, raw: RawHealth) -> Option<Option<HealthCheck>> {
+        let Some(check) = raw.check else {
+            let strays = [
+                (
+                    "health_interval",
+                    raw.interval.as_ref().map(|s| s.referenced),
+                ),
+                (
+                    "health_down_interval",
+                    raw.down_interval.as_ref().map(|s| s.referenced),
+                ),
+                ("health_timeout", raw.timeout.as_ref().map(|s| s.referenced)),
+                ("rise", raw.rise.as_ref().map(|s| s.referenced)),
+                ("fall", raw.fall.as_ref().map(|s| s.referenced)),
+            ];
+            let mut ok = true;
+            for (key, at) in strays {
+                if let Some(at) = at {
+                    self.problems.push(crate::error::Problem {
+                        line: Some(at.line()),
+                        column: Some(at.column()),
+                        path: format!("{path}.{key}"),
+                        reason: "only with health_check (tcp or http:PATH)".into(),
+                    });
+                    ok = false;
+                }
+            }
+            return ok.then_some(None);
+        };
+        let probe = match Probe::parse(&check.value) {
+            Some(p) => Some(p),
+            None => {
+                let why = format!(
+                    "{:?} is not a health check: tcp, or http:PATH with PATH starting with /",
+                    check.value
+                );
+                self.at(&check, format!("{path}.health_check"), why);
+                None
+            }
+        };
+        let interval = self.duration(
+            raw.interval,
+            format!("{path}.health_interval"),
+            HealthCheck::INTERVAL,
+        );
+        let down_interval = match raw.down_interval {
+            None => interval,
+            some => self.duration(
+                some,
+                format!("{path}.health_down_interval"),
+                HealthCheck::INTERVAL,
+            ),
+        };
+        let timeout = self.duration(
+            raw.timeout,
+            format!("{path}.health_timeout"),
+            HealthCheck::TIMEOUT,
+        );
+        let rise = self.count(raw.rise, format!("{path}.rise"), HealthCheck::RISE);
+        let fall = self.count(raw.fall, format!("{path}.fall"), HealthCheck::FALL);
+        Some(Some(HealthCheck {
+            probe: probe?,
+            interval: interval?,
+            down_interval: down_interval?,
+            timeout: timeout?,
+            rise: rise?,
+            fall: fall?,
+        }))
+    }
+
+    /// `rise` or `fall`: 1 to [`MAX_COUNT`].
+    fn count(&mut self, raw: Option<Spanned<i64>>, path: String, default: u32) -> Option<u32> {
+        let Some(n) = raw else {
+            return Some(default);
+        };
+        match u32::try_from(n.value) {
+            Ok(v) if (1..=MAX_COUNT).contains(&n.value) => Some(v),
+            _ => {
+                let why = format!("must be between 1 and {MAX_COUNT}, got {}", n.value);
+                self.at(&n, path, why);
+                None
+            }
+        }
+    }
+}

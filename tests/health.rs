@@ -1,0 +1,189 @@
+//! Active health checks through real sockets: a backend that refuses, one that accepts and
+//! never answers, one that resets at once, each taken out of the rotation after `fall`
+//! failed checks and put back after `rise` passed ones.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::admin::{admin_addr, scrape, value};
+use support::*;
+
+const HEALTHY: u8 = 0;
+const HANGS: u8 = 1;
+const RESETS: u8 = 2;
+
+/// A backend named `name` on `listener`: a connection starting with `GET ` is a health check,
+/// answered as `mode` says (200, never, or a reset); any other is a client, answered with
+/// the name.
+fn backend(name: &'static str, listener: TcpListener, mode: Arc<AtomicU8>) {
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mode = Arc::clone(&mode);
+            std::thread::spawn(move || {
+                let mut first = [0u8; 512];
+                let Ok(n) = s.read(&mut first) else { return };
+                if !first[..n].starts_with(b"GET ") {
+                    let _ = s.write_all(name.as_bytes());
+                    return;
+                }
+                match mode.load(Ordering::Relaxed) {
+                    HEALTHY => {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    }
+                    HANGS => std::thread::sleep(PATIENCE),
+                    _ => {
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Which backend a new connection reaches.
+fn reach(front: SocketAddr) -> String {
+    let mut s = TcpStream::connect(front).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    s.write_all(b"hi\n").unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    let mut name = String::new();
+    let _ = s.read_to_string(&mut name);
+    name
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn failing_backends_leave_the_rotation_after_fall_checks_and_return_after_rise() {
+    let good = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (good_addr, bad_addr) = (good.local_addr().unwrap(), bad.local_addr().unwrap());
+    backend("good", good, Arc::new(AtomicU8::new(HEALTHY)));
+    let mode = Arc::new(AtomicU8::new(HANGS));
+    backend("bad", bad, Arc::clone(&mode));
+    let proxy = quick(
+        "uring",
+        &[good_addr, bad_addr],
+        &[
+            "--health-check",
+            "http:/health",
+            "--health-interval",
+            "50ms",
+            "--health-timeout",
+            "100ms",
+            "--fall",
+            "2",
+            "--rise",
+            "2",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = admin_addr(&proxy);
+    let up = |backend: SocketAddr| {
+        let b = backend.to_string();
+        value(
+            &scrape(admin),
+            "ringlb_backend_up",
+            &[("service", "default"), ("backend", &b)],
+        )
+    };
+    let bad_label = bad_addr.to_string();
+    for (failing, how) in [(HANGS, "no answer within"), (RESETS, "HTTP")] {
+        mode.store(failing, Ordering::Relaxed);
+        wait_until("the failing backend is down", || up(bad_addr) == 0.0);
+        proxy.wait_stderr(how);
+        assert_eq!(up(good_addr), 1.0);
+        for _ in 0..20 {
+            assert_eq!(
+                reach(proxy.addr()),
+                "good",
+                "a down backend takes no connection"
+            );
+        }
+        let config = support::admin::get_json(admin, "/config");
+        let states: Vec<_> = config["services"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["address"].as_str().unwrap().to_owned(),
+                    e["state"].clone(),
+                )
+            })
+            .collect();
+        assert!(
+            states.contains(&(bad_label.clone(), "down".into())),
+            "{states:?}"
+        );
+        // It comes back: after `rise` passed checks, round robin reaches it again.
+        mode.store(HEALTHY, Ordering::Relaxed);
+        wait_until("the backend is up again", || up(bad_addr) == 1.0);
+        let reached: Vec<String> = (0..4).map(|_| reach(proxy.addr())).collect();
+        assert!(reached.iter().any(|n| n == "bad"), "{reached:?}");
+    }
+    proxy.wait_stderr("backend up");
+}
+
+#[test]
+fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
+    let gone = refused_addr();
+    let proxy = quick(
+        "epoll",
+        &[gone],
+        &[
+            "--health-check",
+            "tcp",
+            "--health-interval",
+            "50ms",
+            "--fall",
+            "1",
+        ],
+    );
+    proxy.wait_stderr("backend down");
+    assert!(proxy.stderr().contains("connect:"), "{}", proxy.stderr());
+    // Every backend down: the client is reset at once, as with none eligible.
+    let mut s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 8];
+    let got = s.read(&mut buf);
+    assert!(
+        got.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{got:?}"
+    );
+    // The backend comes back on its port: up again after `rise` (2) connects.
+    let back = TcpListener::bind(gone).unwrap();
+    proxy.wait_stderr("backend up");
+    drop(back);
+}
+
+#[test]
+fn the_health_keys_are_checked_with_located_errors() {
+    check_fails_saying(
+        "health-keys",
+        "services:\n  - name: web\n    listen: [\"127.0.0.1:8080\"]\n    \
+         health_check: \"http:health\"\n    rise: 0\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n  - name: db\n    \
+         listen: [\"127.0.0.1:5432\"]\n    fall: 2\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n",
+        &[
+            ":4:19: services[0].health_check: \"http:health\" is not a health check",
+            "services[0].rise: must be between 1 and 100, got 0",
+            "services[1].fall: only with health_check (tcp or http:PATH)",
+        ],
+    );
+}
