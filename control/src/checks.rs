@@ -1,14 +1,15 @@
-//! Active health checks of backends, as HAProxy's `check`: one task on the control runtime
-//! checks every backend of every service that asks for it (a TCP connect, or an HTTP `GET`
-//! through hyper), each on its own schedule (`health_interval` while up, `health_down_interval`
-//! while down, each spread by up to ±10 %), and marks a backend down after `fall` failures
-//! in a row and up after `rise` successes. The mark is the backend's node-wide state, which
-//! the workers read at every pick: a backend marked down takes no new connection from the
-//! next pick on, and its open connections are left alone.
+//! Active health checks of backends, as HAProxy's `check`: on the control runtime, one task
+//! per checked backend runs its checks on its own schedule (`health_interval` while up,
+//! `health_down_interval` while down, each spread by up to ±10 %), a TCP connect or an HTTP
+//! `GET` through hyper, and marks the backend down after `fall` failures in a row and up
+//! after `rise` successes. The mark is the backend's node-wide state, which the workers read
+//! at every pick: a backend marked down takes no new connection from the next pick on, and
+//! its open connections are left alone.
 //!
-//! The table is read again at every turn: a reload that adds a backend starts its checks,
-//! one that removes a backend ends them. Every backend starts up (a new ringlb serves at
-//! once; a dead backend is still skipped by the connect retry until `fall` checks say so).
+//! A supervising task follows the table: when a new one is published it starts the checks of
+//! backends that appeared and ends those of backends that left (or whose checks changed).
+//! Every backend starts up (a new ringlb serves at once; a dead backend is still skipped by
+//! the connect retry until `fall` checks say so).
 
 mod probe;
 
@@ -18,141 +19,139 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use balancers::BackendState;
 use config::{HealthCheck, Table};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::task::AbortHandle;
 
-/// How often the table is read again when no check is due sooner.
-const RESCAN: Duration = Duration::from_secs(1);
+/// How often the supervisor looks for a new table.
+const FOLLOW: Duration = Duration::from_millis(250);
 
 /// A backend of a service.
 type Key = (String, SocketAddr);
 
-/// What the checker knows of one backend.
-#[derive(Debug)]
-struct Backend {
+/// The checks running for one backend.
+struct Running {
     check: HealthCheck,
-    up: bool,
-    /// Consecutive results that go against `up`.
-    run: u32,
-    next: Instant,
-    in_flight: bool,
+    state: Arc<BackendState>,
+    task: AbortHandle,
 }
 
-/// A check's outcome: `Err` says why it failed.
-type Outcome = (Key, Result<(), String>);
-
-/// Starts checking the backends of the services of `table` (read again at every turn) on
-/// the current runtime. The task ends when the runtime does.
+/// Starts checking the backends of the services of `table` (followed as it is replaced) on
+/// the current runtime. The tasks end when the runtime does.
 pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(table))
+    tokio::spawn(async move {
+        let mut running: HashMap<Key, Running> = HashMap::new();
+        let mut version = None;
+        loop {
+            let current = table.load();
+            if version != Some(current.version()) {
+                version = Some(current.version());
+                follow(&current, &mut running);
+            }
+            tokio::time::sleep(FOLLOW).await;
+        }
+    })
 }
 
-async fn run(table: Arc<ArcSwap<Table>>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outcome>();
-    let mut backends: HashMap<Key, Backend> = HashMap::new();
-    let mut jitter = Jitter::new();
-    loop {
-        let now = Instant::now();
-        follow(&table.load(), &mut backends, &mut jitter, now);
-        for (key, b) in &mut backends {
-            if b.next <= now && !b.in_flight {
-                b.in_flight = true;
-                let (key, check, tx) = (key.clone(), b.check.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let outcome = probe::check(&check, key.1).await;
-                    let _ = tx.send((key, outcome));
-                });
-            }
-        }
-        let due = backends
-            .values()
-            .filter(|b| !b.in_flight)
-            .map(|b| b.next)
-            .min()
-            .unwrap_or(now + RESCAN)
-            .min(now + RESCAN);
-        tokio::select! {
-            Some((key, outcome)) = rx.recv() => {
-                let Some(b) = backends.get_mut(&key) else { continue };
-                record(&table.load(), &key, b, outcome, &mut jitter);
-            }
-            () = tokio::time::sleep_until(due) => {}
-        }
-    }
-}
-
-/// Brings `backends` in line with the services of `table` that have health checks: new
-/// backends are checked soon (spread over one interval), gone ones forgotten, a changed
-/// check applies from the next one.
-fn follow(table: &Table, backends: &mut HashMap<Key, Backend>, jitter: &mut Jitter, now: Instant) {
-    let mut seen = std::collections::HashSet::new();
+/// Brings the running checks in line with the services of `table`: backends that appeared
+/// (or whose checks or state changed) get a task, those that left lose theirs.
+fn follow(table: &Table, running: &mut HashMap<Key, Running>) {
+    let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendState>)> = HashMap::new();
     for entry in table.services() {
         let Some(check) = &entry.service.health else {
             continue;
         };
         for (backend, state) in entry.backends.iter().zip(&entry.states) {
             let key = (entry.service.name.clone(), backend.address);
-            seen.insert(key.clone());
-            let b = backends.entry(key).or_insert_with(|| Backend {
-                check: check.clone(),
-                up: !state.is_down(),
-                run: 0,
-                next: now + jitter.within(check.interval),
-                in_flight: false,
-            });
-            b.check.clone_from(check);
+            wanted.insert(key, (check.clone(), Arc::clone(state)));
         }
     }
-    backends.retain(|key, _| seen.contains(key));
+    running.retain(|key, r| {
+        let keep = wanted
+            .get(key)
+            .is_some_and(|(check, state)| *check == r.check && Arc::ptr_eq(state, &r.state));
+        if !keep {
+            r.task.abort();
+            if !wanted.contains_key(key) {
+                // No checks any more (a backend of a service whose checks were switched off
+                // stays in the table): nothing would ever bring it up again.
+                r.state.set_down(false);
+            }
+        }
+        keep
+    });
+    for (key, (check, state)) in wanted {
+        if running.contains_key(&key) {
+            continue;
+        }
+        let task = tokio::spawn(checks(key.clone(), check.clone(), Arc::clone(&state)));
+        let task = task.abort_handle();
+        running.insert(key, Running { check, state, task });
+    }
 }
 
-/// Counts `outcome` for backend `key`, turns it down or up when the run is long enough
-/// (on its state in the current `table`), and schedules its next check.
-fn record(
-    table: &Table,
-    key: &Key,
-    b: &mut Backend,
-    outcome: Result<(), String>,
-    jitter: &mut Jitter,
-) {
-    b.in_flight = false;
-    let against = outcome.is_ok() != b.up;
-    b.run = if against { b.run + 1 } else { 0 };
-    let (service, address) = (&key.0, key.1);
-    if b.up && b.run >= b.check.fall {
-        b.up = false;
-        b.run = 0;
-        let why = outcome.as_ref().err().map_or("", String::as_str);
+/// Checks one backend until aborted, first within one interval.
+async fn checks(key: Key, check: HealthCheck, state: Arc<BackendState>) {
+    let mut jitter = Jitter::for_key(&key);
+    let mut tally = Tally::new(!state.is_down(), check.rise, check.fall);
+    tokio::time::sleep(jitter.within(check.interval)).await;
+    loop {
+        let outcome = probe::check(&check, key.1).await;
+        if let Some(up) = tally.record(outcome.is_ok()) {
+            report(&key, &check, up, outcome.err().as_deref());
+            state.set_down(!up);
+        }
+        let every = if tally.up {
+            check.interval
+        } else {
+            check.down_interval
+        };
+        tokio::time::sleep(jitter.around(every)).await;
+    }
+}
+
+fn report(key: &Key, check: &HealthCheck, up: bool, why: Option<&str>) {
+    let (service, backend) = (&key.0, key.1);
+    if up {
+        tracing::info!(service = %service, %backend, rise = check.rise, "backend up");
+    } else {
         tracing::warn!(
-            service = %service, backend = %address, fall = b.check.fall, reason = why,
+            service = %service, %backend, fall = check.fall, reason = why.unwrap_or(""),
             "backend down: no new connections until it passes its checks again"
         );
-        mark(table, key, true);
-    } else if !b.up && b.run >= b.check.rise {
-        b.up = true;
-        b.run = 0;
-        tracing::info!(service = %service, backend = %address, rise = b.check.rise, "backend up");
-        mark(table, key, false);
     }
-    let every = if b.up {
-        b.check.interval
-    } else {
-        b.check.down_interval
-    };
-    b.next = Instant::now() + jitter.around(every);
 }
 
-/// Sets backend `key`'s down flag in `table`.
-fn mark(table: &Table, key: &Key, down: bool) {
-    let found = table
-        .services()
-        .iter()
-        .filter(|e| e.service.name == key.0)
-        .flat_map(|e| e.backends.iter().zip(&e.states))
-        .find(|(b, _)| b.address == key.1);
-    if let Some((_, state)) = found {
-        state.set_down(down);
+/// Consecutive results of one backend's checks.
+#[derive(Debug)]
+struct Tally {
+    up: bool,
+    /// Results in a row that go against `up`.
+    run: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Tally {
+    fn new(up: bool, rise: u32, fall: u32) -> Tally {
+        Tally {
+            up,
+            run: 0,
+            rise,
+            fall,
+        }
+    }
+
+    /// Counts one check; `Some(up)` when the backend changes state.
+    fn record(&mut self, passed: bool) -> Option<bool> {
+        self.run = if passed == self.up { 0 } else { self.run + 1 };
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.run < needed {
+            return None;
+        }
+        self.up = !self.up;
+        self.run = 0;
+        Some(self.up)
     }
 }
 
@@ -161,11 +160,11 @@ fn mark(table: &Table, key: &Key, down: bool) {
 struct Jitter(u64);
 
 impl Jitter {
-    fn new() -> Jitter {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
-        Jitter(seed | 1)
+    /// Seeded from `key` and the process's random hash keys, so that no two backends draw
+    /// alike.
+    fn for_key(key: &Key) -> Jitter {
+        use std::hash::BuildHasher;
+        Jitter(std::collections::hash_map::RandomState::new().hash_one(key) | 1)
     }
 
     fn next(&mut self) -> u64 {

@@ -4,7 +4,7 @@ use config::{Backend, Config, Probe, Protocol, Service};
 
 use super::*;
 
-fn table(backends: &[SocketAddr], check: HealthCheck) -> Table {
+fn table(backends: &[SocketAddr], check: Option<HealthCheck>) -> Table {
     let mut svc = Service::with_defaults(
         "web",
         Protocol::Tcp,
@@ -12,7 +12,7 @@ fn table(backends: &[SocketAddr], check: HealthCheck) -> Table {
         backends.iter().map(|a| Backend::new(*a, 1)).collect(),
         balancers::SchedulerConfig::new(balancers::SchedulerKind::Rr),
     );
-    svc.health = Some(check);
+    svc.health = check;
     Table::build(
         &Config {
             services: vec![svc],
@@ -23,65 +23,69 @@ fn table(backends: &[SocketAddr], check: HealthCheck) -> Table {
 
 #[test]
 fn fall_failures_take_a_backend_down_and_rise_successes_bring_it_up() {
-    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let mut check = HealthCheck::new(Probe::Tcp);
-    check.fall = 3;
-    check.rise = 2;
-    let table = table(&[addr], check);
-    let state = &table.services()[0].states[0];
-    let mut backends = HashMap::new();
-    let mut jitter = Jitter::new();
-    follow(&table, &mut backends, &mut jitter, Instant::now());
-    let key = ("web".to_owned(), addr);
-    let mut result = |ok: bool| {
-        let b = backends.get_mut(&key).unwrap();
-        let outcome = if ok {
-            Ok(())
-        } else {
-            Err("refused".to_owned())
-        };
-        record(&table, &key, b, outcome, &mut jitter);
-        state.is_down()
-    };
+    let mut t = Tally::new(true, 2, 3);
     // A failure run broken by a success does not count.
-    assert!(!result(false) && !result(false) && !result(true));
-    assert!(!result(false) && !result(false));
-    assert!(result(false), "the third failure in a row");
-    assert!(result(true), "one success is not enough");
-    assert!(result(false) && result(true));
-    assert!(!result(true), "the second success in a row");
+    for passed in [false, false, true, false, false] {
+        assert_eq!(t.record(passed), None);
+    }
+    assert_eq!(t.record(false), Some(false), "the third failure in a row");
+    assert_eq!(t.record(true), None, "one success is not enough");
+    assert_eq!(t.record(false), None);
+    assert_eq!(t.record(true), None);
+    assert_eq!(t.record(true), Some(true), "the second success in a row");
+    assert!(t.up);
 }
 
-#[test]
-fn a_reload_starts_and_ends_checks_with_its_backends() {
+#[tokio::test]
+async fn the_checks_follow_the_table() {
     let (a, b): (SocketAddr, SocketAddr) = (
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),
     );
     let check = HealthCheck::new(Probe::Tcp);
-    let mut backends = HashMap::new();
-    let mut jitter = Jitter::new();
-    let now = Instant::now();
-    follow(
-        &table(&[a, b], check.clone()),
-        &mut backends,
-        &mut jitter,
-        now,
+    let mut running = HashMap::new();
+    let first = table(&[a, b], Some(check.clone()));
+    follow(&first, &mut running);
+    assert_eq!(running.len(), 2);
+    // The same backends and checks in a new table: the same tasks.
+    let again = Table::build(
+        &Config {
+            services: first.services().iter().map(|e| e.service.clone()).collect(),
+        },
+        Some(&first),
     );
-    assert_eq!(backends.len(), 2);
-    for backend in backends.values() {
-        assert!(
-            backend.next < now + check.interval,
-            "the first check within an interval"
-        );
-    }
-    follow(&table(&[b], check), &mut backends, &mut jitter, now);
-    assert_eq!(backends.keys().map(|k| k.1).collect::<Vec<_>>(), vec![b]);
+    let before: Vec<_> = running.values().map(|r| r.task.id()).collect();
+    follow(&again, &mut running);
+    let mut after: Vec<_> = running.values().map(|r| r.task.id()).collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after);
+    // A backend leaves; then the checks are switched off, the backend staying (its state
+    // carried over), marked down by its last check.
+    let only_b = table(&[b], Some(check));
+    follow(&only_b, &mut running);
+    assert_eq!(running.keys().map(|k| k.1).collect::<Vec<_>>(), vec![b]);
+    let mut services: Vec<Service> = only_b
+        .services()
+        .iter()
+        .map(|e| e.service.clone())
+        .collect();
+    services[0].health = None;
+    let unchecked = Table::build(&Config { services }, Some(&only_b));
+    let state = &unchecked.services()[0].states[0];
+    state.set_down(true);
+    follow(&unchecked, &mut running);
+    assert!(running.is_empty());
+    assert!(
+        !state.is_down(),
+        "without checks nothing would bring it up again"
+    );
 }
 
 #[test]
 fn jitter_stays_within_ten_percent() {
-    let mut jitter = Jitter::new();
+    let mut jitter = Jitter::for_key(&("web".to_owned(), "127.0.0.1:1".parse().unwrap()));
     let d = Duration::from_secs(2);
     for _ in 0..1000 {
         let t = jitter.around(d);
