@@ -55,6 +55,43 @@ pub fn check(path: &Path, node_addresses: &[std::net::IpAddr]) -> ExitCode {
     }
 }
 
+/// The health checks, outlier detection and PROXY protocol of `svc`, a line each.
+fn describe_guards(s: &mut String, svc: &config::Service) {
+    use std::fmt::Write as _;
+    if let Some(h) = &svc.health {
+        let _ = writeln!(
+            s,
+            "  health check {} every {} ({} while down), timeout {}, rise {}, fall {}",
+            h.probe,
+            humantime::format_duration(h.interval),
+            humantime::format_duration(h.down_interval),
+            humantime::format_duration(h.timeout),
+            h.rise,
+            h.fall
+        );
+    }
+    if let Some(o) = svc.outliers {
+        let _ = writeln!(
+            s,
+            "  outliers ejected after {} failures in a row for {} (more each time), at most {}% at once",
+            o.after,
+            humantime::format_duration(o.time),
+            o.max_percent
+        );
+    }
+    if let Some(version) = svc.proxy_protocol {
+        let _ = writeln!(s, "  PROXY protocol {} to backends", version.name());
+    }
+    if !svc.accept_proxy_protocol.is_empty() {
+        let ranges: Vec<String> = svc
+            .accept_proxy_protocol
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(s, "  PROXY protocol read from {}", ranges.join(", "));
+    }
+}
+
 /// What a config would serve, for humans.
 fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
@@ -80,29 +117,7 @@ fn describe(config: &Config) -> String {
             humantime::format_duration(svc.idle_timeout),
             svc.max_connect_attempts
         );
-        if let Some(h) = &svc.health {
-            let _ = writeln!(
-                s,
-                "  health check {} every {} ({} while down), timeout {}, rise {}, fall {}",
-                h.probe,
-                humantime::format_duration(h.interval),
-                humantime::format_duration(h.down_interval),
-                humantime::format_duration(h.timeout),
-                h.rise,
-                h.fall
-            );
-        }
-        if let Some(version) = svc.proxy_protocol {
-            let _ = writeln!(s, "  PROXY protocol {} to backends", version.name());
-        }
-        if !svc.accept_proxy_protocol.is_empty() {
-            let ranges: Vec<String> = svc
-                .accept_proxy_protocol
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let _ = writeln!(s, "  PROXY protocol read from {}", ranges.join(", "));
-        }
+        describe_guards(&mut s, svc);
         for l in &svc.listen {
             let _ = writeln!(s, "  listen  {l}");
         }

@@ -252,9 +252,32 @@ pub struct HealthArgs {
     /// Quick mode: consecutive failed checks that take a backend down.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), requires = "health_check")]
     pub fall: u32,
+
+    /// Quick mode, TCP: eject a backend after N failures in a row seen by the workers (a
+    /// failed connect, a reset before its first byte back); 0 is off.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub eject_after: u32,
+
+    /// Quick mode: how long a first ejection lasts (the nth lasts n times as long, at most
+    /// 5 minutes).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_positive_duration)]
+    pub eject_time: Duration,
+
+    /// Quick mode: the most of the backends ejected at once, in percent (always one).
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_eject_percent: u32,
 }
 
 impl HealthArgs {
+    /// The outlier detection these flags ask for.
+    pub fn outliers(&self) -> Option<config::Outliers> {
+        (self.eject_after > 0).then_some(config::Outliers {
+            after: self.eject_after,
+            time: self.eject_time,
+            max_percent: self.max_eject_percent,
+        })
+    }
+
     /// The checks these flags ask for.
     pub fn check(&self) -> Option<config::HealthCheck> {
         let probe = self.health_check.clone()?;

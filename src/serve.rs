@@ -141,6 +141,10 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     service.proxy_protocol = args.proxy_protocol;
     service.accept_proxy_protocol = args.accept_proxy_protocol.clone();
     service.health = args.health.check();
+    service.outliers = args.health.outliers();
+    if service.outliers.is_some() && protocol != Protocol::Tcp {
+        bail!("--eject-after is for TCP (--proto tcp)");
+    }
     Ok(Config {
         services: vec![service],
     })
@@ -241,8 +245,7 @@ async fn serve_with(
     )
     .await?;
     on_ready(&started.proxy);
-    // Runs as long as the control runtime: with the process.
-    drop(control::checks::spawn(started.proxy.published()));
+    watch_backends(&started.proxy);
     if let Some(master) = &master {
         master.ready().await;
     }
@@ -264,6 +267,13 @@ async fn serve_with(
     let stop = running.until_stop(&mut control_rx).await;
     running.drain(stop, dp.drain_timeout).await;
     Ok(())
+}
+
+/// Starts the health checks and the readmission of ejected backends, on the control runtime
+/// for as long as it runs (the process's life).
+fn watch_backends(proxy: &Proxy) {
+    drop(control::checks::spawn(proxy.published()));
+    drop(control::ejections::spawn(proxy.published()));
 }
 
 /// Passes what the master says to the control loop, as [`Control::Master`].

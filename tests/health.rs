@@ -172,6 +172,24 @@ fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
 }
 
 #[test]
+fn the_outlier_keys_are_checked_with_located_errors() {
+    check_fails_saying(
+        "outlier-keys",
+        "services:\n  - name: web\n    listen: [\"127.0.0.1:8080\"]\n    eject_after: 1000\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n  - name: db\n    \
+         listen: [\"127.0.0.1:5432\"]\n    eject_time: 10s\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n  - name: dns\n    protocol: udp\n    \
+         listen: [\"127.0.0.1:5353\"]\n    eject_after: 2\n    \
+         backends: [{address: \"127.0.0.1:53\"}]\n",
+        &[
+            ":4:18: services[0].eject_after: must be between 0 (off) and 100, got 1000",
+            "services[1].eject_time: only with eject_after",
+            "services[2].eject_after: outlier detection is for TCP services only",
+        ],
+    );
+}
+
+#[test]
 fn the_health_keys_are_checked_with_located_errors() {
     check_fails_saying(
         "health-keys",
@@ -186,4 +204,77 @@ fn the_health_keys_are_checked_with_located_errors() {
             "services[1].fall: only with health_check (tcp or http:PATH)",
         ],
     );
+}
+
+/// A backend that accepts every connection and resets it at once.
+fn resetting() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    addr
+}
+
+/// Passive outlier detection: a backend that resets every connection is ejected after
+/// `--eject-after` failures in a row seen by the workers, takes no connection while ejected,
+/// is readmitted when its time is up, and is ejected again for longer.
+#[test]
+fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_time() {
+    let good = name_server("good");
+    let bad = resetting();
+    let proxy = quick(
+        "uring",
+        &[good, bad],
+        &[
+            "--eject-after",
+            "3",
+            "--eject-time",
+            "300ms",
+            "--max-eject-percent",
+            "50",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = admin_addr(&proxy);
+    let bad_label = bad.to_string();
+    let ejected = || {
+        let labels = [("service", "default"), ("backend", bad_label.as_str())];
+        value(&scrape(admin), "ringlb_backend_ejected", &labels)
+    };
+    let answer_of = || {
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).map(|_| text)
+    };
+    // Round robin alternates: the bad backend's 3rd reset in a row ejects it.
+    let mut failed = 0;
+    while ejected() == 0.0 {
+        if answer_of().is_err() {
+            failed += 1;
+        }
+        assert!(failed <= 3, "ejected after 3 failures in a row");
+    }
+    assert_eq!(failed, 3);
+    proxy.wait_stderr("backend ejected");
+    for _ in 0..20 {
+        assert_eq!(
+            answer_of().unwrap(),
+            "good",
+            "an ejected backend takes no connection"
+        );
+    }
+    // Its time is up: readmitted, it fails again, and the second ejection is longer.
+    wait_until("readmitted", || ejected() == 0.0);
+    proxy.wait_stderr("backend readmitted after its ejection");
+    while ejected() == 0.0 {
+        let _ = answer_of();
+    }
+    // The second ejection lasts twice as long as the first.
+    proxy.wait_stderr("600ms");
 }

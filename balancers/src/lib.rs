@@ -43,6 +43,7 @@ mod dh;
 mod hash;
 mod least;
 mod mh;
+pub mod outlier;
 mod rr;
 mod sh;
 mod state;

@@ -30,11 +30,21 @@ use std::sync::Arc;
 /// A health checker marks a backend down ([`BackendState::set_down`]); until it marks it up
 /// again the backend is not eligible for new connections, exactly as if it were overloaded
 /// (every scheduler skips it the same way), and its open connections are left alone.
+///
+/// # Ejected (outlier detection)
+///
+/// The data plane ejects a backend after consecutive failures ([`BackendState::outlier`],
+/// [`BackendState::eject`]) and the control plane readmits it when its time is up; while
+/// ejected it is skipped as when down. The two flags are apart: a passing health check does
+/// not end an ejection.
 #[derive(Debug, Default)]
 pub struct BackendState {
     /// Packed so that the least-connection schedulers read everything with one load:
-    /// bit 63 overloaded, bits 32..63 active (31 bits), bit 31 down, bits 0..31 inactive.
+    /// bit 63 overloaded, bits 32..63 active (31 bits), bit 31 down, bit 30 ejected, bits
+    /// 0..30 inactive.
     word: AtomicU64,
+    /// Consecutive failures and ejections.
+    outlier: crate::outlier::Outlier,
     /// Upper threshold; 0 = no limit.
     upper: AtomicU32,
 }
@@ -43,7 +53,8 @@ const OVERLOADED: u64 = 1 << 63;
 const ACTIVE_ONE: u64 = 1 << 32;
 const ACTIVE_MASK: u64 = (OVERLOADED - 1) & !(ACTIVE_ONE - 1);
 const DOWN: u64 = 1 << 31;
-const INACTIVE_MASK: u64 = DOWN - 1;
+const EJECTED: u64 = 1 << 30;
+const INACTIVE_MASK: u64 = EJECTED - 1;
 
 /// One consistent snapshot of a [`BackendState`] (a single atomic load).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +71,10 @@ impl Snapshot {
         (self.0 & INACTIVE_MASK) as u32
     }
 
-    /// Overloaded or down: not eligible for new connections.
+    /// Overloaded, down or ejected: not eligible for new connections.
     #[inline]
     pub(crate) fn overloaded(self) -> bool {
-        self.0 & (OVERLOADED | DOWN) != 0
+        self.0 & (OVERLOADED | DOWN | EJECTED) != 0
     }
 
     #[inline]
@@ -79,11 +90,14 @@ impl Snapshot {
         overhead | self.overloaded_mask() | u64::from(weight == 0).wrapping_neg()
     }
 
-    /// All ones when overloaded or down, else 0 (bits 63 and 31 each spread by an
-    /// arithmetic shift, no branch).
+    /// All ones when overloaded, down or ejected, else 0 (bits 63, 31 and 30 each spread by
+    /// an arithmetic shift, no branch).
     #[inline]
     pub(crate) fn overloaded_mask(self) -> u64 {
-        (((self.0 as i64) >> 63) | (((self.0 << 32) as i64) >> 63)) as u64
+        let over = (self.0 as i64) >> 63;
+        let down = ((self.0 << 32) as i64) >> 63;
+        let ejected = ((self.0 << 33) as i64) >> 63;
+        (over | down | ejected) as u64
     }
 
     /// `active * 256 + inactive`.
@@ -139,6 +153,36 @@ impl BackendState {
     #[inline]
     pub fn is_down(&self) -> bool {
         self.word.load(Ordering::Relaxed) & DOWN != 0
+    }
+
+    /// Whether outlier detection ejected the backend.
+    #[inline]
+    pub fn is_ejected(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & EJECTED != 0
+    }
+
+    /// Its consecutive failures and ejections.
+    pub fn outlier(&self) -> &crate::outlier::Outlier {
+        &self.outlier
+    }
+
+    /// Ejects the backend until `until` (see [`crate::outlier::monotonic_ms`]); `false` when
+    /// it was ejected already (another worker was first).
+    pub fn eject(&self, until: u64) -> bool {
+        if self.word.fetch_or(EJECTED, Ordering::Relaxed) & EJECTED != 0 {
+            return false;
+        }
+        self.outlier.ejected(until);
+        true
+    }
+
+    /// Readmits the backend if its ejection ended by `now`; `true` when it did.
+    pub fn readmit(&self, now: u64) -> bool {
+        if !self.is_ejected() || !self.outlier.ejection_over(now) {
+            return false;
+        }
+        self.outlier.readmitted();
+        self.word.fetch_and(!EJECTED, Ordering::Relaxed) & EJECTED != 0
     }
 
     /// Marks the backend down (no new connections) or up again; returns whether that
@@ -375,5 +419,31 @@ mod tests {
         assert!(s.set_down(false));
         assert!(!s.snapshot().overloaded());
         assert_eq!(s.snapshot().lc_key(1), 0);
+    }
+
+    #[test]
+    fn an_ejection_is_apart_from_down_and_ends_only_when_readmitted_in_time() {
+        let s = Arc::new(BackendState::new(None));
+        assert_eq!((s.outlier().failure(), s.outlier().failure()), (1, 2));
+        assert!(s.eject(1_000));
+        assert!(
+            !s.eject(2_000),
+            "another worker ejecting it too changes nothing"
+        );
+        assert!(s.is_ejected() && s.snapshot().overloaded());
+        assert_eq!(s.snapshot().lc_key(1), u64::MAX);
+        assert!(s.set_down(true) && s.set_down(false));
+        assert!(s.is_ejected(), "a passing health check does not readmit it");
+        assert!(!s.readmit(999), "not before its time");
+        assert!(s.readmit(1_000));
+        assert!(!s.is_ejected() && !s.snapshot().overloaded());
+        assert_eq!(s.outlier().failure(), 1, "the failure run started over");
+        assert_eq!(s.outlier().ejections(), 1);
+        let _c = s.connect();
+        assert_eq!(
+            (s.active(), s.inactive()),
+            (1, 0),
+            "the flags never touch the counts"
+        );
     }
 }

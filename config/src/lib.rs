@@ -38,7 +38,8 @@ pub use duration::{
 };
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Admin, Backend, Config, HealthCheck, Probe, Protocol, ProxyProtocol, Service, ServiceDefaults,
+    Admin, Backend, Config, HealthCheck, Outliers, Probe, Protocol, ProxyProtocol, Service,
+    ServiceDefaults,
 };
 pub use names::{Answers, BackendAddress, DnsConfig, HostName, HostNameError, Target};
 pub use raw::{parse_admin, parse_range, parse_yaml, parse_yaml_file};

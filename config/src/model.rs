@@ -85,6 +85,48 @@ pub struct Service {
     pub accept_proxy_protocol: Vec<ipnet::IpNet>,
     /// Active health checks of the backends (`None`: every backend is taken as up).
     pub health: Option<HealthCheck>,
+    /// TCP: passive outlier detection (`None`: off).
+    pub outliers: Option<Outliers>,
+}
+
+/// Passive outlier detection, as Envoy's consecutive-failure detection at L4: a backend with
+/// `after` failures in a row (connects that failed, connections reset before their first
+/// byte back) is ejected for `time` × its ejections so far (at most [`Outliers::MAX_TIME`]),
+/// and never more than `max_percent` of a service's backends at once (but always one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outliers {
+    pub after: u32,
+    pub time: Duration,
+    pub max_percent: u32,
+}
+
+impl Outliers {
+    /// Defaults: Envoy's 30 s base ejection time and 10 %.
+    pub const TIME: Duration = Duration::from_secs(30);
+    pub const MAX_PERCENT: u32 = 10;
+    /// The longest one ejection lasts (Envoy's `max_ejection_time` default).
+    pub const MAX_TIME: Duration = Duration::from_secs(300);
+
+    /// Ejection after `after` failures in a row, with the defaults.
+    pub fn new(after: u32) -> Outliers {
+        Outliers {
+            after,
+            time: Self::TIME,
+            max_percent: Self::MAX_PERCENT,
+        }
+    }
+
+    /// How long the `n`th ejection (from 1) of a backend lasts.
+    pub fn ejection(&self, n: u32) -> Duration {
+        self.time
+            .saturating_mul(n.max(1))
+            .min(Self::MAX_TIME.max(self.time))
+    }
+
+    /// How many of `backends` may be ejected at once.
+    pub fn most_ejected(&self, backends: usize) -> usize {
+        (backends * self.max_percent as usize / 100).max(1)
+    }
 }
 
 /// Active health checks of a service's backends, as HAProxy's `check` with `inter`,
@@ -280,6 +322,7 @@ impl Service {
             proxy_protocol: None,
             accept_proxy_protocol: Vec::new(),
             health: None,
+            outliers: None,
         }
     }
 }

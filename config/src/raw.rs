@@ -72,6 +72,9 @@ struct RawService {
     health_timeout: Option<Spanned<String>>,
     rise: Option<Spanned<i64>>,
     fall: Option<Spanned<i64>>,
+    eject_after: Option<Spanned<i64>>,
+    eject_time: Option<Spanned<String>>,
+    max_eject_percent: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

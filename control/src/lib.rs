@@ -3,7 +3,8 @@
 //! the bounded HTTP/1.1 server behind every HTTP port ringlb serves ([`http`]: the admin API,
 //! node mode's health servers), and the registry of what keeps ringlb from being ready
 //! ([`Readiness`], which `/readyz` reports), and the active health checks of backends
-//! ([`checks`]).
+//! ([`checks`]) and the readmission of backends that outlier detection ejected
+//! ([`ejections`]).
 //!
 //! Everything here runs on, or hands work to, that one thread (ringlb's main thread); nothing
 //! may block it. This
@@ -11,6 +12,7 @@
 //! Kubernetes: its callers bring their handlers.
 
 pub mod checks;
+pub mod ejections;
 pub mod http;
 mod readiness;
 mod runtime;

@@ -91,6 +91,7 @@ pub(crate) async fn connect(
                 tracing::debug!(service = %svc.name, backend = %addr, attempt, timeout = ?svc.connect_timeout, "connect timed out");
             }
         }
+        crate::outliers::failed(entry, idx);
         match scheduler.next_after(idx, states) {
             Some(next) if next != first => idx = next,
             _ => break,

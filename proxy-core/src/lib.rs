@@ -20,6 +20,7 @@ mod error;
 mod fds;
 mod idle;
 mod listener;
+mod outliers;
 mod pool;
 mod proxy;
 mod proxy_protocol;

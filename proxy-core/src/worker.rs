@@ -18,6 +18,7 @@ use crate::driver::{self, IoDriver, IoDriverKind};
 use crate::fds::{is_exhaustion, FdBudget, Fds};
 use crate::idle::IdleTimers;
 use crate::listener::ListenSocket;
+use crate::outliers;
 use crate::pool::BufferPool;
 use crate::relay::{relay, PeerPair, RelayEnd};
 use crate::stop::{ready_or_stop, Stop};
@@ -508,7 +509,8 @@ async fn serve(
             return;
         }
     };
-    let backend = entry.backends[upstream.backend].address;
+    let upstream_idx = upstream.backend;
+    let backend = entry.backends[upstream_idx].address;
     if worker.cutting.get() {
         // Connected after the shutdown's drain deadline: cut like the connections it reset.
         abort(&client);
@@ -531,6 +533,7 @@ async fn serve(
         &worker.idle,
     )
     .await;
+    outliers::relayed(&entry, upstream_idx, &outcome);
     let end = ConnEnd {
         backend: Some(backend),
         to_backend: outcome.to_backend,

@@ -321,6 +321,10 @@ const BACKEND_UP: Family = Family::gauge(
     "ringlb_backend_up",
     "0 while the service's health checks hold the backend down (it takes no new connections), else 1.",
 );
+const BACKEND_EJECTED: Family = Family::gauge(
+    "ringlb_backend_ejected",
+    "1 while outlier detection holds the backend out (it takes no new connections), else 0.",
+);
 const BACKEND_OVERLOADED: Family = Family::gauge(
     "ringlb_backend_overloaded",
     "1 while the backend is over its max_connections and takes no new connections, else 0.",
@@ -426,6 +430,11 @@ fn backend_series(name: &str, entry: &ServiceEntry, out: &mut Scrape) {
             f64::from(u8::from(state.is_overloaded())),
         );
         out.gauge(&BACKEND_UP, &b, f64::from(u8::from(!state.is_down())));
+        out.gauge(
+            &BACKEND_EJECTED,
+            &b,
+            f64::from(u8::from(state.is_ejected())),
+        );
     }
 }
 

@@ -131,6 +131,8 @@ fn endpoint_state(weight: u32, state: &BackendState) -> &'static str {
         "inactive"
     } else if state.is_down() {
         "down"
+    } else if state.is_ejected() {
+        "ejected"
     } else if state.is_overloaded() {
         "overloaded"
     } else {

@@ -4,7 +4,7 @@
 use serde_saphyr::Spanned;
 
 use super::Validator;
-use crate::model::{HealthCheck, Probe};
+use crate::model::{HealthCheck, Outliers, Probe};
 
 /// The most consecutive results `rise` and `fall` may ask for.
 const MAX_COUNT: i64 = 100;
@@ -19,7 +19,70 @@ pub(super) struct RawHealth {
     pub fall: Option<Spanned<i64>>,
 }
 
+/// A service's outlier-detection keys as written.
+pub(super) struct RawOutliers {
+    pub after: Option<Spanned<i64>>,
+    pub time: Option<Spanned<String>>,
+    pub max_percent: Option<Spanned<i64>>,
+}
+
 impl Validator {
+    /// Outlier detection: `eject_after` 1 to [`MAX_COUNT`] turns it on (0 or absent: off,
+    /// and then `eject_time` and `max_eject_percent` are errors); TCP services only.
+    pub(super) fn outliers(
+        &mut self,
+        path: &str,
+        raw: RawOutliers,
+        tcp: bool,
+    ) -> Option<Option<Outliers>> {
+        let after = match &raw.after {
+            None => 0,
+            Some(n) if (0..=MAX_COUNT).contains(&n.value) && (tcp || n.value == 0) => {
+                u32::try_from(n.value).unwrap_or(0)
+            }
+            Some(n) => {
+                let why = if tcp {
+                    format!("must be between 0 (off) and {MAX_COUNT}, got {}", n.value)
+                } else {
+                    "outlier detection is for TCP services only".to_owned()
+                };
+                self.at(n, format!("{path}.eject_after"), why);
+                return None;
+            }
+        };
+        if after == 0 {
+            let mut ok = true;
+            if let Some(t) = &raw.time {
+                self.at(t, format!("{path}.eject_time"), "only with eject_after");
+                ok = false;
+            }
+            if let Some(p) = &raw.max_percent {
+                self.at(
+                    p,
+                    format!("{path}.max_eject_percent"),
+                    "only with eject_after",
+                );
+                ok = false;
+            }
+            return ok.then_some(None);
+        }
+        let time = self.duration(raw.time, format!("{path}.eject_time"), Outliers::TIME);
+        let max_percent = match raw.max_percent {
+            None => Some(Outliers::MAX_PERCENT),
+            Some(p) if (1..=100).contains(&p.value) => u32::try_from(p.value).ok(),
+            Some(p) => {
+                let why = format!("must be between 1 and 100, got {}", p.value);
+                self.at(&p, format!("{path}.max_eject_percent"), why);
+                None
+            }
+        };
+        Some(Some(Outliers {
+            after,
+            time: time?,
+            max_percent: max_percent?,
+        }))
+    }
+
     /// The health checks of a service: `None` inside when `health_check` is absent (then
     /// the other keys are errors: they would do nothing).
     pub(super) fn health(&mut self, path: &str, raw: RawHealth) -> Option<Option<HealthCheck>> {

@@ -53,6 +53,15 @@ impl Validator {
                 fall: r.fall,
             },
         );
+        let outliers = self.outliers(
+            path,
+            super::health::RawOutliers {
+                after: r.eject_after,
+                time: r.eject_time,
+                max_percent: r.max_eject_percent,
+            },
+            tcp_only,
+        );
         let (backends, targets) = backends?;
         Some(Service {
             name: name?,
@@ -70,6 +79,7 @@ impl Validator {
             proxy_protocol: proxy_protocol?,
             accept_proxy_protocol: accept_proxy_protocol?,
             health: health?,
+            outliers: outliers?,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

@@ -1,0 +1,71 @@
+//! Outlier detection's node-wide counts of one backend, as Envoy's consecutive-failure
+//! detection at L4: failures in a row (a connect that failed, a connection reset before its
+//! first byte back), how many times it was ejected, and until when. The flag that takes it
+//! out of the schedulers is in [`crate::BackendState`]'s word.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Milliseconds on the process's monotonic clock (from its first call): what ejection times
+/// are kept in.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One backend's outlier counts.
+#[derive(Debug, Default)]
+pub struct Outlier {
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    /// When the current (or last) ejection ends, in [`monotonic_ms`].
+    until: AtomicU64,
+}
+
+impl Outlier {
+    /// A connection that worked: the failure run starts over.
+    #[inline]
+    pub fn success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A failure: the failures in a row now.
+    #[inline]
+    pub fn failure(&self) -> u32 {
+        self.failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// Ejections so far (since the count last started over).
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// When the current or last ejection ends.
+    pub fn until(&self) -> u64 {
+        self.until.load(Ordering::Relaxed)
+    }
+
+    /// Forgets earlier ejections (a backend that stayed in long enough).
+    pub fn forgive(&self) {
+        self.ejections.store(0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ejected(&self, until: u64) {
+        self.until.store(until, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ejection_over(&self, now: u64) -> bool {
+        now >= self.until.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn readmitted(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,90 @@
+//! The control plane's half of passive outlier detection: the workers eject a backend
+//! (see `proxy-core`'s outliers), this task readmits it when its ejection time is up, and
+//! forgets a backend's earlier ejections once it has stayed in for ten base ejection times
+//! (so that the next one is short again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use balancers::outlier::monotonic_ms;
+use config::Table;
+
+/// How often ejections are looked at: how late a readmission may be.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// Starts readmitting the ejected backends of the services of `table` (read again at every
+/// sweep) on the current runtime. The task ends when the runtime does.
+pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            sweep(&table.load(), monotonic_ms());
+            tokio::time::sleep(SWEEP).await;
+        }
+    })
+}
+
+/// Readmits every backend of `table` whose ejection is over at `now`.
+fn sweep(table: &Table, now: u64) {
+    for entry in table.services() {
+        let Some(rules) = entry.service.outliers else {
+            continue;
+        };
+        let forgive_after =
+            u64::try_from(rules.time.as_millis().saturating_mul(10)).unwrap_or(u64::MAX);
+        for (backend, state) in entry.backends.iter().zip(&entry.states) {
+            if state.readmit(now) {
+                tracing::info!(
+                    service = %entry.service.name, backend = %backend.address,
+                    ejections = state.outlier().ejections(),
+                    "backend readmitted after its ejection"
+                );
+            } else if !state.is_ejected()
+                && state.outlier().ejections() > 0
+                && now >= state.outlier().until().saturating_add(forgive_after)
+            {
+                state.outlier().forgive();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use config::{Backend, Config, Outliers, Protocol, Service};
+
+    use super::*;
+
+    #[test]
+    fn an_ejected_backend_is_readmitted_when_its_time_is_up_and_forgiven_later() {
+        let mut svc = Service::with_defaults(
+            "web",
+            Protocol::Tcp,
+            vec!["127.0.0.1:0".parse().unwrap()],
+            vec![Backend::new("127.0.0.1:1".parse().unwrap(), 1)],
+            balancers::SchedulerConfig::new(balancers::SchedulerKind::Rr),
+        );
+        svc.outliers = Some(Outliers {
+            after: 1,
+            time: Duration::from_millis(100),
+            max_percent: 10,
+        });
+        let table = Table::build(
+            &Config {
+                services: vec![svc],
+            },
+            None,
+        );
+        let state = &table.services()[0].states[0];
+        assert!(state.eject(1_000));
+        sweep(&table, 999);
+        assert!(state.is_ejected());
+        sweep(&table, 1_000);
+        assert!(!state.is_ejected());
+        assert_eq!(state.outlier().ejections(), 1);
+        sweep(&table, 1_999);
+        assert_eq!(state.outlier().ejections(), 1, "not yet ten ejection times");
+        sweep(&table, 2_000);
+        assert_eq!(state.outlier().ejections(), 0);
+    }
+}
