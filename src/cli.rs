@@ -282,12 +282,12 @@ impl HealthArgs {
     pub fn check(&self) -> Option<config::HealthCheck> {
         let probe = self.health_check.clone()?;
         Some(config::HealthCheck {
-            probe,
             interval: self.health_interval,
             down_interval: self.health_interval,
             timeout: self.health_timeout,
             rise: self.rise,
             fall: self.fall,
+            ..config::HealthCheck::new(probe)
         })
     }
 }

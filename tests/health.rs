@@ -172,6 +172,24 @@ fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
 }
 
 #[test]
+fn the_probe_keys_fit_their_kind_of_check() {
+    check_fails_saying(
+        "probe-keys",
+        "services:\n  - name: web\n    listen: [\"127.0.0.1:8080\"]\n    \
+         health_check: tcp\n    health_status: \"200-299\"\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n  - name: api\n    \
+         listen: [\"127.0.0.1:8081\"]\n    health_check: \"http:/\"\n    \
+         health_expect: \"+PONG\"\n    health_status: \"299-200\"\n    \
+         backends: [{address: \"127.0.0.1:9\"}]\n",
+        &[
+            "services[0].health_status: only with health_check: http:PATH",
+            "services[1].health_expect: only with health_check: tcp",
+            "services[1].health_status: \"299-200\" is not a status or a range of them",
+        ],
+    );
+}
+
+#[test]
 fn the_outlier_keys_are_checked_with_located_errors() {
     check_fails_saying(
         "outlier-keys",

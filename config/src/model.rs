@@ -145,6 +145,12 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an up backend down.
     pub fall: u32,
+    /// `tcp`: bytes sent once connected (may be empty).
+    pub send: Vec<u8>,
+    /// `tcp`: bytes the answer must contain within the timeout (empty: the connect is enough).
+    pub expect: Vec<u8>,
+    /// `http:PATH`: the statuses that pass.
+    pub status: std::ops::RangeInclusive<u16>,
 }
 
 /// One health check.
@@ -152,7 +158,8 @@ pub struct HealthCheck {
 pub enum Probe {
     /// A TCP connect that succeeds within the timeout.
     Tcp,
-    /// `GET path` over HTTP/1.1 answered with a 2xx or 3xx status within the timeout.
+    /// `GET path` over HTTP/1.1 answered within the timeout with a status in
+    /// [`HealthCheck::status`] (2xx and 3xx by default).
     Http { path: String },
 }
 
@@ -186,6 +193,8 @@ impl HealthCheck {
     pub const TIMEOUT: Duration = Duration::from_secs(1);
     pub const RISE: u32 = 2;
     pub const FALL: u32 = 3;
+    /// HTTP statuses that pass by default: 2xx and 3xx, as HAProxy's `httpchk`.
+    pub const STATUS: std::ops::RangeInclusive<u16> = 200..=399;
 
     /// `probe` with the defaults.
     pub fn new(probe: Probe) -> HealthCheck {
@@ -196,6 +205,9 @@ impl HealthCheck {
             timeout: Self::TIMEOUT,
             rise: Self::RISE,
             fall: Self::FALL,
+            send: Vec::new(),
+            expect: Vec::new(),
+            status: Self::STATUS,
         }
     }
 }

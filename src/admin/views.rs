@@ -53,6 +53,12 @@ struct HealthView {
     timeout: String,
     rise: u32,
     fall: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    send: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expect: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,6 +109,10 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
             timeout: duration(h.timeout),
             rise: h.rise,
             fall: h.fall,
+            send: (!h.send.is_empty()).then(|| String::from_utf8_lossy(&h.send).into_owned()),
+            expect: (!h.expect.is_empty()).then(|| String::from_utf8_lossy(&h.expect).into_owned()),
+            status: matches!(h.probe, config::Probe::Http { .. })
+                .then(|| format!("{}-{}", h.status.start(), h.status.end())),
         }),
         endpoints: entry
             .backends

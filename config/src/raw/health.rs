@@ -8,6 +8,18 @@ use crate::model::{HealthCheck, Outliers, Probe};
 
 /// The most consecutive results `rise` and `fall` may ask for.
 const MAX_COUNT: i64 = 100;
+/// The most bytes `health_send` and `health_expect` may hold.
+const MAX_BYTES: usize = 1024;
+
+/// `200` or `200-399`, within 100 to 599, low end first.
+fn parse_status(s: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (low, high) = s.split_once('-').unwrap_or((s, s));
+    let (low, high) = (
+        low.trim().parse::<u16>().ok()?,
+        high.trim().parse::<u16>().ok()?,
+    );
+    ((100..=599).contains(&low) && (low..=599).contains(&high)).then_some(low..=high)
+}
 
 /// A service's health-check keys as written.
 pub(super) struct RawHealth {
@@ -17,6 +29,9 @@ pub(super) struct RawHealth {
     pub timeout: Option<Spanned<String>>,
     pub rise: Option<Spanned<i64>>,
     pub fall: Option<Spanned<i64>>,
+    pub send: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub status: Option<Spanned<String>>,
 }
 
 /// A service's outlier-detection keys as written.
@@ -99,6 +114,9 @@ impl Validator {
                 ("health_timeout", raw.timeout.as_ref().map(|s| s.referenced)),
                 ("rise", raw.rise.as_ref().map(|s| s.referenced)),
                 ("fall", raw.fall.as_ref().map(|s| s.referenced)),
+                ("health_send", raw.send.as_ref().map(|s| s.referenced)),
+                ("health_expect", raw.expect.as_ref().map(|s| s.referenced)),
+                ("health_status", raw.status.as_ref().map(|s| s.referenced)),
             ];
             let mut ok = true;
             for (key, at) in strays {
@@ -145,6 +163,10 @@ impl Validator {
         );
         let rise = self.count(raw.rise, format!("{path}.rise"), HealthCheck::RISE);
         let fall = self.count(raw.fall, format!("{path}.fall"), HealthCheck::FALL);
+        let http = matches!(probe, Some(Probe::Http { .. }));
+        let send = self.probe_bytes(path, "health_send", raw.send, !http);
+        let expect = self.probe_bytes(path, "health_expect", raw.expect, !http);
+        let status = self.status(path, raw.status, http);
         Some(Some(HealthCheck {
             probe: probe?,
             interval: interval?,
@@ -152,7 +174,61 @@ impl Validator {
             timeout: timeout?,
             rise: rise?,
             fall: fall?,
+            send: send?,
+            expect: expect?,
+            status: status?,
         }))
+    }
+
+    /// `health_send` or `health_expect` (`key`): bytes of a `tcp` check, at most
+    /// [`MAX_BYTES`].
+    fn probe_bytes(
+        &mut self,
+        path: &str,
+        key: &str,
+        raw: Option<Spanned<String>>,
+        tcp: bool,
+    ) -> Option<Vec<u8>> {
+        let Some(raw) = raw else {
+            return Some(Vec::new());
+        };
+        let why = if !tcp {
+            "only with health_check: tcp"
+        } else if raw.value.len() > MAX_BYTES {
+            "longer than 1024 bytes"
+        } else {
+            return Some(raw.value.into_bytes());
+        };
+        self.at(&raw, format!("{path}.{key}"), why);
+        None
+    }
+
+    /// `health_status`: `200`, or a range `200-399`, of HTTP statuses (100 to 599) that pass.
+    fn status(
+        &mut self,
+        path: &str,
+        raw: Option<Spanned<String>>,
+        http: bool,
+    ) -> Option<std::ops::RangeInclusive<u16>> {
+        let Some(raw) = raw else {
+            return Some(HealthCheck::STATUS);
+        };
+        let parsed = parse_status(&raw.value);
+        match parsed {
+            Some(range) if http => Some(range),
+            _ => {
+                let why = if http {
+                    format!(
+                        "{:?} is not a status or a range of them (200, 200-399)",
+                        raw.value
+                    )
+                } else {
+                    "only with health_check: http:PATH".to_owned()
+                };
+                self.at(&raw, format!("{path}.health_status"), why);
+                None
+            }
+        }
     }
 
     /// `rise` or `fall`: 1 to [`MAX_COUNT`].

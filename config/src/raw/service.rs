@@ -51,6 +51,9 @@ impl Validator {
                 timeout: r.health_timeout,
                 rise: r.rise,
                 fall: r.fall,
+                send: r.health_send,
+                expect: r.health_expect,
+                status: r.health_status,
             },
         );
         let outliers = self.outliers(

@@ -104,3 +104,43 @@ async fn probes_pass_on_a_listener_and_fail_on_a_refusal() {
     let refused = probe::check(&check, open).await.unwrap_err();
     assert!(refused.starts_with("connect:"), "{refused}");
 }
+
+/// A backend that answers whatever it is sent with `answer`, once.
+fn answering(answer: &'static [u8]) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tcp_check_with_send_and_expect_passes_only_on_the_expected_answer() {
+    let mut check = HealthCheck::new(Probe::Tcp);
+    check.send = b"PING\r\n".to_vec();
+    check.expect = b"+PONG".to_vec();
+    assert_eq!(probe::check(&check, answering(b"+PONG\r\n")).await, Ok(()));
+    let wrong = probe::check(&check, answering(b"-ERR\r\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong, "expected \"+PONG\", got \"-ERR\\r\\n\"");
+}
+
+#[tokio::test]
+async fn an_http_check_passes_on_a_status_in_its_range() {
+    let teapot = b"HTTP/1.1 418 I'm a teapot\r\ncontent-length: 0\r\n\r\n";
+    let mut check = HealthCheck::new(Probe::Http {
+        path: "/health".into(),
+    });
+    let refused = probe::check(&check, answering(teapot)).await.unwrap_err();
+    assert_eq!(refused, "HTTP status 418");
+    check.status = 400..=499;
+    assert_eq!(probe::check(&check, answering(teapot)).await, Ok(()));
+}
