@@ -296,3 +296,65 @@ fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_t
     // The second ejection lasts twice as long as the first.
     proxy.wait_stderr("600ms");
 }
+
+/// Kubernetes manifests opt in with annotations: a selector-less Service whose hand-written
+/// endpoints are checked over HTTP, the one that hangs taken down.
+#[test]
+fn a_services_annotations_turn_health_checks_and_outlier_detection_on() {
+    let good = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (good_addr, bad_addr) = (good.local_addr().unwrap(), bad.local_addr().unwrap());
+    backend("good", good, Arc::new(AtomicU8::new(HEALTHY)));
+    backend("bad", bad, Arc::new(AtomicU8::new(HANGS)));
+    let octet = (std::process::id() % 200) as u8 + 20;
+    let cluster = format!("127.92.{octet}.1");
+    let subsets: String = [good_addr, bad_addr]
+        .iter()
+        .map(|b| {
+            format!(
+                "  - addresses: [{{ip: \"{}\"}}]\n    ports: [{{name: http, port: {}}}]\n",
+                b.ip(),
+                b.port()
+            )
+        })
+        .collect();
+    let manifests = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: vms\n  namespace: prod\n  annotations:\n    \
+         ringlb.io/health-check: \"http:/health\"\n    ringlb.io/health-interval: 50ms\n    \
+         ringlb.io/eject-after: \"5\"\nspec:\n  clusterIP: {cluster}\n  ports:\n  - name: http\n    \
+         port: 80\n---\napiVersion: v1\nkind: Endpoints\nmetadata:\n  name: vms\n  namespace: prod\n\
+         subsets:\n{subsets}"
+    );
+    let path = write_config("health-manifests", &manifests);
+    let proxy = Ringlb::start(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = admin_addr(&proxy);
+    let state_of_bad = || {
+        let config = support::admin::get_json(admin, "/config");
+        let service = &config["services"][0];
+        assert_eq!(service["health_check"]["check"], "http:/health", "{config}");
+        assert_eq!(service["health_check"]["interval"], "50ms", "{config}");
+        service["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == bad_addr.to_string().as_str())
+            .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
+            .unwrap()
+    };
+    wait_until("the hanging endpoint is down", || state_of_bad() == "down");
+    let front: SocketAddr = format!("{cluster}:80").parse().unwrap();
+    for _ in 0..10 {
+        assert_eq!(reach(front), "good");
+    }
+    check_fails_saying(
+        "health-annotations",
+        &manifests.replace("eject-after: \"5\"", "eject-after: \"many\""),
+        &[":9:28: Service prod/vms: metadata.annotations[\"ringlb.io/eject-after\"]: \"many\": failures in a row, 0 (off) to 100"],
+    );
+}

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use config::k8s::{
-    scheduler_of_annotations, AddressType, EndpointConditions, EndpointPort, EndpointSlice, IpMode,
-    LoadBalancerIngress, Loc, ObjectMeta, Origin, PortProtocol, Service, ServicePort, ServiceType,
-    SliceEndpoint, TargetPort, TrafficPolicy, SERVICE_NAME_LABEL,
+    guards_of_annotations, scheduler_of_annotations, AddressType, EndpointConditions, EndpointPort,
+    EndpointSlice, IpMode, LoadBalancerIngress, Loc, ObjectMeta, Origin, PortProtocol, Service,
+    ServicePort, ServiceType, SliceEndpoint, TargetPort, TrafficPolicy, SERVICE_NAME_LABEL,
 };
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -74,6 +74,12 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
     let mut warnings = Vec::new();
     let (scheduler, problems) = scheduler_of_annotations(&meta.annotations);
     warnings.extend(problems.into_iter().map(|p| format!("Service {key}: {p}")));
+    let (health, outliers, problems) = guards_of_annotations(&meta.annotations);
+    warnings.extend(
+        problems
+            .into_iter()
+            .map(|(annotation, p)| format!("Service {key}: {annotation}: {p}; left out")),
+    );
     let spec = s.spec.clone().unwrap_or_default();
     let service_type = match spec.type_.as_deref() {
         Some("NodePort") => ServiceType::NodePort,
@@ -128,6 +134,8 @@ pub fn service(s: &core::Service) -> (Service, Vec<String>) {
         load_balancer_source_ranges,
         scheduler,
         scheduler_loc: Loc::default(),
+        health: health.map(Box::new),
+        outliers,
         meta,
     };
     (service, warnings)

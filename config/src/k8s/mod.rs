@@ -65,7 +65,11 @@ mod service;
 mod types;
 mod yaml;
 
-pub use annotations::{scheduler_of_annotations, SCHEDULER_ANNOTATION, SCHEDULER_FLAGS_ANNOTATION};
+pub use annotations::{
+    guards_of_annotations, scheduler_of_annotations, EJECT_AFTER_ANNOTATION,
+    HEALTH_CHECK_ANNOTATION, HEALTH_INTERVAL_ANNOTATION, SCHEDULER_ANNOTATION,
+    SCHEDULER_FLAGS_ANNOTATION,
+};
 pub use collect::{assemble, resolve_node, resolve_node_service};
 pub use endpoints::SERVICE_NAME_LABEL;
 pub use policy::{NodeOptions, StandaloneOptions};

@@ -396,6 +396,10 @@ fn resolve_family(
         let mut model =
             ModelService::with_defaults(svc_name, protocol, listen, backends, scheduler);
         model.session_affinity = svc.session_affinity;
+        if protocol == Protocol::Tcp {
+            model.health = svc.health.as_deref().cloned();
+            model.outliers = svc.outliers;
+        }
         model.preserve_client_ip = policy.preserve_client_ip() && short_circuit.is_some();
         let port = ResolvedPort {
             service: svc.meta.key(),

@@ -76,6 +76,7 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         );
     }
     let load_balancer_ingress = load_balancer_ingress(ck, f);
+    let (health, outliers) = guards(ck, f)?;
     Some(Service {
         meta,
         service_type: service_type?,
@@ -93,7 +94,30 @@ pub(crate) fn service(ck: &mut Checker, meta: ObjectMeta, f: &Fields<'_>) -> Opt
         load_balancer_source_ranges: None,
         scheduler: scheduler?,
         scheduler_loc,
+        health: health.map(Box::new),
+        outliers,
     })
+}
+
+/// The health checks and outlier detection of the annotations, every problem located.
+fn guards(
+    ck: &mut Checker,
+    f: &Fields<'_>,
+) -> Option<(
+    Option<crate::model::HealthCheck>,
+    Option<crate::model::Outliers>,
+)> {
+    let located = super::rules::located_annotations(f);
+    let plain = located
+        .iter()
+        .map(|(k, (v, _))| (k.clone(), v.clone()))
+        .collect();
+    let (health, outliers, problems) = super::annotations::guards_of_annotations(&plain);
+    for (key, why) in &problems {
+        let loc = located.get(*key).map_or(f.loc, |(_, loc)| *loc);
+        ck.at(loc, &format!("metadata.annotations[{key:?}]"), why.clone());
+    }
+    problems.is_empty().then_some((health, outliers))
 }
 
 /// `spec.type`, written as `text` at `n`.

@@ -209,6 +209,11 @@ pub struct Service {
     pub scheduler: SchedulerConfig,
     /// Where `ringlb.io/scheduler` is (or the object, when absent), for scheduler problems.
     pub scheduler_loc: Loc,
+    /// Health checks of the endpoints (`ringlb.io/health-check`, `ringlb.io/health-interval`),
+    /// for its TCP ports.
+    pub health: Option<Box<crate::model::HealthCheck>>,
+    /// Outlier detection (`ringlb.io/eject-after`), for its TCP ports.
+    pub outliers: Option<crate::model::Outliers>,
 }
 
 /// A `v1 Endpoints`, checked. Its name is the name of its Service.
