@@ -308,16 +308,7 @@ fn a_services_annotations_turn_health_checks_and_outlier_detection_on() {
     backend("bad", bad, Arc::new(AtomicU8::new(HANGS)));
     let octet = (std::process::id() % 200) as u8 + 20;
     let cluster = format!("127.92.{octet}.1");
-    let subsets: String = [good_addr, bad_addr]
-        .iter()
-        .map(|b| {
-            format!(
-                "  - addresses: [{{ip: \"{}\"}}]\n    ports: [{{name: http, port: {}}}]\n",
-                b.ip(),
-                b.port()
-            )
-        })
-        .collect();
+    let subsets = endpoint_subsets(&[good_addr, bad_addr]);
     let manifests = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: vms\n  namespace: prod\n  annotations:\n    \
          ringlb.io/health-check: \"http:/health\"\n    ringlb.io/health-interval: 50ms\n    \

@@ -22,16 +22,7 @@ fn manifests(
     node_port: u16,
     backends: &[SocketAddr],
 ) -> String {
-    let subsets: String = backends
-        .iter()
-        .map(|b| {
-            format!(
-                "  - addresses: [{{ip: \"{}\"}}]\n    ports: [{{name: http, port: {}}}]\n",
-                b.ip(),
-                b.port()
-            )
-        })
-        .collect();
+    let subsets = endpoint_subsets(backends);
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: vms\n  namespace: prod\nspec:\n  type: NodePort\n  \
          clusterIP: {}\n  externalIPs: [\"{external}\"]\n  ports:\n  - name: http\n    port: {}\n    \

@@ -554,3 +554,17 @@ pub fn check_fails_saying(tag: &str, yaml: &str, wants: &[&str]) {
         assert!(said.contains(want), "{want:?} in:\n{said}");
     }
 }
+
+/// The `subsets` of a `v1 Endpoints` manifest: one per backend, its port named `http`.
+pub fn endpoint_subsets(backends: &[SocketAddr]) -> String {
+    backends
+        .iter()
+        .map(|b| {
+            format!(
+                "  - addresses: [{{ip: \"{}\"}}]\n    ports: [{{name: http, port: {}}}]\n",
+                b.ip(),
+                b.port()
+            )
+        })
+        .collect()
+}
