@@ -253,3 +253,32 @@ fn an_upgrade_that_cannot_start_leaves_the_old_worker_serving_and_says_why() {
     proxy.signal(libc::SIGTERM);
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
 }
+
+/// Upgrades while the workers of earlier upgrades still drain (each holds a connection
+/// open): each upgrade goes through, and every draining worker keeps relaying.
+#[test]
+fn upgrades_while_earlier_workers_still_drain() {
+    use std::io::{Read, Write};
+    let echo = echo_server();
+    let proxy = quick("uring", &[echo], &[]);
+    let mut held = Vec::new();
+    let mut worker = proxy.worker_pid();
+    for round in 0..4u8 {
+        let mut s = connect(proxy.addr());
+        s.write_all(&[round]).unwrap();
+        let mut back = [0u8; 1];
+        s.read_exact(&mut back).unwrap();
+        held.push(s);
+        worker = upgrade(&proxy, worker, Ask::Command);
+        // Let the old worker settle into its drain before the next upgrade.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every held connection still works through its draining worker.
+    for (round, s) in held.iter_mut().enumerate() {
+        let byte = u8::try_from(round).unwrap() + 10;
+        s.write_all(&[byte]).unwrap();
+        let mut back = [0u8; 1];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], byte);
+    }
+}

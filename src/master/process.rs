@@ -61,6 +61,8 @@ pub struct WorkerProc {
     control: OwnedWriteHalf,
     /// The descriptors the master keeps for it (across an `exec` of the master).
     pub kept: Kept,
+    /// Its socket channel, open for as long as this is (see [`WorkerProc::attach`]).
+    _sockets: Arc<AsyncChannel>,
 }
 
 /// The raw descriptors of a worker's two channels on the master's side.
@@ -129,11 +131,18 @@ impl WorkerProc {
             sockets: sockets.as_raw_fd(),
             control: control.as_raw_fd(),
         };
-        let sockets = AsyncChannel::new(Channel::from_owned(sockets))?;
+        // Held here too, not only by the task that answers on it: the task ends when the
+        // worker closes its end, and the descriptor must stay open (and its number ours) for
+        // as long as `kept` names it, which an `exec` of the master relies on.
+        let sockets = Arc::new(AsyncChannel::new(Channel::from_owned(sockets))?);
         let control = std::os::unix::net::UnixStream::from(control);
         control.set_nonblocking(true)?;
         let (read, write) = UnixStream::from_std(control)?.into_split();
-        tokio::spawn(serve_sockets(id, sockets, Arc::clone(registry)));
+        tokio::spawn(serve_sockets(
+            id,
+            Arc::clone(&sockets),
+            Arc::clone(registry),
+        ));
         tokio::spawn(read_control(id, read, events.clone()));
         Ok(WorkerProc {
             id,
@@ -143,6 +152,7 @@ impl WorkerProc {
             failure: None,
             control: write,
             kept,
+            _sockets: sockets,
         })
     }
 
@@ -168,7 +178,7 @@ impl WorkerProc {
 }
 
 /// Answers worker `id`'s requests for listening sockets until its channel closes.
-async fn serve_sockets(id: u64, channel: AsyncChannel, registry: Arc<Mutex<Registry>>) {
+async fn serve_sockets(id: u64, channel: Arc<AsyncChannel>, registry: Arc<Mutex<Registry>>) {
     loop {
         let request = match channel.recv().await {
             Ok(Some(message)) => message.parse::<Request>(),
@@ -279,4 +289,42 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 pub unsafe fn inherited(fd: RawFd) -> OwnedFd {
     // SAFETY: as the caller promises.
     unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The race an upgrade met: a worker exits, the task answering its socket requests sees
+    /// the channel close and ends, and the master, not yet told of the exit by SIGCHLD,
+    /// saves the worker's descriptors for the `exec`. They must still be open, and its own.
+    #[tokio::test]
+    async fn a_worker_s_descriptors_stay_open_until_it_is_forgotten() {
+        let (ours, theirs) = Channel::pair().unwrap();
+        let (control, control_theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (events, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let registry = Arc::default();
+        let worker = WorkerProc::attach(
+            (1, Pid::from_raw(1), Role::Serving),
+            ours.into_owned(),
+            control.into(),
+            &registry,
+            &events,
+        )
+        .unwrap();
+        // The worker is gone: its ends close, the tasks see it and end.
+        drop((theirs, control_theirs));
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        for fd in [worker.kept.sockets, worker.kept.control] {
+            // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+            let rc = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert_ne!(
+                rc, -1,
+                "descriptor {fd} closed while the worker is still known"
+            );
+        }
+        drop(worker);
+    }
 }
