@@ -129,6 +129,14 @@ fn failing_backends_leave_the_rotation_after_fall_checks_and_return_after_rise()
             states.contains(&(bad_label.clone(), "down".into())),
             "{states:?}"
         );
+        let stats = support::admin::get_json(admin, "/stats");
+        let listed = stats["services"][0]["backends"].as_array().unwrap();
+        let bad_row = listed.iter().find(|b| b["address"] == bad_label.as_str());
+        assert_eq!(
+            bad_row.map(|b| b["state"].clone()),
+            Some("down".into()),
+            "{stats}"
+        );
         // It comes back: after `rise` passed checks, round robin reaches it again.
         mode.store(HEALTHY, Ordering::Relaxed);
         wait_until("the backend is up again", || up(bad_addr) == 1.0);

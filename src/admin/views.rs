@@ -134,7 +134,8 @@ fn duration(d: std::time::Duration) -> String {
 }
 
 /// Whether an endpoint takes new connections: `active` (yes), `inactive` (weight 0: quiesced,
-/// its open connections go on) or `overloaded` (at its `max_connections` until it drops below
+/// its open connections go on), `down` (its health checks failed), `ejected` (outlier
+/// detection holds it out) or `overloaded` (at its `max_connections` until it drops below
 /// three quarters of it).
 fn endpoint_state(weight: u32, state: &BackendState) -> &'static str {
     if weight == 0 {
