@@ -144,6 +144,9 @@ fn failing_backends_leave_the_rotation_after_fall_checks_and_return_after_rise()
         assert!(reached.iter().any(|n| n == "bad"), "{reached:?}");
     }
     proxy.wait_stderr("backend up");
+    let marks = [("service", "default"), ("backend", bad_label.as_str())];
+    let downs = value(&scrape(admin), "ringlb_backend_marked_down_total", &marks);
+    assert_eq!(downs, 2.0, "down once when it hung, once when it reset");
 }
 
 #[test]
@@ -303,6 +306,9 @@ fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_t
     }
     // The second ejection lasts twice as long as the first.
     proxy.wait_stderr("600ms");
+    let labels = [("service", "default"), ("backend", bad_label.as_str())];
+    let ejections = value(&scrape(admin), "ringlb_backend_ejections_total", &labels);
+    assert_eq!(ejections, 2.0);
 }
 
 /// Kubernetes manifests opt in with annotations: a selector-less Service whose hand-written

@@ -1,7 +1,8 @@
 //! Outlier detection's node-wide counts of one backend, as Envoy's consecutive-failure
 //! detection at L4: failures in a row (a connect that failed, a connection reset before its
-//! first byte back), how many times it was ejected, and until when. The flag that takes it
-//! out of the schedulers is in [`crate::BackendState`]'s word.
+//! first byte back), how many times it was ejected, and until when; and the counters of its
+//! ejections and of its health checks' down marks. The flags that take it out of the
+//! schedulers are in [`crate::BackendState`]'s word.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -22,6 +23,9 @@ pub struct Outlier {
     ejections: AtomicU32,
     /// When the current (or last) ejection ends, in [`monotonic_ms`].
     until: AtomicU64,
+    /// Every ejection, and every time health checks marked the backend down, ever.
+    ejected_total: AtomicU64,
+    down_total: AtomicU64,
 }
 
 impl Outlier {
@@ -59,6 +63,21 @@ impl Outlier {
     pub(crate) fn ejected(&self, until: u64) {
         self.until.store(until, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.ejected_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn marked_down(&self) {
+        self.down_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ejections ever (a counter).
+    pub fn ejected_total(&self) -> u64 {
+        self.ejected_total.load(Ordering::Relaxed)
+    }
+
+    /// Times health checks marked the backend down, ever (a counter).
+    pub fn down_total(&self) -> u64 {
+        self.down_total.load(Ordering::Relaxed)
     }
 
     pub(crate) fn ejection_over(&self, now: u64) -> bool {

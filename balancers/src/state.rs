@@ -193,7 +193,11 @@ impl BackendState {
         } else {
             self.word.fetch_and(!DOWN, Ordering::Relaxed)
         };
-        (before & DOWN != 0) != down
+        let changed = (before & DOWN != 0) != down;
+        if changed && down {
+            self.outlier.marked_down();
+        }
+        changed
     }
 
     /// The connection limit (IPVS upper threshold), `None` when unlimited.

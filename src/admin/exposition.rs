@@ -321,6 +321,14 @@ const BACKEND_UP: Family = Family::gauge(
     "ringlb_backend_up",
     "0 while the service's health checks hold the backend down (it takes no new connections), else 1.",
 );
+const BACKEND_EJECTIONS: Family = Family::counter(
+    "ringlb_backend_ejections_total",
+    "Times outlier detection ejected the backend.",
+);
+const BACKEND_DOWNS: Family = Family::counter(
+    "ringlb_backend_marked_down_total",
+    "Times the service's health checks marked the backend down.",
+);
 const BACKEND_EJECTED: Family = Family::gauge(
     "ringlb_backend_ejected",
     "1 while outlier detection holds the backend out (it takes no new connections), else 0.",
@@ -435,6 +443,8 @@ fn backend_series(name: &str, entry: &ServiceEntry, out: &mut Scrape) {
             &b,
             f64::from(u8::from(state.is_ejected())),
         );
+        out.counter(&BACKEND_EJECTIONS, &b, state.outlier().ejected_total());
+        out.counter(&BACKEND_DOWNS, &b, state.outlier().down_total());
     }
 }
 
