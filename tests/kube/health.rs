@@ -1,6 +1,7 @@
 //! The node health port (`--healthz-bind-address`) of the real binary against hostile
 //! clients (a request line that never ends, hundreds of slow clients), and a node health
-//! port that cannot be bound, which `/readyz` reports until it binds.
+//! port that cannot be bound, which `/readyz` reports until it binds; and a Service's
+//! health-check annotation, which checks its endpoints from the node.
 
 use std::io::{ErrorKind, Write};
 
@@ -144,5 +145,42 @@ fn a_node_health_port_that_cannot_be_bound_makes_readyz_say_so_until_it_binds() 
     );
     assert_eq!(get(admin, "/readyz"), "ready\n");
     assert_healthz_answers(at, "once bound");
+    std::fs::remove_file(kubeconfig).unwrap();
+}
+
+/// A Service's `ringlb.io/health-check` reaches node mode: its endpoint that refuses is
+/// checked from the node, marked down and skipped; an unusable annotation beside it is
+/// logged and left out, and the Service still serves.
+#[test]
+fn a_services_health_check_annotation_takes_a_refusing_endpoint_out() {
+    let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = good.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in good.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = std::io::Write::write_all(&mut s, b"good");
+        }
+    });
+    let web = own_address(88);
+    let api = FakeApi::start();
+    api.apply(node("node-a", "zone-a"));
+    let mut service = web_service(web);
+    service["metadata"]["annotations"] = json!({
+        "ringlb.io/health-check": "tcp",
+        "ringlb.io/health-interval": "50ms",
+        "ringlb.io/eject-after": "many",
+    });
+    api.apply(service);
+    // The second endpoint's address has nothing listening at the port: refused.
+    let endpoints = json!([{"addresses": ["127.0.0.1"]}, {"addresses": ["127.0.0.3"]}]);
+    api.apply(slice("web-1", "web", endpoints, port));
+    let kubeconfig = api.kubeconfig();
+    let proxy = node_a(&kubeconfig);
+    proxy.wait_stderr("ringlb.io/eject-after");
+    proxy.wait_stderr(&format!("127.0.0.3:{port}"));
+    proxy.wait_stderr("backend down");
+    for _ in 0..10 {
+        assert_eq!(answer(web), "good");
+    }
     std::fs::remove_file(kubeconfig).unwrap();
 }
