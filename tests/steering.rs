@@ -293,6 +293,25 @@ fn serve_web(backend: &Netns) {
     });
 }
 
+/// `ringlb run --kubernetes --nftables` as node `node-a` of `api`, in namespace `node`, with
+/// `extra` (the admin API off unless `extra` names one).
+fn node_proxy(node: &Netns, api: &FakeApi, extra: &[&str]) -> Ringlb {
+    let mut args = vec![
+        "run",
+        "--kubernetes",
+        "--kubeconfig",
+        api.kubeconfig(),
+        "--node-name",
+        "node-a",
+        "--nftables",
+    ];
+    if !extra.contains(&"--admin") {
+        args.extend(["--admin", "off"]);
+    }
+    args.extend_from_slice(extra);
+    Ringlb::start_in_netns(&node.0, &args)
+}
+
 /// The UDP endpoint at 10.241.2.2:5353 in `backend`: answers every datagram with `dns:` and
 /// the datagram.
 fn serve_dns(backend: &Netns) {
@@ -320,36 +339,25 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_
     let stale = node.exec(&["nft", "add table ip ringlb; add chain ip ringlb stale"]);
     assert!(stale.status.success());
 
-    let node_proxy = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
-        ];
-        args.extend_from_slice(extra);
-        Ringlb::start_in_netns(&node.0, &args)
-    };
     let decisions = std::env::temp_dir().join(format!(
         "ringlb-test-{}-steering-decisions.jsonl",
         std::process::id()
     ));
     let decisions_arg = decisions.to_str().unwrap().to_owned();
-    let mut proxy = node_proxy(&[
-        "--decision-log",
-        &decisions_arg,
-        "--nodeport-addresses",
-        "10.241.1.0/24,127.0.0.0/8",
-        "--healthz-bind-address",
-        "0.0.0.0:10256",
-        "--workers",
-        "2",
-    ]);
+    let mut proxy = node_proxy(
+        &node,
+        &api,
+        &[
+            "--decision-log",
+            &decisions_arg,
+            "--nodeport-addresses",
+            "10.241.1.0/24,127.0.0.0/8",
+            "--healthz-bind-address",
+            "0.0.0.0:10256",
+            "--workers",
+            "2",
+        ],
+    );
     let listed = node.exec(&["nft", "list", "table", "ip", "ringlb"]);
     let table = String::from_utf8_lossy(&listed.stdout);
     assert!(
@@ -486,7 +494,7 @@ fn cluster_ip_node_port_and_external_ip_are_steered_and_the_table_stays_for_the_
     assert!(proxy.wait_exit().success(), "{}", proxy.stderr());
     assert_tables_left_then_cleaned_up(&node, &proxy);
 
-    let restarted = node_proxy(&[]);
+    let restarted = node_proxy(&node, &api, &[]);
     // The cleanup runs on its own thread: the client retries as UDP clients do, always from
     // the same port (a stale entry would swallow every try).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use balancers::outlier::monotonic_ms;
-use config::Table;
+use config::{ServiceEntry, Table};
 
 /// How often ejections are looked at: how late a readmission may be.
 const SWEEP: Duration = Duration::from_millis(100);
@@ -17,16 +17,33 @@ const SWEEP: Duration = Duration::from_millis(100);
 /// sweep) on the current runtime. The task ends when the runtime does.
 pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut version = None;
+        let mut watched = Vec::new();
         loop {
-            sweep(&table.load(), monotonic_ms());
+            let current = table.load();
+            if version != Some(current.version()) {
+                version = Some(current.version());
+                watched = with_outliers(&current);
+            }
+            sweep(&watched, monotonic_ms());
             tokio::time::sleep(SWEEP).await;
         }
     })
 }
 
-/// Readmits every backend of `table` whose ejection is over at `now`.
-fn sweep(table: &Table, now: u64) {
-    for entry in table.services() {
+/// The services of `table` with outlier detection: the only ones a sweep looks at.
+fn with_outliers(table: &Table) -> Vec<Arc<ServiceEntry>> {
+    table
+        .services()
+        .iter()
+        .filter(|e| e.service.outliers.is_some())
+        .cloned()
+        .collect()
+}
+
+/// Readmits every backend of `services` whose ejection is over at `now`.
+fn sweep(services: &[Arc<ServiceEntry>], now: u64) {
+    for entry in services {
         let Some(rules) = entry.service.outliers else {
             continue;
         };
@@ -75,7 +92,9 @@ mod tests {
             },
             None,
         );
-        let state = &table.services()[0].states[0];
+        let table = with_outliers(&table);
+        assert_eq!(table.len(), 1);
+        let state = &table[0].states[0];
         assert!(state.eject(1_000));
         sweep(&table, 999);
         assert!(state.is_ejected());

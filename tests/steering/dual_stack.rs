@@ -216,21 +216,10 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
         "ringlb-test-{}-steering6-decisions.jsonl",
         std::process::id()
     ));
-    let mut proxy = Ringlb::start_in_netns(
-        &node.0,
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
-            "--decision-log",
-            decisions.to_str().unwrap(),
-        ],
+    let mut proxy = node_proxy(
+        &node,
+        &api,
+        &["--decision-log", decisions.to_str().unwrap()],
     );
     // Without --cluster-cidr pods are outside clients to policy Local: ringlb says so.
     proxy.wait_stderr("--nftables without --cluster-cidr");

@@ -125,18 +125,10 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
         }
     });
     let api = FakeApi::start(&node.0, "guarded", guarded_objects());
-    let mut proxy = Ringlb::start_in_netns(
-        &node.0,
+    let mut proxy = node_proxy(
+        &node,
+        &api,
         &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
             "--nodeport-addresses",
             "10.241.1.0/24",
             "--cluster-cidr",

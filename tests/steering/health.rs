@@ -16,22 +16,7 @@ fn slow_clients_of_a_health_check_node_port_never_keep_a_probe_out() {
     };
     wire_ipv4(&pod, &node, &backend);
     let api = FakeApi::start(&node.0, "health", objects());
-    let proxy = Ringlb::start_in_netns(
-        &node.0,
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
-            "--workers",
-            "1",
-        ],
-    );
+    let proxy = node_proxy(&node, &api, &["--workers", "1"]);
     let hc: SocketAddr = "10.241.1.1:32100".parse().unwrap();
     let answered = |when: &str| match in_netns(&pod.0, move || probe(hc, "/any/path")) {
         Ok((200, body)) if body.contains("\"localEndpoints\": 1,") => {}

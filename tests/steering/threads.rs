@@ -35,16 +35,10 @@ fn a_node_mode_ringlb_is_a_one_thread_master_and_a_worker_with_its_threads_only(
         "ringlb-test-{}-threads-decisions.jsonl",
         std::process::id()
     ));
-    let proxy = Ringlb::start_in_netns(
-        &node.0,
+    let proxy = node_proxy(
+        &node,
+        &api,
         &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
             "--nodeport-addresses",
             "10.241.0.0/16",
             "--healthz-bind-address",

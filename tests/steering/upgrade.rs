@@ -22,23 +22,10 @@ fn steering_survives_upgrades_and_worker_crashes_and_the_table_is_never_missing(
     serve_web(&backend);
     serve_dns(&backend);
     let api = FakeApi::start(&node.0, "upgrade", objects());
-    let mut proxy = Ringlb::start_in_netns(
-        &node.0,
-        &[
-            "run",
-            "--kubernetes",
-            "--kubeconfig",
-            api.kubeconfig(),
-            "--node-name",
-            "node-a",
-            "--nftables",
-            "--admin",
-            "off",
-            "--nodeport-addresses",
-            "10.241.1.0/24",
-            "--workers",
-            "2",
-        ],
+    let mut proxy = node_proxy(
+        &node,
+        &api,
+        &["--nodeport-addresses", "10.241.1.0/24", "--workers", "2"],
     );
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_table(&node.0, "ip", "10.96.0.10 . tcp . 80", Arc::clone(&stop));
