@@ -79,6 +79,13 @@ fn describe_guards(s: &mut String, svc: &config::Service) {
             o.max_percent
         );
     }
+    if let Some(time) = svc.slow_start {
+        let _ = writeln!(
+            s,
+            "  slow start: a backend that comes back ramps to its weight over {}",
+            humantime::format_duration(time)
+        );
+    }
     if let Some(version) = svc.proxy_protocol {
         let _ = writeln!(s, "  PROXY protocol {} to backends", version.name());
     }

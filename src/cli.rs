@@ -266,6 +266,11 @@ pub struct HealthArgs {
     /// Quick mode: the most of the backends ejected at once, in percent (always one).
     #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_eject_percent: u32,
+
+    /// Quick mode: a backend that comes back (marked up, readmitted) ramps its weight from
+    /// a sixteenth to all of it over DURATION; for --scheduler wrr, wlc, sed or nq.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_positive_duration)]
+    pub slow_start: Option<Duration>,
 }
 
 impl HealthArgs {

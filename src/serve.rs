@@ -145,6 +145,14 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
     if service.outliers.is_some() && protocol != Protocol::Tcp {
         bail!("--eject-after is for TCP (--proto tcp)");
     }
+    service.slow_start = args.health.slow_start;
+    if service.slow_start.is_some() && !balancers::SlowStart::applies_to(scheduler.kind) {
+        bail!(
+            "--slow-start ramps weights, and --scheduler {} does not weigh backends: \
+             use wrr, wlc, sed or nq",
+            scheduler.kind
+        );
+    }
     Ok(Config {
         services: vec![service],
     })
@@ -274,6 +282,7 @@ async fn serve_with(
 fn watch_backends(proxy: &Proxy) {
     drop(control::checks::spawn(proxy.published()));
     drop(control::ejections::spawn(proxy.published()));
+    drop(control::slow_start::spawn(proxy.published()));
 }
 
 /// Passes what the master says to the control loop, as [`Control::Master`].

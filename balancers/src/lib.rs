@@ -46,6 +46,7 @@ mod mh;
 pub mod outlier;
 mod rr;
 mod sh;
+pub mod slow_start;
 mod state;
 mod wrr;
 
@@ -67,6 +68,7 @@ pub use least::LeastLoad;
 pub use mh::{Maglev, DEFAULT_MH_TABLE_SIZE, MH_TABLE_SIZES};
 pub use rr::RoundRobin;
 pub use sh::{SourceHashing, HASH_TABLE_SIZE};
+pub use slow_start::SlowStart;
 pub use state::{BackendState, ConnectionGuard};
 pub use wrr::{WeightedRoundRobin, MAX_WRR_CYCLE};
 
@@ -438,7 +440,8 @@ impl Scheduler {
             .is_some_and(|&w| eligible(w, states.get(i)))
     }
 
-    fn weights(&self) -> &[u32] {
+    /// The weights the scheduler was built with, in backend order.
+    pub fn weights(&self) -> &[u32] {
         match self {
             Scheduler::Rr(s) => s.weights(),
             Scheduler::Wrr(s) => s.weights(),

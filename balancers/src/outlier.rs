@@ -80,7 +80,8 @@ impl Outlier {
         self.down_total.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn ejection_over(&self, now: u64) -> bool {
+    /// Whether the current ejection ends by `now`.
+    pub fn ejection_over(&self, now: u64) -> bool {
         now >= self.until.load(Ordering::Relaxed)
     }
 

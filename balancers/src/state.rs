@@ -47,6 +47,10 @@ pub struct BackendState {
     outlier: crate::outlier::Outlier,
     /// Upper threshold; 0 = no limit.
     upper: AtomicU32,
+    /// When the backend last came back (marked up, readmitted, added to a serving service),
+    /// in [`crate::outlier::monotonic_ms`] plus one; 0 when it never did: where its slow
+    /// start counts from.
+    back_at: AtomicU64,
 }
 
 const OVERLOADED: u64 = 1 << 63;
@@ -182,7 +186,26 @@ impl BackendState {
             return false;
         }
         self.outlier.readmitted();
-        self.word.fetch_and(!EJECTED, Ordering::Relaxed) & EJECTED != 0
+        let readmitted = self.word.fetch_and(!EJECTED, Ordering::Relaxed) & EJECTED != 0;
+        if readmitted {
+            self.came_back(now);
+        }
+        readmitted
+    }
+
+    /// Notes that the backend came back into service at `now` (see
+    /// [`crate::outlier::monotonic_ms`]): its slow start, if its service has one, counts
+    /// from here.
+    pub fn came_back(&self, now: u64) {
+        self.back_at.store(now.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// When the backend last came back (see [`BackendState::came_back`]), if it ever did.
+    pub fn back_since(&self) -> Option<u64> {
+        match self.back_at.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t - 1),
+        }
     }
 
     /// Marks the backend down (no new connections) or up again; returns whether that
@@ -196,6 +219,8 @@ impl BackendState {
         let changed = (before & DOWN != 0) != down;
         if changed && down {
             self.outlier.marked_down();
+        } else if changed {
+            self.came_back(crate::outlier::monotonic_ms());
         }
         changed
     }

@@ -87,6 +87,10 @@ pub struct Service {
     pub health: Option<HealthCheck>,
     /// TCP: passive outlier detection (`None`: off).
     pub outliers: Option<Outliers>,
+    /// A backend that comes back (marked up, readmitted, added) ramps its weight up over
+    /// this long (`wrr`, `wlc`, `sed`, `nq`; see `balancers::SlowStart`). `None`: full
+    /// weight at once.
+    pub slow_start: Option<Duration>,
 }
 
 /// Passive outlier detection, as Envoy's consecutive-failure detection at L4: a backend with
@@ -335,6 +339,7 @@ impl Service {
             accept_proxy_protocol: Vec::new(),
             health: None,
             outliers: None,
+            slow_start: None,
         }
     }
 }

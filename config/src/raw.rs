@@ -78,6 +78,7 @@ struct RawService {
     eject_after: Option<Spanned<i64>>,
     eject_time: Option<Spanned<String>>,
     max_eject_percent: Option<Spanned<i64>>,
+    slow_start: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

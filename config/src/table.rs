@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
-use balancers::{Affinity, BackendSpec, BackendState, Scheduler, DEFAULT_AFFINITY_CAPACITY};
+use balancers::outlier::monotonic_ms;
+use balancers::{
+    Affinity, BackendSpec, BackendState, Scheduler, SlowStart, DEFAULT_AFFINITY_CAPACITY,
+};
 
 use crate::model::{Config, Protocol, Service};
 
@@ -59,7 +62,7 @@ impl ServiceState {
 }
 
 /// One backend as workers see it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct BackendEntry {
     /// Where to connect.
     pub address: SocketAddr,
@@ -179,6 +182,34 @@ impl Table {
         }
     }
 
+    /// The table with the schedulers of services in slow start rebuilt for their backends'
+    /// weights at `now` (see [`SlowStart`]); `None` when no scheduler's weights changed.
+    /// It keeps the version: the configuration is the same. Everything but the changed
+    /// schedulers is shared with `self`.
+    pub fn reramped(&self, now: u64) -> Option<Table> {
+        let mut services = self.services.clone();
+        let mut frontends = None;
+        for entry in &mut services {
+            let Some(next) = reramp(entry, now) else {
+                continue;
+            };
+            let frontends = frontends.get_or_insert_with(|| self.frontends.clone());
+            for addr in &next.service.listen {
+                let key = FrontendKey {
+                    protocol: next.service.protocol,
+                    addr: *addr,
+                };
+                frontends.insert(key, Arc::clone(&next));
+            }
+            *entry = next;
+        }
+        Some(Table {
+            version: self.version,
+            services,
+            frontends: frontends?,
+        })
+    }
+
     /// The service behind a frontend.
     #[inline]
     pub fn lookup(&self, key: &FrontendKey) -> Option<&Arc<ServiceEntry>> {
@@ -227,10 +258,20 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
                 s.set_max_connections(b.max_connections);
                 Arc::clone(s)
             }
-            None => Arc::new(BackendState::new(b.max_connections)),
+            None => {
+                let state = BackendState::new(b.max_connections);
+                if old.is_some() {
+                    // Added to a service that is serving: a slow start ramps it up.
+                    state.came_back(monotonic_ms());
+                }
+                Arc::new(state)
+            }
         })
-        .collect();
-    let specs: Vec<BackendSpec> = svc.backends.iter().map(|b| b.spec()).collect();
+        .collect::<Vec<_>>();
+    let mut specs: Vec<BackendSpec> = svc.backends.iter().map(|b| b.spec()).collect();
+    if let Some(ramped) = ramped_specs(svc, &specs, &states, monotonic_ms()) {
+        specs = ramped;
+    }
     ServiceEntry {
         service: svc.clone(),
         scheduler: Scheduler::build(&svc.scheduler, &specs).ok(),
@@ -241,6 +282,39 @@ fn build_service(svc: &Service, old: Option<&Arc<ServiceEntry>>) -> ServiceEntry
         states,
         state: old.map_or_else(Default::default, |o| Arc::clone(&o.state)),
     }
+}
+
+/// The weights to build `svc`'s scheduler with while its slow start ramps a backend.
+fn ramped_specs(
+    svc: &Service,
+    specs: &[BackendSpec],
+    states: &[Arc<BackendState>],
+    now: u64,
+) -> Option<Vec<BackendSpec>> {
+    SlowStart::new(svc.slow_start?).weights(svc.scheduler.kind, specs, states, now)
+}
+
+/// `entry` with its scheduler rebuilt for the weights its slow start gives at `now`, when
+/// they are not the ones it was built with.
+fn reramp(entry: &Arc<ServiceEntry>, now: u64) -> Option<Arc<ServiceEntry>> {
+    let svc = &entry.service;
+    svc.slow_start?;
+    let built = entry.scheduler.as_ref()?.weights();
+    let mut specs: Vec<BackendSpec> = svc.backends.iter().map(|b| b.spec()).collect();
+    if let Some(ramped) = ramped_specs(svc, &specs, &entry.states, now) {
+        specs = ramped;
+    }
+    if specs.iter().map(|s| s.weight).eq(built.iter().copied()) {
+        return None;
+    }
+    Some(Arc::new(ServiceEntry {
+        service: svc.clone(),
+        scheduler: Scheduler::build(&svc.scheduler, &specs).ok(),
+        backends: entry.backends.clone(),
+        states: entry.states.clone(),
+        state: Arc::clone(&entry.state),
+        affinity: entry.affinity.clone(),
+    }))
 }
 
 /// The affinity table of a service: the previous one when neither the timeout nor the backend

@@ -46,7 +46,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
             let current = table.load();
             if version != Some(current.version()) {
                 version = Some(current.version());
-                follow(&current, &mut running);
+                follow(&table, &current, &mut running);
             }
             tokio::time::sleep(FOLLOW).await;
         }
@@ -55,7 +55,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
 
 /// Brings the running checks in line with the services of `table`: backends that appeared
 /// (or whose checks or state changed) get a task, those that left lose theirs.
-fn follow(table: &Table, running: &mut HashMap<Key, Running>) {
+fn follow(published: &Arc<ArcSwap<Table>>, table: &Table, running: &mut HashMap<Key, Running>) {
     let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendState>)> = HashMap::new();
     for entry in table.services() {
         let Some(check) = &entry.service.health else {
@@ -84,14 +84,25 @@ fn follow(table: &Table, running: &mut HashMap<Key, Running>) {
         if running.contains_key(&key) {
             continue;
         }
-        let task = tokio::spawn(checks(key.clone(), check.clone(), Arc::clone(&state)));
+        let task = tokio::spawn(checks(
+            key.clone(),
+            check.clone(),
+            Arc::clone(&state),
+            Arc::clone(published),
+        ));
         let task = task.abort_handle();
         running.insert(key, Running { check, state, task });
     }
 }
 
-/// Checks one backend until aborted, first within one interval.
-async fn checks(key: Key, check: HealthCheck, state: Arc<BackendState>) {
+/// Checks one backend until aborted, first within one interval. A backend coming back
+/// starts its slow start (if its service has one) before it is marked up.
+async fn checks(
+    key: Key,
+    check: HealthCheck,
+    state: Arc<BackendState>,
+    table: Arc<ArcSwap<Table>>,
+) {
     let mut jitter = Jitter::for_key(&key);
     let mut tally = Tally::new(!state.is_down(), check.rise, check.fall);
     tokio::time::sleep(jitter.within(check.interval)).await;
@@ -99,6 +110,9 @@ async fn checks(key: Key, check: HealthCheck, state: Arc<BackendState>) {
         let outcome = probe::check(&check, key.1).await;
         if let Some(up) = tally.record(outcome.is_ok()) {
             report(&key, &check, up, outcome.err().as_deref());
+            if up {
+                crate::slow_start::coming_back(&table, &state);
+            }
             state.set_down(!up);
         }
         let every = if tally.up {

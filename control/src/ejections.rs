@@ -25,7 +25,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
                 version = Some(current.version());
                 watched = with_outliers(&current);
             }
-            sweep(&watched, monotonic_ms());
+            sweep(&table, &watched, monotonic_ms());
             tokio::time::sleep(SWEEP).await;
         }
     })
@@ -41,8 +41,9 @@ fn with_outliers(table: &Table) -> Vec<Arc<ServiceEntry>> {
         .collect()
 }
 
-/// Readmits every backend of `services` whose ejection is over at `now`.
-fn sweep(services: &[Arc<ServiceEntry>], now: u64) {
+/// Readmits every backend of `services` whose ejection is over at `now` (after starting its
+/// slow start in `table`, when its service has one).
+fn sweep(table: &ArcSwap<Table>, services: &[Arc<ServiceEntry>], now: u64) {
     for entry in services {
         let Some(rules) = entry.service.outliers else {
             continue;
@@ -50,6 +51,10 @@ fn sweep(services: &[Arc<ServiceEntry>], now: u64) {
         let forgive_after =
             u64::try_from(rules.time.as_millis().saturating_mul(10)).unwrap_or(u64::MAX);
         for (backend, state) in entry.backends.iter().zip(&entry.states) {
+            let over = state.is_ejected() && state.outlier().ejection_over(now);
+            if over && entry.service.slow_start.is_some() {
+                crate::slow_start::coming_back(table, state);
+            }
             if state.readmit(now) {
                 tracing::info!(
                     service = %entry.service.name, backend = %backend.address,
@@ -92,18 +97,19 @@ mod tests {
             },
             None,
         );
-        let table = with_outliers(&table);
-        assert_eq!(table.len(), 1);
-        let state = &table[0].states[0];
+        let watched = with_outliers(&table);
+        let table = ArcSwap::from_pointee(table);
+        assert_eq!(watched.len(), 1);
+        let state = &watched[0].states[0];
         assert!(state.eject(1_000));
-        sweep(&table, 999);
+        sweep(&table, &watched, 999);
         assert!(state.is_ejected());
-        sweep(&table, 1_000);
+        sweep(&table, &watched, 1_000);
         assert!(!state.is_ejected());
         assert_eq!(state.outlier().ejections(), 1);
-        sweep(&table, 1_999);
+        sweep(&table, &watched, 1_999);
         assert_eq!(state.outlier().ejections(), 1, "not yet ten ejection times");
-        sweep(&table, 2_000);
+        sweep(&table, &watched, 2_000);
         assert_eq!(state.outlier().ejections(), 0);
     }
 }

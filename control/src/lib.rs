@@ -4,7 +4,8 @@
 //! node mode's health servers), and the registry of what keeps ringlb from being ready
 //! ([`Readiness`], which `/readyz` reports), and the active health checks of backends
 //! ([`checks`]) and the readmission of backends that outlier detection ejected
-//! ([`ejections`]).
+//! ([`ejections`]), and the republishing of services whose backends ramp up after they
+//! came back ([`slow_start`]).
 //!
 //! Everything here runs on, or hands work to, that one thread (ringlb's main thread); nothing
 //! may block it. This
@@ -16,6 +17,7 @@ pub mod ejections;
 pub mod http;
 mod readiness;
 mod runtime;
+pub mod slow_start;
 
 pub use readiness::Readiness;
 pub use runtime::{ControlRuntime, Plane};

@@ -42,6 +42,9 @@ struct ServiceConfig<'a> {
     /// The health checks, as `tcp` or `http:PATH` with their settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     health_check: Option<HealthView>,
+    /// How long a backend that comes back takes to ramp to its full weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_start: Option<String>,
     endpoints: Vec<EndpointConfig>,
 }
 
@@ -68,6 +71,9 @@ struct EndpointConfig {
     /// `null`: no limit.
     max_connections: Option<u32>,
     state: &'static str,
+    /// While it ramps up after coming back: the percentage of its weight it has now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_start_percent: Option<u64>,
 }
 
 impl<'a> ConfigView<'a> {
@@ -114,6 +120,7 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
             status: matches!(h.probe, config::Probe::Http { .. })
                 .then(|| format!("{}-{}", h.status.start(), h.status.end())),
         }),
+        slow_start: svc.slow_start.map(duration),
         endpoints: entry
             .backends
             .iter()
@@ -123,6 +130,7 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
                 weight: b.weight,
                 max_connections: state.max_connections(),
                 state: endpoint_state(b.weight, state),
+                slow_start_percent: ramp_percent(svc, state),
             })
             .collect(),
     }
@@ -149,6 +157,17 @@ fn endpoint_state(weight: u32, state: &BackendState) -> &'static str {
     } else {
         "active"
     }
+}
+
+/// The share of its weight, in percent, of a backend ramping up in its slow start; `None`
+/// when it is not ramping.
+fn ramp_percent(svc: &config::Service, state: &BackendState) -> Option<u64> {
+    let slow = balancers::SlowStart::new(svc.slow_start?);
+    if !balancers::SlowStart::applies_to(svc.scheduler.kind) {
+        return None;
+    }
+    let step = slow.step(state.back_since(), balancers::outlier::monotonic_ms())?;
+    Some(step * 100 / balancers::slow_start::STEPS)
 }
 
 /// `/stats`: the counters of every service and the connection counts of every backend.
@@ -181,6 +200,8 @@ struct BackendStats {
     address: SocketAddr,
     weight: u32,
     state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_start_percent: Option<u64>,
     active: u32,
     inactive: u32,
 }
@@ -294,6 +315,7 @@ fn service_stats<'a>(
                 address: b.address,
                 weight: b.weight,
                 state: endpoint_state(b.weight, state),
+                slow_start_percent: ramp_percent(&entry.service, state),
                 active: state.active(),
                 inactive: state.inactive(),
             })

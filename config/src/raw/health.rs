@@ -3,6 +3,8 @@
 
 use serde_saphyr::Spanned;
 
+use balancers::{SchedulerKind, SlowStart};
+
 use super::Validator;
 use crate::model::{HealthCheck, Outliers, Probe};
 
@@ -42,6 +44,29 @@ pub(super) struct RawOutliers {
 }
 
 impl Validator {
+    /// `slow_start`: a positive duration, for a scheduler that weighs backends (`kind`, when
+    /// it is known).
+    pub(super) fn slow_start(
+        &mut self,
+        path: &str,
+        raw: Option<Spanned<String>>,
+        kind: Option<SchedulerKind>,
+    ) -> Option<Option<std::time::Duration>> {
+        let Some(s) = raw else {
+            return Some(None);
+        };
+        if let Some(kind) = kind.filter(|&k| !SlowStart::applies_to(k)) {
+            let why = format!(
+                "slow start ramps weights, and scheduler {kind} does not weigh backends: \
+                 use wrr, wlc, sed or nq"
+            );
+            self.at(&s, format!("{path}.slow_start"), why);
+            return None;
+        }
+        let time = self.duration(Some(s), format!("{path}.slow_start"), Default::default())?;
+        Some(Some(time))
+    }
+
     /// Outlier detection: `eject_after` 1 to [`MAX_COUNT`] turns it on (0 or absent: off,
     /// and then `eject_time` and `max_eject_percent` are errors); TCP services only.
     pub(super) fn outliers(

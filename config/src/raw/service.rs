@@ -65,6 +65,7 @@ impl Validator {
             },
             tcp_only,
         );
+        let slow_start = self.slow_start(path, r.slow_start, scheduler.map(|s| s.kind));
         let (backends, targets) = backends?;
         Some(Service {
             name: name?,
@@ -83,6 +84,7 @@ impl Validator {
             accept_proxy_protocol: accept_proxy_protocol?,
             health: health?,
             outliers: outliers?,
+            slow_start: slow_start?,
         })
         .and_then(|svc| self.schedulable(path, scheduler_at, svc))
     }

@@ -44,8 +44,9 @@ async fn the_checks_follow_the_table() {
     );
     let check = HealthCheck::new(Probe::Tcp);
     let mut running = HashMap::new();
+    let published = Arc::new(ArcSwap::from_pointee(Table::default()));
     let first = table(&[a, b], Some(check.clone()));
-    follow(&first, &mut running);
+    follow(&published, &first, &mut running);
     assert_eq!(running.len(), 2);
     // The same backends and checks in a new table: the same tasks.
     let again = Table::build(
@@ -55,7 +56,7 @@ async fn the_checks_follow_the_table() {
         Some(&first),
     );
     let before: Vec<_> = running.values().map(|r| r.task.id()).collect();
-    follow(&again, &mut running);
+    follow(&published, &again, &mut running);
     let mut after: Vec<_> = running.values().map(|r| r.task.id()).collect();
     let mut before = before;
     before.sort();
@@ -64,7 +65,7 @@ async fn the_checks_follow_the_table() {
     // A backend leaves; then the checks are switched off, the backend staying (its state
     // carried over), marked down by its last check.
     let only_b = table(&[b], Some(check));
-    follow(&only_b, &mut running);
+    follow(&published, &only_b, &mut running);
     assert_eq!(running.keys().map(|k| k.1).collect::<Vec<_>>(), vec![b]);
     let mut services: Vec<Service> = only_b
         .services()
@@ -75,7 +76,7 @@ async fn the_checks_follow_the_table() {
     let unchecked = Table::build(&Config { services }, Some(&only_b));
     let state = &unchecked.services()[0].states[0];
     state.set_down(true);
-    follow(&unchecked, &mut running);
+    follow(&published, &unchecked, &mut running);
     assert!(running.is_empty());
     assert!(
         !state.is_down(),
