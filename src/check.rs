@@ -69,6 +69,9 @@ fn describe_guards(s: &mut String, svc: &config::Service) {
             h.rise,
             h.fall
         );
+        if h.shutdown_sessions {
+            let _ = writeln!(s, "  a backend marked down has its sessions shut at once");
+        }
     }
     if let Some(o) = svc.outliers {
         let _ = writeln!(

@@ -253,6 +253,11 @@ pub struct HealthArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100), requires = "health_check")]
     pub fall: u32,
 
+    /// Quick mode: what a backend marked down does with its open connections and UDP flows:
+    /// `keep` them until they end, or `shutdown-sessions` (reset them at once).
+    #[arg(long, value_name = "keep|shutdown-sessions", default_value = "keep", value_parser = ["keep", "shutdown-sessions"], requires = "health_check")]
+    pub on_marked_down: String,
+
     /// Quick mode, TCP: eject a backend after N failures in a row seen by the workers (a
     /// failed connect, a reset before its first byte back); 0 is off.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
@@ -292,6 +297,7 @@ impl HealthArgs {
             timeout: self.health_timeout,
             rise: self.rise,
             fall: self.fall,
+            shutdown_sessions: self.on_marked_down == "shutdown-sessions",
             ..config::HealthCheck::new(probe)
         })
     }

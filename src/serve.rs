@@ -280,7 +280,9 @@ async fn serve_with(
 /// Starts the health checks and the readmission of ejected backends, on the control runtime
 /// for as long as it runs (the process's life).
 fn watch_backends(proxy: &Proxy) {
-    drop(control::checks::spawn(proxy.published()));
+    let sessions = proxy.session_cutter();
+    let cut: control::checks::Cut = Arc::new(move |backend| sessions.cut(backend));
+    drop(control::checks::spawn(proxy.published(), cut));
     drop(control::ejections::spawn(proxy.published()));
     drop(control::slow_start::spawn(proxy.published()));
 }

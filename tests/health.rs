@@ -223,14 +223,16 @@ fn the_health_keys_are_checked_with_located_errors() {
     check_fails_saying(
         "health-keys",
         "services:\n  - name: web\n    listen: [\"127.0.0.1:8080\"]\n    \
-         health_check: \"http:health\"\n    rise: 0\n    \
+         health_check: \"http:health\"\n    rise: 0\n    on_marked_down: drop\n    \
          backends: [{address: \"127.0.0.1:9\"}]\n  - name: db\n    \
-         listen: [\"127.0.0.1:5432\"]\n    fall: 2\n    \
+         listen: [\"127.0.0.1:5432\"]\n    fall: 2\n    on_marked_down: keep\n    \
          backends: [{address: \"127.0.0.1:9\"}]\n",
         &[
             ":4:19: services[0].health_check: \"http:health\" is not a health check",
             "services[0].rise: must be between 1 and 100, got 0",
+            "services[0].on_marked_down: \"drop\": use keep or shutdown-sessions",
             "services[1].fall: only with health_check (tcp or http:PATH)",
+            "services[1].on_marked_down: only with health_check (tcp or http:PATH)",
         ],
     );
 }
@@ -362,4 +364,81 @@ fn a_services_annotations_turn_health_checks_and_outlier_detection_on() {
         &manifests.replace("eject-after: \"5\"", "eject-after: \"many\""),
         &[":9:28: Service prod/vms: metadata.annotations[\"ringlb.io/eject-after\"]: \"many\": failures in a row, 0 (off) to 100"],
     );
+}
+
+/// A backend on `listener` whose health checks (`GET `) answer as `mode` says, and which
+/// echoes every other connection until its client closes.
+fn echoing(listener: TcpListener, mode: Arc<AtomicU8>) {
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mode = Arc::clone(&mode);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                let Ok(n) = s.read(&mut buf) else { return };
+                if !buf[..n].starts_with(b"GET ") {
+                    let mut n = n;
+                    while n > 0 && s.write_all(&buf[..n]).is_ok() {
+                        n = s.read(&mut buf).unwrap_or(0);
+                    }
+                    return;
+                }
+                if mode.load(Ordering::Relaxed) == HEALTHY {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                } else {
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+}
+
+/// `on_marked_down`: with `shutdown-sessions` a backend marked down has its open connections
+/// reset at once; with `keep` (the default) they go on.
+#[test]
+fn a_backend_marked_down_keeps_its_sessions_unless_asked_to_shut_them() {
+    for (driver, on_down) in [("uring", "shutdown-sessions"), ("epoll", "keep")] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(HEALTHY));
+        echoing(listener, Arc::clone(&mode));
+        let proxy = quick(
+            driver,
+            &[addr],
+            &[
+                "--health-check",
+                "http:/health",
+                "--health-interval",
+                "50ms",
+                "--fall",
+                "1",
+                "--on-marked-down",
+                on_down,
+            ],
+        );
+        let mut session = connect(proxy.addr());
+        let echo = |s: &mut TcpStream, what: &[u8]| {
+            s.write_all(what)?;
+            let mut back = vec![0u8; what.len()];
+            s.read_exact(&mut back)?;
+            assert_eq!(back, what);
+            Ok::<_, std::io::Error>(())
+        };
+        echo(&mut session, b"before").unwrap();
+        mode.store(RESETS, Ordering::Relaxed);
+        proxy.wait_stderr("backend down");
+        if on_down == "keep" {
+            echo(&mut session, b"after").expect("a kept session goes on");
+            continue;
+        }
+        let mut buf = [0u8; 8];
+        let got = session.read(&mut buf);
+        assert!(
+            matches!(&got, Ok(0))
+                || got
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the session is shut: {got:?}"
+        );
+    }
 }

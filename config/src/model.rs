@@ -155,6 +155,10 @@ pub struct HealthCheck {
     pub expect: Vec<u8>,
     /// `http:PATH`: the statuses that pass.
     pub status: std::ops::RangeInclusive<u16>,
+    /// `on_marked_down: shutdown-sessions` (HAProxy's): a backend marked down has its open
+    /// connections reset and its UDP flows ended at once; `false` (`keep`, the default)
+    /// leaves them to end on their own.
+    pub shutdown_sessions: bool,
 }
 
 /// One health check.
@@ -212,6 +216,7 @@ impl HealthCheck {
             send: Vec::new(),
             expect: Vec::new(),
             status: Self::STATUS,
+            shutdown_sessions: false,
         }
     }
 }

@@ -75,6 +75,7 @@ struct RawService {
     health_send: Option<Spanned<String>>,
     health_expect: Option<Spanned<String>>,
     health_status: Option<Spanned<String>>,
+    on_marked_down: Option<Spanned<String>>,
     eject_after: Option<Spanned<i64>>,
     eject_time: Option<Spanned<String>>,
     max_eject_percent: Option<Spanned<i64>>,

@@ -36,9 +36,14 @@ struct Running {
     task: AbortHandle,
 }
 
+/// Ends the open sessions to a backend (its connections and UDP flows): what a backend
+/// marked down gets when its checks say `shutdown_sessions`. The data plane brings it.
+pub type Cut = Arc<dyn Fn(&Arc<BackendState>) + Send + Sync>;
+
 /// Starts checking the backends of the services of `table` (followed as it is replaced) on
-/// the current runtime. The tasks end when the runtime does.
-pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
+/// the current runtime, ending a backend's sessions with `cut` when it is marked down and
+/// its checks ask for it. The tasks end when the runtime does.
+pub fn spawn(table: Arc<ArcSwap<Table>>, cut: Cut) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut running: HashMap<Key, Running> = HashMap::new();
         let mut version = None;
@@ -46,7 +51,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
             let current = table.load();
             if version != Some(current.version()) {
                 version = Some(current.version());
-                follow(&table, &current, &mut running);
+                follow(&table, &cut, &current, &mut running);
             }
             tokio::time::sleep(FOLLOW).await;
         }
@@ -55,7 +60,12 @@ pub fn spawn(table: Arc<ArcSwap<Table>>) -> tokio::task::JoinHandle<()> {
 
 /// Brings the running checks in line with the services of `table`: backends that appeared
 /// (or whose checks or state changed) get a task, those that left lose theirs.
-fn follow(published: &Arc<ArcSwap<Table>>, table: &Table, running: &mut HashMap<Key, Running>) {
+fn follow(
+    published: &Arc<ArcSwap<Table>>,
+    cut: &Cut,
+    table: &Table,
+    running: &mut HashMap<Key, Running>,
+) {
     let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendState>)> = HashMap::new();
     for entry in table.services() {
         let Some(check) = &entry.service.health else {
@@ -89,6 +99,7 @@ fn follow(published: &Arc<ArcSwap<Table>>, table: &Table, running: &mut HashMap<
             check.clone(),
             Arc::clone(&state),
             Arc::clone(published),
+            Arc::clone(cut),
         ));
         let task = task.abort_handle();
         running.insert(key, Running { check, state, task });
@@ -102,6 +113,7 @@ async fn checks(
     check: HealthCheck,
     state: Arc<BackendState>,
     table: Arc<ArcSwap<Table>>,
+    cut: Cut,
 ) {
     let mut jitter = Jitter::for_key(&key);
     let mut tally = Tally::new(!state.is_down(), check.rise, check.fall);
@@ -114,6 +126,9 @@ async fn checks(
                 crate::slow_start::coming_back(&table, &state);
             }
             state.set_down(!up);
+            if !up && check.shutdown_sessions {
+                cut(&state);
+            }
         }
         let every = if tally.up {
             check.interval

@@ -206,6 +206,25 @@ pub struct ReloadReport {
     pub removed: Vec<SocketAddr>,
 }
 
+/// Ends, from any thread, the open connections and UDP flows of a running [`Proxy`] to one
+/// backend: what a health check that marks a backend down does when its service asks for
+/// it (`on_marked_down: shutdown-sessions`, HAProxy's).
+#[derive(Clone, Debug)]
+pub struct SessionCutter {
+    commands: Vec<flume::Sender<worker::Command>>,
+}
+
+impl SessionCutter {
+    /// Has every worker reset its connections to `backend` (by identity: the state the table
+    /// holds for it) and end its UDP flows to it. Returns at once; the workers do it as they
+    /// read their commands.
+    pub fn cut(&self, backend: &Arc<balancers::BackendState>) {
+        for worker in &self.commands {
+            let _ = worker.send(worker::Command::CutBackend(Arc::clone(backend)));
+        }
+    }
+}
+
 /// Lists the live UDP flows of a running [`Proxy`] from any thread.
 #[derive(Clone, Debug)]
 pub struct FlowList {

@@ -236,6 +236,13 @@ impl Proxy {
         Arc::clone(&self.telemetry)
     }
 
+    /// A handle that ends the workers' sessions to one backend, for the health checks.
+    pub fn session_cutter(&self) -> crate::SessionCutter {
+        crate::SessionCutter {
+            commands: self.commands.clone(),
+        }
+    }
+
     /// A handle that lists the workers' live UDP flows, for the admin API.
     pub fn flow_list(&self) -> FlowList {
         FlowList {

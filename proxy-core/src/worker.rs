@@ -78,6 +78,9 @@ pub(crate) enum Command {
         /// Told once this worker has applied the swap (and every command before it).
         applied: flume::Sender<()>,
     },
+    /// Its health checks marked this backend down and its service asks for its sessions to
+    /// end: reset its open connections and end its UDP flows now.
+    CutBackend(Arc<balancers::BackendState>),
     /// List this worker's live UDP flows.
     UdpFlows(flume::Sender<Vec<UdpFlowInfo>>),
     /// The shutdown's drain deadline passed: reset every connection still open, both sides,
@@ -246,6 +249,12 @@ impl Worker {
                             .close_matching(at, |c| !live.contains(&c.backend()));
                     }
                     let _ = applied.send(());
+                }
+                Command::CutBackend(backend) => {
+                    let at = monoio::time::Instant::now();
+                    let cut = Arc::as_ptr(&backend);
+                    self.idle.close_matching(at, |c| c.backend() == cut);
+                    self.udp.end_flows_to(&self.table.load(), cut);
                 }
                 Command::UdpFlows(reply) => {
                     let _ = reply.send(self.udp.flows(Instant::now()));

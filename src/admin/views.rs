@@ -62,6 +62,8 @@ struct HealthView {
     expect: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    /// `keep` or `shutdown-sessions`.
+    on_marked_down: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +73,7 @@ struct EndpointConfig {
     /// `null`: no limit.
     max_connections: Option<u32>,
     state: &'static str,
-    /// While it ramps up after coming back: the percentage of its weight it has now.
+    /// While it ramps up after coming back: how far its ramp has gone, in percent.
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_start_percent: Option<u64>,
 }
@@ -119,6 +121,11 @@ fn service_config(entry: &ServiceEntry) -> ServiceConfig<'_> {
             expect: (!h.expect.is_empty()).then(|| String::from_utf8_lossy(&h.expect).into_owned()),
             status: matches!(h.probe, config::Probe::Http { .. })
                 .then(|| format!("{}-{}", h.status.start(), h.status.end())),
+            on_marked_down: if h.shutdown_sessions {
+                "shutdown-sessions"
+            } else {
+                "keep"
+            },
         }),
         slow_start: svc.slow_start.map(duration),
         endpoints: entry

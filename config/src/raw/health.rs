@@ -34,6 +34,7 @@ pub(super) struct RawHealth {
     pub send: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
     pub status: Option<Spanned<String>>,
+    pub on_marked_down: Option<Spanned<String>>,
 }
 
 /// A service's outlier-detection keys as written.
@@ -126,36 +127,8 @@ impl Validator {
     /// The health checks of a service: `None` inside when `health_check` is absent (then
     /// the other keys are errors: they would do nothing).
     pub(super) fn health(&mut self, path: &str, raw: RawHealth) -> Option<Option<HealthCheck>> {
-        let Some(check) = raw.check else {
-            let strays = [
-                (
-                    "health_interval",
-                    raw.interval.as_ref().map(|s| s.referenced),
-                ),
-                (
-                    "health_down_interval",
-                    raw.down_interval.as_ref().map(|s| s.referenced),
-                ),
-                ("health_timeout", raw.timeout.as_ref().map(|s| s.referenced)),
-                ("rise", raw.rise.as_ref().map(|s| s.referenced)),
-                ("fall", raw.fall.as_ref().map(|s| s.referenced)),
-                ("health_send", raw.send.as_ref().map(|s| s.referenced)),
-                ("health_expect", raw.expect.as_ref().map(|s| s.referenced)),
-                ("health_status", raw.status.as_ref().map(|s| s.referenced)),
-            ];
-            let mut ok = true;
-            for (key, at) in strays {
-                if let Some(at) = at {
-                    self.problems.push(crate::error::Problem {
-                        line: Some(at.line()),
-                        column: Some(at.column()),
-                        path: format!("{path}.{key}"),
-                        reason: "only with health_check (tcp or http:PATH)".into(),
-                    });
-                    ok = false;
-                }
-            }
-            return ok.then_some(None);
+        let Some(check) = raw.check.clone() else {
+            return self.no_strays(path, &raw).then_some(None);
         };
         let probe = match Probe::parse(&check.value) {
             Some(p) => Some(p),
@@ -192,6 +165,7 @@ impl Validator {
         let send = self.probe_bytes(path, "health_send", raw.send, !http);
         let expect = self.probe_bytes(path, "health_expect", raw.expect, !http);
         let status = self.status(path, raw.status, http);
+        let shutdown_sessions = self.on_marked_down(path, raw.on_marked_down);
         Some(Some(HealthCheck {
             probe: probe?,
             interval: interval?,
@@ -202,7 +176,61 @@ impl Validator {
             send: send?,
             expect: expect?,
             status: status?,
+            shutdown_sessions: shutdown_sessions?,
         }))
+    }
+
+    /// `on_marked_down`: `keep` (the default) or `shutdown-sessions`.
+    fn on_marked_down(&mut self, path: &str, raw: Option<Spanned<String>>) -> Option<bool> {
+        let Some(raw) = raw else {
+            return Some(false);
+        };
+        match raw.value.as_str() {
+            "keep" => Some(false),
+            "shutdown-sessions" => Some(true),
+            other => {
+                let why = format!("{other:?}: use keep or shutdown-sessions");
+                self.at(&raw, format!("{path}.on_marked_down"), why);
+                None
+            }
+        }
+    }
+
+    /// Without `health_check`, the other health keys would do nothing: each is an error.
+    fn no_strays(&mut self, path: &str, raw: &RawHealth) -> bool {
+        let strays = [
+            (
+                "health_interval",
+                raw.interval.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "health_down_interval",
+                raw.down_interval.as_ref().map(|s| s.referenced),
+            ),
+            ("health_timeout", raw.timeout.as_ref().map(|s| s.referenced)),
+            ("rise", raw.rise.as_ref().map(|s| s.referenced)),
+            ("fall", raw.fall.as_ref().map(|s| s.referenced)),
+            ("health_send", raw.send.as_ref().map(|s| s.referenced)),
+            ("health_expect", raw.expect.as_ref().map(|s| s.referenced)),
+            ("health_status", raw.status.as_ref().map(|s| s.referenced)),
+            (
+                "on_marked_down",
+                raw.on_marked_down.as_ref().map(|s| s.referenced),
+            ),
+        ];
+        let mut ok = true;
+        for (key, at) in strays {
+            if let Some(at) = at {
+                self.problems.push(crate::error::Problem {
+                    line: Some(at.line()),
+                    column: Some(at.column()),
+                    path: format!("{path}.{key}"),
+                    reason: "only with health_check (tcp or http:PATH)".into(),
+                });
+                ok = false;
+            }
+        }
+        ok
     }
 
     /// `health_send` or `health_expect` (`key`): bytes of a `tcp` check, at most

@@ -54,6 +54,7 @@ impl Validator {
                 send: r.health_send,
                 expect: r.health_expect,
                 status: r.health_status,
+                on_marked_down: r.on_marked_down,
             },
         );
         let outliers = self.outliers(

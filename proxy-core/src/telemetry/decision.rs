@@ -46,8 +46,8 @@ pub enum CloseReason {
     Eof,
     /// Nothing moved in either direction for the service's idle timeout.
     IdleTimeout,
-    /// TCP: its backend left the table and `--backend-drain-timeout` passed; both sides were
-    /// reset.
+    /// TCP: its backend left the table and `--backend-drain-timeout` passed, or its health
+    /// checks marked it down with `on_marked_down: shutdown-sessions`; both sides were reset.
     Drained,
     /// TCP: a socket failed (typically a reset); the other side was reset too.
     Reset,

@@ -306,6 +306,29 @@ impl<T: Payload> FlowManager<T> {
         self.table.retain(keep, End::Unusable, out);
     }
 
+    /// Ends the flows to the backend whose node-wide state is `backend`, into `out`.
+    pub(crate) fn end_flows_to(
+        &mut self,
+        table: &Table,
+        backend: *const balancers::BackendState,
+        out: &mut Vec<Ended<T>>,
+    ) {
+        let mut cut: HashMap<FrontendKey, Option<SocketAddr>> = HashMap::new();
+        let keep = |f: &Flow<T>| {
+            let key = *f.payload.frontend();
+            let address = cut.entry(key).or_insert_with(|| {
+                let entry = table.lookup(&key)?;
+                let i = entry
+                    .states
+                    .iter()
+                    .position(|s| std::ptr::eq(Arc::as_ptr(s), backend))?;
+                Some(entry.backends[i].address)
+            });
+            *address != Some(f.backend)
+        };
+        self.table.retain(keep, End::Unusable, out);
+    }
+
     /// The frontend `key` stopped on this worker: its flows end (their replies would have no
     /// socket to leave from), into `out`.
     pub(crate) fn frontend_closed(&mut self, key: &FrontendKey, out: &mut Vec<Ended<T>>) {

@@ -250,6 +250,16 @@ impl Udp {
         end(&mut ended);
     }
 
+    /// Ends the flows to the backend whose state is `backend` (marked down, its sessions
+    /// shut).
+    pub(crate) fn end_flows_to(&self, table: &Table, backend: *const balancers::BackendState) {
+        let mut ended = Vec::new();
+        self.flows
+            .borrow_mut()
+            .end_flows_to(table, backend, &mut ended);
+        end(&mut ended);
+    }
+
     /// Ends every flow (the worker stops).
     pub(crate) fn clear(&self) {
         let mut ended = Vec::new();

@@ -409,6 +409,37 @@ impl Sim {
         self.seen.kept_across_reload += self.model.len() as u64;
     }
 
+    /// A backend marked down has its sessions shut: its flows end (on every frontend of its
+    /// service), the others stay.
+    fn cut_backend(&mut self) {
+        let fk = frontend(self.below(SERVICES as u64) as usize);
+        let Some(entry) = self.table.lookup(&fk).cloned() else {
+            return;
+        };
+        if entry.states.is_empty() {
+            return;
+        }
+        let i = self.below(entry.states.len() as u64) as usize;
+        let state = Arc::as_ptr(&entry.states[i]);
+        let mut ended = Vec::new();
+        self.manager.end_flows_to(&self.table, state, &mut ended);
+        let of_it = |m: &&Model| {
+            self.table.lookup(&m.frontend).is_some_and(|e| {
+                e.states
+                    .iter()
+                    .zip(&e.backends)
+                    .any(|(s, b)| std::ptr::eq(Arc::as_ptr(s), state) && b.address == m.backend)
+            })
+        };
+        let n = self.model.values().filter(of_it).count();
+        assert_eq!(ended.len(), n, "exactly the flows to the cut backend end");
+        for e in ended {
+            assert_eq!(self.model[&e.0.key].backend, entry.backends[i].address);
+            self.end(e, End::Unusable);
+            self.seen.cut += 1;
+        }
+    }
+
     /// A frontend stops on this worker: its flows end, the others stay.
     fn frontend_closed(&mut self) {
         let fk = frontend(self.below(SERVICES as u64) as usize);
@@ -437,7 +468,8 @@ impl Sim {
                 let cap = self.below(30) as usize;
                 self.fds.set_cap(cap);
             }
-            197..=198 => self.hand_over(),
+            197 => self.hand_over(),
+            198 => self.cut_backend(),
             _ => self.frontend_closed(),
         }
         self.check();
@@ -479,7 +511,7 @@ impl Sim {
 
 #[test]
 fn udp_core_simulation_many_seeds() {
-    let mut seen = [0u64; 13];
+    let mut seen = [0u64; 14];
     for seed in 0..64 {
         let mut sim = Sim::new(seed);
         for _ in 0..2_000 {

@@ -64,10 +64,11 @@ pub(super) struct Seen {
     pub(super) kept_across_reload: u64,
     pub(super) refused: u64,
     pub(super) frontend_closed: u64,
+    pub(super) cut: u64,
 }
 
 impl Seen {
-    pub(super) fn counts(&self) -> [(&'static str, u64); 13] {
+    pub(super) fn counts(&self) -> [(&'static str, u64); 14] {
         [
             ("opened", self.opened),
             ("pinned", self.pinned),
@@ -82,6 +83,7 @@ impl Seen {
             ("kept_across_reload", self.kept_across_reload),
             ("refused", self.refused),
             ("frontend_closed", self.frontend_closed),
+            ("cut", self.cut),
         ]
     }
 }
