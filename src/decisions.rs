@@ -1,5 +1,6 @@
 //! The decision log's writer: one thread drains the data plane's queue and writes one JSON
-//! line per TCP connection or UDP flow to a file or to stdout.
+//! line per TCP connection or UDP flow, and one per change of a backend's state (marked down
+//! or up, ejected or readmitted), to a file or to stdout.
 //!
 //! Workers only hand finished records to a bounded queue ([`proxy_core::DecisionLog`]); the
 //! formatting and every write happen on this thread, so a slow disk or a blocked pipe costs the
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use proxy_core::{Decision, Telemetry};
+use proxy_core::{BackendChange, BackendEvent, Decision, Record, Telemetry};
 use serde::Serialize;
 
 /// How long the writer waits for a record before it looks at its flags again.
@@ -265,8 +266,11 @@ fn run(control: &DecisionLogControl, mut sink: Sink) {
             continue;
         };
         let mut lines = 0u64;
-        for decision in std::iter::once(first).chain(std::iter::from_fn(|| log.try_next())) {
-            line(&mut buf, &decision);
+        for record in std::iter::once(first).chain(std::iter::from_fn(|| log.try_next())) {
+            match &record {
+                Record::Flow(decision) => line(&mut buf, decision),
+                Record::Backend(event) => event_line(&mut buf, event),
+            }
             lines += 1;
             if lines as usize >= BATCH {
                 break;
@@ -335,6 +339,43 @@ fn line(buf: &mut Vec<u8>, d: &Decision) {
         datagrams_to_client: d.datagrams.map(|g| g.to_client),
         duration_seconds: d.duration.as_secs_f64(),
         close: d.close.name(),
+    };
+    // Serializing plain strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &view);
+    buf.push(b'\n');
+}
+
+/// One JSON line about a backend: `event` tells it from a flow's line.
+#[derive(Debug, Serialize)]
+struct EventLine<'a> {
+    time: String,
+    service: &'a str,
+    backend: SocketAddr,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ejection_seconds: Option<f64>,
+}
+
+fn event_line(buf: &mut Vec<u8>, e: &BackendEvent) {
+    let (reason, failures, ejection_seconds) = match &e.change {
+        BackendChange::Down { reason } => (Some(reason.as_str()), None, None),
+        BackendChange::Ejected { failures, time } => {
+            (None, Some(*failures), Some(time.as_secs_f64()))
+        }
+        BackendChange::Up | BackendChange::Readmitted => (None, None, None),
+    };
+    let view = EventLine {
+        time: humantime::format_rfc3339_micros(e.at).to_string(),
+        service: &e.service,
+        backend: e.backend,
+        event: e.change.name(),
+        reason,
+        failures,
+        ejection_seconds,
     };
     // Serializing plain strings and numbers into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, &view);

@@ -282,8 +282,15 @@ async fn serve_with(
 fn watch_backends(proxy: &Proxy) {
     let sessions = proxy.session_cutter();
     let cut: control::checks::Cut = Arc::new(move |backend| sessions.cut(backend));
-    drop(control::checks::spawn(proxy.published(), cut));
-    drop(control::ejections::spawn(proxy.published()));
+    drop(control::checks::spawn(
+        proxy.published(),
+        cut,
+        proxy.telemetry(),
+    ));
+    drop(control::ejections::spawn(
+        proxy.published(),
+        proxy.telemetry(),
+    ));
     drop(control::slow_start::spawn(proxy.published()));
 }
 

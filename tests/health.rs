@@ -152,6 +152,7 @@ fn failing_backends_leave_the_rotation_after_fall_checks_and_return_after_rise()
 #[test]
 fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
     let gone = refused_addr();
+    let log = decision_log("refusing");
     let proxy = quick(
         "epoll",
         &[gone],
@@ -162,6 +163,8 @@ fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
             "50ms",
             "--fall",
             "1",
+            "--decision-log",
+            log.to_str().unwrap(),
         ],
     );
     proxy.wait_stderr("backend down");
@@ -180,6 +183,33 @@ fn a_refusing_backend_goes_down_with_tcp_checks_and_all_down_resets_clients() {
     let back = TcpListener::bind(gone).unwrap();
     proxy.wait_stderr("backend up");
     drop(back);
+    // Both changes are in the decision log, beside the flows.
+    let events = backend_events(&log, 2);
+    assert_eq!(events[0]["event"], "down", "{events:?}");
+    assert_eq!(events[0]["backend"], gone.to_string().as_str());
+    assert!(events[0]["reason"].as_str().unwrap().contains("connect"));
+    assert_eq!(events[1]["event"], "up", "{events:?}");
+}
+
+/// A decision log file for this test process.
+fn decision_log(tag: &str) -> std::path::PathBuf {
+    let name = format!("ringlb-test-{}-{tag}-decisions.jsonl", std::process::id());
+    let path = std::env::temp_dir().join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
+/// The backend lines of the decision log at `path`, once there are `n` of them.
+fn backend_events(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let read = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("event").is_some())
+            .collect()
+    };
+    wait_until("the backend's changes are logged", || read().len() >= n);
+    read()
 }
 
 #[test]
@@ -257,6 +287,7 @@ fn resetting() -> SocketAddr {
 fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_time() {
     let good = name_server("good");
     let bad = resetting();
+    let log = decision_log("ejections");
     let proxy = quick(
         "uring",
         &[good, bad],
@@ -269,6 +300,8 @@ fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_t
             "50",
             "--admin",
             "127.0.0.1:0",
+            "--decision-log",
+            log.to_str().unwrap(),
         ],
     );
     let admin = admin_addr(&proxy);
@@ -311,6 +344,20 @@ fn a_resetting_backend_is_ejected_after_consecutive_failures_and_readmitted_in_t
     let labels = [("service", "default"), ("backend", bad_label.as_str())];
     let ejections = value(&scrape(admin), "ringlb_backend_ejections_total", &labels);
     assert_eq!(ejections, 2.0);
+    // The first three: the second ejection may be over by now.
+    let events: Vec<_> = backend_events(&log, 3)
+        .iter()
+        .take(3)
+        .map(|e| (e["event"].clone(), e["ejection_seconds"].clone()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("ejected".into(), 0.3.into()),
+            ("readmitted".into(), serde_json::Value::Null),
+            ("ejected".into(), 0.6.into()),
+        ]
+    );
 }
 
 /// Kubernetes manifests opt in with annotations: a selector-less Service whose hand-written

@@ -4,7 +4,7 @@
 //! ejections and of its health checks' down marks. The flags that take it out of the
 //! schedulers are in [`crate::BackendState`]'s word.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ pub struct Outlier {
     /// Every ejection, and every time health checks marked the backend down, ever.
     ejected_total: AtomicU64,
     down_total: AtomicU64,
+    /// An ejection happened that the control plane has not reported yet.
+    unreported: AtomicBool,
 }
 
 impl Outlier {
@@ -64,6 +66,13 @@ impl Outlier {
         self.until.store(until, Ordering::Relaxed);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         self.ejected_total.fetch_add(1, Ordering::Relaxed);
+        self.unreported.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an ejection happened since the last call: the control plane, which reports
+    /// state changes off the workers, asks.
+    pub fn take_unreported(&self) -> bool {
+        self.unreported.load(Ordering::Relaxed) && self.unreported.swap(false, Ordering::Relaxed)
     }
 
     pub(crate) fn marked_down(&self) {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use balancers::BackendState;
 use config::{HealthCheck, Table};
+use proxy_core::{BackendChange, BackendEvent, DecisionLog, Telemetry};
 use tokio::task::AbortHandle;
 
 /// How often the supervisor looks for a new table.
@@ -43,7 +44,12 @@ pub type Cut = Arc<dyn Fn(&Arc<BackendState>) + Send + Sync>;
 /// Starts checking the backends of the services of `table` (followed as it is replaced) on
 /// the current runtime, ending a backend's sessions with `cut` when it is marked down and
 /// its checks ask for it. The tasks end when the runtime does.
-pub fn spawn(table: Arc<ArcSwap<Table>>, cut: Cut) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    table: Arc<ArcSwap<Table>>,
+    cut: Cut,
+    telemetry: Arc<Telemetry>,
+) -> tokio::task::JoinHandle<()> {
+    let hooks = Hooks { cut, telemetry };
     tokio::spawn(async move {
         let mut running: HashMap<Key, Running> = HashMap::new();
         let mut version = None;
@@ -51,7 +57,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>, cut: Cut) -> tokio::task::JoinHandle<()
             let current = table.load();
             if version != Some(current.version()) {
                 version = Some(current.version());
-                follow(&table, &cut, &current, &mut running);
+                follow(&table, &hooks, &current, &mut running);
             }
             tokio::time::sleep(FOLLOW).await;
         }
@@ -62,7 +68,7 @@ pub fn spawn(table: Arc<ArcSwap<Table>>, cut: Cut) -> tokio::task::JoinHandle<()
 /// (or whose checks or state changed) get a task, those that left lose theirs.
 fn follow(
     published: &Arc<ArcSwap<Table>>,
-    cut: &Cut,
+    hooks: &Hooks,
     table: &Table,
     running: &mut HashMap<Key, Running>,
 ) {
@@ -99,7 +105,7 @@ fn follow(
             check.clone(),
             Arc::clone(&state),
             Arc::clone(published),
-            Arc::clone(cut),
+            hooks.clone(),
         ));
         let task = task.abort_handle();
         running.insert(key, Running { check, state, task });
@@ -113,7 +119,7 @@ async fn checks(
     check: HealthCheck,
     state: Arc<BackendState>,
     table: Arc<ArcSwap<Table>>,
-    cut: Cut,
+    hooks: Hooks,
 ) {
     let mut jitter = Jitter::for_key(&key);
     let mut tally = Tally::new(!state.is_down(), check.rise, check.fall);
@@ -121,14 +127,19 @@ async fn checks(
     loop {
         let outcome = probe::check(&check, key.1).await;
         if let Some(up) = tally.record(outcome.is_ok()) {
-            report(&key, &check, up, outcome.err().as_deref());
+            report(&key, &check, up, outcome.as_ref().err().map(String::as_str));
             if up {
                 crate::slow_start::coming_back(&table, &state);
             }
             state.set_down(!up);
             if !up && check.shutdown_sessions {
-                cut(&state);
+                (hooks.cut)(&state);
             }
+            let change = match outcome {
+                Ok(_) => BackendChange::Up,
+                Err(reason) => BackendChange::Down { reason },
+            };
+            record(hooks.telemetry.decision_log(), &key.0, key.1, change);
         }
         let every = if tally.up {
             check.interval
@@ -137,6 +148,24 @@ async fn checks(
         };
         tokio::time::sleep(jitter.around(every)).await;
     }
+}
+
+/// What the check tasks hand the data plane: the session cutter, and the telemetry whose
+/// decision log records every change.
+#[derive(Clone)]
+struct Hooks {
+    cut: Cut,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Writes a change of `backend` of `service` to the decision log (when it is on).
+pub(crate) fn record(log: &DecisionLog, service: &str, backend: SocketAddr, change: BackendChange) {
+    log.backend(BackendEvent {
+        service: service.to_owned(),
+        backend,
+        change,
+        at: std::time::SystemTime::now(),
+    });
 }
 
 fn report(key: &Key, check: &HealthCheck, up: bool, why: Option<&str>) {

@@ -53,8 +53,9 @@ pub use sockets::{
 pub use sys::raise_nofile_limit;
 pub use task::{PanicRecord, Panics, TaskKind};
 pub use telemetry::{
-    AffinityOutcome, CloseReason, ConnectError, Count, CountsSnapshot, Datagrams, Decision,
-    DecisionLog, HistogramSnapshot, ServiceSnapshot, Telemetry, TelemetrySnapshot, DECISION_QUEUE,
+    AffinityOutcome, BackendChange, BackendEvent, CloseReason, ConnectError, Count, CountsSnapshot,
+    Datagrams, Decision, DecisionLog, HistogramSnapshot, Record, ServiceSnapshot, Telemetry,
+    TelemetrySnapshot, DECISION_QUEUE,
 };
 pub use throttle::{Throttle, WARN_EVERY};
 pub use udp::handover::{HandedOver, UdpFlowInfo};

@@ -45,9 +45,12 @@ async fn the_checks_follow_the_table() {
     let check = HealthCheck::new(Probe::Tcp);
     let mut running = HashMap::new();
     let published = Arc::new(ArcSwap::from_pointee(Table::default()));
-    let cut: Cut = Arc::new(|_| {});
+    let hooks = Hooks {
+        cut: Arc::new(|_| {}),
+        telemetry: Arc::new(proxy_core::Telemetry::new(1, false)),
+    };
     let first = table(&[a, b], Some(check.clone()));
-    follow(&published, &cut, &first, &mut running);
+    follow(&published, &hooks, &first, &mut running);
     assert_eq!(running.len(), 2);
     // The same backends and checks in a new table: the same tasks.
     let again = Table::build(
@@ -57,7 +60,7 @@ async fn the_checks_follow_the_table() {
         Some(&first),
     );
     let before: Vec<_> = running.values().map(|r| r.task.id()).collect();
-    follow(&published, &cut, &again, &mut running);
+    follow(&published, &hooks, &again, &mut running);
     let mut after: Vec<_> = running.values().map(|r| r.task.id()).collect();
     let mut before = before;
     before.sort();
@@ -66,7 +69,7 @@ async fn the_checks_follow_the_table() {
     // A backend leaves; then the checks are switched off, the backend staying (its state
     // carried over), marked down by its last check.
     let only_b = table(&[b], Some(check));
-    follow(&published, &cut, &only_b, &mut running);
+    follow(&published, &hooks, &only_b, &mut running);
     assert_eq!(running.keys().map(|k| k.1).collect::<Vec<_>>(), vec![b]);
     let mut services: Vec<Service> = only_b
         .services()
@@ -77,7 +80,7 @@ async fn the_checks_follow_the_table() {
     let unchecked = Table::build(&Config { services }, Some(&only_b));
     let state = &unchecked.services()[0].states[0];
     state.set_down(true);
-    follow(&published, &cut, &unchecked, &mut running);
+    follow(&published, &hooks, &unchecked, &mut running);
     assert!(running.is_empty());
     assert!(
         !state.is_down(),

@@ -1,5 +1,6 @@
 //! The per-flow decision log: what the data plane decided for one TCP connection or UDP flow,
-//! handed to a writer thread through a bounded queue.
+//! and what happened to a backend (marked down or up, ejected or readmitted), handed to a
+//! writer thread through a bounded queue.
 //!
 //! Workers never write, format or wait: [`DecisionLog::push`] is a `try_send` into a bounded
 //! queue, and a full queue drops the record and counts it. Formatting and the destination
@@ -143,12 +144,68 @@ pub struct Decision {
     pub close: CloseReason,
 }
 
-/// The switch and queue of the decision log, shared by every worker and the writer.
+/// What happened to a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendChange {
+    /// Its health checks marked it down, the last one for `reason`.
+    Down {
+        /// Why the last check failed.
+        reason: String,
+    },
+    /// Its health checks marked it up again.
+    Up,
+    /// Outlier detection ejected it after `failures` in a row, for `time`.
+    Ejected {
+        /// Failures in a row.
+        failures: u32,
+        /// How long this ejection lasts.
+        time: Duration,
+    },
+    /// Its ejection time was up: it takes connections again.
+    Readmitted,
+}
+
+impl BackendChange {
+    /// `down`, `up`, `ejected` or `readmitted`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendChange::Down { .. } => "down",
+            BackendChange::Up => "up",
+            BackendChange::Ejected { .. } => "ejected",
+            BackendChange::Readmitted => "readmitted",
+        }
+    }
+}
+
+/// One line of the decision log about a backend whose state changed.
+#[derive(Clone, Debug)]
+pub struct BackendEvent {
+    /// The service's name.
+    pub service: String,
+    /// The backend.
+    pub backend: SocketAddr,
+    /// What changed.
+    pub change: BackendChange,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// One line of the decision log.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// A connection or flow that ended.
+    Flow(Decision),
+    /// A backend whose state changed.
+    Backend(BackendEvent),
+}
+
+/// The switch and queue of the decision log, shared by every worker, the control plane and
+/// the writer.
 #[derive(Debug)]
 pub struct DecisionLog {
     enabled: AtomicBool,
-    tx: flume::Sender<Decision>,
-    rx: flume::Receiver<Decision>,
+    tx: flume::Sender<Record>,
+    rx: flume::Receiver<Record>,
     dropped: AtomicU64,
 }
 
@@ -179,7 +236,19 @@ impl DecisionLog {
     /// Queues `decision` for the writer, or drops and counts it when the queue is full.
     /// Never blocks.
     pub(crate) fn push(&self, decision: Decision) {
-        if self.tx.try_send(decision).is_err() {
+        self.queue(Record::Flow(decision));
+    }
+
+    /// Queues `event` for the writer when the log is on (dropped and counted when the queue
+    /// is full). Never blocks.
+    pub fn backend(&self, event: BackendEvent) {
+        if self.enabled() {
+            self.queue(Record::Backend(event));
+        }
+    }
+
+    fn queue(&self, record: Record) {
+        if self.tx.try_send(record).is_err() {
             self.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -190,12 +259,12 @@ impl DecisionLog {
     }
 
     /// The next record, waiting up to `wait` for one (the writer thread's loop).
-    pub fn next(&self, wait: Duration) -> Option<Decision> {
+    pub fn next(&self, wait: Duration) -> Option<Record> {
         self.rx.recv_timeout(wait).ok()
     }
 
     /// The next record if one is queued.
-    pub fn try_next(&self) -> Option<Decision> {
+    pub fn try_next(&self) -> Option<Record> {
         self.rx.try_recv().ok()
     }
 }
@@ -229,5 +298,19 @@ mod tests {
         assert!(log.try_next().is_some());
         assert!(log.next(Duration::from_millis(1)).is_some());
         assert!(log.try_next().is_none());
+        let event = BackendEvent {
+            service: "web".into(),
+            backend: "127.0.0.1:1".parse().unwrap(),
+            change: BackendChange::Up,
+            at: SystemTime::UNIX_EPOCH,
+        };
+        log.backend(event.clone());
+        assert!(
+            log.try_next().is_none(),
+            "nothing is queued while the log is off"
+        );
+        log.set_enabled(true);
+        log.backend(event);
+        assert!(matches!(log.try_next(), Some(Record::Backend(e)) if e.change.name() == "up"));
     }
 }

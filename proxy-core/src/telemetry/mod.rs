@@ -32,7 +32,8 @@ pub(crate) use conn::{ConnEnd, ConnTrace};
 use counts::Counts;
 pub use counts::{Count, CountsSnapshot};
 pub use decision::{
-    AffinityOutcome, CloseReason, Datagrams, Decision, DecisionLog, DECISION_QUEUE,
+    AffinityOutcome, BackendChange, BackendEvent, CloseReason, Datagrams, Decision, DecisionLog,
+    Record, DECISION_QUEUE,
 };
 pub use histogram::HistogramSnapshot;
 use histogram::{Counter, Histogram, CONNECT_SCALE, DURATION_SCALE};
@@ -150,7 +151,7 @@ pub struct Telemetry {
 impl Telemetry {
     /// Shards for `workers` workers; `enabled` off records only the counts (the log still
     /// works).
-    pub(crate) fn new(workers: usize, enabled: bool) -> Telemetry {
+    pub fn new(workers: usize, enabled: bool) -> Telemetry {
         Telemetry {
             enabled,
             shards: (0..workers).map(|_| Shard::default()).collect(),
