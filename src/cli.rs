@@ -196,8 +196,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub max_connect_attempts: u32,
 
-    /// Quick mode, TCP: send each backend a PROXY protocol header (v1 text or v2 binary)
-    /// naming the client, before the client's bytes.
+    /// Quick mode: send each backend a PROXY protocol header (v1 text or v2 binary) naming
+    /// the client, before the client's bytes (UDP: v2, before every datagram).
     #[arg(long, value_name = "v1|v2", value_parser = parse_proxy_protocol)]
     pub proxy_protocol: Option<config::ProxyProtocol>,
 

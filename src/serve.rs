@@ -134,9 +134,11 @@ fn quick_config(listen: std::net::SocketAddr, args: &RunArgs) -> anyhow::Result<
         .unwrap_or_else(|| Service::default_idle_timeout(protocol));
     service.max_connect_attempts = NonZeroU32::new(args.max_connect_attempts)
         .context("--max-connect-attempts must be at least 1")?;
-    let proxying = args.proxy_protocol.is_some() || !args.accept_proxy_protocol.is_empty();
-    if proxying && protocol != Protocol::Tcp {
-        bail!("--proxy-protocol and --accept-proxy-protocol are for TCP (--proto tcp)");
+    if !args.accept_proxy_protocol.is_empty() && protocol != Protocol::Tcp {
+        bail!("--accept-proxy-protocol is for TCP (--proto tcp)");
+    }
+    if args.proxy_protocol == Some(config::ProxyProtocol::V1) && protocol != Protocol::Tcp {
+        bail!("--proto udp sends --proxy-protocol v2 (its header starts every datagram); v1 is for TCP");
     }
     service.proxy_protocol = args.proxy_protocol;
     service.accept_proxy_protocol = args.accept_proxy_protocol.clone();

@@ -33,11 +33,16 @@ fn reset(e: &std::io::Error) -> bool {
 }
 
 fn v2_ipv4(client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    v2_ipv4_of(0x11, client, dest)
+}
+
+/// The v2 header of `transport` (`0x11` TCP over IPv4, `0x12` UDP over IPv4).
+fn v2_ipv4_of(transport: u8, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
     let (IpAddr::V4(c), IpAddr::V4(d)) = (client.ip(), dest.ip()) else {
         panic!("IPv4 only");
     };
     let mut h = V2_SIGNATURE.to_vec();
-    h.extend([0x21, 0x11, 0, 12]);
+    h.extend([0x21, transport, 0, 12]);
     h.extend(c.octets());
     h.extend(d.octets());
     h.extend(client.port().to_be_bytes());
@@ -68,6 +73,36 @@ fn backends_get_a_header_naming_the_client_before_its_bytes() {
             };
             want.extend_from_slice(b"hello");
             assert_eq!(back, want, "{driver} {version}");
+        }
+    }
+}
+
+/// A UDP service with `--proxy-protocol v2`: every datagram reaches the backend after a v2
+/// header (transport `DGRAM`) naming the client and the address it sent to; the backend's
+/// replies reach the client as they are.
+#[test]
+fn a_udp_backend_gets_a_v2_header_before_every_datagram() {
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let _ = backend.send_to(&buf[..n], from);
+        }
+    });
+    for driver in DRIVERS {
+        let args = ["--proto", "udp", "--proxy-protocol", "v2"];
+        let proxy = quick(driver, &[backend_addr], &args);
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(PATIENCE)).unwrap();
+        let header = v2_ipv4_of(0x12, client.local_addr().unwrap(), proxy.addr());
+        for payload in [&b"first"[..], b"second, in the same flow"] {
+            client.send_to(payload, proxy.addr()).unwrap();
+            let mut buf = [0u8; 2048];
+            let n = client.recv(&mut buf).unwrap();
+            let mut want = header.clone();
+            want.extend_from_slice(payload);
+            assert_eq!(&buf[..n], &want[..], "{driver}");
         }
     }
 }
@@ -158,12 +193,12 @@ fn the_config_keys_are_checked_with_located_errors() {
         "services:\n  - name: web\n    listen: [\"127.0.0.1:8080\"]\n    \
          proxy_protocol: v3\n    accept_proxy_protocol: [\"10.0.0.0/8\", \"lb-1\"]\n    \
          backends: [{address: \"127.0.0.1:9\"}]\n  - name: dns\n    protocol: udp\n    \
-         listen: [\"127.0.0.1:5353\"]\n    proxy_protocol: v2\n    \
+         listen: [\"127.0.0.1:5353\"]\n    proxy_protocol: v1\n    \
          backends: [{address: \"127.0.0.1:53\"}]\n",
         &[
             ":4:21: services[0].proxy_protocol: unknown PROXY protocol version \"v3\" (v1 or v2)",
             "services[0].accept_proxy_protocol[1]: \"lb-1\" is not an address range",
-            "services[1].proxy_protocol: the PROXY protocol is for TCP services only",
+            "services[1].proxy_protocol: a UDP service sends v2 (its header starts every datagram); v1 is for TCP",
         ],
     );
 }

@@ -27,23 +27,30 @@ const V2_FIXED: usize = 16;
 /// as IPv4; across address families v1 says `UNKNOWN` and v2 `LOCAL`, which tell the
 /// backend to use the connection's own addresses).
 pub(crate) fn header(version: ProxyProtocol, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
-    let (client, dest) = (canonical(client), canonical(dest));
     match version {
-        ProxyProtocol::V1 => ppp::v1::Addresses::from((client, dest))
+        ProxyProtocol::V1 => ppp::v1::Addresses::from((canonical(client), canonical(dest)))
             .to_string()
             .into_bytes(),
-        ProxyProtocol::V2 => {
-            use ppp::v2::{Addresses, Builder, Command, Protocol, Version};
-            let addresses = Addresses::from((client, dest));
-            let (command, protocol) = match addresses {
-                Addresses::Unspecified => (Command::Local, Protocol::Unspecified),
-                _ => (Command::Proxy, Protocol::Stream),
-            };
-            Builder::with_addresses(Version::Two | command, protocol, addresses)
-                .build()
-                .unwrap_or_default()
-        }
+        ProxyProtocol::V2 => v2(ppp::v2::Protocol::Stream, client, dest),
     }
+}
+
+/// The v2 header that starts every datagram of a UDP flow from `client` to `dest` sent to a
+/// backend (transport `DGRAM`); across address families, `LOCAL`.
+pub(crate) fn datagram_header(client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    v2(ppp::v2::Protocol::Datagram, client, dest)
+}
+
+fn v2(transport: ppp::v2::Protocol, client: SocketAddr, dest: SocketAddr) -> Vec<u8> {
+    use ppp::v2::{Addresses, Builder, Command, Protocol, Version};
+    let addresses = Addresses::from((canonical(client), canonical(dest)));
+    let (command, protocol) = match addresses {
+        Addresses::Unspecified => (Command::Local, Protocol::Unspecified),
+        _ => (Command::Proxy, transport),
+    };
+    Builder::with_addresses(Version::Two | command, protocol, addresses)
+        .build()
+        .unwrap_or_default()
 }
 
 fn canonical(addr: SocketAddr) -> SocketAddr {

@@ -7,7 +7,8 @@ use super::Validator;
 use crate::model::ProxyProtocol;
 
 impl Validator {
-    /// `proxy_protocol`: `v1` or `v2`, TCP services only; absent: none.
+    /// `proxy_protocol`: `v1` or `v2` (a UDP service: `v2` only, its header before every
+    /// datagram); absent: none.
     pub(super) fn proxy_protocol(
         &mut self,
         path: &str,
@@ -19,8 +20,10 @@ impl Validator {
         };
         let field = format!("{path}.proxy_protocol");
         match ProxyProtocol::parse(&raw.value) {
-            Some(_) if !tcp => {
-                self.at(&raw, field, "the PROXY protocol is for TCP services only");
+            Some(ProxyProtocol::V1) if !tcp => {
+                let why =
+                    "a UDP service sends v2 (its header starts every datagram); v1 is for TCP";
+                self.at(&raw, field, why);
                 None
             }
             Some(version) => Some(Some(version)),

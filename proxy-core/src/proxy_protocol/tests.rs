@@ -43,6 +43,21 @@ fn headers_for_backends_are_the_specification_s_bytes() {
 }
 
 #[test]
+fn a_datagram_header_says_dgram_over_the_client_s_family() {
+    let (c4, d4) = (addr("192.0.2.7:40000"), addr("10.96.0.10:53"));
+    let h = datagram_header(c4, d4);
+    assert_eq!(&h[..16], b"\r\n\r\n\0\r\nQUIT\n\x21\x12\x00\x0c");
+    assert_eq!(&h[16..], [192, 0, 2, 7, 10, 96, 0, 10, 0x9c, 0x40, 0, 53]);
+    let (c6, d6) = (addr("[2001:db8::7]:40000"), addr("[fd00::10]:53"));
+    assert_eq!(datagram_header(c6, d6)[13], 0x22, "UDP over IPv6");
+    assert_eq!(
+        datagram_header(c4, d6)[12..14],
+        [0x20, 0x00],
+        "across families: LOCAL, unspecified"
+    );
+}
+
+#[test]
 fn what_ringlb_sends_it_reads_back() {
     for (c, d) in [
         (addr("192.0.2.7:40000"), addr("10.96.0.10:80")),

@@ -96,7 +96,11 @@ impl Udp {
         };
         let mut iov = [IoSlice::new(&[]); BATCH];
         let datagrams = sock::gather(bufs, received, run.range(), &mut iov);
-        let result = self.send_run(flow.payload.upstream.as_raw_fd(), datagrams, &run);
+        let fd = flow.payload.upstream.as_raw_fd();
+        let result = match &flow.payload.header {
+            Some(header) => send_headed(fd, header, datagrams),
+            None => self.send_run(fd, datagrams, &run),
+        };
         let stats = &flow.payload.stats;
         match result {
             Ok(sent) => {
@@ -206,7 +210,9 @@ impl Udp {
             }
         };
         let trace = self.trace(entry, key, admitted.address, admission.affinity, now);
-        send_first(&upstream, data, &stats, trace.as_deref());
+        let header = (entry.service.proxy_protocol.is_some())
+            .then(|| crate::proxy_protocol::datagram_header(key.client, key.local).into());
+        send_first(&upstream, header.as_deref(), data, &stats, trace.as_deref());
         stats.add(Count::FlowsOpened, 1);
         let idle = entry.service.idle_timeout;
         let Admitted {
@@ -223,6 +229,7 @@ impl Udp {
             _load: load,
             _fds: fds,
             trace,
+            header,
         };
         let id = self.flows.borrow_mut().insert(key, address, idle, io, now);
         self.alarm
@@ -316,9 +323,35 @@ impl Udp {
     }
 }
 
-/// Sends a new flow's first datagram `data` on its `upstream` socket, and counts it.
-fn send_first(upstream: &UdpSocket, data: &[u8], stats: &ServiceStats, trace: Option<&FlowTrace>) {
-    match sock::send(upstream.as_raw_fd(), data) {
+/// Sends `datagrams` on the connected socket `fd` one by one, each after `header`, until one
+/// fails. Returns how many left, or the error when none did.
+fn send_headed(fd: RawFd, header: &[u8], datagrams: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut sent = 0;
+    for d in datagrams {
+        match sock::send_with_header(fd, header, d) {
+            Ok(_) => sent += 1,
+            Err(e) if sent == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends a new flow's first datagram `data` on its `upstream` socket (after `header` when
+/// the service sends the PROXY protocol), and counts it (the client's bytes).
+fn send_first(
+    upstream: &UdpSocket,
+    header: Option<&[u8]>,
+    data: &[u8],
+    stats: &ServiceStats,
+    trace: Option<&FlowTrace>,
+) {
+    let fd = upstream.as_raw_fd();
+    let sent = match header {
+        Some(header) => sock::send_with_header(fd, header, data).map(|_| data.len()),
+        None => sock::send(fd, data),
+    };
+    match sent {
         Ok(n) => {
             stats.add(Count::DatagramsToBackend, 1);
             stats.add(Count::BytesToBackend, n as u64);

@@ -36,6 +36,9 @@ pub(crate) struct FlowIo {
     pub(super) _fds: Fds,
     /// What the decision log needs, kept only while the log is on.
     pub(super) trace: Option<Rc<FlowTrace>>,
+    /// The PROXY protocol v2 header that starts every datagram to the backend, when the
+    /// service sends one.
+    pub(super) header: Option<Box<[u8]>>,
 }
 
 /// A flow's line of the decision log in the making: its placement, its traffic and, once it

@@ -173,6 +173,19 @@ pub(crate) fn send_segments(fd: RawFd, datagrams: &[IoSlice<'_>], size: u16) -> 
     )?)
 }
 
+/// Sends one datagram made of `header` then `data` on a connected socket (a PROXY protocol
+/// header before the client's bytes), without copying either.
+pub(crate) fn send_with_header(fd: RawFd, header: &[u8], data: &[u8]) -> io::Result<usize> {
+    let iov = [IoSlice::new(header), IoSlice::new(data)];
+    Ok(sendmsg::<SockaddrStorage>(
+        fd,
+        &iov,
+        &[],
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?)
+}
+
 /// Whether a failed segmented send says this socket or device cannot segment at all (then
 /// the worker sends one by one from now on). `EINVAL` is not such a sign: it also means one
 /// run's segments did not fit the route's MTU, which the next run's may.
