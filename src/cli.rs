@@ -149,13 +149,21 @@ pub struct RunArgs {
     )]
     pub cluster_cidr: Vec<ipnet::IpNet>,
 
-    /// With --nftables and --cluster-cidr: backends of `externalTrafficPolicy: Local` ports
-    /// see the client's address (UDP: and port), as with kube-proxy: ringlb connects from it
-    /// (`IP_TRANSPARENT`) and steers the replies back to itself with a packet mark, a policy
-    /// rule and routing table 2400 (`ip rule`/`ip route`, set at start, left at exit as the
-    /// tables are).
+    /// With --nftables and --cluster-cidr: backends see the client's address (UDP: and port)
+    /// where kube-proxy keeps it: a pod's (in --cluster-cidr) on every frontend, an outside
+    /// client's on the external frontends of `externalTrafficPolicy: Local` ports. ringlb
+    /// connects from it (`IP_TRANSPARENT`) and steers the replies back to itself with a
+    /// packet mark, a policy rule and routing table 2400 (`ip rule`/`ip route`, set at
+    /// start, left at exit as the tables are).
     #[arg(long, requires_all = ["nftables", "cluster_cidr"])]
     pub preserve_client_ip: bool,
+
+    /// With --preserve-client-ip: pods' connections leave from this node's address after
+    /// all; only outside clients of `externalTrafficPolicy: Local` ports keep theirs (for a
+    /// pod network where a pod's reply to a pod on the same node does not pass the node's
+    /// routing, such as a Linux bridge).
+    #[arg(long, requires = "preserve_client_ip")]
+    pub no_transparent: bool,
 
     /// The packet mark bit(s) of --preserve-client-ip; pick one your CNI does not use.
     #[arg(long, value_name = "HEX", default_value = "0x200000", value_parser = parse_mark)]

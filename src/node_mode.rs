@@ -61,6 +61,7 @@ impl Kube {
                 service_proxy_name: args.service_proxy_name.clone(),
                 source_ranges_enforced: args.nftables,
                 preserve_client_ip: args.preserve_client_ip,
+                transparent_clients: transparent_clients(args),
             },
             primary_node_addresses: source == NodePortSource::Primary,
         };
@@ -266,6 +267,16 @@ async fn first_snapshot(watch: &KubeWatch) -> Arc<KubeSnapshot> {
         "Kubernetes API listed"
     );
     snapshot
+}
+
+/// The clients whose connections leave from their own address on every frontend: the pods
+/// (`--cluster-cidr`) with `--preserve-client-ip`, unless `--no-transparent`.
+fn transparent_clients(args: &RunArgs) -> Vec<ipnet::IpNet> {
+    if args.preserve_client_ip && !args.no_transparent {
+        args.cluster_cidr.clone()
+    } else {
+        Vec::new()
+    }
 }
 
 /// With `--nftables`: the tables, not written yet.

@@ -86,6 +86,7 @@ fn start_watch(api: &FakeApi, proxy_name: Option<&str>) -> (Watch, mpsc::Receive
             service_proxy_name: proxy_name.map(str::to_owned),
             source_ranges_enforced: false,
             preserve_client_ip: false,
+            transparent_clients: Vec::new(),
         },
         primary_node_addresses: false,
     };

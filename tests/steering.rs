@@ -21,6 +21,8 @@ mod health;
 mod refusal;
 #[path = "steering/threads.rs"]
 mod threads;
+#[path = "steering/transparent.rs"]
+mod transparent;
 #[path = "steering/upgrade.rs"]
 mod upgrade;
 
@@ -280,6 +282,52 @@ fn wire_ipv4(pod: &Netns, node: &Netns, backend: &Netns) {
     // A node has a default route; locally sent packets need a route before NAT redirects them.
     node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
     node.sysctl("net.ipv4.ip_forward=1");
+}
+
+/// Pod, node and backend linked over both families (the backend holding `backend_addrs`),
+/// the node forwarding and routing the service addresses, which only its tables know,
+/// towards the backend.
+fn wire_dual_stack(pod: &Netns, node: &Netns, backend: &Netns, backend_addrs: &[&str]) {
+    link(
+        node,
+        "n0",
+        &["10.241.1.1/24", "fd00:241:1::1/64"],
+        pod,
+        "p0",
+        &["10.241.1.2/24", "fd00:241:1::2/64"],
+    );
+    link(
+        node,
+        "n1",
+        &["10.241.2.1/24", "fd00:241:2::1/64"],
+        backend,
+        "b0",
+        backend_addrs,
+    );
+    pod.ip(&["route", "add", "default", "via", "10.241.1.1"]);
+    pod.ip(&["-6", "route", "add", "default", "via", "fd00:241:1::1"]);
+    backend.ip(&["route", "add", "default", "via", "10.241.2.1"]);
+    backend.ip(&["-6", "route", "add", "default", "via", "fd00:241:2::1"]);
+    node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
+    node.ip(&["-6", "route", "add", "default", "via", "fd00:241:2::2"]);
+    node.sysctl("net.ipv4.ip_forward=1");
+    node.sysctl("net.ipv6.conf.all.forwarding=1");
+}
+
+/// A TCP endpoint at `at` in `backend` that answers every connection with the address it
+/// sees.
+fn serve_peer_address(backend: &Netns, at: SocketAddr) {
+    let listener = in_netns(&backend.0, move || TcpListener::bind(at).unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let peer = s
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = s.write_all(format!("{peer}\n").as_bytes());
+        }
+    });
 }
 
 /// The endpoint at 10.241.2.2:8080 in `backend`: answers every connection with `web`.

@@ -76,6 +76,11 @@ pub struct Service {
     /// (`--preserve-client-ip`, for `externalTrafficPolicy: Local`), with the policy routing
     /// that brings the backends' replies back to ringlb; replies must pass this host.
     pub preserve_client_ip: bool,
+    /// Connect to backends from the client's own address, as with `preserve_client_ip`,
+    /// for clients in these ranges only: node mode's pods (`--cluster-cidr` with
+    /// `--preserve-client-ip`), whose replies come back through this node from any
+    /// endpoint, as kube-proxy leaves their address untranslated. Empty: none.
+    pub transparent_from: Vec<ipnet::IpNet>,
     /// TCP: send each backend a PROXY protocol header (HAProxy's) naming the client and the
     /// address it dialled, before any byte of the client's (`None`: no header).
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -320,6 +325,17 @@ impl Service {
     }
 
     /// A service with the defaults of [`ServiceDefaults`], as quick mode builds it from flags.
+    /// Whether a connection (a UDP flow) of `client` goes to `backend` from the client's own
+    /// address (`preserve_client_ip`, or `client` in `transparent_from`). Never to the
+    /// client itself (a pod reaching its own Service): a packet from its own address would be
+    /// dropped as a martian, so that one leaves from this node's, as kube-proxy's hairpin
+    /// masquerades it.
+    #[inline]
+    pub fn from_client(&self, client: std::net::IpAddr, backend: std::net::IpAddr) -> bool {
+        (self.preserve_client_ip || self.transparent_from.iter().any(|n| n.contains(&client)))
+            && client != backend
+    }
+
     pub fn with_defaults(
         name: impl Into<String>,
         protocol: Protocol,
@@ -340,6 +356,7 @@ impl Service {
             session_affinity: None,
             max_flows: ServiceDefaults::MAX_FLOWS,
             preserve_client_ip: false,
+            transparent_from: Vec::new(),
             proxy_protocol: None,
             accept_proxy_protocol: Vec::new(),
             health: None,

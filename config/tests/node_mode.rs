@@ -16,6 +16,7 @@ fn options(zone: Option<&str>) -> NodeOptions {
         service_proxy_name: None,
         source_ranges_enforced: true,
         preserve_client_ip: false,
+        transparent_clients: Vec::new(),
     }
 }
 
@@ -369,6 +370,26 @@ fn source_ranges_guard_load_balancer_ips_only_and_local_traffic_is_short_circuit
         [false, true],
         "only the policy Local (external) part"
     );
+    // Pods keep their address on every part (unless --no-transparent leaves the list empty).
+    let pods: ipnet::IpNet = "10.244.0.0/16".parse().unwrap();
+    let transparent = NodeOptions {
+        preserve_client_ip: true,
+        transparent_clients: vec![pods],
+        ..options(None)
+    };
+    let r = resolve_node(&guarded(None), &transparent);
+    for svc in &r.config.services {
+        assert_eq!(svc.transparent_from, [pods], "{}", svc.name);
+        let (pod, other) = ("10.244.1.5".parse().unwrap(), "192.0.2.9".parse().unwrap());
+        let endpoint = "10.244.2.7".parse().unwrap();
+        assert!(svc.from_client(pod, endpoint));
+        assert!(
+            !svc.from_client(pod, pod),
+            "{}: never from the endpoint's own address",
+            svc.name
+        );
+        assert_eq!(svc.from_client(other, endpoint), svc.preserve_client_ip);
+    }
 
     let r = resolve_node(&guarded(Some(&["10.0.0.0/8", "fd00::/8"])), &options(None));
     let fw = r.ports[1].firewall.as_ref().expect("a firewall");

@@ -63,7 +63,9 @@ pub(crate) async fn connect(
         // Counted as inactive while connecting (IPVS: not yet established), active once up.
         let mut guard = states[idx].connecting();
         let started = trace.attempt(attempt);
-        let source = svc.preserve_client_ip.then(|| flow.client.ip());
+        let source = svc
+            .from_client(flow.client.ip(), addr.ip())
+            .then(|| flow.client.ip());
         let connecting = connect_with(addr, source, preface);
         match monoio::time::timeout(svc.connect_timeout, connecting).await {
             Ok(Ok(stream)) => {

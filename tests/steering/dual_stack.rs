@@ -157,20 +157,10 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
     if require(ipv6, "IPv6", "boot a kernel with IPv6 (ipv6.disable=0)").is_none() {
         return;
     }
-    link(
-        &node,
-        "n0",
-        &["10.241.1.1/24", "fd00:241:1::1/64"],
+    wire_dual_stack(
         &pod,
-        "p0",
-        &["10.241.1.2/24", "fd00:241:1::2/64"],
-    );
-    link(
         &node,
-        "n1",
-        &["10.241.2.1/24", "fd00:241:2::1/64"],
         &backend,
-        "b0",
         &[
             "10.241.2.2/24",
             "10.241.2.3/24",
@@ -178,16 +168,6 @@ fn ipv6_and_dual_stack_services_are_steered_family_by_family() {
             "fd00:241:2::3/64",
         ],
     );
-    pod.ip(&["route", "add", "default", "via", "10.241.1.1"]);
-    pod.ip(&["-6", "route", "add", "default", "via", "fd00:241:1::1"]);
-    backend.ip(&["route", "add", "default", "via", "10.241.2.1"]);
-    backend.ip(&["-6", "route", "add", "default", "via", "fd00:241:2::1"]);
-    // Routes for the service addresses, which only the node's tables know (and forwarding,
-    // so that a pod's packet to an unserved port of a cluster IP reaches the forward hook).
-    node.ip(&["route", "add", "default", "via", "10.241.2.2"]);
-    node.ip(&["-6", "route", "add", "default", "via", "fd00:241:2::2"]);
-    node.sysctl("net.ipv4.ip_forward=1");
-    node.sysctl("net.ipv6.conf.all.forwarding=1");
 
     // Each endpoint answers with its own address.
     for addr in BACKENDS_V6.iter().chain(&BACKENDS_V4) {

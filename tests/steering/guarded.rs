@@ -106,17 +106,7 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
     );
     outside.ip(&["route", "add", "default", "via", "10.241.3.1"]);
     // The local endpoint of `keep`: answers with the address it sees (UDP: and port).
-    let be = in_netns(&backend.0, || TcpListener::bind("10.241.2.2:8081").unwrap());
-    std::thread::spawn(move || {
-        for s in be.incoming() {
-            let Ok(mut s) = s else { continue };
-            let peer = s
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let _ = s.write_all(format!("{peer}\n").as_bytes());
-        }
-    });
+    serve_peer_address(&backend, "10.241.2.2:8081".parse().unwrap());
     let udp_be = in_netns(&backend.0, || UdpSocket::bind("10.241.2.2:5353").unwrap());
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
@@ -134,6 +124,7 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
             "--cluster-cidr",
             "10.241.1.0/24",
             "--preserve-client-ip",
+            "--no-transparent",
             "--workers",
             "1",
         ],
@@ -162,7 +153,7 @@ fn load_balancer_ips_are_guarded_local_traffic_short_circuited_and_clients_kept(
 
     // --preserve-client-ip: the local endpoint of a policy Local service sees the outside
     // client's own address, as behind kube-proxy. A pod's connection is short-circuited to
-    // the cluster-wide part, which connects from the node as usual.
+    // the cluster-wide part, which, with --no-transparent, connects from the node.
     assert_eq!(ask(&outside.0, "10.241.9.22:80").unwrap(), "10.241.3.2");
     let (seen, client, from) = in_netns(&outside.0, || {
         let c = UdpSocket::bind("0.0.0.0:0").unwrap();

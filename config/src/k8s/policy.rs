@@ -39,6 +39,10 @@ pub struct NodeOptions {
     /// there traffic from this node's pods is short-circuited elsewhere, so no pod's own
     /// address is taken (a pod's reply to another pod on its bridge would skip this host).
     pub preserve_client_ip: bool,
+    /// Clients whose connections to every frontend leave from their own address (node
+    /// mode's pods: `--cluster-cidr` with `--preserve-client-ip`, unless `--no-transparent`).
+    /// Replies to them come back through this node from any endpoint. Empty: none.
+    pub transparent_clients: Vec<ipnet::IpNet>,
 }
 
 /// How the resolver reads a Service: the mode, with that mode's options.
@@ -103,6 +107,11 @@ impl<'a> Policy<'a> {
     /// Manifests refuse the field, so standalone mode never meets it.
     pub(crate) fn source_ranges_enforced(self) -> bool {
         self.node().is_some_and(|o| o.source_ranges_enforced)
+    }
+
+    /// The clients whose connections leave from their own address, on every frontend.
+    pub(crate) fn transparent_clients(self) -> &'a [ipnet::IpNet] {
+        self.node().map_or(&[], |o| &o.transparent_clients)
     }
 
     /// Whether the external part of a short-circuited port keeps the client's address.

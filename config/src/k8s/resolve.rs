@@ -401,6 +401,7 @@ fn resolve_family(
             model.outliers = svc.outliers;
         }
         model.preserve_client_ip = policy.preserve_client_ip() && short_circuit.is_some();
+        model.transparent_from = policy.transparent_clients().to_vec();
         let port = ResolvedPort {
             service: svc.meta.key(),
             port_name: port.name.clone(),

@@ -81,6 +81,7 @@ impl Validator {
             session_affinity: session_affinity?,
             max_flows: max_flows?,
             preserve_client_ip: false,
+            transparent_from: Vec::new(),
             proxy_protocol: proxy_protocol?,
             accept_proxy_protocol: accept_proxy_protocol?,
             health: health?,

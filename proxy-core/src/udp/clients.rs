@@ -197,7 +197,10 @@ impl Udp {
             Ok(admitted) => admitted,
             Err(why) => return self.refuse(&stats, refused(why, None, None), now),
         };
-        let source = entry.service.preserve_client_ip.then_some(key.client);
+        let source = entry
+            .service
+            .from_client(key.client.ip(), admitted.address.ip())
+            .then_some(key.client);
         let upstream =
             sock::upstream_socket(admitted.address, source).and_then(UdpSocket::from_std);
         let upstream = match upstream {
