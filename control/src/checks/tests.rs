@@ -110,6 +110,38 @@ async fn probes_pass_on_a_listener_and_fail_on_a_refusal() {
     assert!(refused.starts_with("connect:"), "{refused}");
 }
 
+/// A connect that is not over at once waits on the runtime: to a listener whose accept
+/// queue is full the SYN is dropped, and the check ends at its timeout; once the queue has
+/// room, the same wait sees the connect through.
+#[tokio::test]
+async fn a_connect_that_waits_is_awaited_within_the_timeout() {
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (a backlog of 0 holds one connection).
+    let fillers: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+        .collect();
+    assert!(fillers.iter().any(Result::is_ok));
+    let mut check = HealthCheck::new(Probe::Tcp);
+    check.timeout = Duration::from_millis(300);
+    let waited = probe::check(&check, addr).await.unwrap_err();
+    assert!(waited.starts_with("no answer within"), "{waited}");
+    // Room again: a check that has to wait for the handshake (the SYN retransmitted) passes.
+    check.timeout = Duration::from_secs(5);
+    let pending = tokio::spawn(async move { probe::check(&check, addr).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let listener: std::net::TcpListener = listener.into();
+    listener.set_nonblocking(true).unwrap();
+    while listener.accept().is_ok() {}
+    drop(fillers);
+    assert_eq!(pending.await.unwrap(), Ok(()));
+}
+
 /// A backend that answers whatever it is sent with `answer`, once.
 fn answering(answer: &'static [u8]) -> SocketAddr {
     use std::io::{Read, Write};
