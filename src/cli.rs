@@ -59,6 +59,12 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         handover_socket: Option<PathBuf>,
     },
+    /// Measure: a load against any address, with latency percentiles (open loop on a
+    /// timetable, or closed loop), throughput and errors.
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
     /// Delete what node mode leaves in the kernel for its successor, as kube-proxy's
     /// --cleanup: the nftables tables `ip ringlb` and `ip6 ringlb`, and the policy rule and
     /// routes of --preserve-client-ip. Refuses while a ringlb answers at the handover socket.

@@ -4,6 +4,7 @@
 
 mod admin;
 mod announce;
+mod bench;
 mod budget;
 mod check;
 mod cleanup;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Upgrade { handover_socket } => master::client::upgrade(handover_socket.as_deref()),
         Command::Reload { handover_socket } => master::client::reload(handover_socket.as_deref()),
+        Command::Bench { command } => bench::run(command),
         Command::Cleanup {
             handover_socket,
             client_ip_mark,

@@ -1,0 +1,64 @@
+//! The load's HTTP/1.1, as wrk speaks it: `GET /` with a `Host`, through hyper's client
+//! connection; the whole answer is read, and only a 2xx counts as answered.
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::stats::ErrorKind;
+
+/// A keep-alive connection to the target.
+pub(crate) struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Connection {
+    /// Connects to `target` and starts the connection's driver on the current runtime.
+    pub(crate) async fn open(target: SocketAddr) -> Result<Connection, ErrorKind> {
+        let stream = TcpStream::connect(target)
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ErrorKind::Io)?;
+        // The driver ends with the connection: when the sender is dropped or the peer closes.
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        Ok(Connection { sender })
+    }
+
+    /// One `GET /` and its whole answer; `close` asks the server to close after it
+    /// (`Connection: close`, the `cps` scenario).
+    pub(crate) async fn get(&mut self, target: SocketAddr, close: bool) -> Result<(), ErrorKind> {
+        self.sender.ready().await.map_err(|_| ErrorKind::Io)?;
+        let mut request = hyper::Request::get("/").header(hyper::header::HOST, target.to_string());
+        if close {
+            request = request.header(hyper::header::CONNECTION, "close");
+        }
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ErrorKind::Io)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|_| ErrorKind::Io)?;
+        let ok = response.status().is_success();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| ErrorKind::Io)?;
+        if ok {
+            Ok(())
+        } else {
+            Err(ErrorKind::Status)
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `ringlb bench`: measuring loads from the command line (the machinery is in the
+//! `ringlb-bench` crate, `harness`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use harness::{Load, Mode, Report, Scenario};
+
+/// What `ringlb bench` runs.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// One load against any address (ringlb, HAProxy, NGINX, a kernel VIP, a server): HTTP/1.1
+    /// as wrk speaks it (`rr`, `cps`) or UDP request/response; open loop with --rate, closed
+    /// loop without. Prints a table; --json writes the report.
+    Load(LoadArgs),
+}
+
+/// The scenarios of `--scenario`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ScenarioArg {
+    /// HTTP/1.1 GET over keep-alive connections.
+    Rr,
+    /// HTTP/1.1 GET with `Connection: close`: a new connection per request.
+    Cps,
+    /// A datagram answered by a datagram that starts with it (an echo).
+    Udp,
+}
+
+/// `ringlb bench load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The address to load (`IP:port`).
+    #[arg(long, value_name = "ADDR")]
+    pub target: SocketAddr,
+
+    /// What is sent.
+    #[arg(long, value_enum, default_value = "rr")]
+    pub scenario: ScenarioArg,
+
+    /// Requests a second over all connections, on a fixed timetable (open loop: each latency
+    /// counts from when its request was due). Without it: closed loop, each connection as
+    /// fast as it is answered.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+
+    /// Connections (UDP: sockets).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+
+    /// Client threads, each its own runtime.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: u32,
+
+    /// CPUs to pin the client threads to, in turn (e.g. `2,3`).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+
+    /// How long the load is measured.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = config::parse_positive_duration)]
+    pub duration: Duration,
+
+    /// How long the load runs first without being counted.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// A request not answered within this is a timeout error.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = config::parse_positive_duration)]
+    pub timeout: Duration,
+
+    /// A run of a few seconds (1 s warm-up, 3 s measured), for a first look and for CI.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Also write the report as JSON to this file (`-`: stdout instead of the table).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs `command`.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Load(args) => load(&args),
+    }
+}
+
+fn load(args: &LoadArgs) -> anyhow::Result<()> {
+    let (duration, warmup) = if args.quick {
+        (Duration::from_secs(3), Duration::from_secs(1))
+    } else {
+        (args.duration, args.warmup)
+    };
+    let load = Load {
+        target: args.target,
+        scenario: match args.scenario {
+            ScenarioArg::Rr => Scenario::Rr,
+            ScenarioArg::Cps => Scenario::Cps,
+            ScenarioArg::Udp => Scenario::Udp,
+        },
+        mode: args.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
+        connections: args.connections as usize,
+        threads: args.threads as usize,
+        cpus: args.cpus.clone(),
+        duration,
+        warmup,
+        timeout: args.timeout,
+    };
+    let report = harness::run(&load)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    match args.json.as_deref() {
+        Some(path) if path == std::path::Path::new("-") => println!("{json}"),
+        Some(path) => {
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            print!("{}", table(&report));
+        }
+        None => print!("{}", table(&report)),
+    }
+    Ok(())
+}
+
+/// The report as a terminal table.
+fn table(r: &Report) -> String {
+    let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
+    let pacing = match r.rate {
+        Some(rate) => format!("open loop at {rate} req/s"),
+        None => "closed loop".to_owned(),
+    };
+    let l = &r.latency_us;
+    let e = &r.errors;
+    format!(
+        "{target}  {scenario}  {pacing}  {connections} connections  {threads} thread(s)  \
+         {secs}s measured after {warm}s\n\
+         {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
+         {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
+         errors: {} (connect {}, timeout {}, io {}, status {})\n",
+        "requests",
+        "throughput",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        r.requests,
+        format!("{:.1}/s", r.throughput_rps),
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max),
+        e.total(),
+        e.connect,
+        e.timeout,
+        e.io,
+        e.status,
+        target = r.target,
+        scenario = r.scenario,
+        connections = r.connections,
+        threads = r.threads,
+        secs = r.duration_s,
+        warm = r.warmup_s,
+    )
+}
