@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod ringlb;
+mod schedulers;
+
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use harness::{Load, Mode, Report, Scenario};
@@ -16,10 +19,14 @@ pub enum BenchCommand {
     /// as wrk speaks it (`rr`, `cps`) or UDP request/response; open loop with --rate, closed
     /// loop without. Prints a table; --json writes the report.
     Load(LoadArgs),
+    /// The schedulers compared: synthetic backends (one of them N times slower), ringlb in
+    /// front of them with each scheduler in turn, the same load through each; a table of
+    /// latency percentiles per scheduler.
+    Schedulers(schedulers::SchedulersArgs),
 }
 
 /// The scenarios of `--scenario`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ScenarioArg {
     /// HTTP/1.1 GET over keep-alive connections.
     Rr,
@@ -36,9 +43,17 @@ pub struct LoadArgs {
     #[arg(long, value_name = "ADDR")]
     pub target: SocketAddr,
 
-    /// What is sent.
-    #[arg(long, value_enum, default_value = "rr")]
-    pub scenario: ScenarioArg,
+    #[command(flatten)]
+    pub shape: Shape,
+}
+
+/// The shape of a load: what is sent, how fast, for how long; and where the report goes.
+#[derive(Debug, Args)]
+pub struct Shape {
+    /// What is sent (default: `rr` for `load`, `cps` for `schedulers`, whose every request
+    /// must be a new connection for the scheduler to place it).
+    #[arg(long, value_enum)]
+    pub scenario: Option<ScenarioArg>,
 
     /// Requests a second over all connections, on a fixed timetable (open loop: each latency
     /// counts from when its request was due). Without it: closed loop, each connection as
@@ -79,46 +94,59 @@ pub struct LoadArgs {
     pub json: Option<PathBuf>,
 }
 
+impl Shape {
+    /// The load of this shape against `target`, `default` unless `--scenario` says.
+    pub fn load(&self, target: SocketAddr, default: ScenarioArg) -> Load {
+        let (duration, warmup) = if self.quick {
+            (Duration::from_secs(3), Duration::from_secs(1))
+        } else {
+            (self.duration, self.warmup)
+        };
+        Load {
+            target,
+            scenario: match self.scenario.unwrap_or(default) {
+                ScenarioArg::Rr => Scenario::Rr,
+                ScenarioArg::Cps => Scenario::Cps,
+                ScenarioArg::Udp => Scenario::Udp,
+            },
+            mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
+            connections: self.connections as usize,
+            threads: self.threads as usize,
+            cpus: self.cpus.clone(),
+            duration,
+            warmup,
+            timeout: self.timeout,
+        }
+    }
+
+    /// Prints `table`, or the JSON instead with `--json -`, and writes the JSON to the file
+    /// `--json` names.
+    pub fn output(&self, table: &str, json: &impl serde::Serialize) -> anyhow::Result<()> {
+        let json = serde_json::to_string_pretty(json)?;
+        match self.json.as_deref() {
+            Some(path) if path == std::path::Path::new("-") => println!("{json}"),
+            Some(path) => {
+                std::fs::write(path, json + "\n")
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                print!("{table}");
+            }
+            None => print!("{table}"),
+        }
+        Ok(())
+    }
+}
+
 /// Runs `command`.
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Load(args) => load(&args),
+        BenchCommand::Schedulers(args) => schedulers::run(&args),
     }
 }
 
 fn load(args: &LoadArgs) -> anyhow::Result<()> {
-    let (duration, warmup) = if args.quick {
-        (Duration::from_secs(3), Duration::from_secs(1))
-    } else {
-        (args.duration, args.warmup)
-    };
-    let load = Load {
-        target: args.target,
-        scenario: match args.scenario {
-            ScenarioArg::Rr => Scenario::Rr,
-            ScenarioArg::Cps => Scenario::Cps,
-            ScenarioArg::Udp => Scenario::Udp,
-        },
-        mode: args.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
-        connections: args.connections as usize,
-        threads: args.threads as usize,
-        cpus: args.cpus.clone(),
-        duration,
-        warmup,
-        timeout: args.timeout,
-    };
-    let report = harness::run(&load)?;
-    let json = serde_json::to_string_pretty(&report)?;
-    match args.json.as_deref() {
-        Some(path) if path == std::path::Path::new("-") => println!("{json}"),
-        Some(path) => {
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            print!("{}", table(&report));
-        }
-        None => print!("{}", table(&report)),
-    }
-    Ok(())
+    let report = harness::run(&args.shape.load(args.target, ScenarioArg::Rr))?;
+    args.shape.output(&table(&report), &report)
 }
 
 /// The report as a terminal table.

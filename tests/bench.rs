@@ -1,5 +1,6 @@
-//! `ringlb bench load` from the command line: a short load (`--quick`) through ringlb to a
-//! synthetic backend, its table on stdout and its JSON report in the documented schema.
+//! `ringlb bench` from the command line, in its short mode (`--quick`), so that it cannot rot:
+//! `load` through ringlb to a synthetic backend, `schedulers` with the ringlbs it starts
+//! itself; their tables on stdout and their JSON reports in the documented schema.
 
 mod support;
 
@@ -19,33 +20,23 @@ fn a_quick_load_through_ringlb_prints_a_table_and_writes_its_json_report() {
     )
     .unwrap();
     let proxy = quick("epoll", backends.addrs(), &[]);
-    let json = std::env::temp_dir().join(format!("ringlb-test-{}-bench.json", std::process::id()));
     let target = proxy.addr().to_string();
-    let out = ringlb_command(&[
-        "bench",
+    let (stdout, report) = bench_json(
         "load",
-        "--target",
-        &target,
-        "--quick",
-        "--rate",
-        "200",
-        "--connections",
-        "4",
-        "--json",
-        json.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            "bench",
+            "load",
+            "--target",
+            &target,
+            "--quick",
+            "--rate",
+            "200",
+            "--connections",
+            "4",
+        ],
     );
     assert!(stdout.contains("open loop at 200 req/s"), "{stdout}");
     assert!(stdout.contains("p99.9"), "{stdout}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["target"], target.as_str());
     assert_eq!(report["scenario"], "rr");
     assert_eq!(report["mode"], "open");
@@ -58,7 +49,26 @@ fn a_quick_load_through_ringlb_prints_a_table_and_writes_its_json_report() {
     for key in ["p90", "p99", "p999", "max", "mean"] {
         assert!(report["latency_us"][key].is_number(), "{report}");
     }
+}
+
+/// Runs `ringlb ARGS --json FILE`: its stdout, and the report it wrote.
+fn bench_json(tag: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let json = std::env::temp_dir().join(format!(
+        "ringlb-test-{}-bench-{tag}.json",
+        std::process::id()
+    ));
+    let mut args = args.to_vec();
+    args.extend(["--json", json.to_str().unwrap()]);
+    let out = ringlb_command(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
+    (stdout, report)
 }
 
 #[test]
@@ -85,4 +95,46 @@ fn a_bad_target_or_rate_is_refused_with_the_reason() {
         stderr.contains("the rate must be a positive number of requests a second, not 0"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
+    let (stdout, report) = bench_json(
+        "schedulers",
+        &[
+            "bench",
+            "schedulers",
+            "--schedulers",
+            "rr,lc",
+            "--quick",
+            "--rate",
+            "300",
+        ],
+    );
+    assert!(stdout.contains("4 backends"), "{stdout}");
+    let backends = report["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 4, "{report}");
+    assert_eq!(
+        backends[3]["mean_service_us"], 10_000,
+        "the last, 10 times slower"
+    );
+    let runs = report["runs"].as_array().unwrap();
+    let names: Vec<&str> = runs
+        .iter()
+        .map(|r| r["scheduler"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rr", "lc"]);
+    for run in runs {
+        assert_eq!(
+            run["scenario"], "cps",
+            "a new connection, placed, per request"
+        );
+        assert_eq!(run["errors"]["connect"], 0, "{run}");
+        let requests = run["requests"].as_u64().unwrap();
+        assert!(
+            (850..=905).contains(&requests),
+            "the timetable's 900: {run}"
+        );
+        assert!(run["latency_us"]["p99"].as_u64().unwrap() > 0, "{run}");
+    }
 }

@@ -187,13 +187,18 @@ impl Table {
     /// It keeps the version: the configuration is the same. Everything but the changed
     /// schedulers is shared with `self`.
     pub fn reramped(&self, now: u64) -> Option<Table> {
+        let changed: Vec<(usize, Arc<ServiceEntry>)> = self
+            .services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, entry)| Some((i, reramp(entry, now)?)))
+            .collect();
+        if changed.is_empty() {
+            return None;
+        }
         let mut services = self.services.clone();
-        let mut frontends = None;
-        for entry in &mut services {
-            let Some(next) = reramp(entry, now) else {
-                continue;
-            };
-            let frontends = frontends.get_or_insert_with(|| self.frontends.clone());
+        let mut frontends = self.frontends.clone();
+        for (i, next) in changed {
             for addr in &next.service.listen {
                 let key = FrontendKey {
                     protocol: next.service.protocol,
@@ -201,12 +206,12 @@ impl Table {
                 };
                 frontends.insert(key, Arc::clone(&next));
             }
-            *entry = next;
+            services[i] = next;
         }
         Some(Table {
             version: self.version,
             services,
-            frontends: frontends?,
+            frontends,
         })
     }
 
