@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod compare;
+mod proxies;
 mod ringlb;
 mod schedulers;
 
@@ -23,6 +25,10 @@ pub enum BenchCommand {
     /// front of them with each scheduler in turn, the same load through each; a table of
     /// latency percentiles per scheduler.
     Schedulers(schedulers::SchedulersArgs),
+    /// ringlb against whatever of HAProxy and NGINX is installed: the same backends, the same
+    /// load, the same pinning, one run; throughput, latency and each proxy's CPU per request,
+    /// as ratios to ringlb.
+    Compare(compare::CompareArgs),
 }
 
 /// The scenarios of `--scenario`.
@@ -141,6 +147,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Load(args) => load(&args),
         BenchCommand::Schedulers(args) => schedulers::run(&args),
+        BenchCommand::Compare(args) => compare::run(&args),
     }
 }
 

@@ -138,3 +138,36 @@ fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
         assert!(run["latency_us"]["p99"].as_u64().unwrap() > 0, "{run}");
     }
 }
+
+#[test]
+fn the_comparison_measures_direct_and_ringlb_and_whichever_proxies_are_installed() {
+    let (stdout, report) = bench_json(
+        "compare",
+        &[
+            "bench",
+            "compare",
+            "--quick",
+            "--rate",
+            "300",
+            "--connections",
+            "4",
+        ],
+    );
+    assert!(stdout.contains("thr/ringlb"), "{stdout}");
+    let runs = report.as_array().unwrap();
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    let installed = |p: &str| program(p).is_ok();
+    let mut want = vec!["direct", "ringlb"];
+    want.extend(["haproxy", "nginx"].into_iter().filter(|p| installed(p)));
+    assert_eq!(systems, want);
+    for run in runs {
+        assert_eq!(run["errors"]["connect"], 0, "{run}");
+        let requests = run["requests"].as_u64().unwrap();
+        assert!(
+            (850..=905).contains(&requests),
+            "the timetable's 900: {run}"
+        );
+        let cpu = &run["proxy_cpu_us_per_request"];
+        assert_eq!(cpu.is_null(), run["system"] == "direct", "{run}");
+    }
+}

@@ -120,6 +120,17 @@ impl Backends {
         protocol: Protocol,
         models: &[Model],
     ) -> std::io::Result<Backends> {
+        Backends::start_on(ip, protocol, models, None)
+    }
+
+    /// As [`Backends::start`], their thread pinned to `cpu` when given (away from the proxy
+    /// measured).
+    pub fn start_on(
+        ip: std::net::IpAddr,
+        protocol: Protocol,
+        models: &[Model],
+        cpu: Option<usize>,
+    ) -> std::io::Result<Backends> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -139,6 +150,9 @@ impl Backends {
         let thread = std::thread::Builder::new()
             .name("bench-backends".into())
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    crate::load::pin_to(cpu);
+                }
                 runtime.block_on(async move {
                     let start = Instant::now();
                     for (i, (socket, model)) in bound.into_iter().enumerate() {

@@ -184,7 +184,7 @@ fn client_thread(load: &Arc<Load>, t: usize, window: Window) -> Recorder {
 }
 
 /// Pins the calling thread to `cpu` (ignored when it cannot be: the load still runs).
-fn pin_to(cpu: usize) {
+pub(crate) fn pin_to(cpu: usize) {
     // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu < libc::CPU_SETSIZE as usize {

@@ -5,12 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-
-/// How long a stopping ringlb gets to drain before it is killed.
-const STOP: Duration = Duration::from_secs(10);
 
 /// A running ringlb.
 #[derive(Debug)]
@@ -78,18 +74,6 @@ fn ready_addr(stdout: std::process::ChildStdout, args: &[&str]) -> anyhow::Resul
 
 impl Drop for Ringlb {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on the PID of our own child, which we have not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + STOP;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::proxies::stop(&mut self.child);
     }
 }

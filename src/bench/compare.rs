@@ -1,0 +1,205 @@
+//! `ringlb bench compare`: ringlb against whatever of HAProxy and NGINX is installed, on the
+//! same load, the same backends and the same pinning, in one run: no proxy (`direct`, the
+//! backends themselves), then each proxy in turn, one worker or thread each. Besides the
+//! client's numbers, each proxy's own CPU time per request, and the ratios to ringlb.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::Context;
+use clap::Args;
+use harness::backends::{Backends, Model, Protocol, ServiceTime};
+use harness::Report;
+use serde::Serialize;
+
+use super::proxies::{self, Proxy};
+use super::{ScenarioArg, Shape};
+
+/// `ringlb bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Pin every proxy (ringlb, HAProxy, NGINX) to this CPU; give the load others with
+    /// --cpus, so that neither measures the other.
+    #[arg(long, value_name = "CPU")]
+    pub proxy_cpu: Option<usize>,
+
+    /// Backends started (answering at once).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub backends: u32,
+
+    #[command(flatten)]
+    pub shape: Shape,
+}
+
+/// One system's run.
+#[derive(Debug, Serialize)]
+struct Run {
+    system: String,
+    /// CPU microseconds of the proxy's processes per answered request (`null` for direct).
+    proxy_cpu_us_per_request: Option<f64>,
+    #[serde(flatten)]
+    report: Report,
+}
+
+/// Runs the comparison.
+pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    if args.shape.scenario == Some(ScenarioArg::Udp) {
+        anyhow::bail!("bench compare measures TCP (rr, cps): HAProxy has no generic UDP proxying");
+    }
+    let models =
+        vec![Model::steady(ServiceTime::Constant(Default::default())); args.backends as usize];
+    // The backends share the load's first CPU, away from the proxy's.
+    let cpu = args.shape.cpus.first().copied();
+    let backends = Backends::start_on(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Protocol::Http,
+        &models,
+        cpu,
+    )
+    .context("cannot start the backends")?;
+    let addrs = backends.addrs();
+    let dir = std::env::temp_dir().join(format!("ringlb-bench-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut runs = vec![measure("direct", None, addrs[0], &args.shape)?];
+    for system in ["ringlb", "haproxy", "nginx"] {
+        let Some(proxy) = start(system, addrs, args.proxy_cpu, &dir)? else {
+            eprintln!("{system}: not installed, left out");
+            continue;
+        };
+        runs.push(measure(system, Some(&proxy), proxy.addr(), &args.shape)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    args.shape.output(&table(&runs), &runs)
+}
+
+/// Starts `system` over `backends`: `None` when it is not installed.
+fn start(
+    system: &str,
+    backends: &[SocketAddr],
+    cpu: Option<usize>,
+    dir: &std::path::Path,
+) -> anyhow::Result<Option<Proxy>> {
+    let listen = proxies::free_addr()?;
+    let to: Vec<String> = backends.iter().map(ToString::to_string).collect();
+    let (program, args) = match system {
+        "ringlb" => {
+            let exe = std::env::current_exe().context("cannot find this ringlb binary")?;
+            let args = [
+                "run",
+                "--listen",
+                &listen.to_string(),
+                "--to",
+                &to.join(","),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--workers", "1", "--admin", "off"].map(str::to_owned))
+            .collect();
+            (exe, args)
+        }
+        "haproxy" => {
+            let Some(exe) = proxies::installed("haproxy") else {
+                return Ok(None);
+            };
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(&cfg, proxies::haproxy_config(listen, backends))?;
+            (
+                exe,
+                vec!["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()],
+            )
+        }
+        _ => {
+            let Some(exe) = proxies::installed("nginx") else {
+                return Ok(None);
+            };
+            let module = proxies::nginx_stream_module();
+            let cfg = dir.join("nginx.conf");
+            std::fs::write(
+                &cfg,
+                proxies::nginx_config(listen, backends, dir, module.as_deref()),
+            )?;
+            let d = dir.display().to_string();
+            let args = [
+                "-p",
+                &d,
+                "-e",
+                &format!("{d}/error.log"),
+                "-c",
+                &cfg.display().to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            (exe, args)
+        }
+    };
+    Proxy::start(&program, &args, cpu, listen).map(Some)
+}
+
+/// The load of `shape` against `target`, with the CPU time `proxy` spent meanwhile.
+fn measure(
+    system: &str,
+    proxy: Option<&Proxy>,
+    target: SocketAddr,
+    shape: &Shape,
+) -> anyhow::Result<Run> {
+    let before = proxy.map(Proxy::cpu_seconds);
+    let report = harness::run(&shape.load(target, ScenarioArg::Rr))?;
+    let spent = proxy
+        .map(Proxy::cpu_seconds)
+        .zip(before)
+        .map(|(after, before)| after - before);
+    // The CPU of the whole run (warm-up too) over every request it answered, warm-up
+    // included at the same rate as the window.
+    let total = report.throughput_rps * (report.duration_s + report.warmup_s);
+    Ok(Run {
+        system: system.to_owned(),
+        proxy_cpu_us_per_request: spent.filter(|_| total > 0.0).map(|s| s / total * 1e6),
+        report,
+    })
+}
+
+/// The runs as a terminal table, with each system's throughput and CPU per request as a
+/// ratio to ringlb's.
+fn table(runs: &[Run]) -> String {
+    let ringlb = runs.iter().find(|r| r.system == "ringlb");
+    let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
+    let mut out = format!(
+        "{:<8} {:>12} {:>9} {:>9} {:>7} {:>14} {:>10} {:>10}\n",
+        "system", "throughput", "p50", "p99", "errors", "proxy CPU/req", "thr/ringlb", "CPU/ringlb"
+    );
+    for run in runs {
+        let r = &run.report;
+        let ratio = |mine: f64, theirs: f64| {
+            if theirs > 0.0 {
+                format!("{:.2}x", mine / theirs)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let cpu = run
+            .proxy_cpu_us_per_request
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}us"));
+        let thr_ratio = ringlb.map_or_else(
+            || "-".to_owned(),
+            |g| ratio(r.throughput_rps, g.report.throughput_rps),
+        );
+        let cpu_ratio = match (
+            run.proxy_cpu_us_per_request,
+            ringlb.and_then(|g| g.proxy_cpu_us_per_request),
+        ) {
+            (Some(mine), Some(theirs)) => ratio(mine, theirs),
+            _ => "-".to_owned(),
+        };
+        out += &format!(
+            "{:<8} {:>12} {:>9} {:>9} {:>7} {:>14} {:>10} {:>10}\n",
+            run.system,
+            format!("{:.1}/s", r.throughput_rps),
+            ms(r.latency_us.p50),
+            ms(r.latency_us.p99),
+            r.errors.total(),
+            cpu,
+            thr_ratio,
+            cpu_ratio
+        );
+    }
+    out
+}

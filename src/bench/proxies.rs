@@ -1,0 +1,221 @@
+//! The proxies `bench compare` measures ringlb against, started the way a fair comparison
+//! needs: HAProxy (`mode tcp`, one thread) and NGINX (`stream`, one worker) with generated
+//! configs over the same backends, round robin, each a child process pinned like ringlb;
+//! and the CPU time of a proxy's processes, read from `/proc`.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How long a proxy gets to listen, and to stop before it is killed.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A proxy the harness started.
+#[derive(Debug)]
+pub struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    /// Starts `program` with `args` pinned to `cpu`, and waits until `addr` accepts.
+    pub fn start(
+        program: &Path,
+        args: &[String],
+        cpu: Option<usize>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Proxy> {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(cpu) = cpu {
+            // SAFETY: the closure runs in the child between fork and exec and calls only
+            // `sched_setaffinity`, which is async-signal-safe, on a set built on its stack.
+            unsafe { command.pre_exec(move || pin(cpu)) };
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let mut proxy = Proxy { child, addr };
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            if Instant::now() > deadline || matches!(proxy.child.try_wait(), Ok(Some(_))) {
+                bail!("{} did not listen on {addr}", program.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(proxy)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// CPU seconds (user and system) of the proxy and its child processes so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        process_tree_cpu(self.child.id())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// Stops a child proxy: SIGTERM (a drain), then SIGKILL if it is still there after a while.
+pub fn stop(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the PID of our own child, which we have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Pins the calling process to `cpu`.
+pub fn pin(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the caller; `set` is a valid `cpu_set_t` of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A free loopback port, for a proxy that binds its own listener.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    Ok(listener.local_addr()?)
+}
+
+/// `program` on the `PATH`, if it is installed.
+pub fn installed(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
+
+/// HAProxy's config: `mode tcp`, one thread, round robin over `backends`.
+pub fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+    let conns = max_connections();
+    let mut cfg = format!(
+        "global\n  nbthread 1\n  maxconn {conns}\ndefaults\n  mode tcp\n  maxconn {conns}\n  \
+         timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n"
+    );
+    cfg += &format!(
+        "frontend fe\n  bind {listen}\n  default_backend be\nbackend be\n  balance roundrobin\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        cfg += &format!("  server s{i} {b}\n");
+    }
+    cfg
+}
+
+/// NGINX's config: `stream`, one worker, round robin over `backends`, its files in `dir`.
+pub fn nginx_config(
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    dir: &Path,
+    module: Option<&Path>,
+) -> String {
+    let mut cfg = String::new();
+    if let Some(module) = module {
+        cfg += &format!("load_module {};\n", module.display());
+    }
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        cfg += "user root;\n";
+    }
+    cfg += &format!(
+        "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\nevents {{ worker_connections {conns}; }}\n\
+         stream {{\n  upstream be {{\n",
+        dir = dir.display(),
+        conns = max_connections()
+    );
+    for b in backends {
+        cfg += &format!("    server {b};\n");
+    }
+    cfg += &format!(
+        "  }}\n  server {{\n    listen {listen};\n    proxy_pass be;\n    proxy_connect_timeout 5s;\n    \
+         proxy_timeout 300s;\n  }}\n}}\n"
+    );
+    cfg
+}
+
+/// Connections a proxy may hold: two descriptors each (client and backend) within this
+/// process's open-file limit, which the proxies inherit, less a margin.
+fn max_connections() -> u64 {
+    let limit = proxy_core::nofile_limit().unwrap_or(1024);
+    (limit.saturating_sub(100) / 2).max(100)
+}
+
+/// NGINX's dynamic stream module, where the distribution ships it as one.
+pub fn nginx_stream_module() -> Option<PathBuf> {
+    [
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "/usr/lib64/nginx/modules/ngx_stream_module.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// CPU seconds of process `pid` and of its children (ringlb's worker, NGINX's worker).
+fn process_tree_cpu(pid: u32) -> f64 {
+    let mut ticks = stat_ticks(pid).map_or(0, |(t, _)| t);
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((t, ppid)) = stat_ticks(child) {
+                if ppid == pid {
+                    ticks += t;
+                }
+            }
+        }
+    }
+    // SAFETY: sysconf takes a constant and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
+/// utime + stime (clock ticks) and the parent of process `pid`.
+fn stat_ticks(pid: u32) -> Option<(u64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state 0, ppid 1, utime 11, stime 12.
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((field(11)? + field(12)?, u32::try_from(field(1)?).ok()?))
+}
