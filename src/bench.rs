@@ -98,6 +98,10 @@ pub struct Shape {
     /// Also write the report as JSON to this file (`-`: stdout instead of the table).
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+
+    /// Also draw the latency percentiles (a line per run) as an SVG chart in this file.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
 }
 
 impl Shape {
@@ -123,6 +127,15 @@ impl Shape {
             warmup,
             timeout: self.timeout,
         }
+    }
+
+    /// Writes the chart `--svg` asks for: `title`, a line per run of `series`.
+    pub fn plot(&self, title: &str, series: &[(String, harness::Latency)]) -> anyhow::Result<()> {
+        let Some(path) = &self.svg else {
+            return Ok(());
+        };
+        let svg = harness::plot::percentiles(title, series)?;
+        std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// Prints `table`, or the JSON instead with `--json -`, and writes the JSON to the file
@@ -153,6 +166,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 fn load(args: &LoadArgs) -> anyhow::Result<()> {
     let report = harness::run(&args.shape.load(args.target, ScenarioArg::Rr))?;
+    let title = format!("{} {}", report.scenario, report.target);
+    args.shape
+        .plot(&title, &[(report.target.clone(), report.latency_us)])?;
     args.shape.output(&table(&report), &report)
 }
 

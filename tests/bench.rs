@@ -99,6 +99,10 @@ fn a_bad_target_or_rate_is_refused_with_the_reason() {
 
 #[test]
 fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
+    let svg = std::env::temp_dir().join(format!(
+        "ringlb-test-{}-bench-schedulers.svg",
+        std::process::id()
+    ));
     let (stdout, report) = bench_json(
         "schedulers",
         &[
@@ -109,8 +113,16 @@ fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
             "--quick",
             "--rate",
             "300",
+            "--svg",
+            svg.to_str().unwrap(),
         ],
     );
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(chart.starts_with("<svg"), "{chart}");
+    for name in ["rr", "lc", "p99.9"] {
+        assert!(chart.contains(&format!("\n{name}\n")), "{name} in {chart}");
+    }
     assert!(stdout.contains("4 backends"), "{stdout}");
     let backends = report["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 4, "{report}");

@@ -10,6 +10,7 @@
 //!   asked for.
 //! - [`stats`]: what a load measured: latency percentiles from an HdrHistogram, throughput,
 //!   errors by kind; the JSON report, every latency field in microseconds (`latency_us`).
+//! - [`plot`]: the percentiles of runs as an SVG chart.
 //! - [`backends`]: HTTP and UDP backends with a service-time model each (constant,
 //!   exponential, bimodal, N times slower, a stall or a death at a given time).
 //!
@@ -18,6 +19,7 @@
 pub mod backends;
 mod http;
 pub mod load;
+pub mod plot;
 pub mod stats;
 mod udp;
 

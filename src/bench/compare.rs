@@ -68,6 +68,12 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
         runs.push(measure(system, Some(&proxy), proxy.addr(), &args.shape)?);
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let series: Vec<_> = runs
+        .iter()
+        .map(|r| (r.system.clone(), r.report.latency_us))
+        .collect();
+    args.shape
+        .plot("ringlb against HAProxy and NGINX", &series)?;
     args.shape.output(&table(&runs), &runs)
 }
 

@@ -120,6 +120,16 @@ pub fn run(args: &SchedulersArgs) -> anyhow::Result<()> {
             .collect(),
         runs,
     };
+    let series: Vec<_> = comparison
+        .runs
+        .iter()
+        .map(|r| (r.scheduler.to_owned(), r.report.latency_us))
+        .collect();
+    let title = format!(
+        "schedulers: {} backends, the last {} times slower",
+        args.backends, args.slower
+    );
+    args.shape.plot(&title, &series)?;
     args.shape.output(&table(args, &comparison), &comparison)
 }
 
