@@ -91,6 +91,12 @@ pub struct Shape {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = config::parse_positive_duration)]
     pub timeout: Duration,
 
+    /// Connect from the addresses of this range, one per connection (e.g. `127.1.0.0/16` on
+    /// loopback), so that `sh` and `mh` see many clients. Default: the address the kernel
+    /// picks (`bench schedulers`: `127.1.0.0/16`).
+    #[arg(long, value_name = "CIDR")]
+    pub sources: Option<ipnet::IpNet>,
+
     /// A run of a few seconds (1 s warm-up, 3 s measured), for a first look and for CI.
     #[arg(long)]
     pub quick: bool,
@@ -105,8 +111,14 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The load of this shape against `target`, `default` unless `--scenario` says.
-    pub fn load(&self, target: SocketAddr, default: ScenarioArg) -> Load {
+    /// The load of this shape against `target`, `default` unless `--scenario` says, from the
+    /// addresses of `sources` unless `--sources` says.
+    pub fn load(
+        &self,
+        target: SocketAddr,
+        default: ScenarioArg,
+        sources: Option<ipnet::IpNet>,
+    ) -> Load {
         let (duration, warmup) = if self.quick {
             (Duration::from_secs(3), Duration::from_secs(1))
         } else {
@@ -126,6 +138,9 @@ impl Shape {
             duration,
             warmup,
             timeout: self.timeout,
+            sources: self.sources.or(sources).map_or_else(Vec::new, |net| {
+                net.hosts().take(self.connections as usize).collect()
+            }),
         }
     }
 
@@ -165,7 +180,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 fn load(args: &LoadArgs) -> anyhow::Result<()> {
-    let report = harness::run(&args.shape.load(args.target, ScenarioArg::Rr))?;
+    let report = harness::run(&args.shape.load(args.target, ScenarioArg::Rr, None))?;
     let title = format!("{} {}", report.scenario, report.target);
     args.shape
         .plot(&title, &[(report.target.clone(), report.latency_us)])?;

@@ -1,13 +1,13 @@
 //! The load's HTTP/1.1, as wrk speaks it: `GET /` with a `Host`, through hyper's client
 //! connection; the whole answer is read, and only a 2xx counts as answered.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::stats::ErrorKind;
 
@@ -17,9 +17,13 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `target` and starts the connection's driver on the current runtime.
-    pub(crate) async fn open(target: SocketAddr) -> Result<Connection, ErrorKind> {
-        let stream = TcpStream::connect(target)
+    /// Connects to `target` (from `source`, when given) and starts the connection's driver
+    /// on the current runtime.
+    pub(crate) async fn open(
+        target: SocketAddr,
+        source: Option<IpAddr>,
+    ) -> Result<Connection, ErrorKind> {
+        let stream = connect(target, source)
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = stream.set_nodelay(true);
@@ -61,4 +65,18 @@ impl Connection {
             Err(ErrorKind::Status)
         }
     }
+}
+
+/// A TCP connection to `target`, from `source` (any port) when given.
+async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(target).await;
+    };
+    let socket = if source.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(target).await
 }

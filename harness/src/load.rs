@@ -69,6 +69,10 @@ pub struct Load {
     pub warmup: Duration,
     /// A request not answered within this is a `timeout` error.
     pub timeout: Duration,
+    /// Client addresses: connection j connects from `sources[j % len]` (a port the kernel
+    /// picks), so that schedulers that hash the client (`sh`, `mh`) see many clients. Empty:
+    /// the address the kernel picks.
+    pub sources: Vec<std::net::IpAddr>,
 }
 
 /// A load that cannot run.
@@ -225,7 +229,9 @@ async fn connection(load: Arc<Load>, j: usize, window: Window) -> Recorder {
             // runtime's next tick (up to a millisecond).
             tokio::time::sleep_until(scheduled).await;
         }
-        let outcome = tokio::time::timeout(load.timeout, request(&load, &mut link)).await;
+        let source = load.sources.get(j % load.sources.len().max(1)).copied();
+        let requested = request(&load, source, &mut link);
+        let outcome = tokio::time::timeout(load.timeout, requested).await;
         let outcome = outcome.unwrap_or(Err(ErrorKind::Timeout));
         if outcome.is_err() {
             // A failed connection is made again for the next request.
@@ -245,13 +251,18 @@ async fn connection(load: Arc<Load>, j: usize, window: Window) -> Recorder {
     recorder
 }
 
-/// One request of `load`'s scenario on `link`, connecting first when it has nothing open.
-async fn request(load: &Load, link: &mut Link) -> Result<(), ErrorKind> {
+/// One request of `load`'s scenario on `link`, connecting (from `source`, when given) first
+/// when it has nothing open.
+async fn request(
+    load: &Load,
+    source: Option<std::net::IpAddr>,
+    link: &mut Link,
+) -> Result<(), ErrorKind> {
     match load.scenario {
         Scenario::Rr | Scenario::Cps => {
             let close = load.scenario == Scenario::Cps;
             if close || !matches!(link, Link::Http(_)) {
-                *link = Link::Http(crate::http::Connection::open(load.target).await?);
+                *link = Link::Http(crate::http::Connection::open(load.target, source).await?);
             }
             let Link::Http(conn) = link else {
                 unreachable!("opened above")
@@ -264,7 +275,7 @@ async fn request(load: &Load, link: &mut Link) -> Result<(), ErrorKind> {
         }
         Scenario::Udp => {
             if !matches!(link, Link::Udp(_)) {
-                *link = Link::Udp(crate::udp::Flow::open(load.target).await?);
+                *link = Link::Udp(crate::udp::Flow::open(load.target, source).await?);
             }
             let Link::Udp(flow) = link else {
                 unreachable!("opened above")

@@ -18,14 +18,20 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
-    /// A socket of `target`'s family connected to it.
-    pub(crate) async fn open(target: SocketAddr) -> Result<Flow, ErrorKind> {
-        let any: SocketAddr = if target.is_ipv6() {
-            "[::]:0".parse().expect("constant address")
+    /// A socket of `target`'s family (bound to `source`, when given) connected to it.
+    pub(crate) async fn open(
+        target: SocketAddr,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Flow, ErrorKind> {
+        let any: std::net::IpAddr = if target.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
         } else {
-            "0.0.0.0:0".parse().expect("constant address")
+            std::net::Ipv4Addr::UNSPECIFIED.into()
         };
-        let socket = UdpSocket::bind(any).await.map_err(|_| ErrorKind::Connect)?;
+        let local = SocketAddr::new(source.unwrap_or(any), 0);
+        let socket = UdpSocket::bind(local)
+            .await
+            .map_err(|_| ErrorKind::Connect)?;
         socket
             .connect(target)
             .await

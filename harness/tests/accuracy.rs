@@ -33,6 +33,7 @@ fn load(target: SocketAddr, scenario: Scenario, mode: Mode, connections: usize) 
         duration: Duration::from_millis(1500),
         warmup: Duration::from_millis(200),
         timeout: Duration::from_secs(2),
+        sources: Vec::new(),
     }
 }
 

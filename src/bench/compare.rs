@@ -148,7 +148,7 @@ fn measure(
     shape: &Shape,
 ) -> anyhow::Result<Run> {
     let before = proxy.map(Proxy::cpu_seconds);
-    let report = harness::run(&shape.load(target, ScenarioArg::Rr))?;
+    let report = harness::run(&shape.load(target, ScenarioArg::Rr, None))?;
     let spent = proxy
         .map(Proxy::cpu_seconds)
         .zip(before)

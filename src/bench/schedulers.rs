@@ -102,7 +102,10 @@ pub fn run(args: &SchedulersArgs) -> anyhow::Result<()> {
             backends.addrs(),
             &["--scheduler", name, "--proto", proto, "--workers", &workers],
         )?;
-        let report = harness::run(&args.shape.load(ringlb.addr(), ScenarioArg::Cps))?;
+        let load = args
+            .shape
+            .load(ringlb.addr(), ScenarioArg::Cps, Some(clients()));
+        let report = harness::run(&load)?;
         drop(ringlb);
         runs.push(Run {
             scheduler: name,
@@ -131,6 +134,12 @@ pub fn run(args: &SchedulersArgs) -> anyhow::Result<()> {
     );
     args.shape.plot(&title, &series)?;
     args.shape.output(&table(args, &comparison), &comparison)
+}
+
+/// Where the load's connections come from by default: one loopback address each, so that
+/// `sh` and `mh`, which hash the client's address, see as many clients as connections.
+fn clients() -> ipnet::IpNet {
+    "127.1.0.0/16".parse().expect("a constant range")
 }
 
 /// The comparison as a terminal table, one row per scheduler.
