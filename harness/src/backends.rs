@@ -151,7 +151,7 @@ impl Backends {
             .name("bench-backends".into())
             .spawn(move || {
                 if let Some(cpu) = cpu {
-                    crate::load::pin_to(cpu);
+                    let _ = crate::load::pin(cpu);
                 }
                 runtime.block_on(async move {
                     let start = Instant::now();

@@ -23,5 +23,5 @@ pub mod plot;
 pub mod stats;
 mod udp;
 
-pub use load::{run, Load, LoadError, Mode, Scenario};
+pub use load::{pin, run, Load, LoadError, Mode, Scenario};
 pub use stats::{ErrorCounts, Latency, Report};

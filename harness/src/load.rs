@@ -163,7 +163,8 @@ fn report(load: &Load, total: &Recorder) -> Report {
 /// Thread `t`: its connections on a runtime of its own.
 fn client_thread(load: &Arc<Load>, t: usize, window: Window) -> Recorder {
     if let Some(&cpu) = load.cpus.get(t % load.cpus.len().max(1)) {
-        pin_to(cpu);
+        // Not pinned, the load still runs.
+        let _ = pin(cpu);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,16 +188,22 @@ fn client_thread(load: &Arc<Load>, t: usize, window: Window) -> Recorder {
     })
 }
 
-/// Pins the calling thread to `cpu` (ignored when it cannot be: the load still runs).
-pub(crate) fn pin_to(cpu: usize) {
+/// Pins the calling thread (a process, called between fork and exec) to `cpu`. Only
+/// `sched_setaffinity` is called, which is async-signal-safe.
+pub fn pin(cpu: usize) -> std::io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu < libc::CPU_SETSIZE as usize {
-        // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within the set's
-        // size (checked above).
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-        // SAFETY: pid 0 is the calling thread; `set` is a valid `cpu_set_t` of the size given.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the caller; `set` is a valid `cpu_set_t` of the size given.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

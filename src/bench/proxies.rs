@@ -38,7 +38,7 @@ impl Proxy {
         if let Some(cpu) = cpu {
             // SAFETY: the closure runs in the child between fork and exec and calls only
             // `sched_setaffinity`, which is async-signal-safe, on a set built on its stack.
-            unsafe { command.pre_exec(move || pin(cpu)) };
+            unsafe { command.pre_exec(move || harness::pin(cpu)) };
         }
         let child = command
             .spawn()
@@ -86,24 +86,6 @@ pub fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Pins the calling process to `cpu`.
-pub fn pin(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the caller; `set` is a valid `cpu_set_t` of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// A free loopback port, for a proxy that binds its own listener.
