@@ -131,33 +131,14 @@ fn measure(name: &str, addrs: &[SocketAddr], keys: &str, rate: f64) -> f64 {
     let path = write_config("bench-health", &yaml);
     let proxy = Ringlb::start(&["run", "--config", path.to_str().unwrap(), "--workers", "1"]);
     std::thread::sleep(WARM_UP);
-    let pids = [proxy.pid(), proxy.worker_pid()];
-    let before: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
+    // The master and its worker.
+    let pid = u32::try_from(proxy.pid()).expect("a process ID");
+    let before = harness::usage::process_cpu_seconds(pid);
     let started = Instant::now();
     std::thread::sleep(WINDOW);
-    let after: u64 = pids.iter().map(|&p| cpu_ticks(p)).sum();
-    let secs = started.elapsed().as_secs_f64();
-    // SAFETY: sysconf takes a constant and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let share = (after - before) as f64 / hz / secs * 100.0;
+    let after = harness::usage::process_cpu_seconds(pid);
+    let share = (after - before) / started.elapsed().as_secs_f64() * 100.0;
     row(name, rate, share);
     drop(proxy);
     share
-}
-
-/// utime + stime of process `pid`, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // After the name: state is field 0, utime 11, stime 12.
-    field(11) + field(12)
 }

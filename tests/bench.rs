@@ -163,9 +163,12 @@ fn the_comparison_measures_direct_and_ringlb_and_whichever_proxies_are_installed
             "300",
             "--connections",
             "4",
+            "--idle-connections",
+            "200",
         ],
     );
     assert!(stdout.contains("thr/ringlb"), "{stdout}");
+    assert!(stdout.contains("idle RSS"), "{stdout}");
     let runs = report.as_array().unwrap();
     let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
     let installed = |p: &str| program(p).is_ok();
@@ -179,7 +182,20 @@ fn the_comparison_measures_direct_and_ringlb_and_whichever_proxies_are_installed
             (850..=905).contains(&requests),
             "the timetable's 900: {run}"
         );
+        let direct = run["system"] == "direct";
         let cpu = &run["proxy_cpu_us_per_request"];
-        assert_eq!(cpu.is_null(), run["system"] == "direct", "{run}");
+        assert_eq!(cpu.is_null(), direct, "{run}");
+        let machine = run["machine_cpu_us_per_request"].as_f64().unwrap();
+        assert!(
+            machine >= cpu.as_f64().unwrap_or(0.0),
+            "the machine's CPU includes the proxy's: {run}"
+        );
+        let idle = &run["rss_per_idle_connection_bytes"];
+        assert_eq!(idle.is_null(), direct, "{run}");
+        // 200 connections each hold at least a socket's state in the proxy; no proxy
+        // needs a megabyte for one.
+        assert!(idle.as_f64().unwrap_or(0.0) < 1e6, "{run}");
     }
+    let ringlb = &runs[1]["rss_per_idle_connection_bytes"];
+    assert!(ringlb.as_f64().unwrap() > 0.0, "{report}");
 }

@@ -13,15 +13,20 @@
 //! - [`plot`]: the percentiles of runs as an SVG chart.
 //! - [`backends`]: HTTP and UDP backends with a service-time model each (constant,
 //!   exponential, bimodal, N times slower, a stall or a death at a given time).
+//! - [`usage`]: what a measured system spends: its processes' CPU time and memory, and the
+//!   whole machine's busy CPU time; [`idle`]: idle connections held through a proxy, to
+//!   measure its memory per connection.
 //!
 //! Nothing here knows ringlb: a target is any address.
 
 pub mod backends;
 mod http;
+pub mod idle;
 pub mod load;
 pub mod plot;
 pub mod stats;
 mod udp;
+pub mod usage;
 
 pub use load::{pin, run, Load, LoadError, Mode, Scenario};
 pub use stats::{ErrorCounts, Latency, Report};

@@ -4,11 +4,12 @@
 //! client's numbers, each proxy's own CPU time per request, and the ratios to ringlb.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use harness::backends::{Backends, Model, Protocol, ServiceTime};
-use harness::Report;
+use harness::{usage, Report};
 use serde::Serialize;
 
 use super::proxies::{self, Proxy};
@@ -26,6 +27,11 @@ pub struct CompareArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub backends: u32,
 
+    /// Idle connections held through each proxy after its load, to measure its memory per
+    /// connection (0: not measured).
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub idle_connections: u32,
+
     #[command(flatten)]
     pub shape: Shape,
 }
@@ -36,6 +42,11 @@ struct Run {
     system: String,
     /// CPU microseconds of the proxy's processes per answered request (`null` for direct).
     proxy_cpu_us_per_request: Option<f64>,
+    /// Busy CPU microseconds of the whole machine (load, backends, proxy, kernel) per
+    /// answered request: the fair figure for work a proxy leaves to the kernel.
+    machine_cpu_us_per_request: Option<f64>,
+    /// Growth of the proxy's resident memory per idle connection held through it, in bytes.
+    rss_per_idle_connection_bytes: Option<f64>,
     #[serde(flatten)]
     report: Report,
 }
@@ -65,7 +76,9 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
             eprintln!("{system}: not installed, left out");
             continue;
         };
-        runs.push(measure(system, Some(&proxy), proxy.addr(), &args.shape)?);
+        let mut run = measure(system, Some(&proxy), proxy.addr(), &args.shape)?;
+        run.rss_per_idle_connection_bytes = idle_memory(&proxy, args.idle_connections)?;
+        runs.push(run);
     }
     let _ = std::fs::remove_dir_all(&dir);
     let series: Vec<_> = runs
@@ -140,27 +153,43 @@ fn start(
     Proxy::start(&program, &args, cpu, listen).map(Some)
 }
 
-/// The load of `shape` against `target`, with the CPU time `proxy` spent meanwhile.
+/// The load of `shape` against `target`, with the CPU time `proxy` and the machine spent
+/// meanwhile.
 fn measure(
     system: &str,
     proxy: Option<&Proxy>,
     target: SocketAddr,
     shape: &Shape,
 ) -> anyhow::Result<Run> {
-    let before = proxy.map(Proxy::cpu_seconds);
+    let cpu = || (proxy.map(Proxy::cpu_seconds), usage::machine_busy_seconds());
+    let before = cpu();
     let report = harness::run(&shape.load(target, ScenarioArg::Rr, None))?;
-    let spent = proxy
-        .map(Proxy::cpu_seconds)
-        .zip(before)
-        .map(|(after, before)| after - before);
+    let after = cpu();
     // The CPU of the whole run (warm-up too) over every request it answered, warm-up
     // included at the same rate as the window.
     let total = report.throughput_rps * (report.duration_s + report.warmup_s);
+    let per_request = |secs: f64| (total > 0.0).then(|| secs / total * 1e6);
     Ok(Run {
         system: system.to_owned(),
-        proxy_cpu_us_per_request: spent.filter(|_| total > 0.0).map(|s| s / total * 1e6),
+        proxy_cpu_us_per_request: after.0.zip(before.0).and_then(|(a, b)| per_request(a - b)),
+        machine_cpu_us_per_request: per_request(after.1 - before.1),
+        rss_per_idle_connection_bytes: None,
         report,
     })
+}
+
+/// How much `proxy`'s resident memory grows per connection while it holds `n` idle ones
+/// (`None` when `n` is 0).
+fn idle_memory(proxy: &Proxy, n: u32) -> anyhow::Result<Option<f64>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let before = proxy.rss_bytes();
+    let idle = harness::idle::Idle::hold(proxy.addr(), n as usize, Duration::from_secs(5))
+        .with_context(|| format!("cannot hold {n} idle connections through {}", proxy.addr()))?;
+    let held = proxy.rss_bytes();
+    drop(idle);
+    Ok(Some(held.saturating_sub(before) as f64 / f64::from(n)))
 }
 
 /// The runs as a terminal table, with each system's throughput and CPU per request as a
@@ -168,44 +197,47 @@ fn measure(
 fn table(runs: &[Run]) -> String {
     let ringlb = runs.iter().find(|r| r.system == "ringlb");
     let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
+    let opt =
+        |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}{unit}"));
+    let ratio = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
+        (Some(mine), Some(theirs)) if theirs > 0.0 => format!("{:.2}x", mine / theirs),
+        _ => "-".to_owned(),
+    };
     let mut out = format!(
-        "{:<8} {:>12} {:>9} {:>9} {:>7} {:>14} {:>10} {:>10}\n",
-        "system", "throughput", "p50", "p99", "errors", "proxy CPU/req", "thr/ringlb", "CPU/ringlb"
+        "{:<8} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
+        "system",
+        "throughput",
+        "p50",
+        "p99",
+        "errors",
+        "proxy CPU",
+        "machine CPU",
+        "idle RSS",
+        "thr/ringlb",
+        "CPU/ringlb"
     );
     for run in runs {
         let r = &run.report;
-        let ratio = |mine: f64, theirs: f64| {
-            if theirs > 0.0 {
-                format!("{:.2}x", mine / theirs)
-            } else {
-                "-".to_owned()
-            }
-        };
-        let cpu = run
-            .proxy_cpu_us_per_request
-            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}us"));
-        let thr_ratio = ringlb.map_or_else(
-            || "-".to_owned(),
-            |g| ratio(r.throughput_rps, g.report.throughput_rps),
-        );
-        let cpu_ratio = match (
-            run.proxy_cpu_us_per_request,
-            ringlb.and_then(|g| g.proxy_cpu_us_per_request),
-        ) {
-            (Some(mine), Some(theirs)) => ratio(mine, theirs),
-            _ => "-".to_owned(),
-        };
         out += &format!(
-            "{:<8} {:>12} {:>9} {:>9} {:>7} {:>14} {:>10} {:>10}\n",
+            "{:<8} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
             run.system,
             format!("{:.1}/s", r.throughput_rps),
             ms(r.latency_us.p50),
             ms(r.latency_us.p99),
             r.errors.total(),
-            cpu,
-            thr_ratio,
-            cpu_ratio
+            opt(run.proxy_cpu_us_per_request, "us"),
+            opt(run.machine_cpu_us_per_request, "us"),
+            opt(run.rss_per_idle_connection_bytes.map(|b| b / 1024.0), "KiB"),
+            ratio(
+                Some(r.throughput_rps),
+                ringlb.map(|g| g.report.throughput_rps)
+            ),
+            ratio(
+                run.proxy_cpu_us_per_request,
+                ringlb.and_then(|g| g.proxy_cpu_us_per_request)
+            ),
         );
     }
-    out
+    out + "CPU: per request answered (proxy: its processes; machine: every CPU, kernel included); \
+           idle RSS: per connection held idle\n"
 }

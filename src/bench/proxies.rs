@@ -1,7 +1,7 @@
 //! The proxies `bench compare` measures ringlb against, started the way a fair comparison
 //! needs: HAProxy (`mode tcp`, one thread) and NGINX (`stream`, one worker) with generated
 //! configs over the same backends, round robin, each a child process pinned like ringlb;
-//! and the CPU time of a proxy's processes, read from `/proc`.
+//! and a proxy's process tree, whose CPU and memory `harness::usage` reads.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -61,7 +61,12 @@ impl Proxy {
 
     /// CPU seconds (user and system) of the proxy and its child processes so far.
     pub fn cpu_seconds(&self) -> f64 {
-        process_tree_cpu(self.child.id())
+        harness::usage::process_cpu_seconds(self.child.id())
+    }
+
+    /// Resident memory of the proxy and its child processes, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        harness::usage::process_rss_bytes(self.child.id())
     }
 }
 
@@ -167,37 +172,4 @@ pub fn nginx_stream_module() -> Option<PathBuf> {
     .iter()
     .map(PathBuf::from)
     .find(|p| p.is_file())
-}
-
-/// CPU seconds of process `pid` and of its children (ringlb's worker, NGINX's worker).
-fn process_tree_cpu(pid: u32) -> f64 {
-    let mut ticks = stat_ticks(pid).map_or(0, |(t, _)| t);
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(child) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if let Some((t, ppid)) = stat_ticks(child) {
-                if ppid == pid {
-                    ticks += t;
-                }
-            }
-        }
-    }
-    // SAFETY: sysconf takes a constant and touches no memory of ours.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
-    ticks as f64 / hz as f64
-}
-
-/// utime + stime (clock ticks) and the parent of process `pid`.
-fn stat_ticks(pid: u32) -> Option<(u64, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the name: state 0, ppid 1, utime 11, stime 12.
-    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    Some((field(11)? + field(12)?, u32::try_from(field(1)?).ok()?))
 }
