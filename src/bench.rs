@@ -38,6 +38,9 @@ pub enum ScenarioArg {
     Rr,
     /// HTTP/1.1 GET with `Connection: close`: a new connection per request.
     Cps,
+    /// A stream of bytes per connection, as fast as the path takes them, to a server that
+    /// discards them (closed loop only).
+    Bulk,
     /// A datagram answered by a datagram that starts with it (an echo).
     Udp,
 }
@@ -62,10 +65,11 @@ pub struct Shape {
     pub scenario: Option<ScenarioArg>,
 
     /// Requests a second over all connections, on a fixed timetable (open loop: each latency
-    /// counts from when its request was due). Without it: closed loop, each connection as
-    /// fast as it is answered.
-    #[arg(long, value_name = "N")]
-    pub rate: Option<f64>,
+    /// counts from when its request was due). Several (`1000,2000,4000`): rate steps, each
+    /// for --duration, after one warm-up. Without it: closed loop, each connection as fast
+    /// as it is answered.
+    #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
+    pub rate: Vec<f64>,
 
     /// Connections (UDP: sockets).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -105,7 +109,8 @@ pub struct Shape {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
-    /// Also draw the latency percentiles (a line per run) as an SVG chart in this file.
+    /// Also draw the runs as SVG in this file: latency percentiles, and throughput over time
+    /// with the moments marked when a backend slowed, stalled or died.
     #[arg(long, value_name = "PATH")]
     pub svg: Option<PathBuf>,
 }
@@ -129,9 +134,16 @@ impl Shape {
             scenario: match self.scenario.unwrap_or(default) {
                 ScenarioArg::Rr => Scenario::Rr,
                 ScenarioArg::Cps => Scenario::Cps,
+                ScenarioArg::Bulk => Scenario::Bulk,
                 ScenarioArg::Udp => Scenario::Udp,
             },
-            mode: self.rate.map_or(Mode::Closed, |rate| Mode::Open { rate }),
+            mode: if self.rate.is_empty() {
+                Mode::Closed
+            } else {
+                Mode::Open {
+                    rates: self.rate.clone(),
+                }
+            },
             connections: self.connections as usize,
             threads: self.threads as usize,
             cpus: self.cpus.clone(),
@@ -141,15 +153,22 @@ impl Shape {
             sources: self.sources.or(sources).map_or_else(Vec::new, |net| {
                 net.hosts().take(self.connections as usize).collect()
             }),
+            start: None,
+            progress: true,
         }
     }
 
-    /// Writes the chart `--svg` asks for: `title`, a line per run of `series`.
-    pub fn plot(&self, title: &str, series: &[(String, harness::Latency)]) -> anyhow::Result<()> {
+    /// Writes the picture `--svg` asks for: `title`, a line per run, `events` marked.
+    pub fn plot(
+        &self,
+        title: &str,
+        runs: &[(String, &Report)],
+        events: &[harness::plot::Event],
+    ) -> anyhow::Result<()> {
         let Some(path) = &self.svg else {
             return Ok(());
         };
-        let svg = harness::plot::percentiles(title, series)?;
+        let svg = harness::plot::runs(title, runs, events)?;
         std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))
     }
 
@@ -183,25 +202,21 @@ fn load(args: &LoadArgs) -> anyhow::Result<()> {
     let report = harness::run(&args.shape.load(args.target, ScenarioArg::Rr, None))?;
     let title = format!("{} {}", report.scenario, report.target);
     args.shape
-        .plot(&title, &[(report.target.clone(), report.latency_us)])?;
+        .plot(&title, &[(report.target.clone(), &report)], &[])?;
     args.shape.output(&table(&report), &report)
 }
 
-/// The report as a terminal table.
+/// The report as a terminal table: the whole window, and each rate step when it has several.
 fn table(r: &Report) -> String {
-    let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
     let pacing = match r.rate {
+        Some(_) if r.steps.len() > 1 => format!("open loop in {} rate steps", r.steps.len()),
         Some(rate) => format!("open loop at {rate} req/s"),
         None => "closed loop".to_owned(),
     };
-    let l = &r.latency_us;
-    let e = &r.errors;
-    format!(
+    let mut out = format!(
         "{target}  {scenario}  {pacing}  {connections} connections  {threads} thread(s)  \
-         {secs}s measured after {warm}s\n\
-         {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
-         {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}\n\
-         errors: {} (connect {}, timeout {}, io {}, status {})\n",
+         {secs}s measured after {warm}s\n{:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "rate",
         "requests",
         "throughput",
         "p50",
@@ -209,23 +224,63 @@ fn table(r: &Report) -> String {
         "p99",
         "p99.9",
         "max",
-        r.requests,
-        format!("{:.1}/s", r.throughput_rps),
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p99),
-        ms(l.p999),
-        ms(l.max),
-        e.total(),
-        e.connect,
-        e.timeout,
-        e.io,
-        e.status,
+        "errors",
         target = r.target,
         scenario = r.scenario,
         connections = r.connections,
         threads = r.threads,
         secs = r.duration_s,
         warm = r.warmup_s,
+    );
+    if r.steps.len() > 1 {
+        for step in &r.steps {
+            let rate = step
+                .rate
+                .map_or_else(|| "-".to_owned(), |v| format!("{v}/s"));
+            out += &row(
+                &rate,
+                step.requests,
+                step.throughput_rps,
+                &step.latency_us,
+                &step.errors,
+            );
+        }
+    }
+    let rate = r.rate.map_or_else(|| "-".to_owned(), |v| format!("{v}/s"));
+    let all = if r.steps.len() > 1 { "all" } else { &rate };
+    out += &row(all, r.requests, r.throughput_rps, &r.latency_us, &r.errors);
+    if r.bytes > 0 {
+        out += &format!("{:.2} Gbit/s ({} bytes)\n", r.throughput_gbps, r.bytes);
+    }
+    let e = &r.errors;
+    out + &format!(
+        "errors: {} (connect {}, timeout {}, io {}, status {})\n",
+        e.total(),
+        e.connect,
+        e.timeout,
+        e.io,
+        e.status
+    )
+}
+
+fn row(
+    rate: &str,
+    requests: u64,
+    rps: f64,
+    l: &harness::Latency,
+    e: &harness::ErrorCounts,
+) -> String {
+    let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
+    format!(
+        "{:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        rate,
+        requests,
+        format!("{rps:.1}/s"),
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max),
+        e.total()
     )
 }

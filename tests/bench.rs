@@ -113,6 +113,10 @@ fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
             "--quick",
             "--rate",
             "300",
+            "--fault",
+            "die",
+            "--fault-at",
+            "1500ms",
             "--svg",
             svg.to_str().unwrap(),
         ],
@@ -120,35 +124,65 @@ fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
     let chart = std::fs::read_to_string(&svg).unwrap();
     let _ = std::fs::remove_file(&svg);
     assert!(chart.starts_with("<svg"), "{chart}");
-    for name in ["rr", "lc", "p99.9"] {
+    for name in [
+        "rr",
+        "lc",
+        "p99.9",
+        "throughput over time",
+        "backend 1 dies at 1.5s",
+    ] {
         assert!(chart.contains(&format!("\n{name}\n")), "{name} in {chart}");
     }
     assert!(stdout.contains("4 backends"), "{stdout}");
+    assert!(
+        stdout.contains("the first dies 1.5s after the warm-up"),
+        "{stdout}"
+    );
     let backends = report["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 4, "{report}");
     assert_eq!(
         backends[3]["mean_service_us"], 10_000,
         "the last, 10 times slower"
     );
+    assert_eq!(backends[0]["fault"], "die", "{report}");
+    assert_eq!(backends[0]["fault_at_s"], 1.5, "{report}");
     let runs = report["runs"].as_array().unwrap();
     let names: Vec<&str> = runs
         .iter()
         .map(|r| r["scheduler"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["rr", "lc"]);
-    for run in runs {
-        assert_eq!(
-            run["scenario"], "cps",
-            "a new connection, placed, per request"
-        );
-        assert_eq!(run["errors"]["connect"], 0, "{run}");
-        let requests = run["requests"].as_u64().unwrap();
-        assert!(
-            (850..=905).contains(&requests),
-            "the timetable's 900: {run}"
-        );
-        assert!(run["latency_us"]["p99"].as_u64().unwrap() > 0, "{run}");
-    }
+    runs.iter().for_each(a_scheduler_run_met_the_fault);
+}
+
+/// A run of `bench schedulers --quick --rate 300 --fault die`, as its JSON says.
+fn a_scheduler_run_met_the_fault(run: &serde_json::Value) {
+    assert_eq!(
+        run["scenario"], "cps",
+        "a new connection, placed, per request"
+    );
+    assert_eq!(run["errors"]["connect"], 0, "{run}");
+    let (requests, errors) = (
+        run["requests"].as_u64().unwrap(),
+        run["errors"]["io"].as_u64().unwrap(),
+    );
+    // ringlb sends new connections past the dead backend; at most the few requests
+    // in flight on it when it died fail.
+    assert!(errors <= 10, "{run}");
+    assert!(
+        (850..=905).contains(&(requests + errors)),
+        "the timetable's 900: {run}"
+    );
+    assert!(run["latency_us"]["p99"].as_u64().unwrap() > 0, "{run}");
+    // 30 intervals of 0.1 s, each with the timetable's 30 requests answered or not.
+    let timeline = &run["timeline"];
+    assert_eq!(timeline["interval_s"], 0.1, "{run}");
+    let answered = timeline["answered"].as_array().unwrap();
+    assert_eq!(answered.len(), 30, "{run}");
+    assert!(
+        answered[20..].iter().all(|n| n.as_u64().unwrap() > 15),
+        "{run}"
+    );
 }
 
 #[test]
@@ -198,4 +232,50 @@ fn the_comparison_measures_direct_and_ringlb_and_whichever_proxies_are_installed
     }
     let ringlb = &runs[1]["rss_per_idle_connection_bytes"];
     assert!(ringlb.as_f64().unwrap() > 0.0, "{report}");
+}
+
+/// `bench compare` on the other scenarios: bulk (costs per GB) and UDP (without HAProxy,
+/// which has no UDP proxying; NGINX when installed).
+#[test]
+fn the_comparison_measures_bulk_streams_and_udp() {
+    let short = ["--duration", "1s", "--warmup", "200ms"];
+    let mut args = vec![
+        "bench",
+        "compare",
+        "--scenario",
+        "bulk",
+        "--connections",
+        "1",
+    ];
+    args.extend(short);
+    let (stdout, report) = bench_json("compare-bulk", &args);
+    assert!(
+        stdout.contains("Gbit/s") && stdout.contains("s/GB"),
+        "{stdout}"
+    );
+    for run in report.as_array().unwrap() {
+        assert_eq!(run["scenario"], "bulk", "{run}");
+        assert_eq!(run["errors"]["io"], 0, "{run}");
+        assert!(run["throughput_gbps"].as_f64().unwrap() > 0.1, "{run}");
+        assert!(run["machine_cpu_s_per_gb"].as_f64().unwrap() > 0.0, "{run}");
+        let direct = run["system"] == "direct";
+        assert_eq!(run["proxy_cpu_s_per_gb"].is_null(), direct, "{run}");
+        assert!(run["rss_per_idle_connection_bytes"].is_null(), "{run}");
+    }
+    let mut args = vec!["bench", "compare", "--scenario", "udp", "--rate", "500"];
+    args.extend(short);
+    let (_, report) = bench_json("compare-udp", &args);
+    let runs = report.as_array().unwrap();
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    let mut want = vec!["direct", "ringlb"];
+    want.extend(program("nginx").ok().map(|_| "nginx"));
+    assert_eq!(systems, want, "no haproxy for UDP");
+    for run in runs {
+        assert_eq!(run["errors"]["timeout"], 0, "{run}");
+        let requests = run["requests"].as_u64().unwrap();
+        assert!(
+            (480..=505).contains(&requests),
+            "the timetable's 500: {run}"
+        );
+    }
 }

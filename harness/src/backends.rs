@@ -1,6 +1,6 @@
 //! Synthetic backends: HTTP/1.1 servers (hyper) that answer every request with `200 OK` after
-//! a service time drawn from a model, and UDP servers that answer every datagram with itself
-//! after one. Each models a kind of server a load balancer meets: steady (constant),
+//! a service time drawn from a model, UDP servers that answer every datagram with itself
+//! after one, and sinks that read and discard streams (for `bulk`). Each models a kind of server a load balancer meets: steady (constant),
 //! queueing (exponential), mostly fast with a slow tail (bimodal), one N times slower than
 //! the others, one that stalls for a while or dies at a given time.
 //!
@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 /// How long a backend takes to serve one request.
@@ -72,6 +72,8 @@ pub struct Model {
     /// At this time after the start, the backend stops: it refuses new connections and
     /// resets the open ones (UDP: answers nothing more).
     pub dies_at: Option<Duration>,
+    /// From this time after the start on, every service time is multiplied by this too.
+    pub slows: Option<(Duration, u32)>,
 }
 
 impl Model {
@@ -82,12 +84,18 @@ impl Model {
             slower: 1,
             stall: None,
             dies_at: None,
+            slows: None,
         }
     }
 
     /// How long the request that arrives at `now` (after a start at `start`) waits.
     fn delay(&self, rng: &mut SmallRng, start: Instant, now: Instant) -> Duration {
         let mut delay = self.service.draw(rng) * self.slower.max(1);
+        if let Some((at, factor)) = self.slows {
+            if now >= start + at {
+                delay *= factor.max(1);
+            }
+        }
         if let Some((at, lasts)) = self.stall {
             let (from, until) = (start + at, start + at + lasts);
             if now >= from && now < until {
@@ -103,12 +111,17 @@ impl Model {
 pub enum Protocol {
     Http,
     Udp,
+    /// TCP whose every byte is read and discarded (service times do not apply).
+    Sink,
 }
 
 /// A running set of backends; dropping it stops them.
 #[derive(Debug)]
 pub struct Backends {
     addrs: Vec<SocketAddr>,
+    /// When their models' times start (a stall, a death, a slow-down): when they started,
+    /// until [`Backends::set_epoch`] says otherwise.
+    epoch: watch::Sender<Instant>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -147,25 +160,33 @@ impl Backends {
             Ok::<_, std::io::Error>((bound, (tx, rx), addrs))
         })?;
         let (stop_tx, stop_rx) = stop;
+        let (epoch, epoch_rx) = watch::channel(Instant::now());
         let thread = std::thread::Builder::new()
             .name("bench-backends".into())
             .spawn(move || {
                 if let Some(cpu) = cpu {
-                    let _ = crate::load::pin(cpu);
+                    let _ = crate::client::pin(cpu);
                 }
                 runtime.block_on(async move {
-                    let start = Instant::now();
                     for (i, (socket, model)) in bound.into_iter().enumerate() {
-                        tokio::spawn(socket.serve(model, start, i as u64));
+                        tokio::spawn(socket.serve(model, epoch_rx.clone(), i as u64));
                     }
                     let _ = stop_rx.await;
                 });
             })?;
         Ok(Backends {
             addrs,
+            epoch,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// Times their models' events (stalls, deaths, slow-downs) from `at` instead of from
+    /// their start: to line them up with a load that starts later. An event already past
+    /// stays past (a backend that died stays dead): move the clock before the first is due.
+    pub fn set_epoch(&self, at: std::time::Instant) {
+        self.epoch.send_replace(Instant::from_std(at));
     }
 
     /// Their addresses, in the order of the models.
@@ -188,6 +209,7 @@ impl Drop for Backends {
 /// A backend's bound socket.
 enum Bound {
     Http(TcpListener),
+    Sink(TcpListener),
     Udp(UdpSocket),
 }
 
@@ -196,31 +218,49 @@ impl Bound {
         let at = SocketAddr::new(ip, 0);
         Ok(match protocol {
             Protocol::Http => Bound::Http(TcpListener::bind(at).await?),
+            Protocol::Sink => Bound::Sink(TcpListener::bind(at).await?),
             Protocol::Udp => Bound::Udp(UdpSocket::bind(at).await?),
         })
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
-            Bound::Http(l) => l.local_addr(),
+            Bound::Http(l) | Bound::Sink(l) => l.local_addr(),
             Bound::Udp(s) => s.local_addr(),
         }
     }
 
     /// Serves until the model's death (or the runtime's end).
-    async fn serve(self, model: Model, start: Instant, seed: u64) {
+    async fn serve(self, model: Model, epoch: watch::Receiver<Instant>, seed: u64) {
+        let dies = model.dies_at.map(|at| death(epoch.clone(), at));
         let serving = async {
             match self {
-                Bound::Http(listener) => serve_http(listener, model, start, seed).await,
-                Bound::Udp(socket) => serve_udp(socket, model, start, seed).await,
+                Bound::Http(listener) => serve_http(listener, model, epoch, seed).await,
+                Bound::Sink(listener) => serve_sink(listener).await,
+                Bound::Udp(socket) => serve_udp(socket, model, epoch, seed).await,
             }
         };
-        match model.dies_at {
+        match dies {
             // Dropping the serving future closes the listener and every connection with it.
-            Some(at) => {
-                let _ = tokio::time::timeout_at(start + at, serving).await;
-            }
+            Some(dies) => tokio::select! {
+                () = serving => {}
+                () = dies => {}
+            },
             None => serving.await,
+        }
+    }
+}
+
+/// Ends `at` after the epoch, as it is when that time comes.
+async fn death(mut epoch: watch::Receiver<Instant>, at: Duration) {
+    loop {
+        let deadline = *epoch.borrow_and_update() + at;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => return,
+            changed = epoch.changed() => if changed.is_err() {
+                tokio::time::sleep_until(deadline).await;
+                return;
+            },
         }
     }
 }
@@ -257,7 +297,12 @@ async fn timer_fd(wait: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve_http(listener: TcpListener, model: Model, start: Instant, seed: u64) {
+async fn serve_http(
+    listener: TcpListener,
+    model: Model,
+    epoch: watch::Receiver<Instant>,
+    seed: u64,
+) {
     let mut connections = tokio::task::JoinSet::new();
     let mut next = 0u64;
     loop {
@@ -268,9 +313,11 @@ async fn serve_http(listener: TcpListener, model: Model, start: Instant, seed: u
         next += 1;
         let rng = SmallRng::seed_from_u64(seed.wrapping_mul(1 << 32) ^ next);
         let rng = Arc::new(std::sync::Mutex::new(rng));
+        let epoch = epoch.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |_request| {
                 let rng = Arc::clone(&rng);
+                let start = *epoch.borrow();
                 async move {
                     let now = Instant::now();
                     let delay = {
@@ -292,7 +339,22 @@ async fn serve_http(listener: TcpListener, model: Model, start: Instant, seed: u
     }
 }
 
-async fn serve_udp(socket: UdpSocket, model: Model, start: Instant, seed: u64) {
+async fn serve_sink(listener: TcpListener) {
+    use tokio::io::AsyncReadExt;
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        connections.spawn(async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+async fn serve_udp(socket: UdpSocket, model: Model, epoch: watch::Receiver<Instant>, seed: u64) {
     let socket = Arc::new(socket);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut buf = [0u8; 2048];
@@ -301,7 +363,7 @@ async fn serve_udp(socket: UdpSocket, model: Model, start: Instant, seed: u64) {
             continue;
         };
         let now = Instant::now();
-        let delay = model.delay(&mut rng, start, now);
+        let delay = model.delay(&mut rng, *epoch.borrow(), now);
         let answer = buf[..n].to_vec();
         let socket = Arc::clone(&socket);
         tokio::spawn(async move {

@@ -68,7 +68,10 @@ impl Connection {
 }
 
 /// A TCP connection to `target`, from `source` (any port) when given.
-async fn connect(target: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
     let Some(source) = source else {
         return TcpStream::connect(target).await;
     };

@@ -20,13 +20,18 @@
 //! Nothing here knows ringlb: a target is any address.
 
 pub mod backends;
+mod bulk;
+mod client;
 mod http;
 pub mod idle;
 pub mod load;
 pub mod plot;
+pub mod progress;
 pub mod stats;
 mod udp;
 pub mod usage;
 
-pub use load::{pin, run, Load, LoadError, Mode, Scenario};
-pub use stats::{ErrorCounts, Latency, Report};
+pub use bulk::CHUNK;
+pub use client::pin;
+pub use load::{run, Load, LoadError, Mode, Scenario};
+pub use stats::{ErrorCounts, Latency, Report, StepReport, Timeline};

@@ -11,6 +11,12 @@
 //! carries the stall in its latency, as users who kept arriving would have seen it (wrk2's
 //! correction of coordinated omission). A closed loop instead measures from the send, and a
 //! stall shows only in the few requests it held.
+//!
+//! # Rate steps
+//!
+//! An open loop may step through several rates, each for the load's duration, back to back
+//! after one warm-up at the first: the report has the percentiles of each step, and its
+//! timeline shows the throughput follow the steps (or fail to).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::stats::{ErrorKind, Recorder, Report};
+use crate::stats::{Recorder, Report, StepReport, Timeline};
 
 /// What is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,28 +33,57 @@ pub enum Scenario {
     Rr,
     /// HTTP/1.1 `GET` with `Connection: close`, a new connection per request.
     Cps,
+    /// A stream of bytes each connection writes as fast as the path takes them, to a server
+    /// that discards them; a "request" is one chunk of [`crate::bulk::CHUNK`] bytes handed
+    /// to the kernel.
+    Bulk,
     /// A datagram, answered by one.
     Udp,
 }
 
 impl Scenario {
-    /// `rr`, `cps` or `udp`.
+    /// `rr`, `cps`, `bulk` or `udp`.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Rr => "rr",
             Scenario::Cps => "cps",
+            Scenario::Bulk => "bulk",
             Scenario::Udp => "udp",
+        }
+    }
+
+    /// Bytes each answered request carries (`bulk`'s chunk; 0 for the others).
+    pub fn bytes_per_request(self) -> u64 {
+        match self {
+            Scenario::Bulk => crate::bulk::CHUNK as u64,
+            _ => 0,
         }
     }
 }
 
 /// How requests are paced.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Mode {
-    /// A fixed rate, requests a second over all connections, on a timetable.
-    Open { rate: f64 },
+    /// Fixed rates, requests a second over all connections, on a timetable: the first
+    /// through the warm-up and the first step, each next one for a step of its own.
+    Open { rates: Vec<f64> },
     /// Each connection sends its next request as soon as the last is answered.
     Closed,
+}
+
+impl Mode {
+    /// An open loop at one rate.
+    pub fn open(rate: f64) -> Mode {
+        Mode::Open { rates: vec![rate] }
+    }
+
+    /// The rate of each step (`None`: as fast as answered).
+    fn steps(&self) -> Vec<Option<f64>> {
+        match self {
+            Mode::Open { rates } => rates.iter().copied().map(Some).collect(),
+            Mode::Closed => vec![None],
+        }
+    }
 }
 
 /// One load.
@@ -63,7 +98,7 @@ pub struct Load {
     pub threads: usize,
     /// CPUs to pin the client threads to, in turn (empty: not pinned).
     pub cpus: Vec<usize>,
-    /// What is measured after the warm-up.
+    /// What is measured after the warm-up (each step's length, with rate steps).
     pub duration: Duration,
     /// Requests of the warm-up are sent but not counted.
     pub warmup: Duration,
@@ -73,6 +108,37 @@ pub struct Load {
     /// picks), so that schedulers that hash the client (`sh`, `mh`) see many clients. Empty:
     /// the address the kernel picks.
     pub sources: Vec<std::net::IpAddr>,
+    /// When the warm-up starts (to line up with backends' scheduled events); `None`: a
+    /// moment after [`run`] is called. A time already past is taken as that moment.
+    pub start: Option<std::time::Instant>,
+    /// Draw a live progress line on stderr while it runs (when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Load {
+    /// A load of `scenario` against `target`: closed loop, 16 connections, one thread,
+    /// 10 s after a 2 s warm-up, 2 s timeout; change what differs.
+    pub fn new(target: SocketAddr, scenario: Scenario) -> Load {
+        Load {
+            target,
+            scenario,
+            mode: Mode::Closed,
+            connections: 16,
+            threads: 1,
+            cpus: Vec::new(),
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            sources: Vec::new(),
+            start: None,
+            progress: false,
+        }
+    }
+
+    /// How long the measured part lasts: the duration, once per rate step.
+    pub fn measured(&self) -> Duration {
+        self.duration * u32::try_from(self.mode.steps().len()).unwrap_or(u32::MAX)
+    }
 }
 
 /// A load that cannot run.
@@ -82,16 +148,37 @@ pub enum LoadError {
     Empty,
     #[error("the rate must be a positive number of requests a second, not {0}")]
     Rate(f64),
+    #[error("a bulk stream goes as fast as the path takes it: --rate paces requests")]
+    PacedBulk,
     #[error("cannot start a client thread: {0}")]
     Thread(#[source] std::io::Error),
 }
 
-/// When the load starts, counts, and ends.
-#[derive(Clone, Copy, Debug)]
-struct Window {
-    start: Instant,
-    counted: Instant,
-    end: Instant,
+/// When the load starts, counts, and ends; and the rate of each step.
+#[derive(Clone, Debug)]
+pub(crate) struct Window {
+    pub(crate) start: Instant,
+    pub(crate) counted: Instant,
+    pub(crate) step: Duration,
+    pub(crate) rates: Vec<Option<f64>>,
+}
+
+impl Window {
+    pub(crate) fn end(&self) -> Instant {
+        self.counted + self.step * self.rates.len() as u32
+    }
+
+    /// The warm-up and then each step: when each starts and ends, at which rate, and which
+    /// step it counts in (`None`: the warm-up).
+    pub(crate) fn segments(&self) -> Vec<(Instant, Instant, Option<f64>, Option<usize>)> {
+        let first = self.rates.first().copied().flatten();
+        let mut segments = vec![(self.start, self.counted, first, None)];
+        for (i, &rate) in self.rates.iter().enumerate() {
+            let from = self.counted + self.step * i as u32;
+            segments.push((from, from + self.step, rate, Some(i)));
+        }
+        segments
+    }
 }
 
 /// Runs `load` and reports what it measured. Blocks for the warm-up and the duration (and
@@ -100,40 +187,76 @@ pub fn run(load: &Load) -> Result<Report, LoadError> {
     if load.connections == 0 || load.threads == 0 {
         return Err(LoadError::Empty);
     }
-    if let Mode::Open { rate } = load.mode {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(LoadError::Rate(rate));
+    if let Mode::Open { rates } = &load.mode {
+        if load.scenario == Scenario::Bulk {
+            return Err(LoadError::PacedBulk);
+        }
+        match rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+            Some(&bad) => return Err(LoadError::Rate(bad)),
+            None if rates.is_empty() => return Err(LoadError::Rate(0.0)),
+            None => {}
         }
     }
     // Every thread starts on the same timetable, a moment from now.
-    let start = Instant::now() + Duration::from_millis(50);
+    let soon = Instant::now() + Duration::from_millis(50);
+    let start = load
+        .start
+        .map_or(soon, |at| Instant::from_std(at).max(soon));
     let window = Window {
         start,
         counted: start + load.warmup,
-        end: start + load.warmup + load.duration,
+        step: load.duration,
+        rates: load.mode.steps(),
     };
+    let progress = crate::progress::Line::start(load, &window);
     let load = Arc::new(load.clone());
     let threads: Vec<_> = (0..load.threads)
         .map(|t| {
             let load = Arc::clone(&load);
+            let window = window.clone();
+            let counters = progress.counters();
             std::thread::Builder::new()
                 .name(format!("bench-client-{t}"))
-                .spawn(move || client_thread(&load, t, window))
+                .spawn(move || crate::client::thread(&load, t, &window, &counters))
                 .map_err(LoadError::Thread)
         })
         .collect::<Result<_, _>>()?;
-    let mut total = Recorder::default();
+    let mut total = crate::client::Measured::new(&window);
     for thread in threads {
-        if let Ok(recorder) = thread.join() {
-            total.merge(&recorder);
+        if let Ok(measured) = thread.join() {
+            total.merge(&measured);
         }
     }
-    Ok(report(&load, &total))
+    progress.finish();
+    Ok(report(&load, &window, &total))
 }
 
-fn report(load: &Load, total: &Recorder) -> Report {
-    let secs = load.duration.as_secs_f64();
-    let requests = total.answered_count();
+fn report(load: &Load, window: &Window, total: &crate::client::Measured) -> Report {
+    let step_secs = load.duration.as_secs_f64();
+    let per_second = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    let steps: Vec<StepReport> = window
+        .rates
+        .iter()
+        .zip(&total.steps)
+        .enumerate()
+        .map(|(i, (&rate, r))| StepReport {
+            rate,
+            start_s: step_secs * i as f64,
+            duration_s: step_secs,
+            requests: r.answered_count(),
+            throughput_rps: per_second(r.answered_count(), step_secs),
+            bytes: r.answered_count() * load.scenario.bytes_per_request(),
+            errors: r.errors(),
+            latency_us: r.latency(),
+        })
+        .collect();
+    let mut all = Recorder::default();
+    for r in &total.steps {
+        all.merge(r);
+    }
+    let secs = load.measured().as_secs_f64();
+    let requests = all.answered_count();
+    let bytes = requests * load.scenario.bytes_per_request();
     Report {
         target: load.target.to_string(),
         scenario: load.scenario.name().to_owned(),
@@ -141,153 +264,18 @@ fn report(load: &Load, total: &Recorder) -> Report {
             Mode::Open { .. } => "open".to_owned(),
             Mode::Closed => "closed".to_owned(),
         },
-        rate: match load.mode {
-            Mode::Open { rate } => Some(rate),
-            Mode::Closed => None,
-        },
+        rate: window.rates.first().copied().flatten(),
         connections: load.connections,
         threads: load.threads,
         duration_s: secs,
         warmup_s: load.warmup.as_secs_f64(),
         requests,
-        throughput_rps: if secs > 0.0 {
-            requests as f64 / secs
-        } else {
-            0.0
-        },
-        errors: total.errors(),
-        latency_us: total.latency(),
-    }
-}
-
-/// Thread `t`: its connections on a runtime of its own.
-fn client_thread(load: &Arc<Load>, t: usize, window: Window) -> Recorder {
-    if let Some(&cpu) = load.cpus.get(t % load.cpus.len().max(1)) {
-        // Not pinned, the load still runs.
-        let _ = pin(cpu);
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => return Recorder::default(),
-    };
-    runtime.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        for j in (t..load.connections).step_by(load.threads) {
-            tasks.spawn(connection(Arc::clone(load), j, window));
-        }
-        let mut recorder = Recorder::default();
-        while let Some(done) = tasks.join_next().await {
-            if let Ok(r) = done {
-                recorder.merge(&r);
-            }
-        }
-        recorder
-    })
-}
-
-/// Pins the calling thread (a process, called between fork and exec) to `cpu`. Only
-/// `sched_setaffinity` is called, which is async-signal-safe.
-pub fn pin(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the caller; `set` is a valid `cpu_set_t` of the size given.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// What one connection holds between requests.
-enum Link {
-    None,
-    Http(crate::http::Connection),
-    Udp(crate::udp::Flow),
-}
-
-/// Connection `j` of the load: its requests on the timetable (open) or back to back
-/// (closed), until the window ends.
-async fn connection(load: Arc<Load>, j: usize, window: Window) -> Recorder {
-    let mut recorder = Recorder::default();
-    let mut link = Link::None;
-    tokio::time::sleep_until(window.start).await;
-    for k in 0u64.. {
-        let scheduled = match load.mode {
-            Mode::Open { rate } => {
-                let slot = (j as f64 + k as f64 * load.connections as f64) / rate;
-                window.start + Duration::from_secs_f64(slot)
-            }
-            Mode::Closed => Instant::now(),
-        };
-        if scheduled >= window.end {
-            break;
-        }
-        if scheduled > Instant::now() {
-            // Only when it is due later: a timer that is due already still waits for the
-            // runtime's next tick (up to a millisecond).
-            tokio::time::sleep_until(scheduled).await;
-        }
-        let source = load.sources.get(j % load.sources.len().max(1)).copied();
-        let requested = request(&load, source, &mut link);
-        let outcome = tokio::time::timeout(load.timeout, requested).await;
-        let outcome = outcome.unwrap_or(Err(ErrorKind::Timeout));
-        if outcome.is_err() {
-            // A failed connection is made again for the next request.
-            link = Link::None;
-        }
-        if scheduled >= window.counted {
-            match outcome {
-                Ok(()) => recorder.answered(scheduled.elapsed()),
-                Err(kind) => recorder.failed(kind),
-            }
-        }
-        if outcome == Err(ErrorKind::Connect) && load.mode == Mode::Closed {
-            // Not a busy loop against a target that refuses.
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    recorder
-}
-
-/// One request of `load`'s scenario on `link`, connecting (from `source`, when given) first
-/// when it has nothing open.
-async fn request(
-    load: &Load,
-    source: Option<std::net::IpAddr>,
-    link: &mut Link,
-) -> Result<(), ErrorKind> {
-    match load.scenario {
-        Scenario::Rr | Scenario::Cps => {
-            let close = load.scenario == Scenario::Cps;
-            if close || !matches!(link, Link::Http(_)) {
-                *link = Link::Http(crate::http::Connection::open(load.target, source).await?);
-            }
-            let Link::Http(conn) = link else {
-                unreachable!("opened above")
-            };
-            let answered = conn.get(load.target, close).await;
-            if close {
-                *link = Link::None;
-            }
-            answered
-        }
-        Scenario::Udp => {
-            if !matches!(link, Link::Udp(_)) {
-                *link = Link::Udp(crate::udp::Flow::open(load.target, source).await?);
-            }
-            let Link::Udp(flow) = link else {
-                unreachable!("opened above")
-            };
-            flow.ask().await
-        }
+        throughput_rps: per_second(requests, secs),
+        bytes,
+        throughput_gbps: per_second(bytes * 8, secs) / 1e9,
+        errors: all.errors(),
+        latency_us: all.latency(),
+        steps,
+        timeline: Timeline::from(&total.timeline),
     }
 }

@@ -1,11 +1,13 @@
-//! What a load measured, per client thread while it runs ([`Recorder`]) and merged into the
-//! [`Report`] users read: latency percentiles in microseconds from an HdrHistogram (three
-//! significant digits, up to a minute), throughput, errors by kind.
+//! What a load measured, per client thread while it runs ([`Recorder`], [`Counts`]) and
+//! merged into the [`Report`] users read: latency percentiles in microseconds from an
+//! HdrHistogram (three significant digits, up to a minute), throughput, errors by kind, each
+//! rate step's own, and a timeline of what was answered and what failed.
 
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// The longest latency recorded exactly, in microseconds (a minute); longer ones are
 /// recorded as this.
@@ -64,23 +66,123 @@ pub struct Latency {
 pub struct Report {
     /// The address loaded.
     pub target: String,
-    /// `rr`, `cps` or `udp`.
+    /// `rr`, `cps`, `bulk` or `udp`.
     pub scenario: String,
-    /// `open` (a fixed rate) or `closed`.
+    /// `open` (fixed rates) or `closed`.
     pub mode: String,
-    /// Requests a second asked for (open loop only).
+    /// Requests a second asked for (open loop only; the first step's).
     pub rate: Option<f64>,
     pub connections: usize,
     pub threads: usize,
-    /// The measured window (after the warm-up).
+    /// The measured window (after the warm-up; every step).
     pub duration_s: f64,
     pub warmup_s: f64,
     /// Requests answered within the window.
     pub requests: u64,
     /// Requests answered per second of the window.
     pub throughput_rps: f64,
+    /// Bytes carried within the window (`bulk`; 0 for the others).
+    pub bytes: u64,
+    /// Bits carried a second, in billions (`bulk`).
+    pub throughput_gbps: f64,
     pub errors: ErrorCounts,
     pub latency_us: Latency,
+    /// Each rate step's own numbers (one step without steps), in order.
+    pub steps: Vec<StepReport>,
+    pub timeline: Timeline,
+}
+
+/// One rate step of a load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Requests a second asked for (`null`: closed loop).
+    pub rate: Option<f64>,
+    /// When it started, after the warm-up.
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub requests: u64,
+    pub throughput_rps: f64,
+    pub bytes: u64,
+    pub errors: ErrorCounts,
+    pub latency_us: Latency,
+}
+
+/// Requests answered and failed in each interval of the measured window, by when they
+/// ended: throughput over time (the first interval starts when the warm-up ends).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub interval_s: f64,
+    pub answered: Vec<u64>,
+    pub failed: Vec<u64>,
+}
+
+impl Timeline {
+    /// Answered requests a second in each interval.
+    pub fn throughput(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        let width = self.interval_s;
+        self.answered
+            .iter()
+            .enumerate()
+            .map(move |(i, &n)| (width * (i as f64 + 0.5), n as f64 / width.max(1e-9)))
+    }
+}
+
+/// A client thread's timeline while it runs.
+#[derive(Clone, Debug)]
+pub struct Counts {
+    origin: Instant,
+    width: Duration,
+    answered: Vec<u64>,
+    failed: Vec<u64>,
+}
+
+impl Counts {
+    /// Intervals of `width` from `origin` over `length`.
+    pub fn new(origin: Instant, width: Duration, length: Duration) -> Counts {
+        let n = (length.as_secs_f64() / width.as_secs_f64()).ceil().max(1.0) as usize;
+        Counts {
+            origin,
+            width,
+            answered: vec![0; n],
+            failed: vec![0; n],
+        }
+    }
+
+    /// A request that ended at `at`, answered or not (before the origin: not recorded;
+    /// after the last interval: in the last).
+    pub fn ended(&mut self, at: Instant, answered: bool) {
+        let Some(since) = at.checked_duration_since(self.origin) else {
+            return;
+        };
+        let i = (since.as_nanos() / self.width.as_nanos().max(1)) as usize;
+        let series = if answered {
+            &mut self.answered
+        } else {
+            &mut self.failed
+        };
+        let last = series.len() - 1;
+        series[i.min(last)] += 1;
+    }
+
+    /// Adds `other`'s counts (of the same intervals) to these.
+    pub fn merge(&mut self, other: &Counts) {
+        for (a, b) in self.answered.iter_mut().zip(&other.answered) {
+            *a += b;
+        }
+        for (a, b) in self.failed.iter_mut().zip(&other.failed) {
+            *a += b;
+        }
+    }
+}
+
+impl From<&Counts> for Timeline {
+    fn from(c: &Counts) -> Timeline {
+        Timeline {
+            interval_s: c.width.as_secs_f64(),
+            answered: c.answered.clone(),
+            failed: c.failed.clone(),
+        }
+    }
 }
 
 /// One client thread's measurements.
@@ -176,5 +278,25 @@ mod tests {
         assert!((1_999_000..=2_001_000).contains(&l.max), "{l:?}");
         assert_eq!(a.errors().total(), 2);
         assert_eq!(a.errors().timeout, 1);
+    }
+
+    #[test]
+    fn the_timeline_counts_by_interval_and_merges() {
+        let origin = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = Counts::new(origin, ms(100), ms(1000));
+        let mut b = Counts::new(origin, ms(100), ms(1000));
+        a.ended(origin + ms(50), true);
+        a.ended(origin + ms(150), true);
+        b.ended(origin + ms(199), false);
+        b.ended(origin + ms(5000), true);
+        a.merge(&b);
+        let t = Timeline::from(&a);
+        assert_eq!(t.answered.len(), 10);
+        assert_eq!(&t.answered[..2], &[1, 1]);
+        assert_eq!(t.failed[1], 1);
+        assert_eq!(t.answered[9], 1, "late ends count in the last interval");
+        let (x, rps) = t.throughput().next().unwrap();
+        assert!((x - 0.05).abs() < 1e-9 && (rps - 10.0).abs() < 1e-9);
     }
 }

@@ -34,6 +34,8 @@ fn load(target: SocketAddr, scenario: Scenario, mode: Mode, connections: usize) 
         warmup: Duration::from_millis(200),
         timeout: Duration::from_secs(2),
         sources: Vec::new(),
+        start: None,
+        progress: false,
     }
 }
 
@@ -79,7 +81,7 @@ fn a_stall_shows_in_an_open_loop_s_p99_and_hides_from_a_closed_loop() {
     };
     let backends = backend(stalling, Protocol::Http);
     let target = backends.addrs()[0];
-    let open = run(&load(target, Scenario::Rr, Mode::Open { rate: 400.0 }, 4)).unwrap();
+    let open = run(&load(target, Scenario::Rr, Mode::open(400.0), 4)).unwrap();
     assert!(open.latency_us.max >= 190_000, "{open:?}");
     assert!(
         open.latency_us.p99 >= 100_000,
@@ -113,7 +115,7 @@ fn a_dead_target_gives_errors_and_ends_on_time() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    for mode in [Mode::Closed, Mode::Open { rate: 100.0 }] {
+    for mode in [Mode::Closed, Mode::open(100.0)] {
         let started = Instant::now();
         let r: Report = run(&load(gone, Scenario::Rr, mode, 2)).unwrap();
         assert_eq!(r.requests, 0, "{r:?}");
@@ -141,7 +143,7 @@ fn udp_requests_are_answered_and_timed() {
     let r = run(&load(
         backends.addrs()[0],
         Scenario::Udp,
-        Mode::Open { rate: 200.0 },
+        Mode::open(200.0),
         2,
     ))
     .unwrap();

@@ -37,7 +37,7 @@ fn each_connection_comes_from_its_own_source_address() {
     let load = Load {
         target,
         scenario: Scenario::Rr,
-        mode: Mode::Open { rate: 100.0 },
+        mode: Mode::open(100.0),
         connections: 4,
         threads: 1,
         cpus: Vec::new(),
@@ -45,6 +45,8 @@ fn each_connection_comes_from_its_own_source_address() {
         warmup: Duration::ZERO,
         timeout: Duration::from_secs(2),
         sources: sources.clone(),
+        start: None,
+        progress: false,
     };
     let report = run(&load).unwrap();
     assert_eq!(report.errors.total(), 0, "{report:?}");

@@ -45,7 +45,12 @@ struct Run {
     /// Busy CPU microseconds of the whole machine (load, backends, proxy, kernel) per
     /// answered request: the fair figure for work a proxy leaves to the kernel.
     machine_cpu_us_per_request: Option<f64>,
-    /// Growth of the proxy's resident memory per idle connection held through it, in bytes.
+    /// `bulk`: CPU seconds of the proxy's processes per gigabyte (10^9 bytes) carried.
+    proxy_cpu_s_per_gb: Option<f64>,
+    /// `bulk`: busy CPU seconds of the whole machine per gigabyte carried.
+    machine_cpu_s_per_gb: Option<f64>,
+    /// Growth of the proxy's resident memory per idle connection held through it, in bytes
+    /// (`rr` and `cps`).
     rss_per_idle_connection_bytes: Option<f64>,
     #[serde(flatten)]
     report: Report,
@@ -53,51 +58,54 @@ struct Run {
 
 /// Runs the comparison.
 pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
-    if args.shape.scenario == Some(ScenarioArg::Udp) {
-        anyhow::bail!("bench compare measures TCP (rr, cps): HAProxy has no generic UDP proxying");
-    }
+    let scenario = args.shape.scenario.unwrap_or(ScenarioArg::Rr);
+    let protocol = match scenario {
+        ScenarioArg::Rr | ScenarioArg::Cps => Protocol::Http,
+        ScenarioArg::Bulk => Protocol::Sink,
+        ScenarioArg::Udp => Protocol::Udp,
+    };
     let models =
         vec![Model::steady(ServiceTime::Constant(Default::default())); args.backends as usize];
     // The backends share the load's first CPU, away from the proxy's.
     let cpu = args.shape.cpus.first().copied();
-    let backends = Backends::start_on(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Protocol::Http,
-        &models,
-        cpu,
-    )
-    .context("cannot start the backends")?;
+    let backends = Backends::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), protocol, &models, cpu)
+        .context("cannot start the backends")?;
     let addrs = backends.addrs();
     let dir = std::env::temp_dir().join(format!("ringlb-bench-compare-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut runs = vec![measure("direct", None, addrs[0], &args.shape)?];
+    let udp = scenario == ScenarioArg::Udp;
     for system in ["ringlb", "haproxy", "nginx"] {
-        let Some(proxy) = start(system, addrs, args.proxy_cpu, &dir)? else {
+        if udp && system == "haproxy" {
+            eprintln!("haproxy: no generic UDP proxying, left out");
+            continue;
+        }
+        let Some(proxy) = start(system, addrs, args.proxy_cpu, &dir, udp)? else {
             eprintln!("{system}: not installed, left out");
             continue;
         };
         let mut run = measure(system, Some(&proxy), proxy.addr(), &args.shape)?;
-        run.rss_per_idle_connection_bytes = idle_memory(&proxy, args.idle_connections)?;
+        if protocol == Protocol::Http {
+            run.rss_per_idle_connection_bytes = idle_memory(&proxy, args.idle_connections)?;
+        }
         runs.push(run);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let series: Vec<_> = runs
-        .iter()
-        .map(|r| (r.system.clone(), r.report.latency_us))
-        .collect();
+    let series: Vec<_> = runs.iter().map(|r| (r.system.clone(), &r.report)).collect();
     args.shape
-        .plot("ringlb against HAProxy and NGINX", &series)?;
+        .plot("ringlb against HAProxy and NGINX", &series, &[])?;
     args.shape.output(&table(&runs), &runs)
 }
 
-/// Starts `system` over `backends`: `None` when it is not installed.
+/// Starts `system` over `backends` (UDP ones with `udp`): `None` when it is not installed.
 fn start(
     system: &str,
     backends: &[SocketAddr],
     cpu: Option<usize>,
     dir: &std::path::Path,
+    udp: bool,
 ) -> anyhow::Result<Option<Proxy>> {
-    let listen = proxies::free_addr()?;
+    let listen = proxies::free_addr(udp)?;
     let to: Vec<String> = backends.iter().map(ToString::to_string).collect();
     let (program, args) = match system {
         "ringlb" => {
@@ -111,7 +119,8 @@ fn start(
             ]
             .iter()
             .map(|s| (*s).to_owned())
-            .chain(["--workers", "1", "--admin", "off"].map(str::to_owned))
+            .chain(["--workers", "1", "--admin", "off", "--proto"].map(str::to_owned))
+            .chain([if udp { "udp" } else { "tcp" }.to_owned()])
             .collect();
             (exe, args)
         }
@@ -134,7 +143,7 @@ fn start(
             let cfg = dir.join("nginx.conf");
             std::fs::write(
                 &cfg,
-                proxies::nginx_config(listen, backends, dir, module.as_deref()),
+                proxies::nginx_config(listen, backends, dir, module.as_deref(), udp),
             )?;
             let d = dir.display().to_string();
             let args = [
@@ -150,7 +159,7 @@ fn start(
             (exe, args)
         }
     };
-    Proxy::start(&program, &args, cpu, listen).map(Some)
+    Proxy::start(&program, &args, cpu, listen, udp).map(Some)
 }
 
 /// The load of `shape` against `target`, with the CPU time `proxy` and the machine spent
@@ -167,12 +176,21 @@ fn measure(
     let after = cpu();
     // The CPU of the whole run (warm-up too) over every request it answered, warm-up
     // included at the same rate as the window.
-    let total = report.throughput_rps * (report.duration_s + report.warmup_s);
-    let per_request = |secs: f64| (total > 0.0).then(|| secs / total * 1e6);
+    let whole = (report.duration_s + report.warmup_s) / report.duration_s.max(1e-9);
+    let (requests, gb) = (
+        report.requests as f64 * whole,
+        report.bytes as f64 * whole / 1e9,
+    );
+    let per = |secs: f64, units: f64, scale: f64| (units > 0.0).then(|| secs / units * scale);
+    let proxy = after.0.zip(before.0).map(|(a, b)| a - b);
+    let machine = after.1 - before.1;
+    let bulk = report.bytes > 0;
     Ok(Run {
         system: system.to_owned(),
-        proxy_cpu_us_per_request: after.0.zip(before.0).and_then(|(a, b)| per_request(a - b)),
-        machine_cpu_us_per_request: per_request(after.1 - before.1),
+        proxy_cpu_us_per_request: proxy.and_then(|p| per(p, requests, 1e6)),
+        machine_cpu_us_per_request: per(machine, requests, 1e6),
+        proxy_cpu_s_per_gb: proxy.and_then(|p| per(p, gb, 1.0)).filter(|_| bulk),
+        machine_cpu_s_per_gb: per(machine, gb, 1.0).filter(|_| bulk),
         rss_per_idle_connection_bytes: None,
         report,
     })
@@ -199,6 +217,8 @@ fn table(runs: &[Run]) -> String {
     let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
     let opt =
         |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}{unit}"));
+    let opt3 =
+        |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}{unit}"));
     let ratio = |mine: Option<f64>, theirs: Option<f64>| match (mine, theirs) {
         (Some(mine), Some(theirs)) if theirs > 0.0 => format!("{:.2}x", mine / theirs),
         _ => "-".to_owned(),
@@ -221,12 +241,24 @@ fn table(runs: &[Run]) -> String {
         out += &format!(
             "{:<8} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
             run.system,
-            format!("{:.1}/s", r.throughput_rps),
+            if r.bytes > 0 {
+                format!("{:.2}Gbit/s", r.throughput_gbps)
+            } else {
+                format!("{:.1}/s", r.throughput_rps)
+            },
             ms(r.latency_us.p50),
             ms(r.latency_us.p99),
             r.errors.total(),
-            opt(run.proxy_cpu_us_per_request, "us"),
-            opt(run.machine_cpu_us_per_request, "us"),
+            if r.bytes > 0 {
+                opt3(run.proxy_cpu_s_per_gb, "s/GB")
+            } else {
+                opt(run.proxy_cpu_us_per_request, "us")
+            },
+            if r.bytes > 0 {
+                opt3(run.machine_cpu_s_per_gb, "s/GB")
+            } else {
+                opt(run.machine_cpu_us_per_request, "us")
+            },
             opt(run.rss_per_idle_connection_bytes.map(|b| b / 1024.0), "KiB"),
             ratio(
                 Some(r.throughput_rps),
@@ -238,6 +270,6 @@ fn table(runs: &[Run]) -> String {
             ),
         );
     }
-    out + "CPU: per request answered (proxy: its processes; machine: every CPU, kernel included); \
-           idle RSS: per connection held idle\n"
+    out + "CPU: per request answered (bulk: per GB; proxy: its processes; machine: every CPU, \
+           kernel included); idle RSS: per connection held idle\n"
 }

@@ -3,7 +3,7 @@
 //! configs over the same backends, round robin, each a child process pinned like ringlb;
 //! and a proxy's process tree, whose CPU and memory `harness::usage` reads.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,12 +22,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts `program` with `args` pinned to `cpu`, and waits until `addr` accepts.
+    /// Starts `program` with `args` pinned to `cpu`, and waits until `addr` accepts (with
+    /// `udp`: until a UDP socket is bound there).
     pub fn start(
         program: &Path,
         args: &[String],
         cpu: Option<usize>,
         addr: SocketAddr,
+        udp: bool,
     ) -> anyhow::Result<Proxy> {
         let mut command = Command::new(program);
         command
@@ -45,7 +47,15 @@ impl Proxy {
             .with_context(|| format!("cannot start {}", program.display()))?;
         let mut proxy = Proxy { child, addr };
         let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        let listening = || {
+            if udp {
+                // Bound by someone else: the proxy is there.
+                UdpSocket::bind(addr).is_err()
+            } else {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok()
+            }
+        };
+        while !listening() {
             if Instant::now() > deadline || matches!(proxy.child.try_wait(), Ok(Some(_))) {
                 bail!("{} did not listen on {addr}", program.display());
             }
@@ -93,10 +103,14 @@ pub fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A free loopback port, for a proxy that binds its own listener.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
-    Ok(listener.local_addr()?)
+/// A free loopback port (UDP with `udp`), for a proxy that binds its own listener.
+pub fn free_addr(udp: bool) -> anyhow::Result<SocketAddr> {
+    let addr = if udp {
+        UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr())
+    } else {
+        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
+    };
+    addr.context("no free loopback port")
 }
 
 /// `program` on the `PATH`, if it is installed.
@@ -124,12 +138,14 @@ pub fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
     cfg
 }
 
-/// NGINX's config: `stream`, one worker, round robin over `backends`, its files in `dir`.
+/// NGINX's config: `stream`, one worker, round robin over `backends` (UDP ones with `udp`),
+/// its files in `dir`.
 pub fn nginx_config(
     listen: SocketAddr,
     backends: &[SocketAddr],
     dir: &Path,
     module: Option<&Path>,
+    udp: bool,
 ) -> String {
     let mut cfg = String::new();
     if let Some(module) = module {
@@ -149,9 +165,10 @@ pub fn nginx_config(
     for b in backends {
         cfg += &format!("    server {b};\n");
     }
+    let (udp, timeout) = if udp { (" udp", "10s") } else { ("", "300s") };
     cfg += &format!(
-        "  }}\n  server {{\n    listen {listen};\n    proxy_pass be;\n    proxy_connect_timeout 5s;\n    \
-         proxy_timeout 300s;\n  }}\n}}\n"
+        "  }}\n  server {{\n    listen {listen}{udp};\n    proxy_pass be;\n    proxy_connect_timeout 5s;\n    \
+         proxy_timeout {timeout};\n  }}\n}}\n"
     );
     cfg
 }
