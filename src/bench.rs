@@ -254,13 +254,28 @@ fn table(r: &Report) -> String {
     }
     let e = &r.errors;
     out + &format!(
-        "errors: {} (connect {}, timeout {}, io {}, status {})\n",
+        "errors: {} (connect {}, timeout {}, io {}, status {})\n{}\n",
         e.total(),
         e.connect,
         e.timeout,
         e.io,
-        e.status
+        e.status,
+        client_cost(r)
     )
+}
+
+/// What the load generator itself spent per request, and what one client core can drive.
+fn client_cost(r: &Report) -> String {
+    let us = r.client_cpu_us_per_request;
+    if us > 0.0 {
+        format!(
+            "load generator: {us:.1}us of client CPU per request, so one client core drives up \
+             to {:.0}/s",
+            1e6 / us
+        )
+    } else {
+        "load generator: no request ended".to_owned()
+    }
 }
 
 fn row(

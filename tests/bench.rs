@@ -279,3 +279,59 @@ fn the_comparison_measures_bulk_streams_and_udp() {
         );
     }
 }
+
+/// The live progress line: drawn on a terminal (a pseudo-terminal from `script`), and
+/// never into a pipe or a file.
+#[test]
+fn the_progress_line_shows_on_a_terminal_only() {
+    let backends = Backends::start(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Protocol::Http,
+        &[Model::steady(ServiceTime::Constant(Duration::ZERO))],
+    )
+    .unwrap();
+    let target = backends.addrs()[0].to_string();
+    let args = [
+        "bench",
+        "load",
+        "--target",
+        &target,
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+    ];
+    let out = ringlb_command(&args).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("answered"),
+        "no line into a pipe: {stderr}"
+    );
+    let Some(script) = require(
+        program("script"),
+        "script (util-linux)",
+        "apt install bsdutils",
+    ) else {
+        return;
+    };
+    let command = format!("{} {}", env!("CARGO_BIN_EXE_ringlb"), args.join(" "));
+    let out = std::process::Command::new(script)
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{seen}");
+    for want in [
+        "warm-up, 100/s",
+        "measuring, 100/s",
+        "s left",
+        "answered",
+        "errors",
+    ] {
+        assert!(seen.contains(want), "{want} in {seen:?}");
+    }
+    assert!(seen.contains("requests"), "the table after it: {seen}");
+}

@@ -23,6 +23,8 @@ pub(crate) struct Measured {
     /// One per rate step.
     pub(crate) steps: Vec<Recorder>,
     pub(crate) timeline: Counts,
+    /// CPU time the client threads spent (warm-up included).
+    pub(crate) cpu: Duration,
 }
 
 impl Measured {
@@ -31,6 +33,7 @@ impl Measured {
         Measured {
             steps: window.rates.iter().map(|_| Recorder::default()).collect(),
             timeline: Counts::new(window.counted, interval(measured), measured),
+            cpu: Duration::ZERO,
         }
     }
 
@@ -39,6 +42,7 @@ impl Measured {
             mine.merge(theirs);
         }
         self.timeline.merge(&other.timeline);
+        self.cpu += other.cpu;
     }
 }
 
@@ -53,6 +57,7 @@ pub(crate) fn thread(
         // Not pinned, the load still runs.
         let _ = pin(cpu);
     }
+    let cpu = thread_cpu();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,7 +65,7 @@ pub(crate) fn thread(
         Ok(rt) => rt,
         Err(_) => return Measured::new(window),
     };
-    runtime.block_on(async {
+    let mut measured = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for j in (t..load.connections).step_by(load.threads) {
             let (load, window, counters) = (Arc::clone(load), window.clone(), Arc::clone(counters));
@@ -73,7 +78,15 @@ pub(crate) fn thread(
             }
         }
         measured
-    })
+    });
+    measured.cpu = thread_cpu().saturating_sub(cpu);
+    measured
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 /// Pins the calling thread (a process, called between fork and exec) to `cpu`. Only

@@ -19,6 +19,7 @@
 //! timeline shows the throughput follow the steps (or fail to).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,8 +228,16 @@ pub fn run(load: &Load) -> Result<Report, LoadError> {
             total.merge(&measured);
         }
     }
+    let counters = progress.counters();
+    let ended = counters.answered.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
     progress.finish();
-    Ok(report(&load, &window, &total))
+    let mut report = report(&load, &window, &total);
+    report.client_cpu_us_per_request = if ended > 0 {
+        total.cpu.as_secs_f64() * 1e6 / ended as f64
+    } else {
+        0.0
+    };
+    Ok(report)
 }
 
 fn report(load: &Load, window: &Window, total: &crate::client::Measured) -> Report {
@@ -277,5 +286,6 @@ fn report(load: &Load, window: &Window, total: &crate::client::Measured) -> Repo
         latency_us: all.latency(),
         steps,
         timeline: Timeline::from(&total.timeline),
+        client_cpu_us_per_request: 0.0,
     }
 }

@@ -197,6 +197,7 @@ mod tests {
                 answered: vec![rps / 10; 10],
                 failed: vec![0; 10],
             },
+            client_cpu_us_per_request: 5.0,
         };
         let (rr, lc) = (report(40_000, 100), report(20_000, 90));
         let runs = vec![("rr".to_owned(), &rr), ("lc".to_owned(), &lc)];

@@ -90,6 +90,10 @@ pub struct Report {
     /// Each rate step's own numbers (one step without steps), in order.
     pub steps: Vec<StepReport>,
     pub timeline: Timeline,
+    /// CPU microseconds the load generator's client threads spent per request (answered or
+    /// not, warm-up included): its own cost, to compare with a proxy's per core, so that a
+    /// run never measures the harness instead of the target.
+    pub client_cpu_us_per_request: f64,
 }
 
 /// One rate step of a load.

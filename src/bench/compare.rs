@@ -270,6 +270,11 @@ fn table(runs: &[Run]) -> String {
             ),
         );
     }
-    out + "CPU: per request answered (bulk: per GB; proxy: its processes; machine: every CPU, \
-           kernel included); idle RSS: per connection held idle\n"
+    out += "CPU: per request answered (bulk: per GB; proxy: its processes; machine: every CPU, \
+            kernel included); idle RSS: per connection held idle\n";
+    if let Some(direct) = runs.first() {
+        out += &super::client_cost(&direct.report);
+        out += " (direct)\n";
+    }
+    out
 }
