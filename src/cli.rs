@@ -426,6 +426,17 @@ pub enum DriverArg {
     Epoll,
 }
 
+impl DriverArg {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverArg::Auto => "auto",
+            DriverArg::Uring => "uring",
+            DriverArg::Epoll => "epoll",
+        }
+    }
+}
+
 impl From<DriverArg> for IoDriver {
     fn from(d: DriverArg) -> Self {
         match d {

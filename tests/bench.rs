@@ -263,11 +263,12 @@ fn the_comparison_measures_bulk_streams_and_udp() {
         assert!(run["rss_per_idle_connection_bytes"].is_null(), "{run}");
     }
     let mut args = vec!["bench", "compare", "--scenario", "udp", "--rate", "500"];
+    args.extend(["--workers", "1,2"]);
     args.extend(short);
     let (_, report) = bench_json("compare-udp", &args);
     let runs = report.as_array().unwrap();
     let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
-    let mut want = vec!["direct", "ringlb"];
+    let mut want = vec!["direct", "ringlb-1w", "ringlb-2w"];
     want.extend(program("nginx").ok().map(|_| "nginx"));
     assert_eq!(systems, want, "no haproxy for UDP");
     for run in runs {

@@ -92,13 +92,20 @@ fn thread_cpu() -> Duration {
 /// Pins the calling thread (a process, called between fork and exec) to `cpu`. Only
 /// `sched_setaffinity` is called, which is async-signal-safe.
 pub fn pin(cpu: usize) -> std::io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    }
+    pin_set(&[cpu])
+}
+
+/// Pins the calling thread (or process, as [`pin`]) to the CPUs of `cpus`; allocates nothing.
+pub fn pin_set(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: `cpu_set_t` is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
+    for &cpu in cpus {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: CPU_SET writes one bit of `set`, which we own; `cpu` is within its size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
     // SAFETY: pid 0 is the caller; `set` is a valid `cpu_set_t` of the size given.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc == 0 {

@@ -32,6 +32,6 @@ mod udp;
 pub mod usage;
 
 pub use bulk::CHUNK;
-pub use client::pin;
+pub use client::{pin, pin_set};
 pub use load::{run, Load, LoadError, Mode, Scenario};
 pub use stats::{ErrorCounts, Latency, Report, StepReport, Timeline};

@@ -18,10 +18,25 @@ use super::{ScenarioArg, Shape};
 /// `ringlb bench compare`.
 #[derive(Debug, Args)]
 pub struct CompareArgs {
-    /// Pin every proxy (ringlb, HAProxy, NGINX) to this CPU; give the load others with
+    /// Pin every proxy (ringlb, HAProxy, NGINX) to these CPUs; give the load others with
     /// --cpus, so that neither measures the other.
-    #[arg(long, value_name = "CPU")]
-    pub proxy_cpu: Option<usize>,
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub proxy_cpu: Vec<usize>,
+
+    /// ringlb's I/O drivers measured, each a run of its own (`auto`, `uring`, `epoll`).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        value_enum,
+        default_value = "auto"
+    )]
+    pub io_drivers: Vec<crate::cli::DriverArg>,
+
+    /// ringlb's worker counts measured, each a run of its own (with more than one worker,
+    /// give --proxy-cpu a CPU each or leave it out).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Vec<u16>,
 
     /// Backends started (answering at once).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -75,16 +90,17 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut runs = vec![measure("direct", None, addrs[0], &args.shape)?];
     let udp = scenario == ScenarioArg::Udp;
-    for system in ["ringlb", "haproxy", "nginx"] {
-        if udp && system == "haproxy" {
+    for system in systems(args) {
+        let name = system.name(args);
+        if udp && system == System::Haproxy {
             eprintln!("haproxy: no generic UDP proxying, left out");
             continue;
         }
-        let Some(proxy) = start(system, addrs, args.proxy_cpu, &dir, udp)? else {
-            eprintln!("{system}: not installed, left out");
+        let Some(proxy) = start(system, addrs, &args.proxy_cpu, &dir, udp)? else {
+            eprintln!("{name}: not installed, left out");
             continue;
         };
-        let mut run = measure(system, Some(&proxy), proxy.addr(), &args.shape)?;
+        let mut run = measure(&name, Some(&proxy), proxy.addr(), &args.shape)?;
         if protocol == Protocol::Http {
             run.rss_per_idle_connection_bytes = idle_memory(&proxy, args.idle_connections)?;
         }
@@ -97,18 +113,62 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
     args.shape.output(&table(&runs), &runs)
 }
 
+/// A system measured through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Ringlb {
+        driver: crate::cli::DriverArg,
+        workers: u16,
+    },
+    Haproxy,
+    Nginx,
+}
+
+/// Each ringlb asked for (each driver at each worker count), then HAProxy and NGINX.
+fn systems(args: &CompareArgs) -> Vec<System> {
+    let mut systems = Vec::new();
+    for &driver in &args.io_drivers {
+        for &workers in &args.workers {
+            systems.push(System::Ringlb { driver, workers });
+        }
+    }
+    systems.extend([System::Haproxy, System::Nginx]);
+    systems
+}
+
+impl System {
+    /// `ringlb` (with its driver and worker count when several are measured), `haproxy`,
+    /// `nginx`.
+    fn name(self, args: &CompareArgs) -> String {
+        match self {
+            System::Ringlb { driver, workers } => {
+                let mut name = "ringlb".to_owned();
+                if args.io_drivers.len() > 1 {
+                    name += &format!("-{}", driver.name());
+                }
+                if args.workers.len() > 1 {
+                    name += &format!("-{workers}w");
+                }
+                name
+            }
+            System::Haproxy => "haproxy".to_owned(),
+            System::Nginx => "nginx".to_owned(),
+        }
+    }
+}
+
 /// Starts `system` over `backends` (UDP ones with `udp`): `None` when it is not installed.
 fn start(
-    system: &str,
+    system: System,
     backends: &[SocketAddr],
-    cpu: Option<usize>,
+    cpus: &[usize],
     dir: &std::path::Path,
     udp: bool,
 ) -> anyhow::Result<Option<Proxy>> {
     let listen = proxies::free_addr(udp)?;
     let to: Vec<String> = backends.iter().map(ToString::to_string).collect();
     let (program, args) = match system {
-        "ringlb" => {
+        System::Ringlb { driver, workers } => {
             let exe = std::env::current_exe().context("cannot find this ringlb binary")?;
             let args = [
                 "run",
@@ -119,12 +179,14 @@ fn start(
             ]
             .iter()
             .map(|s| (*s).to_owned())
-            .chain(["--workers", "1", "--admin", "off", "--proto"].map(str::to_owned))
+            .chain(["--admin", "off", "--proto"].map(str::to_owned))
             .chain([if udp { "udp" } else { "tcp" }.to_owned()])
+            .chain(["--workers".to_owned(), workers.to_string()])
+            .chain(["--io-driver".to_owned(), driver.name().to_owned()])
             .collect();
             (exe, args)
         }
-        "haproxy" => {
+        System::Haproxy => {
             let Some(exe) = proxies::installed("haproxy") else {
                 return Ok(None);
             };
@@ -135,7 +197,7 @@ fn start(
                 vec!["-db".to_owned(), "-f".to_owned(), cfg.display().to_string()],
             )
         }
-        _ => {
+        System::Nginx => {
             let Some(exe) = proxies::installed("nginx") else {
                 return Ok(None);
             };
@@ -159,7 +221,7 @@ fn start(
             (exe, args)
         }
     };
-    Proxy::start(&program, &args, cpu, listen, udp).map(Some)
+    Proxy::start(&program, &args, cpus, listen, udp).map(Some)
 }
 
 /// The load of `shape` against `target`, with the CPU time `proxy` and the machine spent
@@ -213,7 +275,8 @@ fn idle_memory(proxy: &Proxy, n: u32) -> anyhow::Result<Option<f64>> {
 /// The runs as a terminal table, with each system's throughput and CPU per request as a
 /// ratio to ringlb's.
 fn table(runs: &[Run]) -> String {
-    let ringlb = runs.iter().find(|r| r.system == "ringlb");
+    // The ratios are to the first ringlb measured.
+    let ringlb = runs.iter().find(|r| r.system.starts_with("ringlb"));
     let ms = |us: u64| format!("{:.2}ms", us as f64 / 1000.0);
     let opt =
         |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}{unit}"));
@@ -224,7 +287,7 @@ fn table(runs: &[Run]) -> String {
         _ => "-".to_owned(),
     };
     let mut out = format!(
-        "{:<8} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
+        "{:<12} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
         "system",
         "throughput",
         "p50",
@@ -239,7 +302,7 @@ fn table(runs: &[Run]) -> String {
     for run in runs {
         let r = &run.report;
         out += &format!(
-            "{:<8} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
+            "{:<12} {:>12} {:>9} {:>9} {:>7} {:>10} {:>12} {:>10} {:>10} {:>10}\n",
             run.system,
             if r.bytes > 0 {
                 format!("{:.2}Gbit/s", r.throughput_gbps)

@@ -22,12 +22,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts `program` with `args` pinned to `cpu`, and waits until `addr` accepts (with
-    /// `udp`: until a UDP socket is bound there).
+    /// Starts `program` with `args` pinned to `cpus` (none: not pinned), and waits until
+    /// `addr` accepts (with `udp`: until a UDP socket is bound there).
     pub fn start(
         program: &Path,
         args: &[String],
-        cpu: Option<usize>,
+        cpus: &[usize],
         addr: SocketAddr,
         udp: bool,
     ) -> anyhow::Result<Proxy> {
@@ -37,10 +37,12 @@ impl Proxy {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(cpu) = cpu {
+        if !cpus.is_empty() {
+            let cpus = cpus.to_vec();
             // SAFETY: the closure runs in the child between fork and exec and calls only
-            // `sched_setaffinity`, which is async-signal-safe, on a set built on its stack.
-            unsafe { command.pre_exec(move || harness::pin(cpu)) };
+            // `sched_setaffinity`, which is async-signal-safe, on a set built on its stack
+            // from a vector allocated before the fork.
+            unsafe { command.pre_exec(move || harness::pin_set(&cpus)) };
         }
         let child = command
             .spawn()
