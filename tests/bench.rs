@@ -110,6 +110,8 @@ fn the_scheduler_comparison_runs_each_scheduler_through_its_own_ringlb() {
             "schedulers",
             "--schedulers",
             "rr,lc",
+            "--io-driver",
+            "epoll",
             "--quick",
             "--rate",
             "300",

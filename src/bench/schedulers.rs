@@ -54,6 +54,10 @@ pub struct SchedulersArgs {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = config::parse_positive_duration)]
     pub fault_for: Duration,
 
+    /// ringlb's I/O driver (`auto`, `uring`, `epoll`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub io_driver: crate::cli::DriverArg,
+
     /// ringlb's worker threads.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
@@ -121,7 +125,16 @@ pub fn run(args: &SchedulersArgs) -> anyhow::Result<()> {
         backends.set_epoch(std::time::Instant::now() + Duration::from_secs(24 * 3600));
         let ringlb = Ringlb::start(
             backends.addrs(),
-            &["--scheduler", name, "--proto", proto, "--workers", &workers],
+            &[
+                "--scheduler",
+                name,
+                "--proto",
+                proto,
+                "--workers",
+                &workers,
+                "--io-driver",
+                args.io_driver.name(),
+            ],
         )?;
         let mut load = args
             .shape
