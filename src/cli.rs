@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::driver_arg::DriverArg;
 use balancers::SchedulerKind;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use node::NodePortAddress;
-use proxy_core::IoDriver;
 
 /// ringlb: an io_uring L4 (TCP) load balancer with IPVS-style schedulers.
 #[derive(Debug, Parser)]
@@ -417,34 +417,6 @@ pub struct DemoArgs {
 pub enum Proto {
     Tcp,
     Udp,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DriverArg {
-    Auto,
-    Uring,
-    Epoll,
-}
-
-impl DriverArg {
-    /// Its name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            DriverArg::Auto => "auto",
-            DriverArg::Uring => "uring",
-            DriverArg::Epoll => "epoll",
-        }
-    }
-}
-
-impl From<DriverArg> for IoDriver {
-    fn from(d: DriverArg) -> Self {
-        match d {
-            DriverArg::Auto => IoDriver::Auto,
-            DriverArg::Uring => IoDriver::Uring,
-            DriverArg::Epoll => IoDriver::Epoll,
-        }
-    }
 }
 
 fn parse_proxy_protocol(s: &str) -> Result<config::ProxyProtocol, String> {

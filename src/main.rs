@@ -11,6 +11,7 @@ mod cleanup;
 mod cli;
 mod decisions;
 mod demo;
+mod driver_arg;
 mod link;
 mod master;
 mod node_mode;

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::load::{Load, Scenario, Window};
+use crate::load::{Load, Scenario};
 use crate::progress::Counters;
 use crate::stats::{Counts, ErrorKind, Recorder};
+use crate::window::Window;
 
 /// Intervals of the timeline: a tenth of a second, or finer than 300 over long loads.
 fn interval(measured: Duration) -> Duration {

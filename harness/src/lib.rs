@@ -22,6 +22,7 @@
 pub mod backends;
 mod bulk;
 mod client;
+mod drive;
 mod http;
 pub mod idle;
 pub mod load;
@@ -30,8 +31,10 @@ pub mod progress;
 pub mod stats;
 mod udp;
 pub mod usage;
+mod window;
 
 pub use bulk::CHUNK;
 pub use client::{pin, pin_set};
-pub use load::{run, Load, LoadError, Mode, Scenario};
+pub use drive::run;
+pub use load::{Load, LoadError, Mode, Scenario};
 pub use stats::{ErrorCounts, Latency, Report, StepReport, Timeline};

@@ -1,6 +1,6 @@
-//! One load against one address: its shape ([`Load`]), and [`run`], which drives it from
+//! One load against one address: its shape ([`Load`]), and [`crate::run`], which drives it from
 //! client threads (each its own current-thread runtime, pinned to a CPU when asked) and
-//! merges what they measured into a [`Report`].
+//! merges what they measured into a [`crate::Report`].
 //!
 //! # Open loop
 //!
@@ -19,13 +19,7 @@
 //! timeline shows the throughput follow the steps (or fail to).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::time::Instant;
-
-use crate::stats::{Recorder, Report, StepReport, Timeline};
 
 /// What is sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +73,7 @@ impl Mode {
     }
 
     /// The rate of each step (`None`: as fast as answered).
-    fn steps(&self) -> Vec<Option<f64>> {
+    pub(crate) fn steps(&self) -> Vec<Option<f64>> {
         match self {
             Mode::Open { rates } => rates.iter().copied().map(Some).collect(),
             Mode::Closed => vec![None],
@@ -110,7 +104,7 @@ pub struct Load {
     /// the address the kernel picks.
     pub sources: Vec<std::net::IpAddr>,
     /// When the warm-up starts (to line up with backends' scheduled events); `None`: a
-    /// moment after [`run`] is called. A time already past is taken as that moment.
+    /// moment after [`crate::run`] is called. A time already past is taken as that moment.
     pub start: Option<std::time::Instant>,
     /// Draw a live progress line on stderr while it runs (when stderr is a terminal).
     pub progress: bool,
@@ -153,139 +147,4 @@ pub enum LoadError {
     PacedBulk,
     #[error("cannot start a client thread: {0}")]
     Thread(#[source] std::io::Error),
-}
-
-/// When the load starts, counts, and ends; and the rate of each step.
-#[derive(Clone, Debug)]
-pub(crate) struct Window {
-    pub(crate) start: Instant,
-    pub(crate) counted: Instant,
-    pub(crate) step: Duration,
-    pub(crate) rates: Vec<Option<f64>>,
-}
-
-impl Window {
-    pub(crate) fn end(&self) -> Instant {
-        self.counted + self.step * self.rates.len() as u32
-    }
-
-    /// The warm-up and then each step: when each starts and ends, at which rate, and which
-    /// step it counts in (`None`: the warm-up).
-    pub(crate) fn segments(&self) -> Vec<(Instant, Instant, Option<f64>, Option<usize>)> {
-        let first = self.rates.first().copied().flatten();
-        let mut segments = vec![(self.start, self.counted, first, None)];
-        for (i, &rate) in self.rates.iter().enumerate() {
-            let from = self.counted + self.step * i as u32;
-            segments.push((from, from + self.step, rate, Some(i)));
-        }
-        segments
-    }
-}
-
-/// Runs `load` and reports what it measured. Blocks for the warm-up and the duration (and
-/// at most one request timeout more).
-pub fn run(load: &Load) -> Result<Report, LoadError> {
-    if load.connections == 0 || load.threads == 0 {
-        return Err(LoadError::Empty);
-    }
-    if let Mode::Open { rates } = &load.mode {
-        if load.scenario == Scenario::Bulk {
-            return Err(LoadError::PacedBulk);
-        }
-        match rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
-            Some(&bad) => return Err(LoadError::Rate(bad)),
-            None if rates.is_empty() => return Err(LoadError::Rate(0.0)),
-            None => {}
-        }
-    }
-    // Every thread starts on the same timetable, a moment from now.
-    let soon = Instant::now() + Duration::from_millis(50);
-    let start = load
-        .start
-        .map_or(soon, |at| Instant::from_std(at).max(soon));
-    let window = Window {
-        start,
-        counted: start + load.warmup,
-        step: load.duration,
-        rates: load.mode.steps(),
-    };
-    let progress = crate::progress::Line::start(load, &window);
-    let load = Arc::new(load.clone());
-    let threads: Vec<_> = (0..load.threads)
-        .map(|t| {
-            let load = Arc::clone(&load);
-            let window = window.clone();
-            let counters = progress.counters();
-            std::thread::Builder::new()
-                .name(format!("bench-client-{t}"))
-                .spawn(move || crate::client::thread(&load, t, &window, &counters))
-                .map_err(LoadError::Thread)
-        })
-        .collect::<Result<_, _>>()?;
-    let mut total = crate::client::Measured::new(&window);
-    for thread in threads {
-        if let Ok(measured) = thread.join() {
-            total.merge(&measured);
-        }
-    }
-    let counters = progress.counters();
-    let ended = counters.answered.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
-    progress.finish();
-    let mut report = report(&load, &window, &total);
-    report.client_cpu_us_per_request = if ended > 0 {
-        total.cpu.as_secs_f64() * 1e6 / ended as f64
-    } else {
-        0.0
-    };
-    Ok(report)
-}
-
-fn report(load: &Load, window: &Window, total: &crate::client::Measured) -> Report {
-    let step_secs = load.duration.as_secs_f64();
-    let per_second = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
-    let steps: Vec<StepReport> = window
-        .rates
-        .iter()
-        .zip(&total.steps)
-        .enumerate()
-        .map(|(i, (&rate, r))| StepReport {
-            rate,
-            start_s: step_secs * i as f64,
-            duration_s: step_secs,
-            requests: r.answered_count(),
-            throughput_rps: per_second(r.answered_count(), step_secs),
-            bytes: r.answered_count() * load.scenario.bytes_per_request(),
-            errors: r.errors(),
-            latency_us: r.latency(),
-        })
-        .collect();
-    let mut all = Recorder::default();
-    for r in &total.steps {
-        all.merge(r);
-    }
-    let secs = load.measured().as_secs_f64();
-    let requests = all.answered_count();
-    let bytes = requests * load.scenario.bytes_per_request();
-    Report {
-        target: load.target.to_string(),
-        scenario: load.scenario.name().to_owned(),
-        mode: match load.mode {
-            Mode::Open { .. } => "open".to_owned(),
-            Mode::Closed => "closed".to_owned(),
-        },
-        rate: window.rates.first().copied().flatten(),
-        connections: load.connections,
-        threads: load.threads,
-        duration_s: secs,
-        warmup_s: load.warmup.as_secs_f64(),
-        requests,
-        throughput_rps: per_second(requests, secs),
-        bytes,
-        throughput_gbps: per_second(bytes * 8, secs) / 1e9,
-        errors: all.errors(),
-        latency_us: all.latency(),
-        steps,
-        timeline: Timeline::from(&total.timeline),
-        client_cpu_us_per_request: 0.0,
-    }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::load::{Load, Window};
+use crate::load::Load;
+use crate::window::Window;
 
 /// How often the line is redrawn.
 const TICK: Duration = Duration::from_millis(250);

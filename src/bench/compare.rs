@@ -31,7 +31,7 @@ pub struct CompareArgs {
         value_enum,
         default_value = "auto"
     )]
-    pub io_drivers: Vec<crate::cli::DriverArg>,
+    pub io_drivers: Vec<crate::driver_arg::DriverArg>,
 
     /// ringlb's worker counts measured, each a run of its own (with more than one worker,
     /// give --proxy-cpu a CPU each or leave it out).
@@ -117,7 +117,7 @@ pub fn run(args: &CompareArgs) -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum System {
     Ringlb {
-        driver: crate::cli::DriverArg,
+        driver: crate::driver_arg::DriverArg,
         workers: u16,
     },
     Haproxy,

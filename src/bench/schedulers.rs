@@ -56,7 +56,7 @@ pub struct SchedulersArgs {
 
     /// ringlb's I/O driver (`auto`, `uring`, `epoll`).
     #[arg(long, value_enum, default_value = "auto")]
-    pub io_driver: crate::cli::DriverArg,
+    pub io_driver: crate::driver_arg::DriverArg,
 
     /// ringlb's worker threads.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
