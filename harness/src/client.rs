@@ -189,11 +189,11 @@ async fn request(
             let Link::Http(conn) = link else {
                 unreachable!("opened above")
             };
-            let answered = conn.get(load.target, close).await;
-            if close {
+            let reusable = conn.get(load.target, close).await?;
+            if close || !reusable {
                 *link = Link::None;
             }
-            answered
+            Ok(())
         }
         Scenario::Bulk => {
             if !matches!(link, Link::Stream(_)) {

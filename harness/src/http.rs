@@ -38,8 +38,10 @@ impl Connection {
     }
 
     /// One `GET /` and its whole answer; `close` asks the server to close after it
-    /// (`Connection: close`, the `cps` scenario).
-    pub(crate) async fn get(&mut self, target: SocketAddr, close: bool) -> Result<(), ErrorKind> {
+    /// (`Connection: close`, the `cps` scenario). `Ok(false)`: answered, and the server
+    /// closes the connection after it (`Connection: close` in its answer, as NGINX sends
+    /// after `keepalive_requests`), so the next request needs a new one; that is no error.
+    pub(crate) async fn get(&mut self, target: SocketAddr, close: bool) -> Result<bool, ErrorKind> {
         self.sender.ready().await.map_err(|_| ErrorKind::Io)?;
         let mut request = hyper::Request::get("/").header(hyper::header::HOST, target.to_string());
         if close {
@@ -54,13 +56,18 @@ impl Connection {
             .await
             .map_err(|_| ErrorKind::Io)?;
         let ok = response.status().is_success();
+        let closes = response
+            .headers()
+            .get_all(hyper::header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         response
             .into_body()
             .collect()
             .await
             .map_err(|_| ErrorKind::Io)?;
         if ok {
-            Ok(())
+            Ok(!closes)
         } else {
             Err(ErrorKind::Status)
         }

@@ -109,3 +109,50 @@ fn bulk_streams_carry_bytes_to_a_sink_and_refuse_a_rate() {
     };
     assert!(matches!(run(&paced), Err(LoadError::PacedBulk)));
 }
+
+/// A server that ends keep-alive connections by saying so (`Connection: close` on every third
+/// answer, as NGINX does after `keepalive_requests`) costs a reconnect, not an error.
+#[test]
+fn a_keep_alive_connection_the_server_closes_by_saying_so_is_no_error() {
+    use std::io::{Read, Write};
+    let _alone = alone();
+    let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
+    let target = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                for n in 1.. {
+                    // One request per read: the load's GETs are small and sent one at a time.
+                    if !matches!(s.read(&mut buf), Ok(k) if k > 0) {
+                        return;
+                    }
+                    let last = n % 3 == 0;
+                    let head = if last { "connection: close\r\n" } else { "" };
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\n{head}\r\nok\n");
+                    if s.write_all(answer.as_bytes()).is_err() || last {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let load = Load {
+        connections: 2,
+        duration: Duration::from_millis(500),
+        warmup: Duration::ZERO,
+        ..Load::new(target, Scenario::Rr)
+    };
+    let r = run(&load).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert!(r.requests > 30, "{r:?}");
+    let connections = accepted.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    assert!(
+        connections * 3 >= r.requests,
+        "a new connection every third request: {r:?}"
+    );
+}
