@@ -87,7 +87,7 @@ fn floor(addrs: &[SocketAddr], rate: f64) -> f64 {
         let per_tick = (rate * tick.as_secs_f64()).round() as usize;
         let mut next = addrs.iter().cycle();
         let started = Instant::now();
-        let cpu_before = thread_cpu();
+        let cpu_before = harness::usage::thread_cpu();
         let mut at = started;
         while started.elapsed() < WINDOW {
             for addr in next.by_ref().take(per_tick) {
@@ -100,21 +100,10 @@ fn floor(addrs: &[SocketAddr], rate: f64) -> f64 {
             at += tick;
             std::thread::sleep(at.saturating_duration_since(Instant::now()));
         }
-        (thread_cpu() - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64() * 100.0
+        (harness::usage::thread_cpu() - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64()
+            * 100.0
     });
     thread.join().unwrap()
-}
-
-/// This thread's CPU time (user and system).
-fn thread_cpu() -> Duration {
-    // SAFETY: `rusage` is plain data that getrusage fills; all zeroes is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_THREAD with a valid pointer to a `rusage` we own.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    let time = |tv: libc::timeval| {
-        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64)
-    };
-    time(ru.ru_utime) + time(ru.ru_stime)
 }
 
 /// Runs ringlb over `addrs` with `keys` added to the service (`rate` checks a second);

@@ -58,7 +58,7 @@ pub(crate) fn thread(
         // Not pinned, the load still runs.
         let _ = pin(cpu);
     }
-    let cpu = thread_cpu();
+    let cpu = crate::usage::thread_cpu();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,14 +80,8 @@ pub(crate) fn thread(
         }
         measured
     });
-    measured.cpu = thread_cpu().saturating_sub(cpu);
+    measured.cpu = crate::usage::thread_cpu().saturating_sub(cpu);
     measured
-}
-
-/// The calling thread's CPU time so far.
-fn thread_cpu() -> Duration {
-    use nix::time::{clock_gettime, ClockId};
-    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
 }
 
 /// Pins the calling thread (a process, called between fork and exec) to `cpu`. Only

@@ -60,6 +60,29 @@ fn values(l: &Latency) -> [f64; 5] {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 
+/// A chart's frame: its caption and the room for its axes' labels.
+fn frame<'a, 'b>(area: &'a Area<'b>, caption: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
+
+/// Draws the legend of `chart`'s named series.
+fn legend<'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn draw_percentiles(
     area: &Area<'_>,
     title: &str,
@@ -71,12 +94,7 @@ fn draw_percentiles(
         .fold(0.0f64, f64::max)
         .max(0.001)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0..4i32).into_segmented(), 0f64..top)?;
+    let mut chart = frame(area, title).build_cartesian_2d((0..4i32).into_segmented(), 0f64..top)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -100,12 +118,7 @@ fn draw_percentiles(
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn draw_throughput(
@@ -129,12 +142,8 @@ fn draw_throughput(
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.1;
-    let mut chart = ChartBuilder::on(area)
-        .caption("throughput over time", ("sans-serif", 20))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..right, 0f64..top)?;
+    let mut chart =
+        frame(area, "throughput over time").build_cartesian_2d(0f64..right, 0f64..top)?;
     chart
         .configure_mesh()
         .x_desc("seconds after the warm-up")
@@ -155,12 +164,7 @@ fn draw_throughput(
             .label(format!("{} at {:.1}s", event.what, event.at_s))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], mark));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE)
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 #[cfg(test)]

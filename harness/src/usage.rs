@@ -1,7 +1,8 @@
-//! What a measured system spends, read from `/proc` through the `procfs` crate: the CPU time
-//! and resident memory of a process and its descendants (ringlb's master and worker,
-//! NGINX's master and worker), and the busy CPU time of the whole machine, which counts the
-//! kernel's work for every party (softirqs included) as well as the processes'.
+//! What a measured system spends: the CPU time and resident memory of a process and its
+//! descendants (ringlb's master and worker, NGINX's master and worker) and the busy CPU time
+//! of the whole machine, which counts the kernel's work for every party (softirqs included)
+//! as well as the processes', read from `/proc` through the `procfs` crate; and the calling
+//! thread's own CPU clock.
 
 use procfs::process::Process;
 use procfs::{CurrentSI, KernelStats, WithCurrentSystemInfo};
@@ -59,6 +60,12 @@ pub fn machine_busy_seconds() -> f64 {
     let t = &stats.total;
     let ticks = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
     ticks as f64 / procfs::ticks_per_second() as f64
+}
+
+/// The calling thread's CPU time so far (user and system).
+pub fn thread_cpu() -> std::time::Duration {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(std::time::Duration::ZERO, Into::into)
 }
 
 #[cfg(test)]
